@@ -1,0 +1,25 @@
+# Builds every guest into out/guests; `go test ./...` uses them when
+# WCLUSTER_GUESTS points there (the tests build the Go guests themselves).
+OUT ?= $(CURDIR)/out/guests
+GOWASM = GOOS=wasip1 GOARCH=wasm go build -trimpath -buildvcs=false -ldflags='-s -w'
+
+.PHONY: guests go-guests embedded test
+guests: go-guests
+	@mkdir -p $(OUT)
+	@for lang in c wat rust assemblyscript zig; do \
+		if [ -x guests/$$lang/build.sh ]; then guests/$$lang/build.sh $(OUT) || exit 1; fi; \
+	done
+
+go-guests:
+	@mkdir -p $(OUT)
+	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-hello.wasm ./guests/go/hello
+	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-echo.wasm ./guests/go/echo
+	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-faults.wasm ./guests/go/faults
+	$(GOWASM) -o $(OUT)/go-cat.wasm ./guests/go/catcmd
+
+# The default handler embedded in the binary (a test checks it is current).
+embedded:
+	$(GOWASM) -buildmode=c-shared -o guests/embedded/hello.wasm ./guests/go/hello
+
+test: guests
+	WCLUSTER_GUESTS=$(OUT) go test -race -count=1 ./...

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/wcluster/wcluster/host"
+)
+
+func checkCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "check",
+		Usage:     "validate a handler and say which ABI it speaks and what it imports and exports",
+		ArgsUsage: "HANDLER.wasm",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("check takes one handler: wcluster check HANDLER.wasm")
+			}
+			hc := handlerConfig{Path: c.Args().First()}
+			wasm, name, err := hc.load()
+			if err != nil {
+				return err
+			}
+			info, err := host.Inspect(c.Context, wasm)
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "%s: ok, a %s", name, info.Kind)
+			if info.ABIVersion > 0 {
+				fmt.Fprintf(w, " speaking wcluster ABI v%d", info.ABIVersion)
+			}
+			fmt.Fprintln(w)
+			fmt.Fprintf(w, "exports: %s\n", strings.Join(info.Exports, ", "))
+			fmt.Fprintf(w, "imports: %s\n", strings.Join(info.Imports, ", "))
+			return nil
+		},
+	}
+}

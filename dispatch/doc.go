@@ -1,0 +1,27 @@
+// Package dispatch owns the master process and the dispatch half of each
+// worker: the listening socket, the policies that hand connections to
+// workers, worker lifecycle and supervision, and the IPC between them.
+//
+// The master binds the listener once and keeps it for its whole life. It
+// starts N workers by re-executing its own binary with WCLUSTER_WORKER_ID set
+// (as Node's cluster uses NODE_UNIQUE_ID), each with a SOCK_SEQPACKET socket
+// pair as its channel (fd 3).
+//
+// Policies:
+//   - rr: the master accepts (raw accept4) and sends each connection's fd to
+//     the least-loaded ready worker, round-robin among equals, with a newconn
+//     message; the worker answers accepted or refused. The master keeps its
+//     copy of the fd until the answer, so a connection refused, or sent to a
+//     worker that dies before answering, goes to another worker. When every
+//     worker is at MaxConns the master stops accepting and the kernel backlog
+//     holds the surplus.
+//   - shared: workers inherit the listening socket (fd 4) and accept
+//     themselves; each stops accepting above 7/8 of MaxConns.
+//   - reuseport: each worker binds its own SO_REUSEPORT socket and the kernel
+//     balances by hash.
+//
+// A worker whose channel reaches end of stream (the master shut down its
+// side, or died) stops taking connections, lets its connections finish, and
+// exits. The worker side never imports the host: it hands each connection to
+// a Handler that the program wires in.
+package dispatch

@@ -1,0 +1,176 @@
+package dispatch
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// listener is a listening TCP socket driven by raw non-blocking accept4,
+// waiting for readiness in Go's netpoller through an *os.File.
+type listener struct {
+	f      *os.File // keeps the fd alive; closing it stops accept
+	closed atomic.Bool
+	rc     syscall.RawConn
+	addr   *net.TCPAddr
+}
+
+// listenTCP binds addr ("host:port", empty host = every address, dual-stack
+// where IPv6 exists). With listen false the socket is only bound, which
+// reserves the port without joining a SO_REUSEPORT group.
+func listenTCP(addr string, backlog int, reuseport, listen bool) (*listener, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q: %w (want host:port, e.g. :8000)", addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("listen address %q: bad port %q", addr, portStr)
+	}
+	var ips []net.IP
+	if host == "" {
+		ips = []net.IP{net.IPv6unspecified, net.IPv4zero}
+	} else if ip := net.ParseIP(host); ip != nil {
+		ips = []net.IP{ip}
+	} else {
+		resolved, err := net.LookupIP(host)
+		if err != nil {
+			return nil, fmt.Errorf("listen address %q: %w", addr, err)
+		}
+		ips = resolved
+	}
+	var first error
+	for _, ip := range ips {
+		l, err := bindTCP(ip, port, backlog, reuseport, listen, host == "")
+		if err == nil {
+			return l, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EACCES) {
+			break
+		}
+	}
+	if errors.Is(first, unix.EADDRINUSE) {
+		return nil, fmt.Errorf("listen %s: address already in use: stop the server on that port or choose another --listen", addr)
+	}
+	if errors.Is(first, unix.EACCES) {
+		return nil, fmt.Errorf("listen %s: permission denied: ports below 1024 need privileges; choose another --listen", addr)
+	}
+	return nil, fmt.Errorf("listen %s: %w", addr, first)
+}
+
+func bindTCP(ip net.IP, port, backlog int, reuseport, listen, dual bool) (*listener, error) {
+	family := unix.AF_INET6
+	var sa unix.Sockaddr
+	if ip4 := ip.To4(); ip4 != nil && !(dual && ip.Equal(net.IPv6unspecified)) {
+		family = unix.AF_INET
+		s := &unix.SockaddrInet4{Port: port}
+		copy(s.Addr[:], ip4)
+		sa = s
+	} else {
+		s := &unix.SockaddrInet6{Port: port}
+		copy(s.Addr[:], ip.To16())
+		sa = s
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	fail := func(op string, err error) (*listener, error) {
+		unix.Close(fd)
+		return nil, os.NewSyscallError(op, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail("setsockopt", err)
+	}
+	if reuseport {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail("setsockopt", err)
+		}
+	}
+	if family == unix.AF_INET6 && dual {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			return fail("setsockopt", err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return fail("bind", err)
+	}
+	if listen {
+		if err := unix.Listen(fd, backlog); err != nil {
+			return fail("listen", err)
+		}
+	}
+	return newListener(os.NewFile(uintptr(fd), "listener"))
+}
+
+// newListener wraps a listening (or bound) socket file.
+func newListener(f *os.File) (*listener, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	l := &listener{f: f, rc: rc}
+	var sa unix.Sockaddr
+	var serr error
+	if err := rc.Control(func(fd uintptr) { sa, serr = unix.Getsockname(int(fd)) }); err != nil || serr != nil {
+		f.Close()
+		return nil, fmt.Errorf("getsockname: %v %v", err, serr)
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		l.addr = &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
+	case *unix.SockaddrInet6:
+		l.addr = &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	default:
+		f.Close()
+		return nil, fmt.Errorf("listener is not a TCP socket")
+	}
+	return l, nil
+}
+
+// accept waits for and accepts one connection: a non-blocking,
+// close-on-exec fd. It returns an error wrapping os.ErrClosed once the
+// listener is closed.
+func (l *listener) accept() (int, error) {
+	for {
+		nfd := -1
+		var aerr error
+		err := l.rc.Read(func(fd uintptr) bool {
+			nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			return aerr != unix.EAGAIN
+		})
+		if err != nil {
+			if l.closed.Load() {
+				return -1, os.ErrClosed
+			}
+			return -1, err
+		}
+		switch aerr {
+		case nil:
+			return nfd, nil
+		case unix.ECONNABORTED, unix.EINTR, unix.EPROTO:
+			continue // the peer gave up before we got to it
+		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+			// Out of descriptors or memory: back off rather than spin.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		return -1, os.NewSyscallError("accept4", aerr)
+	}
+}
+
+func (l *listener) close() error {
+	l.closed.Store(true)
+	return l.f.Close()
+}

@@ -1,0 +1,650 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sched is a connection distribution policy.
+type Sched string
+
+// The policies; see the package doc.
+const (
+	SchedRR        Sched = "rr"
+	SchedShared    Sched = "shared"
+	SchedReusePort Sched = "reuseport"
+)
+
+// ParseSched checks a policy name.
+func ParseSched(s string) (Sched, error) {
+	switch Sched(s) {
+	case SchedRR, SchedShared, SchedReusePort:
+		return Sched(s), nil
+	}
+	return "", fmt.Errorf("unknown scheduling policy %q: use rr, shared or reuseport", s)
+}
+
+// ErrMasterClosed is returned by Run once it stopped because its context ended.
+var ErrMasterClosed = errors.New("dispatch: master closed")
+
+// Config configures a Master. Zero values take the defaults given.
+type Config struct {
+	Listen  string // "host:port"
+	Workers int    // >= 1
+	Sched   Sched  // default rr
+	Backlog int    // listen(2) backlog, default 511
+	// MaxConns is the most connections one worker holds at once (default
+	// 10000); at that the master (rr) or the worker (shared) stops accepting.
+	MaxConns int
+	// QueueSize is how many accepted connections the rr master may hold
+	// while no worker has room (default 0: stop accepting instead). Requeued
+	// connections are always held. QueueTimeout (default 10s) closes a held
+	// connection that found no worker in time, with a log line and a count.
+	QueueSize    int
+	QueueTimeout time.Duration
+	// ShutdownTimeout bounds a graceful stop (default 10s).
+	ShutdownTimeout time.Duration
+	// WorkerTimeout kills a worker whose heartbeat stopped for that long
+	// (default 30s); Heartbeat is how often workers send one (default 1s).
+	WorkerTimeout time.Duration
+	Heartbeat     time.Duration
+	// WorkerConfig is passed to every worker as is (see Worker.Config).
+	WorkerConfig []byte
+	// Executable and Args start a worker (default: this binary, no args).
+	Executable string
+	Args       []string
+	Logger     *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.Workers < 1 {
+		return fmt.Errorf("--workers must be at least 1 (got %d)", c.Workers)
+	}
+	if c.Sched == "" {
+		c.Sched = SchedRR
+	}
+	if _, err := ParseSched(string(c.Sched)); err != nil {
+		return err
+	}
+	if c.Backlog <= 0 {
+		c.Backlog = 511
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 10000
+	}
+	if c.QueueTimeout <= 0 {
+		c.QueueTimeout = 10 * time.Second
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.WorkerTimeout <= 0 {
+		c.WorkerTimeout = 30 * time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable: %w", err)
+		}
+		c.Executable = exe
+	}
+	return nil
+}
+
+// Master owns the listener and the workers.
+type Master struct {
+	cfg Config
+	log *slog.Logger
+	lis *listener
+
+	mu sync.Mutex // mu guards everything below
+	// procs are the live worker processes, by slot (id-1); nil while a slot
+	// is empty (between a crash and its restart).
+	procs   []*proc
+	cursor  int // round-robin position
+	nextSeq uint64
+	queue   []queued // accepted, not yet placed (rr)
+	stats   Totals
+	crashes []time.Time // recent unexpected exits, for the crash-loop breaker
+	closing bool
+
+	capacity chan struct{} // signalled when a worker may take more (rr)
+	events   chan procEvent
+	quit     chan struct{}  // closed when Run returns: unblocks emit
+	wg       sync.WaitGroup // every goroutine the master starts
+}
+
+// Totals are the master's own counters.
+type Totals struct {
+	Accepted      uint64 `json:"accepted"`
+	QueueTimeouts uint64 `json:"queue_timeouts"`
+	Requeued      uint64 `json:"requeued"`
+	Restarts      uint64 `json:"restarts"`
+	Queued        int    `json:"queued"`
+}
+
+type queued struct {
+	fd    int
+	since time.Time
+}
+
+// New checks cfg and binds the listener (so a port in use fails here).
+func New(cfg Config) (*Master, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, fmt.Errorf("dispatch: %w", err)
+	}
+	// reuseport: the master only reserves the port (a bound socket is not in
+	// the SO_REUSEPORT group, so nothing is queued on it); workers listen.
+	lis, err := listenTCP(cfg.Listen, cfg.Backlog, cfg.Sched == SchedReusePort, cfg.Sched != SchedReusePort)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: %w", err)
+	}
+	m := &Master{
+		cfg: cfg, log: cfg.Logger, lis: lis,
+		procs:    make([]*proc, cfg.Workers),
+		capacity: make(chan struct{}, 1),
+		events:   make(chan procEvent, cfg.Workers*2),
+		quit:     make(chan struct{}),
+	}
+	return m, nil
+}
+
+// Addr is the bound address (with the real port when :0 was asked).
+func (m *Master) Addr() *net.TCPAddr { return m.lis.addr }
+
+// Run starts the workers, calls ready once all are serving, and serves until
+// ctx ends; it then stops gracefully within ShutdownTimeout and returns
+// ErrMasterClosed. A worker that cannot start, or a crash loop, ends Run
+// with an error naming the cause.
+func (m *Master) Run(ctx context.Context, ready func()) error {
+	defer m.lis.close()
+	defer m.wg.Wait()
+	defer close(m.quit)
+	for id := 1; id <= m.cfg.Workers; id++ {
+		if err := m.spawn(id); err != nil {
+			m.stopAll()
+			return err
+		}
+	}
+	if err := m.awaitReady(ctx); err != nil {
+		m.stopAll()
+		return err
+	}
+	if ready != nil {
+		ready()
+	}
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	if m.cfg.Sched == SchedRR {
+		m.wg.Add(2)
+		go func() { defer m.wg.Done(); m.acceptLoop(runCtx) }()
+		go func() { defer m.wg.Done(); m.expireQueue(runCtx) }()
+	}
+	m.wg.Add(1)
+	go func() { defer m.wg.Done(); m.watchHeartbeats(runCtx) }()
+
+	err := m.supervise(runCtx)
+	stop()
+	if err == nil {
+		m.log.Info("shutting down: no new connections; draining workers", "timeout", m.cfg.ShutdownTimeout)
+	}
+	m.shutdown()
+	if err != nil {
+		return err
+	}
+	return ErrMasterClosed
+}
+
+// awaitReady waits until every worker said ready, or one failed.
+func (m *Master) awaitReady(ctx context.Context) error {
+	pending := m.cfg.Workers
+	for pending > 0 {
+		select {
+		case <-ctx.Done():
+			return ErrMasterClosed
+		case ev := <-m.events:
+			switch ev.kind {
+			case evReady:
+				pending--
+			case evExit:
+				m.reap(ev.p)
+				return fmt.Errorf("worker %d failed to start: %s", ev.p.id, ev.p.failure())
+			}
+		}
+	}
+	return nil
+}
+
+// supervise replaces workers that exit, until ctx ends or they crash in a loop.
+func (m *Master) supervise(ctx context.Context) error {
+	restart := make(chan int, m.cfg.Workers)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case id := <-restart:
+			if err := m.spawn(id); err != nil {
+				m.log.Error("restart failed", "worker", id, "err", err)
+				return err
+			}
+		case ev := <-m.events:
+			if ev.kind != evExit {
+				continue
+			}
+			p := ev.p
+			m.reap(p)
+			if p.retired {
+				continue
+			}
+			now := time.Now()
+			m.mu.Lock()
+			m.stats.Restarts++
+			recent := m.crashes[:0]
+			for _, t := range m.crashes {
+				if now.Sub(t) < crashWindow {
+					recent = append(recent, t)
+				}
+			}
+			m.crashes = append(recent, now)
+			n := len(m.crashes)
+			m.mu.Unlock()
+			if n >= crashLimit {
+				return fmt.Errorf("dispatch: workers crashed %d times in %v (last: worker %d, %s): stopping; see the worker log above",
+					n, crashWindow, p.id, p.failure())
+			}
+			// Exponential backoff with jitter on repeated crashes; the first
+			// restart is immediate so a single kill costs little.
+			var delay time.Duration
+			if n > 1 {
+				delay = time.Duration(50<<(n-1)) * time.Millisecond
+				delay += time.Duration(rand.Int64N(int64(delay) / 2))
+			}
+			m.log.Warn("worker exited; restarting", "worker", p.id, "pid", p.pid, "cause", p.failure(), "in", delay)
+			id := p.id
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				t := time.NewTimer(delay)
+				defer t.Stop()
+				select {
+				case <-t.C:
+					restart <- id
+				case <-ctx.Done():
+				}
+			}()
+		}
+	}
+}
+
+const (
+	crashWindow = 30 * time.Second
+	crashLimit  = 5
+)
+
+// reap forgets an exited worker and requeues every connection it had not
+// acknowledged: those it never took.
+func (m *Master) reap(p *proc) {
+	m.mu.Lock()
+	if m.procs[p.id-1] == p {
+		m.procs[p.id-1] = nil
+	}
+	p.state = stateExited
+	var orphans []int
+	for seq, fd := range p.pending {
+		orphans = append(orphans, fd)
+		delete(p.pending, seq)
+	}
+	p.inFlight = 0
+	m.stats.Requeued += uint64(len(orphans))
+	m.mu.Unlock()
+	p.ch.close()
+	for _, fd := range orphans {
+		m.place(fd, time.Now())
+	}
+	if len(orphans) > 0 {
+		m.log.Info("requeued connections the worker never acknowledged", "worker", p.id, "count", len(orphans))
+	}
+	m.signalCapacity()
+}
+
+// shutdown stops accepting, tells every worker to drain, and waits for them
+// within ShutdownTimeout, killing what is left.
+func (m *Master) shutdown() {
+	m.lis.close()
+	m.mu.Lock()
+	m.closing = true
+	q := m.queue
+	m.queue = nil
+	m.mu.Unlock()
+	for _, c := range q {
+		unix.Close(c.fd)
+	}
+	if len(q) > 0 {
+		m.log.Warn("closed queued connections at shutdown", "count", len(q))
+	}
+	m.stopAll()
+}
+
+// stopAll drains every worker and waits for them to exit, killing those
+// still alive after ShutdownTimeout (plus a second of grace).
+func (m *Master) stopAll() {
+	m.mu.Lock()
+	m.closing = true
+	var live []*proc
+	for _, p := range m.procs {
+		if p != nil {
+			live = append(live, p)
+		}
+	}
+	m.mu.Unlock()
+	for _, p := range live {
+		p.retired = true
+		p.ch.closeWrite()
+	}
+	deadline := time.NewTimer(m.cfg.ShutdownTimeout + time.Second)
+	defer deadline.Stop()
+	for _, p := range live {
+		select {
+		case <-p.exited:
+		case <-deadline.C:
+			for _, q := range live {
+				q.kill(syscall.SIGKILL)
+			}
+			<-p.exited
+		}
+	}
+	// Drain exit events so reap runs for each (it closes channels).
+	for _, p := range live {
+		m.reap(p)
+	}
+}
+
+// Status is a snapshot of the master and its workers.
+type Status struct {
+	Listen  string         `json:"listen"`
+	Sched   Sched          `json:"sched"`
+	PID     int            `json:"pid"`
+	Totals  Totals         `json:"totals"`
+	Workers []WorkerStatus `json:"workers"`
+}
+
+// WorkerStatus is one worker's counters. For rr, Accepted, InFlight,
+// Refused and Requeued are the master's own counts; Completed and the
+// handler's counters come from the worker's last heartbeat.
+type WorkerStatus struct {
+	ID        int            `json:"id"`
+	PID       int            `json:"pid"`
+	State     string         `json:"state"`
+	Uptime    string         `json:"uptime"`
+	Accepted  uint64         `json:"accepted"`
+	InFlight  int64          `json:"in_flight"`
+	Completed uint64         `json:"completed"`
+	Refused   uint64         `json:"refused"`
+	Requeued  uint64         `json:"requeued"`
+	BeatAge   string         `json:"heartbeat_age"`
+	Handler   map[string]any `json:"handler,omitempty"`
+}
+
+// Status reports the current counters.
+func (m *Master) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := Status{Listen: m.lis.addr.String(), Sched: m.cfg.Sched, PID: os.Getpid(), Totals: m.stats}
+	s.Totals.Queued = len(m.queue)
+	now := time.Now()
+	for _, p := range m.procs {
+		if p == nil {
+			continue
+		}
+		ws := WorkerStatus{
+			ID: p.id, PID: p.pid, State: p.state.String(),
+			Uptime:   now.Sub(p.started).Round(time.Millisecond).String(),
+			Accepted: p.accepted, InFlight: p.inFlight, Refused: p.refused, Requeued: p.requeued,
+			Completed: p.report.Completed, Handler: p.report.Handler,
+			BeatAge: now.Sub(p.lastBeat).Round(time.Millisecond).String(),
+		}
+		if m.cfg.Sched != SchedRR {
+			ws.Accepted, ws.InFlight = p.report.Accepted, p.report.InFlight
+		}
+		s.Workers = append(s.Workers, ws)
+	}
+	return s
+}
+
+// spawn starts worker id.
+func (m *Master) spawn(id int) error {
+	ch, child, err := socketPair()
+	if err != nil {
+		return fmt.Errorf("dispatch: worker %d: %w", id, err)
+	}
+	defer child.Close()
+	params, _ := json.Marshal(workerParams{
+		Sched: m.cfg.Sched, MaxConns: m.cfg.MaxConns, ShutdownTimeout: m.cfg.ShutdownTimeout,
+		Heartbeat: m.cfg.Heartbeat, Listen: m.lis.addr.String(), Backlog: m.cfg.Backlog,
+	})
+	cmd := exec.Command(m.cfg.Executable, m.cfg.Args...)
+	cmd.Env = append(os.Environ(),
+		EnvWorkerID+"="+strconv.Itoa(id),
+		envDispatch+"="+string(params),
+		envConfig+"="+string(m.cfg.WorkerConfig))
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{child} // fd 3
+	if m.cfg.Sched == SchedShared {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, m.lis.f) // fd 4
+	}
+	if err := cmd.Start(); err != nil {
+		ch.close()
+		return fmt.Errorf("dispatch: start worker %d: %w", id, err)
+	}
+	now := time.Now()
+	p := &proc{
+		id: id, pid: cmd.Process.Pid, cmd: cmd, ch: ch, state: stateStarting,
+		started: now, lastBeat: now, pending: map[uint64]int{}, exited: make(chan struct{}),
+	}
+	m.mu.Lock()
+	m.procs[id-1] = p
+	m.mu.Unlock()
+	m.wg.Add(2)
+	go func() { defer m.wg.Done(); m.readWorker(p) }()
+	go func() {
+		defer m.wg.Done()
+		p.waitErr = cmd.Wait()
+		close(p.exited)
+		m.emit(procEvent{evExit, p})
+	}()
+	return nil
+}
+
+// readWorker handles one worker's messages until its channel closes.
+func (m *Master) readWorker(p *proc) {
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	for {
+		msg, fds, err := p.ch.recv(buf, oob)
+		closeAll(fds) // workers send no fds
+		if err != nil {
+			return
+		}
+		switch msg[0] {
+		case msgReady:
+			m.mu.Lock()
+			if p.state == stateStarting {
+				p.state = stateReady
+			}
+			m.mu.Unlock()
+			m.emit(procEvent{evReady, p})
+			m.signalCapacity()
+		case msgAck:
+			if len(msg) < 10 {
+				continue
+			}
+			m.ack(p, binary.LittleEndian.Uint64(msg[1:9]), msg[9] == 1)
+		case msgDone:
+			if len(msg) < 5 {
+				continue
+			}
+			n := int64(binary.LittleEndian.Uint32(msg[1:5]))
+			m.mu.Lock()
+			p.inFlight -= n
+			if p.inFlight < 0 {
+				p.inFlight = 0
+			}
+			m.mu.Unlock()
+			m.signalCapacity()
+		case msgHeartbeat:
+			var r workerReport
+			if json.Unmarshal(msg[1:], &r) != nil {
+				continue
+			}
+			m.mu.Lock()
+			p.lastBeat = time.Now()
+			p.report = r
+			m.mu.Unlock()
+		case msgFatal:
+			m.mu.Lock()
+			p.fatal = string(msg[1:])
+			m.mu.Unlock()
+		}
+	}
+}
+
+// watchHeartbeats kills workers whose heartbeat stopped: SIGTERM, then
+// SIGKILL a few seconds later; supervise replaces them.
+func (m *Master) watchHeartbeats(ctx context.Context) {
+	t := time.NewTicker(m.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			m.mu.Lock()
+			var hung []*proc
+			for _, p := range m.procs {
+				if p != nil && p.state != stateExited && !p.hung && now.Sub(p.lastBeat) > m.cfg.WorkerTimeout {
+					p.hung = true
+					hung = append(hung, p)
+				}
+			}
+			m.mu.Unlock()
+			for _, p := range hung {
+				m.log.Error("worker stopped answering; killing it", "worker", p.id, "pid", p.pid, "silent_for", m.cfg.WorkerTimeout)
+				p.kill(syscall.SIGTERM)
+				m.wg.Add(1)
+				go func() {
+					defer m.wg.Done()
+					select {
+					case <-p.exited:
+					case <-time.After(3 * time.Second):
+						p.kill(syscall.SIGKILL)
+					}
+				}()
+			}
+		}
+	}
+}
+
+// emit passes an event to Run's loop, unless Run has returned.
+func (m *Master) emit(ev procEvent) {
+	select {
+	case m.events <- ev:
+	case <-m.quit:
+	}
+}
+
+func (m *Master) signalCapacity() {
+	select {
+	case m.capacity <- struct{}{}:
+	default:
+	}
+}
+
+type procState int
+
+const (
+	stateStarting procState = iota
+	stateReady
+	stateExited
+)
+
+func (s procState) String() string {
+	switch s {
+	case stateStarting:
+		return "starting"
+	case stateReady:
+		return "ready"
+	case stateExited:
+		return "exited"
+	}
+	return "unknown"
+}
+
+// proc is one worker process, as the master sees it. Fields other than the
+// immutable ones are guarded by Master.mu.
+type proc struct {
+	id, pid int
+	cmd     *exec.Cmd
+	ch      *channel
+	started time.Time
+	exited  chan struct{} // closed when the process has exited
+	waitErr error         // set before exited is closed
+
+	state    procState
+	retired  bool // told to drain: its exit is not a crash
+	hung     bool
+	fatal    string
+	lastBeat time.Time
+	report   workerReport
+
+	pending  map[uint64]int // fds sent, not yet acknowledged, by seq
+	inFlight int64          // sent and not yet done
+	accepted uint64
+	refused  uint64
+	requeued uint64
+}
+
+func (p *proc) kill(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
+
+// failure describes why a worker ended.
+func (p *proc) failure() string {
+	if p.fatal != "" {
+		return p.fatal
+	}
+	if p.waitErr != nil {
+		return p.waitErr.Error()
+	}
+	return "exited"
+}
+
+type evKind int
+
+const (
+	evReady evKind = iota
+	evExit
+)
+
+type procEvent struct {
+	kind evKind
+	p    *proc
+}

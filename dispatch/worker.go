@@ -1,0 +1,281 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Environment variables that make a process a worker and configure it.
+const (
+	EnvWorkerID = "WCLUSTER_WORKER_ID"     // 1..N; its presence makes a worker
+	envDispatch = "WCLUSTER_DISPATCH"      // JSON workerParams
+	envConfig   = "WCLUSTER_WORKER_CONFIG" // opaque: the program's handler config
+)
+
+// Handler serves connections in a worker. The program wires it to the host.
+type Handler interface {
+	// ServeConn serves conn (a connected, non-blocking socket) until it is
+	// done, and closes it.
+	ServeConn(ctx context.Context, conn *os.File)
+	// Drain asks open connections to finish; it does not wait.
+	Drain()
+}
+
+// workerParams is what the master tells a worker about dispatch.
+type workerParams struct {
+	Sched           Sched
+	MaxConns        int
+	ShutdownTimeout time.Duration
+	Heartbeat       time.Duration
+	// Listen and Backlog are for reuseport, where the worker binds its own.
+	Listen  string
+	Backlog int
+}
+
+// workerReport is a worker's heartbeat: its own view of its load and the
+// handler's counters.
+type workerReport struct {
+	InFlight  int64          `json:"in_flight"`
+	Accepted  uint64         `json:"accepted"`
+	Completed uint64         `json:"completed"`
+	Handler   map[string]any `json:"handler,omitempty"`
+}
+
+// IsWorker reports whether this process was started by a master as a worker.
+func IsWorker() bool { return os.Getenv(EnvWorkerID) != "" }
+
+// Worker is the dispatch side of a worker process.
+type Worker struct {
+	id     int
+	params workerParams
+	config []byte
+	ch     *channel
+	log    *slog.Logger
+
+	inFlight  atomic.Int64
+	accepted  atomic.Uint64
+	completed atomic.Uint64
+	sendMu    sync.Mutex // sendMu orders acks before the dones they precede
+	conns     sync.WaitGroup
+	freed     chan struct{} // signalled when a connection ends (shared accept)
+}
+
+// NewWorker reads the worker's identity and channel from its environment.
+func NewWorker(log *slog.Logger) (*Worker, error) {
+	id, err := strconv.Atoi(os.Getenv(EnvWorkerID))
+	if err != nil || id < 1 {
+		return nil, fmt.Errorf("dispatch: bad %s=%q", EnvWorkerID, os.Getenv(EnvWorkerID))
+	}
+	w := &Worker{id: id, config: []byte(os.Getenv(envConfig)), log: log, freed: make(chan struct{}, 1)}
+	if err := json.Unmarshal([]byte(os.Getenv(envDispatch)), &w.params); err != nil {
+		return nil, fmt.Errorf("dispatch: bad %s: %w", envDispatch, err)
+	}
+	ch, err := newChannel(os.NewFile(fdChannel, "channel"))
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
+	}
+	w.ch = ch
+	return w, nil
+}
+
+// ID is the worker's id, 1..N.
+func (w *Worker) ID() int { return w.id }
+
+// Config is the handler configuration the master passed through.
+func (w *Worker) Config() []byte { return w.config }
+
+// Fatal tells the master why this worker cannot serve; the master shows it.
+func (w *Worker) Fatal(err error) {
+	w.send(append([]byte{msgFatal}, err.Error()...), -1)
+}
+
+func (w *Worker) send(msg []byte, fd int) error {
+	w.sendMu.Lock()
+	defer w.sendMu.Unlock()
+	return w.ch.send(msg, fd)
+}
+
+// Serve takes connections as the policy says and hands each to h on its own
+// goroutine, until the master shuts the channel (or dies). It then stops
+// taking connections, drains h, waits for open connections up to the
+// shutdown timeout, and returns. stats, if not nil, adds the handler's
+// counters to each heartbeat.
+func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]any) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var lis *listener
+	switch w.params.Sched {
+	case SchedShared:
+		l, err := newListener(os.NewFile(fdListener, "listener"))
+		if err != nil {
+			return fmt.Errorf("dispatch: worker %d: inherited listener: %w", w.id, err)
+		}
+		lis = l
+	case SchedReusePort:
+		l, err := listenTCP(w.params.Listen, w.params.Backlog, true, true)
+		if err != nil {
+			return fmt.Errorf("dispatch: worker %d: %w", w.id, err)
+		}
+		lis = l
+	}
+
+	var bg sync.WaitGroup
+	if lis != nil {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			w.acceptLoop(ctx, lis, h)
+		}()
+	}
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		w.heartbeat(ctx, stats)
+	}()
+
+	if err := w.send([]byte{msgReady}, -1); err != nil {
+		cancel()
+		bg.Wait()
+		return fmt.Errorf("dispatch: worker %d: tell master ready: %w", w.id, err)
+	}
+
+	// Read the channel until the master shuts it: every connection sent
+	// before that is read (and served) first.
+	w.readLoop(ctx, h)
+
+	// Drain: no new connections; let the open ones finish.
+	if lis != nil {
+		lis.close()
+	}
+	h.Drain()
+	done := make(chan struct{})
+	go func() { w.conns.Wait(); close(done) }()
+	timer := time.NewTimer(w.params.ShutdownTimeout)
+	defer timer.Stop()
+	var err error
+	select {
+	case <-done:
+	case <-timer.C:
+		err = fmt.Errorf("dispatch: worker %d: %d connections still open after %v", w.id, w.inFlight.Load(), w.params.ShutdownTimeout)
+	}
+	cancel()
+	bg.Wait()
+	w.ch.close()
+	return err
+}
+
+func (w *Worker) readLoop(ctx context.Context, h Handler) {
+	buf := make([]byte, 64)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	ack := make([]byte, 0, 10)
+	for {
+		msg, fds, err := w.ch.recv(buf, oob)
+		if err != nil {
+			if !errors.Is(err, errEOF) {
+				w.log.Debug("channel closed", "err", err)
+			}
+			return
+		}
+		if len(msg) < 9 || msg[0] != msgNewConn || len(fds) != 1 {
+			closeAll(fds)
+			w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))
+			continue
+		}
+		seq := binary.LittleEndian.Uint64(msg[1:9])
+		f := os.NewFile(uintptr(fds[0]), "conn")
+		ack = append(putSeq(ack, msgAck, seq), 1)
+		w.start(ctx, h, f, func() error { return w.send(ack, -1) })
+	}
+}
+
+// start counts and serves one connection; ack, if not nil, is sent first.
+func (w *Worker) start(ctx context.Context, h Handler, f *os.File, ack func() error) {
+	w.inFlight.Add(1)
+	w.accepted.Add(1)
+	if ack != nil {
+		if err := ack(); err != nil {
+			// The master is gone; it will not count this one, but serve it.
+			w.log.Debug("ack failed", "err", err)
+		}
+	}
+	w.conns.Add(1)
+	go func() {
+		defer w.conns.Done()
+		h.ServeConn(ctx, f)
+		w.inFlight.Add(-1)
+		w.completed.Add(1)
+		if w.params.Sched == SchedRR {
+			var msg [5]byte
+			msg[0] = msgDone
+			binary.LittleEndian.PutUint32(msg[1:], 1)
+			w.send(msg[:], -1)
+		}
+		select {
+		case w.freed <- struct{}{}:
+		default:
+		}
+	}()
+}
+
+// acceptLoop accepts on a listening socket (shared or reuseport). Like
+// nginx's accept_disabled, a worker above 7/8 of MaxConns stops accepting
+// until a connection ends, leaving new ones to less loaded workers.
+func (w *Worker) acceptLoop(ctx context.Context, l *listener, h Handler) {
+	limit := int64(w.params.MaxConns) * 7 / 8
+	if limit < 1 {
+		limit = 1
+	}
+	for {
+		for w.inFlight.Load() >= limit {
+			select {
+			case <-w.freed:
+			case <-ctx.Done():
+				return
+			}
+		}
+		fd, err := l.accept()
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				w.log.Warn("accept failed", "err", err)
+			}
+			return
+		}
+		w.start(ctx, h, os.NewFile(uintptr(fd), "conn"), nil)
+	}
+}
+
+func (w *Worker) heartbeat(ctx context.Context, stats func() map[string]any) {
+	every := w.params.Heartbeat
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r := workerReport{InFlight: w.inFlight.Load(), Accepted: w.accepted.Load(), Completed: w.completed.Load()}
+		if stats != nil {
+			r.Handler = stats()
+		}
+		b, _ := json.Marshal(r)
+		if err := w.send(append([]byte{msgHeartbeat}, b...), -1); err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,223 @@
+// wcluster guest SDK for AssemblyScript 0.28: the host ABI v1
+// (abi/README.md) as functions over Uint8Array, its codes as named constants,
+// and the exports `wcluster_abi_v1` and `wcluster_handle`.
+//
+// AssemblyScript cannot catch exceptions (a `throw` aborts the instance), so
+// the host's errors stay what they are on the wire: negative i32 results,
+// compared against the ERR_* constants below. `errorName` names one.
+//
+// A handler's entry file re-exports the two exports and registers its handler
+// from top-level code (which runs in `_initialize`, once per instance):
+//
+//   import * as wcluster from "../sdk/wcluster";
+//   export { wcluster_abi_v1, wcluster_handle } from "../sdk/wcluster";
+//   wcluster.handle((flags: i32): i32 => { ...; return wcluster.CLOSE; });
+//
+// and is built as a WASI reactor (see ../README.md):
+//
+//   asc main.ts --config node_modules/@assemblyscript/wasi-shim/asconfig.json \
+//       --exportStart _initialize -O3 --noAssert -o handler.wasm
+//
+// The next call for a connection may run on another instance: keep nothing
+// that belongs to one connection in globals across a returned KEEP; push
+// unconsumed input back with `unread` instead.
+
+// The host functions exactly as imported from module "wcluster". Prefer the
+// wrappers below; these take raw pointers into linear memory.
+
+// @ts-ignore: decorator
+@external("wcluster", "conn_read")
+export declare function conn_read(buf: usize, buf_len: i32): i32;
+// @ts-ignore: decorator
+@external("wcluster", "conn_write")
+export declare function conn_write(buf: usize, buf_len: i32): i32;
+// @ts-ignore: decorator
+@external("wcluster", "conn_close_write")
+export declare function conn_close_write(): i32;
+// @ts-ignore: decorator
+@external("wcluster", "conn_unread")
+export declare function conn_unread(buf: usize, buf_len: i32): i32;
+// @ts-ignore: decorator
+@external("wcluster", "conn_peer_addr")
+export declare function conn_peer_addr(buf: usize, buf_len: i32): i32;
+// @ts-ignore: decorator
+@external("wcluster", "conn_id")
+export declare function conn_id(): i64;
+// @ts-ignore: decorator
+@external("wcluster", "worker_id")
+export declare function worker_id(): i32;
+// @ts-ignore: decorator
+@external("wcluster", "log")
+export declare function host_log(level: i32, buf: usize, buf_len: i32): i32;
+
+/** The ABI version this SDK speaks (the export `wcluster_abi_v1`). */
+export const ABI_VERSION: i32 = 1;
+
+// Flags passed to the handler.
+/** First call for this connection. */
+export const FLAG_NEW: i32 = 1;
+/** The worker is stopping or reloading: finish the exchange in progress
+ *  (HTTP: answer `Connection: close`) and return CLOSE. */
+export const FLAG_DRAINING: i32 = 2;
+
+// What the handler returns.
+/** Close the connection. */
+export const CLOSE: i32 = 0;
+/** Park the connection, holding no instance, until the peer sends more bytes
+ *  (or closes); then call the handler again, perhaps on another instance. */
+export const KEEP: i32 = 1;
+
+// The host's error codes (always negative; a result >= 0 is success).
+/** A (pointer, length) lies outside guest memory: a bug in the guest. */
+export const ERR_FAULT: i32 = -1;
+/** An argument is out of range (negative length, unknown log level). */
+export const ERR_INVALID: i32 = -2;
+/** The connection was reset or closed: return CLOSE. */
+export const ERR_CLOSED: i32 = -3;
+/** The idle timeout or the call's deadline passed: return CLOSE. */
+export const ERR_TIMEOUT: i32 = -4;
+/** `unread` would hold more than MAX_UNREAD bytes. */
+export const ERR_TOO_LARGE: i32 = -5;
+/** Called outside the handler (from `_initialize`, say). */
+export const ERR_NO_CONN: i32 = -6;
+/** `write` after `closeWrite`. */
+export const ERR_SHUTDOWN: i32 = -7;
+
+/** The most bytes `unread` may hold pending for one connection. */
+export const MAX_UNREAD: i32 = 64 << 10;
+
+// Log levels.
+export const LOG_DEBUG: i32 = 0;
+export const LOG_INFO: i32 = 1;
+export const LOG_WARN: i32 = 2;
+export const LOG_ERROR: i32 = 3;
+
+/** The symbolic name of an error code ("ERR_CLOSED"), or "" if it is none. */
+export function errorName(code: i32): string {
+  switch (code) {
+    case ERR_FAULT: return "ERR_FAULT";
+    case ERR_INVALID: return "ERR_INVALID";
+    case ERR_CLOSED: return "ERR_CLOSED";
+    case ERR_TIMEOUT: return "ERR_TIMEOUT";
+    case ERR_TOO_LARGE: return "ERR_TOO_LARGE";
+    case ERR_NO_CONN: return "ERR_NO_CONN";
+    case ERR_SHUTDOWN: return "ERR_SHUTDOWN";
+  }
+  return "";
+}
+
+// The handler and the exports.
+
+function noHandler(flags: i32): i32 {
+  log(LOG_ERROR, "no handler registered: call wcluster.handle from top-level code");
+  return ERR_INVALID;
+}
+
+let handler: (flags: i32) => i32 = noHandler;
+
+/** Registers the function called for each connection event: it gets the
+ *  FLAG_* bits and returns CLOSE, KEEP, or a negative error (logged by the
+ *  host, which then closes the connection). Call it from top-level code. */
+export function handle(h: (flags: i32) => i32): void {
+  handler = h;
+}
+
+/** Marks the module as built for ABI v1; the host never calls it. */
+export function wcluster_abi_v1(): void {}
+
+/** The entry point the host calls; re-export it from the entry file. */
+export function wcluster_handle(flags: i32): i32 {
+  return handler(flags);
+}
+
+// Connection I/O. Each takes a Uint8Array and an optional range in it
+// (offset, length; length -1 means "to the end"), checks the range, and
+// returns the host's result.
+
+function checkRange(buf: Uint8Array, offset: i32, length: i32): i32 {
+  if (length < 0) length = buf.length - offset;
+  if (offset < 0 || length < 0 || <u32>offset + <u32>length > <u32>buf.length) return ERR_INVALID;
+  return length;
+}
+
+/** Reads into buf[offset, offset+length), waiting for at least one byte.
+ *  Returns the count (> 0), 0 at end of stream (the peer half-closed), or an
+ *  ERR_* code. Bytes pushed back with `unread` come first. */
+export function read(buf: Uint8Array, offset: i32 = 0, length: i32 = -1): i32 {
+  const n = checkRange(buf, offset, length);
+  if (n <= 0) return n;
+  return conn_read(buf.dataStart + <usize>offset, n);
+}
+
+/** Writes all of buf[offset, offset+length). Returns the length written, or
+ *  an ERR_* code. */
+export function write(buf: Uint8Array, offset: i32 = 0, length: i32 = -1): i32 {
+  const n = checkRange(buf, offset, length);
+  if (n <= 0) return n;
+  return conn_write(buf.dataStart + <usize>offset, n);
+}
+
+/** Writes s as UTF-8. Returns the byte count written, or an ERR_* code. */
+export function writeString(s: string): i32 {
+  const b = String.UTF8.encode(s);
+  if (b.byteLength == 0) return 0;
+  return conn_write(changetype<usize>(b), b.byteLength);
+}
+
+/** Half-closes the connection: the peer reads end of stream; this side may
+ *  still read. Returns 0 or an ERR_* code. */
+export function closeWrite(): i32 {
+  return conn_close_write();
+}
+
+/** Pushes buf[offset, offset+length) back in front of the read stream: the
+ *  next `read`, in this call or a later one, returns it first (at most
+ *  MAX_UNREAD bytes pending). Returns 0 or an ERR_* code. */
+export function unread(buf: Uint8Array, offset: i32 = 0, length: i32 = -1): i32 {
+  const n = checkRange(buf, offset, length);
+  if (n <= 0) return n;
+  return conn_unread(buf.dataStart + <usize>offset, n);
+}
+
+/** The peer's address ("127.0.0.1:51234", "[::1]:51234"), or "" on error. */
+export function peerAddr(): string {
+  let size = 64;
+  while (true) {
+    const buf = new ArrayBuffer(size);
+    const n = conn_peer_addr(changetype<usize>(buf), size);
+    if (n < 0) return "";
+    if (n <= size) return String.UTF8.decodeUnsafe(changetype<usize>(buf), <usize>n);
+    size = n;
+  }
+}
+
+/** A number identifying the connection within its worker, the same on every
+ *  call for that connection; 0 outside a connection. */
+export function connId(): i64 {
+  return conn_id();
+}
+
+/** The id (1..N) of the worker process serving the call. */
+export function workerId(): i32 {
+  return worker_id();
+}
+
+/** Writes msg to the worker's log at level (LOG_*), tagged with the worker
+ *  and connection. Returns 0 or an ERR_* code. */
+export function log(level: i32, msg: string): i32 {
+  const b = String.UTF8.encode(msg);
+  if (b.byteLength == 0) return 0;
+  return host_log(level, changetype<usize>(b), b.byteLength);
+}
+
+/** An `abort` for reactors: reports a failed assertion or an uncaught throw
+ *  to the worker's log (tagged with the connection) and traps, so that the
+ *  host discards the instance and closes the connection. Selected at build
+ *  time with `--use abort=sdk/wcluster/onAbort` (see ../README.md); the
+ *  wasi-shim's own abort would print to stderr and call proc_exit instead. */
+export function onAbort(message: string | null, fileName: string | null, line: u32, column: u32): void {
+  let text = "abort: " + (message !== null ? message : "(no message)");
+  if (fileName !== null) text += " at " + fileName + ":" + line.toString() + ":" + column.toString();
+  log(LOG_ERROR, text);
+  unreachable();
+}

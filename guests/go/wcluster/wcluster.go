@@ -1,0 +1,209 @@
+//go:build wasip1
+
+// Package wcluster is the Go guest SDK for the wcluster host ABI v1
+// (see abi/README.md): the connection as an io.Reader/io.Writer, the host's
+// error codes as Go errors, and the wcluster_handle export wired to a
+// function the program registers with Handle.
+//
+// Build a handler as a WASI reactor:
+//
+//	GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o handler.wasm .
+//
+// Register the handler from an init function: in a reactor, main never runs.
+package wcluster
+
+import (
+	"io"
+	"strconv"
+	"unsafe"
+)
+
+//go:wasmimport wcluster conn_read
+func connRead(buf unsafe.Pointer, n int32) int32
+
+//go:wasmimport wcluster conn_write
+func connWrite(buf unsafe.Pointer, n int32) int32
+
+//go:wasmimport wcluster conn_close_write
+func connCloseWrite() int32
+
+//go:wasmimport wcluster conn_unread
+func connUnread(buf unsafe.Pointer, n int32) int32
+
+//go:wasmimport wcluster conn_peer_addr
+func connPeerAddr(buf unsafe.Pointer, n int32) int32
+
+//go:wasmimport wcluster conn_id
+func connID() int64
+
+//go:wasmimport wcluster worker_id
+func workerID() int32
+
+//go:wasmimport wcluster log
+func hostLog(level int32, buf unsafe.Pointer, n int32) int32
+
+// Error is a host ABI error code (always negative).
+type Error int32
+
+// The host's error codes; see abi/README.md.
+const (
+	ErrFault    Error = -1
+	ErrInvalid  Error = -2
+	ErrClosed   Error = -3
+	ErrTimeout  Error = -4
+	ErrTooLarge Error = -5
+	ErrNoConn   Error = -6
+	ErrShutdown Error = -7
+)
+
+func (e Error) Error() string {
+	switch e {
+	case ErrFault:
+		return "wcluster: buffer outside guest memory"
+	case ErrInvalid:
+		return "wcluster: invalid argument"
+	case ErrClosed:
+		return "wcluster: connection closed"
+	case ErrTimeout:
+		return "wcluster: timeout"
+	case ErrTooLarge:
+		return "wcluster: too large"
+	case ErrNoConn:
+		return "wcluster: no connection"
+	case ErrShutdown:
+		return "wcluster: write after close_write"
+	}
+	return "wcluster: error " + strconv.Itoa(int(e))
+}
+
+// Flags tell the handler why it was called.
+type Flags int32
+
+const (
+	// New is set on the first call for a connection.
+	New Flags = 1 << 0
+	// Draining is set when the worker is stopping: finish and return Close.
+	Draining Flags = 1 << 1
+)
+
+// Action is what the host does with the connection when the handler returns.
+type Action int32
+
+const (
+	// Close closes the connection.
+	Close Action = 0
+	// Keep parks the connection, holding no instance, until the peer sends
+	// more; the handler is then called again, perhaps on another instance.
+	Keep Action = 1
+)
+
+var handler func(Flags) Action
+
+// Handle registers the function called for each connection event. Call it
+// from an init function.
+func Handle(h func(Flags) Action) { handler = h }
+
+//go:wasmexport wcluster_abi_v1
+func abiV1() {}
+
+//go:wasmexport wcluster_handle
+func handle(flags int32) int32 {
+	if handler == nil {
+		Log(LevelError, "no handler registered: call wcluster.Handle from init")
+		return -1
+	}
+	return int32(handler(Flags(flags)))
+}
+
+// Conn is the connection of the current call, as an io.ReadWriter.
+var Conn io.ReadWriter = conn{}
+
+type conn struct{}
+
+func (conn) Read(p []byte) (int, error)  { return Read(p) }
+func (conn) Write(p []byte) (int, error) { return Write(p) }
+
+// Read reads into p, waiting for at least one byte. It returns io.EOF when
+// the peer has half-closed the connection.
+func Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n := connRead(unsafe.Pointer(&p[0]), int32(len(p)))
+	switch {
+	case n > 0:
+		return int(n), nil
+	case n == 0:
+		return 0, io.EOF
+	}
+	return 0, Error(n)
+}
+
+// Write writes all of p.
+func Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n := connWrite(unsafe.Pointer(&p[0]), int32(len(p)))
+	if n < 0 {
+		return 0, Error(n)
+	}
+	return int(n), nil
+}
+
+// CloseWrite half-closes the connection: the peer reads end of stream.
+func CloseWrite() error {
+	if r := connCloseWrite(); r < 0 {
+		return Error(r)
+	}
+	return nil
+}
+
+// Unread pushes p back in front of the read stream, for the next Read in this
+// call or a later one (at most 64 KiB pending).
+func Unread(p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	if r := connUnread(unsafe.Pointer(&p[0]), int32(len(p))); r < 0 {
+		return Error(r)
+	}
+	return nil
+}
+
+// PeerAddr returns the peer's address, "ip:port".
+func PeerAddr() string {
+	buf := make([]byte, 64)
+	for {
+		n := connPeerAddr(unsafe.Pointer(&buf[0]), int32(len(buf)))
+		if n < 0 {
+			return ""
+		}
+		if int(n) <= len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, n)
+	}
+}
+
+// ConnID identifies the connection within its worker.
+func ConnID() int64 { return connID() }
+
+// WorkerID is the id (1..N) of the worker process serving the call.
+func WorkerID() int { return int(workerID()) }
+
+// Log levels.
+const (
+	LevelDebug = 0
+	LevelInfo  = 1
+	LevelWarn  = 2
+	LevelError = 3
+)
+
+// Log writes msg to the worker's log at level.
+func Log(level int, msg string) {
+	if len(msg) == 0 {
+		return
+	}
+	hostLog(int32(level), unsafe.Pointer(unsafe.StringData(msg)), int32(len(msg)))
+}

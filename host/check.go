@@ -1,0 +1,209 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+
+	"github.com/wcluster/wcluster/abi"
+)
+
+// Kind says how a module is served.
+type Kind int
+
+const (
+	// KindABI is a reactor exporting wcluster_handle: pooled instances.
+	KindABI Kind = iota + 1
+	// KindCommand is a plain WASI command exporting _start: one instance per
+	// connection, stdin and stdout bound to it.
+	KindCommand
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindABI:
+		return "wcluster ABI handler"
+	case KindCommand:
+		return "WASI command"
+	}
+	return "unknown"
+}
+
+// Info describes a module as wcluster sees it.
+type Info struct {
+	Kind       Kind
+	ABIVersion int      // 0 for a command that declares none
+	Exports    []string // exported functions, sorted
+	Imports    []string // "module.name", in import order
+}
+
+// hostSignatures are the parameter and result types of every ABI function.
+var hostSignatures = map[string][2][]api.ValueType{
+	abi.FuncConnRead:       {{api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncConnWrite:      {{api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncConnCloseWrite: {{}, {api.ValueTypeI32}},
+	abi.FuncConnUnread:     {{api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncConnPeerAddr:   {{api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncConnID:         {{}, {api.ValueTypeI64}},
+	abi.FuncWorkerID:       {{}, {api.ValueTypeI32}},
+	abi.FuncLog:            {{api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+}
+
+const wasiModule = "wasi_snapshot_preview1"
+
+// inspect checks that a compiled module can be served and says how.
+func inspect(m wazero.CompiledModule) (Info, error) {
+	var info Info
+	exports := m.ExportedFunctions()
+	for name := range exports {
+		info.Exports = append(info.Exports, name)
+	}
+	sort.Strings(info.Exports)
+
+	for _, def := range m.ImportedFunctions() {
+		mod, name, _ := def.Import()
+		info.Imports = append(info.Imports, mod+"."+name)
+		switch mod {
+		case wasiModule:
+		case abi.HostModule:
+			sig, ok := hostSignatures[name]
+			if !ok {
+				return info, fmt.Errorf("imports %s.%s, which this wcluster (ABI v%d) does not provide: rebuild it against the v%d SDK",
+					mod, name, abi.Version, abi.Version)
+			}
+			if !sameTypes(def.ParamTypes(), sig[0]) || !sameTypes(def.ResultTypes(), sig[1]) {
+				return info, fmt.Errorf("imports %s.%s with signature %s, but ABI v%d defines %s",
+					mod, name, signature(def.ParamTypes(), def.ResultTypes()), abi.Version, signature(sig[0], sig[1]))
+			}
+		default:
+			return info, fmt.Errorf("imports %s.%s: only %q and %q are provided to guests", mod, name, abi.HostModule, wasiModule)
+		}
+	}
+
+	for _, name := range info.Exports {
+		v, ok := strings.CutPrefix(name, abi.VersionExportPrefix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			continue
+		}
+		info.ABIVersion = n
+	}
+
+	if h, ok := exports[abi.ExportHandle]; ok {
+		info.Kind = KindABI
+		if info.ABIVersion == 0 {
+			return info, fmt.Errorf("exports %s but no %s%d marker: export an empty function %s%d (the SDKs do)",
+				abi.ExportHandle, abi.VersionExportPrefix, abi.Version, abi.VersionExportPrefix, abi.Version)
+		}
+		if info.ABIVersion != abi.Version {
+			return info, fmt.Errorf("speaks wcluster ABI v%d, but this wcluster speaks v%d: rebuild it with the v%d SDK or run a wcluster that speaks v%d",
+				info.ABIVersion, abi.Version, abi.Version, info.ABIVersion)
+		}
+		want := []api.ValueType{api.ValueTypeI32}
+		if !sameTypes(h.ParamTypes(), want) || !sameTypes(h.ResultTypes(), want) {
+			return info, fmt.Errorf("exports %s with signature %s, want (i32) -> i32",
+				abi.ExportHandle, signature(h.ParamTypes(), h.ResultTypes()))
+		}
+		if _, ok := m.ExportedMemories()[abi.ExportMemory]; !ok {
+			return info, fmt.Errorf("exports no %q: the host passes buffers through it", abi.ExportMemory)
+		}
+		return info, nil
+	}
+	if _, ok := exports[abi.ExportStart]; ok {
+		info.Kind = KindCommand
+		if info.ABIVersion != 0 && info.ABIVersion != abi.Version {
+			return info, fmt.Errorf("speaks wcluster ABI v%d, but this wcluster speaks v%d", info.ABIVersion, abi.Version)
+		}
+		return info, nil
+	}
+	return info, errors.New("exports neither wcluster_handle nor _start: build it with a wcluster SDK (a reactor) or as a WASI command")
+}
+
+func sameTypes(a, b []api.ValueType) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func signature(params, results []api.ValueType) string {
+	name := func(ts []api.ValueType) string {
+		s := make([]string, len(ts))
+		for i, t := range ts {
+			s[i] = api.ValueTypeName(t)
+		}
+		return "(" + strings.Join(s, ", ") + ")"
+	}
+	return name(params) + " -> " + name(results)
+}
+
+// Inspect compiles wasm and reports whether and how wcluster can serve it.
+// The error says what is wrong in one line.
+func Inspect(ctx context.Context, wasm []byte) (Info, error) {
+	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigCompiler())
+	defer rt.Close(ctx)
+	cm, err := compile(ctx, rt, wasm)
+	if err != nil {
+		return Info{}, err
+	}
+	return inspect(cm)
+}
+
+func compile(ctx context.Context, rt wazero.Runtime, wasm []byte) (wazero.CompiledModule, error) {
+	if len(wasm) < 4 || string(wasm[:4]) != "\x00asm" {
+		return nil, errors.New("not a WebAssembly module (no \\0asm magic): pass a .wasm file")
+	}
+	cm, err := rt.CompileModule(ctx, wasm)
+	if err != nil {
+		return nil, fmt.Errorf("invalid WebAssembly module: %w", err)
+	}
+	return cm, nil
+}
+
+// newRuntime makes the runtime a Handler runs in. Guests are interruptible
+// only when a time limit is set, since the checks that make them so slow
+// compute-heavy code down.
+func newRuntime(ctx context.Context, o *Options) (wazero.Runtime, error) {
+	interruptible := o.Timeout > 0
+	cfg := wazero.NewRuntimeConfigCompiler().WithCloseOnContextDone(interruptible)
+	if o.MemoryLimit > 0 {
+		pages := o.MemoryLimit / 65536
+		if pages < 1 {
+			pages = 1
+		}
+		if pages > 65536 {
+			pages = 65536
+		}
+		cfg = cfg.WithMemoryLimitPages(uint32(pages))
+	}
+	if o.CacheDir != "" {
+		// wazero's cache key ignores whether termination checks were compiled
+		// in, so code compiled without them must never be loaded where a time
+		// limit is expected: each setting gets its own directory.
+		cacheDir := filepath.Join(o.CacheDir, "plain")
+		if interruptible {
+			cacheDir = filepath.Join(o.CacheDir, "interruptible")
+		}
+		cache, err := wazero.NewCompilationCacheWithDir(cacheDir)
+		if err != nil {
+			return nil, fmt.Errorf("compilation cache %s: %w", cacheDir, err)
+		}
+		cfg = cfg.WithCompilationCache(cache)
+	}
+	return wazero.NewRuntimeWithConfig(ctx, cfg), nil
+}

@@ -1,0 +1,352 @@
+package host
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/wcluster/wcluster/abi"
+)
+
+// Options configure a Handler. Zero values mean "no limit" unless said.
+type Options struct {
+	// Wasm is the module's bytes; Name names it in messages.
+	Wasm []byte
+	Name string
+	// CacheDir holds compiled code shared by every worker ("" disables it).
+	CacheDir string
+	// WorkerID is what the guest's worker_id returns.
+	WorkerID int
+	// MemoryLimit caps each instance's linear memory, in bytes (rounded down
+	// to 64 KiB pages; 0 leaves wazero's 4 GiB).
+	MemoryLimit uint64
+	// Timeout bounds each call into the guest (and a command's whole run);
+	// an instance that overruns it is stopped and discarded. 0: no limit,
+	// and guests run without the termination checks a limit needs.
+	Timeout time.Duration
+	// ReadTimeout and WriteTimeout bound how long one conn_read or
+	// conn_write waits for the peer; the call then sees ErrTimeout.
+	ReadTimeout, WriteTimeout time.Duration
+	// IdleTimeout closes a connection parked with Keep that stays silent.
+	IdleTimeout time.Duration
+	// Instances caps the guest instances alive at once in this worker, and so
+	// the calls running at once (default 64). Connections wait for one.
+	Instances int
+	// MinInstances are created at start and kept warm (default 1).
+	MinInstances int
+	// MaxReuse retires an instance after this many calls (0: never).
+	MaxReuse int
+	// Fresh gives every connection a new instance, closed with it.
+	Fresh bool
+	// Env is the guest's WASI environment, "KEY=value" (nothing of the
+	// host's is passed unless listed here).
+	Env []string
+	// Logger receives the guest's log lines and the host's reports.
+	Logger *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.Instances <= 0 {
+		o.Instances = 64
+	}
+	if o.MinInstances <= 0 {
+		o.MinInstances = 1
+	}
+	if o.MinInstances > o.Instances {
+		o.MinInstances = o.Instances
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Name == "" {
+		o.Name = "handler"
+	}
+}
+
+// Stats are a Handler's counters since it started.
+type Stats struct {
+	Conns      uint64 // connections served to the end
+	Calls      uint64 // calls into the guest
+	Traps      uint64 // calls that trapped or exited
+	Timeouts   uint64 // calls stopped at the time limit
+	MemLimit   uint64 // calls that failed for want of memory
+	Instances  uint64 // instances created
+	InstanceNs uint64 // total time spent creating instances
+	Live       int64  // instances alive now
+}
+
+// Handler serves connections with one compiled guest module.
+type Handler struct {
+	opts     Options
+	info     Info
+	rt       wazero.Runtime
+	compiled wazero.CompiledModule
+	modCfg   wazero.ModuleConfig
+
+	sem  chan struct{} // one token per instance in use
+	mu   sync.Mutex    // mu guards idle, conns, draining
+	idle []*instance
+	// conns are the open connections, for Drain to wake the parked ones.
+	conns    map[*conn]struct{}
+	draining bool
+
+	nextConn atomic.Int64
+	stats    struct {
+		conns, calls, traps, timeouts, memLimit, instances, instanceNs atomic.Uint64
+		live                                                           atomic.Int64
+	}
+
+	stop chan struct{} // closed by Close: stops maintain
+	done sync.WaitGroup
+}
+
+// New compiles the module (from the cache when warm), checks it can be
+// served, and creates the first instances.
+func New(ctx context.Context, opts Options) (*Handler, error) {
+	opts.defaults()
+	rt, err := newRuntime(ctx, &opts)
+	if err != nil {
+		return nil, err
+	}
+	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, stop: make(chan struct{})}
+	if err := h.init(ctx); err != nil {
+		rt.Close(ctx)
+		return nil, fmt.Errorf("%s: %w", opts.Name, err)
+	}
+	h.done.Add(1)
+	go h.maintain()
+	return h, nil
+}
+
+func (h *Handler) init(ctx context.Context) error {
+	cm, err := compile(ctx, h.rt, h.opts.Wasm)
+	if err != nil {
+		return err
+	}
+	h.compiled = cm
+	if h.info, err = inspect(cm); err != nil {
+		return err
+	}
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, h.rt); err != nil {
+		return fmt.Errorf("instantiate WASI: %w", err)
+	}
+	if err := h.instantiateHostModule(ctx); err != nil {
+		return err
+	}
+	h.modCfg = wazero.NewModuleConfig().
+		WithName("").
+		WithSysWalltime().WithSysNanotime().WithSysNanosleep().
+		WithRandSource(rand.Reader).
+		WithArgs(h.opts.Name)
+	for _, kv := range h.opts.Env {
+		k, v, _ := cutEnv(kv)
+		h.modCfg = h.modCfg.WithEnv(k, v)
+	}
+	h.sem = make(chan struct{}, h.opts.Instances)
+	if h.info.Kind == KindABI && !h.opts.Fresh {
+		// A module that cannot even start is reported now, not per connection.
+		for range h.opts.MinInstances {
+			inst, err := h.newInstance(ctx)
+			if err != nil {
+				return err
+			}
+			h.idle = append(h.idle, inst)
+		}
+	}
+	return nil
+}
+
+func cutEnv(kv string) (string, string, bool) {
+	for i := 0; i < len(kv); i++ {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], true
+		}
+	}
+	return kv, "", false
+}
+
+// Info says how the module is served.
+func (h *Handler) Info() Info { return h.info }
+
+// Prepare compiles the module exactly as a worker will, filling the
+// compilation cache, and checks it can be served. The master calls it before
+// starting workers, so they start warm and a bad module stops it early.
+func Prepare(ctx context.Context, opts Options) (Info, error) {
+	opts.defaults()
+	rt, err := newRuntime(ctx, &opts)
+	if err != nil {
+		return Info{}, err
+	}
+	defer rt.Close(ctx)
+	cm, err := compile(ctx, rt, opts.Wasm)
+	if err != nil {
+		return Info{}, err
+	}
+	return inspect(cm)
+}
+
+// Stats returns the handler's counters.
+func (h *Handler) Stats() Stats {
+	return Stats{
+		Conns: h.stats.conns.Load(), Calls: h.stats.calls.Load(), Traps: h.stats.traps.Load(),
+		Timeouts: h.stats.timeouts.Load(), MemLimit: h.stats.memLimit.Load(),
+		Instances: h.stats.instances.Load(), InstanceNs: h.stats.instanceNs.Load(),
+		Live: h.stats.live.Load(),
+	}
+}
+
+// Drain asks every connection to finish: parked ones close (or are served a
+// last time if the peer already sent more), and later calls carry
+// FlagDraining. It does not wait; ServeConn calls return as they finish.
+func (h *Handler) Drain() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.draining = true
+	for c := range h.conns {
+		c.wake()
+	}
+}
+
+// Close releases every instance and the runtime. Call it after every
+// ServeConn has returned.
+func (h *Handler) Close(ctx context.Context) error {
+	close(h.stop)
+	h.done.Wait()
+	h.mu.Lock()
+	idle := h.idle
+	h.idle = nil
+	h.mu.Unlock()
+	for _, inst := range idle {
+		inst.close(ctx)
+	}
+	return h.rt.Close(ctx)
+}
+
+// ServeConn serves one connection until it is closed, then closes f. f must
+// be a connected stream socket in non-blocking mode.
+func (h *Handler) ServeConn(ctx context.Context, f *os.File) {
+	c, err := newConn(f, h.nextConn.Add(1), &h.opts)
+	if err != nil {
+		h.opts.Logger.Warn("connection unusable", "err", err)
+		f.Close()
+		return
+	}
+	h.mu.Lock()
+	h.conns[c] = struct{}{}
+	draining := h.draining
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.conns, c)
+		h.mu.Unlock()
+		c.close()
+		h.stats.conns.Add(1)
+	}()
+
+	if h.info.Kind == KindCommand {
+		h.runCommand(ctx, c)
+		return
+	}
+	flags := abi.FlagNew
+	for {
+		if draining {
+			flags |= abi.FlagDraining
+		}
+		if !h.call(ctx, c, flags) {
+			return
+		}
+		flags = 0
+		if !c.park() {
+			return
+		}
+		h.mu.Lock()
+		draining = h.draining
+		h.mu.Unlock()
+		if draining && !c.hasData() {
+			return
+		}
+	}
+}
+
+// call lends an instance to one call of wcluster_handle and reports whether
+// the guest asked to keep the connection.
+func (h *Handler) call(ctx context.Context, c *conn, flags int32) (keep bool) {
+	inst, err := h.acquire(ctx)
+	if err != nil {
+		h.opts.Logger.Warn("no instance for connection", "conn", c.id, "err", err)
+		return false
+	}
+	h.stats.calls.Add(1)
+	res, err := inst.handle(c, flags)
+	healthy := err == nil
+	h.release(inst, healthy)
+	if err != nil {
+		h.report(c, err)
+		return false
+	}
+	switch r := int32(res); {
+	case r == abi.Keep:
+		return true
+	case r < 0:
+		h.opts.Logger.Warn("guest returned an error", "conn", c.id, "code", r)
+	}
+	return false
+}
+
+// report logs and counts why a call failed.
+func (h *Handler) report(c *conn, err error) {
+	switch {
+	case errors.Is(err, errDeadline):
+		h.stats.timeouts.Add(1)
+		h.opts.Logger.Warn("guest stopped at its time limit", "conn", c.id, "timeout", h.opts.Timeout)
+	case isMemoryError(err):
+		h.stats.memLimit.Add(1)
+		h.opts.Logger.Warn("guest ran out of memory", "conn", c.id, "limit", h.opts.MemoryLimit, "err", oneLine(err))
+	default:
+		h.stats.traps.Add(1)
+		h.opts.Logger.Warn("guest trapped", "conn", c.id, "err", oneLine(err))
+	}
+}
+
+// runCommand serves a WASI command: a fresh instance whose _start runs with
+// stdin and stdout bound to the connection, within the time limit.
+func (h *Handler) runCommand(ctx context.Context, c *conn) {
+	select {
+	case h.sem <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	defer func() { <-h.sem }()
+	h.stats.calls.Add(1)
+	run := ctx
+	if h.opts.Timeout > 0 {
+		var cancel context.CancelFunc
+		run, cancel = context.WithTimeout(ctx, h.opts.Timeout)
+		defer cancel()
+		c.deadline = time.Now().Add(h.opts.Timeout)
+	}
+	inst := &instance{h: h, cur: c}
+	inst.ctx = instContext{Context: run, inst: inst}
+	start := time.Now()
+	mod, err := h.rt.InstantiateModule(inst.ctx, h.compiled, h.modCfg.
+		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}))
+	h.stats.instances.Add(1)
+	h.stats.instanceNs.Add(uint64(time.Since(start)))
+	if mod != nil {
+		inst.mem = mod.Memory()
+		defer mod.Close(ctx)
+	}
+	if err != nil && !isExit0(err) {
+		h.report(c, inst.deadlineErr(err))
+	}
+}

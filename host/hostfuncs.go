@@ -1,0 +1,175 @@
+package host
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/tetratelabs/wazero/api"
+
+	"github.com/wcluster/wcluster/abi"
+)
+
+// instantiateHostModule registers the ABI's host functions, in spec order,
+// as GoModuleFuncs (no reflection on the call path).
+func (h *Handler) instantiateHostModule(ctx context.Context) error {
+	i32, i64 := api.ValueTypeI32, api.ValueTypeI64
+	b := h.rt.NewHostModuleBuilder(abi.HostModule)
+	fns := []struct {
+		name    string
+		fn      api.GoModuleFunc
+		params  []api.ValueType
+		names   []string
+		results []api.ValueType
+	}{
+		{abi.FuncConnRead, h.connRead, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConnWrite, h.connWrite, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConnCloseWrite, h.connCloseWrite, nil, nil, []api.ValueType{i32}},
+		{abi.FuncConnUnread, h.connUnread, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConnPeerAddr, h.connPeerAddr, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConnID, h.connID, nil, nil, []api.ValueType{i64}},
+		{abi.FuncWorkerID, h.workerID, nil, nil, []api.ValueType{i32}},
+		{abi.FuncLog, h.log, []api.ValueType{i32, i32, i32}, []string{"level", "buf", "buf_len"}, []api.ValueType{i32}},
+	}
+	for _, f := range fns {
+		b.NewFunctionBuilder().WithGoModuleFunction(f.fn, f.params, f.results).
+			WithParameterNames(f.names...).Export(f.name)
+	}
+	if _, err := b.Instantiate(ctx); err != nil {
+		return fmt.Errorf("instantiate host module: %w", err)
+	}
+	return nil
+}
+
+// buffer resolves (ptr, len) in the stack to a view of guest memory, or an
+// ABI error code.
+func buffer(mod api.Module, stack []uint64) ([]byte, int32) {
+	ptr, n := uint32(stack[0]), int32(uint32(stack[1]))
+	if n < 0 {
+		return nil, abi.ErrInvalid
+	}
+	mem := mod.Memory()
+	if mem == nil {
+		return nil, abi.ErrFault
+	}
+	b, ok := mem.Read(ptr, uint32(n))
+	if !ok {
+		return nil, abi.ErrFault
+	}
+	return b, 0
+}
+
+func current(ctx context.Context) *conn {
+	if inst := instanceOf(ctx); inst != nil {
+		return inst.cur
+	}
+	return nil
+}
+
+func ret(stack []uint64, v int32) { stack[0] = uint64(uint32(v)) }
+
+func (h *Handler) connRead(ctx context.Context, mod api.Module, stack []uint64) {
+	c := current(ctx)
+	b, code := buffer(mod, stack)
+	switch {
+	case code != 0:
+		ret(stack, code)
+	case c == nil:
+		ret(stack, abi.ErrNoConn)
+	default:
+		ret(stack, c.read(b))
+	}
+}
+
+func (h *Handler) connWrite(ctx context.Context, mod api.Module, stack []uint64) {
+	c := current(ctx)
+	b, code := buffer(mod, stack)
+	switch {
+	case code != 0:
+		ret(stack, code)
+	case c == nil:
+		ret(stack, abi.ErrNoConn)
+	default:
+		ret(stack, c.write(b))
+	}
+}
+
+func (h *Handler) connCloseWrite(ctx context.Context, _ api.Module, stack []uint64) {
+	c := current(ctx)
+	if c == nil {
+		ret(stack, abi.ErrNoConn)
+		return
+	}
+	ret(stack, c.closeWrite())
+}
+
+func (h *Handler) connUnread(ctx context.Context, mod api.Module, stack []uint64) {
+	c := current(ctx)
+	b, code := buffer(mod, stack)
+	switch {
+	case code != 0:
+		ret(stack, code)
+	case c == nil:
+		ret(stack, abi.ErrNoConn)
+	default:
+		ret(stack, c.unread(b))
+	}
+}
+
+func (h *Handler) connPeerAddr(ctx context.Context, mod api.Module, stack []uint64) {
+	c := current(ctx)
+	b, code := buffer(mod, stack)
+	switch {
+	case code != 0:
+		ret(stack, code)
+	case c == nil:
+		ret(stack, abi.ErrNoConn)
+	default:
+		addr := c.peerAddr()
+		if len(addr) <= len(b) {
+			copy(b, addr)
+		}
+		ret(stack, int32(len(addr)))
+	}
+}
+
+func (h *Handler) connID(ctx context.Context, _ api.Module, stack []uint64) {
+	var id int64
+	if c := current(ctx); c != nil {
+		id = c.id
+	}
+	stack[0] = uint64(id)
+}
+
+func (h *Handler) workerID(_ context.Context, _ api.Module, stack []uint64) {
+	ret(stack, int32(h.opts.WorkerID))
+}
+
+func (h *Handler) log(ctx context.Context, mod api.Module, stack []uint64) {
+	level := int32(uint32(stack[0]))
+	b, code := buffer(mod, stack[1:])
+	if code != 0 {
+		ret(stack, code)
+		return
+	}
+	var l slog.Level
+	switch level {
+	case abi.LogDebug:
+		l = slog.LevelDebug
+	case abi.LogInfo:
+		l = slog.LevelInfo
+	case abi.LogWarn:
+		l = slog.LevelWarn
+	case abi.LogError:
+		l = slog.LevelError
+	default:
+		ret(stack, abi.ErrInvalid)
+		return
+	}
+	var id int64
+	if c := current(ctx); c != nil {
+		id = c.id
+	}
+	h.opts.Logger.Log(ctx, l, string(b), "source", "guest", "conn", id)
+	ret(stack, 0)
+}

@@ -1,0 +1,277 @@
+// Package tests holds wcluster's end-to-end tests: they build the real
+// binary and real guests, start real masters and workers, and drive them
+// over loopback sockets.
+package tests
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// env is what TestMain built, shared by every test.
+var env struct {
+	root   string // repository root
+	dir    string // temp dir holding the binary and guests
+	bin    string
+	cache  string // compilation cache shared by the tests' servers
+	guests string // folder of built .wasm guests
+}
+
+func TestMain(m *testing.M) {
+	code, err := setup()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tests: setup:", err)
+		os.Exit(1)
+	}
+	if code == 0 {
+		code = m.Run()
+	}
+	os.RemoveAll(env.dir)
+	os.Exit(code)
+}
+
+func setup() (int, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return 1, err
+	}
+	env.root = filepath.Dir(wd)
+	env.dir, err = os.MkdirTemp("", "wcluster-tests-")
+	if err != nil {
+		return 1, err
+	}
+	env.bin = filepath.Join(env.dir, "wcluster")
+	env.cache = filepath.Join(env.dir, "cache")
+	env.guests = os.Getenv("WCLUSTER_GUESTS")
+	if env.guests == "" {
+		env.guests = filepath.Join(env.dir, "guests")
+	}
+	if err := goBuild(nil, env.bin, "./cmd/wcluster"); err != nil {
+		return 1, err
+	}
+	// The Go guests every test needs; other languages come from `make guests`.
+	wasip1 := []string{"GOOS=wasip1", "GOARCH=wasm"}
+	for _, g := range []struct{ name, pkg string }{
+		{"go-hello", "./guests/go/hello"}, {"go-echo", "./guests/go/echo"}, {"go-faults", "./guests/go/faults"},
+	} {
+		out := filepath.Join(env.guests, g.name+".wasm")
+		if _, err := os.Stat(out); err == nil {
+			continue
+		}
+		if err := goBuild(wasip1, out, "-buildmode=c-shared", g.pkg); err != nil {
+			return 1, err
+		}
+	}
+	if out := filepath.Join(env.guests, "go-cat.wasm"); !exists(out) {
+		if err := goBuild(wasip1, out, "./guests/go/catcmd"); err != nil {
+			return 1, err
+		}
+	}
+	return 0, nil
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func goBuild(extraEnv []string, out string, args ...string) error {
+	cmd := exec.Command("go", append([]string{"build", "-o", out}, args...)...)
+	cmd.Dir = env.root
+	cmd.Env = append(os.Environ(), extraEnv...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %v: %v\n%s", args, err, b)
+	}
+	return nil
+}
+
+// guest returns the path of a built guest, e.g. guest("go-echo").
+func guest(t testing.TB, name string) string {
+	t.Helper()
+	p := filepath.Join(env.guests, name+".wasm")
+	if !exists(p) {
+		t.Fatalf("guest %s not built (run `make guests`, or set WCLUSTER_GUESTS)", p)
+	}
+	return p
+}
+
+// server is a running wcluster master.
+type server struct {
+	t    testing.TB
+	cmd  *exec.Cmd
+	addr string
+	mu   sync.Mutex // mu guards out
+	out  bytes.Buffer
+	done chan struct{} // closed when the process has exited
+	err  error         // its exit status, once done is closed
+}
+
+var servingRE = regexp.MustCompile(`serving .* on (\S+) \(`)
+
+// start runs `wcluster serve ARGS` on a free loopback port and waits for its
+// "serving" line (at most a minute). The server is stopped at cleanup.
+func start(t testing.TB, args ...string) *server {
+	t.Helper()
+	s, err := tryStart(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func tryStart(t testing.TB, args ...string) (*server, error) {
+	full := append([]string{"serve", "--listen", "127.0.0.1:0", "--cache-dir", env.cache}, args...)
+	s := &server{t: t, cmd: exec.Command(env.bin, full...), done: make(chan struct{})}
+	pr, pw := io.Pipe()
+	s.cmd.Stderr = pw
+	s.cmd.Stdout = pw
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			s.mu.Lock()
+			s.out.WriteString(line + "\n")
+			s.mu.Unlock()
+			if m := servingRE.FindStringSubmatch(line); m != nil {
+				select {
+				case ready <- m[1]:
+				default:
+				}
+			}
+		}
+	}()
+	go func() {
+		s.err = s.cmd.Wait()
+		pw.Close()
+		close(s.done)
+	}()
+	t.Cleanup(func() {
+		s.stop()
+		if t.Failed() {
+			t.Logf("server output:\n%s", s.output())
+		}
+	})
+	select {
+	case addr := <-ready:
+		s.addr = addr
+		return s, nil
+	case <-s.done:
+		return nil, fmt.Errorf("server exited before serving (%v):\n%s", s.err, s.output())
+	case <-time.After(60 * time.Second):
+		return nil, fmt.Errorf("server not serving after 60s:\n%s", s.output())
+	}
+}
+
+func (s *server) output() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out.String()
+}
+
+// stop sends SIGTERM and waits (bounded) for the exit; SIGKILL after that.
+func (s *server) stop() {
+	select {
+	case <-s.done:
+		return
+	default:
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+// waitExit waits for the server to exit by itself and returns its status.
+func (s *server) waitExit(d time.Duration) error {
+	select {
+	case <-s.done:
+		return s.err
+	case <-time.After(d):
+		s.t.Fatalf("server still running after %v", d)
+		return nil
+	}
+}
+
+// waitOutput waits until the server's output matches re.
+func (s *server) waitOutput(re string, d time.Duration) string {
+	s.t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if m := rx.FindString(s.output()); m != "" {
+			return m
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.t.Fatalf("no output matching %q within %v", re, d)
+	return ""
+}
+
+func (s *server) url() string { return "http://" + s.addr + "/" }
+
+// dial connects to the server with a deadline on the whole exchange.
+func (s *server) dial(t testing.TB) *net.TCPConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", s.addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// get does one HTTP GET and returns body and worker id header.
+func get(ctx context.Context, client *http.Client, url string, close bool) (string, string, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return "", "", err
+	}
+	req.Close = close
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", "", err
+	}
+	if resp.StatusCode != 200 {
+		return string(b), "", fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return string(b), resp.Header.Get("X-Wcluster-Worker"), nil
+}
+
+func newClient() *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+}
+
+// run runs the binary to completion (bounded) and returns combined output.
+func run(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, env.bin, args...)
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
