@@ -316,6 +316,7 @@ func (m *Master) reap(p *proc) {
 		delete(p.pending, seq)
 	}
 	p.inFlight = 0
+	p.requeued += uint64(len(orphans))
 	m.stats.Requeued += uint64(len(orphans))
 	m.mu.Unlock()
 	p.ch.close()
@@ -402,6 +403,7 @@ type WorkerStatus struct {
 	Completed uint64         `json:"completed"`
 	Refused   uint64         `json:"refused"`
 	Requeued  uint64         `json:"requeued"`
+	Unacked   int            `json:"unacked"`
 	BeatAge   string         `json:"heartbeat_age"`
 	Handler   map[string]any `json:"handler,omitempty"`
 }
@@ -421,6 +423,7 @@ func (m *Master) Status() Status {
 			ID: p.id, PID: p.pid, State: p.state.String(),
 			Uptime:   now.Sub(p.started).Round(time.Millisecond).String(),
 			Accepted: p.accepted, InFlight: p.inFlight, Refused: p.refused, Requeued: p.requeued,
+			Unacked:  len(p.pending),
 			Completed: p.report.Completed, Handler: p.report.Handler,
 			BeatAge: now.Sub(p.lastBeat).Round(time.Millisecond).String(),
 		}

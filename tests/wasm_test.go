@@ -1,6 +1,14 @@
 package tests
 
-import "errors"
+import (
+	"errors"
+	"net"
+	"syscall"
+)
+
+type tcpConn = net.TCPConn
+
+func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
 

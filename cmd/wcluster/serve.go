@@ -86,6 +86,7 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "instance-mode", Value: "pooled", Usage: "pooled, or fresh: a new instance per connection"},
 			&cli.StringFlag{Name: "cache-dir", Value: defaultCacheDir(), Usage: "compilation cache shared by the workers (\"\" disables it)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "control", Usage: "unix socket for `wcluster status` (none by default)"},
 		},
 		Action: serveAction,
 	}
@@ -165,6 +166,11 @@ func serveAction(c *cli.Context) error {
 		}
 	}()
 	defer close(usr1)
+	if path := c.String("control"); path != "" {
+		if err := m.ServeControl(ctx, path); err != nil {
+			return err
+		}
+	}
 
 	err = m.Run(ctx, func() {
 		fmt.Fprintf(c.App.ErrWriter, "wcluster: serving %s on %s (policy %s, %d workers, %s) in %v\n",

@@ -1,0 +1,183 @@
+package tests
+
+import (
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// status is the part of `wcluster status --json` the tests read.
+type status struct {
+	PID    int `json:"pid"`
+	Totals struct {
+		Accepted      uint64 `json:"accepted"`
+		QueueTimeouts uint64 `json:"queue_timeouts"`
+		Requeued      uint64 `json:"requeued"`
+		Restarts      uint64 `json:"restarts"`
+		Queued        int    `json:"queued"`
+	} `json:"totals"`
+	Workers []struct {
+		ID       int            `json:"id"`
+		PID      int            `json:"pid"`
+		State    string         `json:"state"`
+		Accepted uint64         `json:"accepted"`
+		InFlight int64          `json:"in_flight"`
+		Unacked  int            `json:"unacked"`
+		Requeued uint64         `json:"requeued"`
+		Handler  map[string]any `json:"handler"`
+	} `json:"workers"`
+}
+
+// startControlled starts a server with a control socket.
+func startControlled(t *testing.T, args ...string) (*server, string) {
+	t.Helper()
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	return start(t, append([]string{"--control", ctl}, args...)...), ctl
+}
+
+func getStatus(t *testing.T, ctl string) status {
+	t.Helper()
+	out, err := run(t, "status", "--json", "--control", ctl)
+	if err != nil {
+		t.Fatalf("status: %v: %s", err, out)
+	}
+	var s status
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("status: %v: %s", err, out)
+	}
+	return s
+}
+
+// waitStatus polls the status until ok accepts it (at most 30s).
+func waitStatus(t *testing.T, ctl string, what string, ok func(status) bool) status {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s := getStatus(t, ctl)
+		if ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; last status: %+v", what, s)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func fdCount(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestUnackedConnectionSurvivesWorkerKill: a connection handed to a worker
+// that is killed before it acknowledges is served by another worker.
+func TestUnackedConnectionSurvivesWorkerKill(t *testing.T) {
+	s, ctl := startControlled(t, "--workers", "2", guest(t, "go-echo"))
+	st := getStatus(t, ctl)
+	victim := st.Workers[0]
+	if err := syscall.Kill(victim.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// Two connections: the least-loaded choice alternates, so one goes to
+	// the stopped worker and waits there unacknowledged.
+	a, b := s.dial(t), s.dial(t)
+	waitStatus(t, ctl, "a connection unacknowledged by the stopped worker", func(s status) bool {
+		return len(s.Workers) > 0 && s.Workers[0].PID == victim.PID && s.Workers[0].Unacked == 1
+	})
+	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range []*tcpConn{a, b} {
+		if got := echo(t, c, []byte("still here")); string(got) != "still here" {
+			t.Fatalf("connection %d: got %q", i, got)
+		}
+	}
+	st = waitStatus(t, ctl, "the requeue counted", func(s status) bool { return s.Totals.Requeued >= 1 })
+	if st.Totals.Requeued != 1 {
+		t.Fatalf("want 1 requeued connection, got %d", st.Totals.Requeued)
+	}
+}
+
+// TestFullWorkersMakeConnectionsWait: with every worker at --max-conns, a
+// new connection is not refused: it waits in the backlog (the master does
+// not accept it) and is served once capacity returns.
+func TestFullWorkersMakeConnectionsWait(t *testing.T) {
+	s, ctl := startControlled(t, "--workers", "1", "--max-conns", "1", guest(t, "go-echo"))
+	a := s.dial(t)
+	a.Write([]byte("a"))
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(a, buf); err != nil {
+		t.Fatal(err)
+	}
+	b := s.dial(t) // completes the handshake in the kernel's backlog
+	done := make(chan []byte, 1)
+	go func() { done <- echo(t, b, []byte("waited")) }()
+	st := getStatus(t, ctl)
+	if st.Totals.Accepted != 1 {
+		t.Fatalf("master accepted %d connections while its only worker was full, want 1", st.Totals.Accepted)
+	}
+	select {
+	case got := <-done:
+		t.Fatalf("second connection served while the worker was full: %q", got)
+	default:
+	}
+	a.CloseWrite()
+	io.ReadAll(a)
+	select {
+	case got := <-done:
+		if string(got) != "waited" {
+			t.Fatalf("got %q", got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("waiting connection not served after capacity returned")
+	}
+}
+
+// TestQueueTimeout: connections held past --queue-timeout are closed,
+// logged and counted, and the master's fds return to their baseline.
+func TestQueueTimeout(t *testing.T) {
+	s, ctl := startControlled(t, "--workers", "1", "--max-conns", "1", "--queue-size", "2", "--queue-timeout", "300ms", guest(t, "go-echo"))
+	master := getStatus(t, ctl).PID
+	base := fdCount(t, master)
+
+	a := s.dial(t)
+	a.Write([]byte("a"))
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(a, buf); err != nil {
+		t.Fatal(err)
+	}
+	b, c := s.dial(t), s.dial(t)
+	for _, conn := range []*tcpConn{b, c} {
+		if _, err := io.ReadAll(conn); err != nil && !isReset(err) {
+			t.Fatalf("queued connection: %v", err)
+		}
+	}
+	st := waitStatus(t, ctl, "two queue timeouts", func(s status) bool { return s.Totals.QueueTimeouts == 2 })
+	if st.Totals.Queued != 0 {
+		t.Fatalf("queue not empty: %d", st.Totals.Queued)
+	}
+	s.waitOutput("closed queued connections: no worker had room", 10*time.Second)
+	a.CloseWrite()
+	io.ReadAll(a)
+	a.Close()
+	// Capacity is back: a new connection is served.
+	if got := echo(t, s.dial(t), []byte("after")); string(got) != "after" {
+		t.Fatalf("got %q", got)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for fdCount(t, master) > base {
+		if time.Now().After(deadline) {
+			t.Fatalf("master has %d fds, baseline %d", fdCount(t, master), base)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
