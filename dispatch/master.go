@@ -127,6 +127,10 @@ type Master struct {
 	stats   Totals
 	crashes []time.Time // recent unexpected exits, for the crash-loop breaker
 	closing bool
+	// generation counts completed reloads.
+	generation int
+
+	reloadMu sync.Mutex // serialises Reload
 
 	capacity chan struct{} // signalled when a worker may take more (rr)
 	events   chan procEvent
@@ -141,6 +145,7 @@ type Totals struct {
 	Requeued      uint64 `json:"requeued"`
 	Restarts      uint64 `json:"restarts"`
 	Queued        int    `json:"queued"`
+	Generation    int    `json:"generation"`
 }
 
 type queued struct {
@@ -253,9 +258,12 @@ func (m *Master) supervise(ctx context.Context) error {
 				continue
 			}
 			p := ev.p
+			m.mu.Lock()
+			current := m.procs[p.id-1] == p
+			m.mu.Unlock()
 			m.reap(p)
-			if p.retired {
-				continue
+			if p.retired || !current {
+				continue // drained on purpose, or a reload's worker that failed
 			}
 			now := time.Now()
 			m.mu.Lock()
@@ -414,6 +422,7 @@ func (m *Master) Status() Status {
 	defer m.mu.Unlock()
 	s := Status{Listen: m.lis.addr.String(), Sched: m.cfg.Sched, PID: os.Getpid(), Totals: m.stats}
 	s.Totals.Queued = len(m.queue)
+	s.Totals.Generation = m.generation
 	now := time.Now()
 	for _, p := range m.procs {
 		if p == nil {
@@ -423,7 +432,7 @@ func (m *Master) Status() Status {
 			ID: p.id, PID: p.pid, State: p.state.String(),
 			Uptime:   now.Sub(p.started).Round(time.Millisecond).String(),
 			Accepted: p.accepted, InFlight: p.inFlight, Refused: p.refused, Requeued: p.requeued,
-			Unacked:  len(p.pending),
+			Unacked:   len(p.pending),
 			Completed: p.report.Completed, Handler: p.report.Handler,
 			BeatAge: now.Sub(p.lastBeat).Round(time.Millisecond).String(),
 		}
@@ -435,11 +444,24 @@ func (m *Master) Status() Status {
 	return s
 }
 
-// spawn starts worker id.
+// spawn starts worker id in its slot.
 func (m *Master) spawn(id int) error {
+	_, err := m.start(id, m.workerConfig(), true)
+	return err
+}
+
+func (m *Master) workerConfig() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg.WorkerConfig
+}
+
+// start starts a worker process for slot id with the given handler config.
+// With install it takes the slot at once; a reload installs it later.
+func (m *Master) start(id int, workerConfig []byte, install bool) (*proc, error) {
 	ch, child, err := socketPair()
 	if err != nil {
-		return fmt.Errorf("dispatch: worker %d: %w", id, err)
+		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
 	}
 	defer child.Close()
 	params, _ := json.Marshal(workerParams{
@@ -450,7 +472,7 @@ func (m *Master) spawn(id int) error {
 	cmd.Env = append(os.Environ(),
 		EnvWorkerID+"="+strconv.Itoa(id),
 		envDispatch+"="+string(params),
-		envConfig+"="+string(m.cfg.WorkerConfig))
+		envConfig+"="+string(workerConfig))
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{child} // fd 3
 	if m.cfg.Sched == SchedShared {
@@ -458,16 +480,19 @@ func (m *Master) spawn(id int) error {
 	}
 	if err := cmd.Start(); err != nil {
 		ch.close()
-		return fmt.Errorf("dispatch: start worker %d: %w", id, err)
+		return nil, fmt.Errorf("dispatch: start worker %d: %w", id, err)
 	}
 	now := time.Now()
 	p := &proc{
 		id: id, pid: cmd.Process.Pid, cmd: cmd, ch: ch, state: stateStarting,
 		started: now, lastBeat: now, pending: map[uint64]int{}, exited: make(chan struct{}),
+		ready: make(chan struct{}),
 	}
-	m.mu.Lock()
-	m.procs[id-1] = p
-	m.mu.Unlock()
+	if install {
+		m.mu.Lock()
+		m.procs[id-1] = p
+		m.mu.Unlock()
+	}
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); m.readWorker(p) }()
 	go func() {
@@ -476,7 +501,7 @@ func (m *Master) spawn(id int) error {
 		close(p.exited)
 		m.emit(procEvent{evExit, p})
 	}()
-	return nil
+	return p, nil
 }
 
 // readWorker handles one worker's messages until its channel closes.
@@ -492,10 +517,14 @@ func (m *Master) readWorker(p *proc) {
 		switch msg[0] {
 		case msgReady:
 			m.mu.Lock()
-			if p.state == stateStarting {
+			first := p.state == stateStarting
+			if first {
 				p.state = stateReady
 			}
 			m.mu.Unlock()
+			if first {
+				close(p.ready)
+			}
 			m.emit(procEvent{evReady, p})
 			m.signalCapacity()
 		case msgAck:
@@ -611,6 +640,7 @@ type proc struct {
 	ch      *channel
 	started time.Time
 	exited  chan struct{} // closed when the process has exited
+	ready   chan struct{} // closed when it said ready
 	waitErr error         // set before exited is closed
 
 	state    procState
@@ -628,6 +658,8 @@ type proc struct {
 }
 
 func (p *proc) kill(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
+
+const killSignal = syscall.SIGKILL
 
 // failure describes why a worker ended.
 func (p *proc) failure() string {

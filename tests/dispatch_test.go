@@ -20,6 +20,7 @@ type status struct {
 		Requeued      uint64 `json:"requeued"`
 		Restarts      uint64 `json:"restarts"`
 		Queued        int    `json:"queued"`
+		Generation    int    `json:"generation"`
 	} `json:"totals"`
 	Workers []struct {
 		ID       int            `json:"id"`

@@ -166,6 +166,19 @@ func serveAction(c *cli.Context) error {
 		}
 	}()
 	defer close(usr1)
+	// SIGHUP: re-read and check the handler, then replace the workers
+	// without dropping a connection; a bad handler leaves the old ones.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if err := reload(ctx, m, hc, log); err != nil {
+				log.Error("reload failed; the old workers keep serving", "err", err)
+			}
+		}
+	}()
+	defer close(hup)
 	if path := c.String("control"); path != "" {
 		if err := m.ServeControl(ctx, path); err != nil {
 			return err
@@ -181,6 +194,21 @@ func serveAction(c *cli.Context) error {
 		return nil
 	}
 	return err
+}
+
+// reload re-reads the handler, compiles and checks it as a worker would, and
+// asks the master to replace its workers with ones serving it.
+func reload(ctx context.Context, m *dispatch.Master, hc handlerConfig, log *slog.Logger) error {
+	log.Info("reloading", "handler", hc.Path)
+	wasm, name, err := hc.load()
+	if err != nil {
+		return err
+	}
+	if _, err := host.Prepare(ctx, hc.options(wasm, name, 0, log)); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	cfg, _ := json.Marshal(hc)
+	return m.Reload(ctx, cfg)
 }
 
 func describe(info host.Info) string {

@@ -1,0 +1,86 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Reload replaces every worker without losing a connection: it starts a new
+// generation with workerConfig, waits until all of it is ready, then puts
+// it in the old one's slots and drains the old workers (they finish what
+// they hold, bounded by ShutdownTimeout). If a new worker fails to start,
+// the new generation is stopped and the old one keeps serving; the error
+// says why. Reloads are serialised.
+func (m *Master) Reload(ctx context.Context, workerConfig []byte) error {
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
+	start := time.Now()
+
+	fresh := make([]*proc, 0, m.cfg.Workers)
+	abort := func(err error) error {
+		for _, p := range fresh {
+			p.retired = true
+			p.ch.closeWrite()
+		}
+		for _, p := range fresh {
+			select {
+			case <-p.exited:
+			case <-time.After(m.cfg.ShutdownTimeout):
+				p.kill(killSignal)
+			}
+		}
+		return err
+	}
+	for id := 1; id <= m.cfg.Workers; id++ {
+		p, err := m.start(id, workerConfig, false)
+		if err != nil {
+			return abort(err)
+		}
+		fresh = append(fresh, p)
+	}
+	readyBy := time.NewTimer(m.cfg.WorkerTimeout)
+	defer readyBy.Stop()
+	for _, p := range fresh {
+		select {
+		case <-p.ready:
+		case <-p.exited:
+			<-p.exited
+			m.mu.Lock()
+			why := p.failure()
+			m.mu.Unlock()
+			return abort(fmt.Errorf("dispatch: reload: new worker %d failed to start: %s; the old workers keep serving", p.id, why))
+		case <-readyBy.C:
+			return abort(fmt.Errorf("dispatch: reload: new workers not ready within %v; the old workers keep serving", m.cfg.WorkerTimeout))
+		case <-ctx.Done():
+			return abort(ctx.Err())
+		}
+	}
+
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		return abort(ErrMasterClosed)
+	}
+	old := make([]*proc, 0, len(m.procs))
+	for i, p := range fresh {
+		if m.procs[i] != nil {
+			old = append(old, m.procs[i])
+			m.procs[i].retired = true
+		}
+		m.procs[i] = p
+	}
+	m.cfg.WorkerConfig = workerConfig
+	m.generation++
+	gen := m.generation
+	m.mu.Unlock()
+	m.signalCapacity()
+
+	// Old workers read every connection already sent to them, then end of
+	// stream: they drain and exit; supervise ignores their exits.
+	for _, p := range old {
+		p.ch.closeWrite()
+	}
+	m.log.Info("reload complete", "generation", gen, "workers", len(fresh), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
