@@ -1,0 +1,102 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// languages whose guests the conformance suite runs: each builds
+// <prefix>-hello.wasm, <prefix>-echo.wasm and <prefix>-cat.wasm.
+var languages = []string{"go", "c", "wat", "rust", "as", "zig"}
+
+// TestConformance runs every language's handlers through the same cases on
+// both policies. Without WCLUSTER_GUESTS (set by `make test`) only the Go
+// guests TestMain built are there; with it, every language must be.
+func TestConformance(t *testing.T) {
+	required := os.Getenv("WCLUSTER_GUESTS") != ""
+	for _, lang := range languages {
+		t.Run(lang, func(t *testing.T) {
+			if !exists(env.guests+"/"+lang+"-hello.wasm") && !required {
+				t.Skipf("%s guests not built (run `make guests`)", lang)
+			}
+			for _, sched := range []string{"rr", "shared"} {
+				t.Run(sched, func(t *testing.T) { conformance(t, lang, sched) })
+			}
+		})
+	}
+}
+
+func conformance(t *testing.T, lang, sched string) {
+	common := []string{"--workers", "2", "--sched", sched}
+	hello := start(t, append(common, guest(t, lang+"-hello"))...)
+	t.Run("hello", func(t *testing.T) {
+		client := newClient()
+		for _, closing := range []bool{false, true} {
+			for i := 0; i < 20; i++ {
+				body, worker, err := get(context.Background(), client, hello.url(), closing)
+				if err != nil || body != "hello world\n" {
+					t.Fatalf("close=%v request %d: %q %v", closing, i, body, err)
+				}
+				if worker != "1" && worker != "2" {
+					t.Fatalf("X-Wcluster-Worker = %q, want 1 or 2", worker)
+				}
+			}
+		}
+	})
+	t.Run("pipelined", func(t *testing.T) {
+		c := hello.dial(t)
+		c.Write([]byte(strings.Repeat("GET / HTTP/1.1\r\nHost: x\r\n\r\n", 4) + "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(string(b), "hello world\n"); n != 5 {
+			t.Fatalf("want 5 answers, got %d:\n%s", n, b)
+		}
+	})
+	t.Run("http/1.0", func(t *testing.T) {
+		c := hello.dial(t)
+		c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		b, err := io.ReadAll(c) // HTTP/1.0 without keep-alive: the server closes
+		if err != nil || !strings.Contains(string(b), "hello world\n") {
+			t.Fatalf("%q %v", b, err)
+		}
+	})
+
+	echoSrv := start(t, append(common, guest(t, lang+"-echo"))...)
+	for _, size := range []int{0, 1, 64 << 10, 8 << 20} {
+		t.Run(fmt.Sprintf("echo-%d", size), func(t *testing.T) {
+			payload := randomBytes(size)
+			if got := echo(t, echoSrv.dial(t), payload); !bytes.Equal(got, payload) {
+				t.Fatalf("sent %d bytes, got %d (or different bytes)", size, len(got))
+			}
+		})
+	}
+	t.Run("peer-closes-mid-transfer", func(t *testing.T) {
+		c := echoSrv.dial(t)
+		c.Write(randomBytes(1 << 20))
+		c.SetLinger(0)
+		c.Close() // reset while the guest is still echoing
+		payload := randomBytes(1000)
+		for i := 0; i < 4; i++ { // every worker still serves
+			if got := echo(t, echoSrv.dial(t), payload); !bytes.Equal(got, payload) {
+				t.Fatalf("after a reset: got %d bytes", len(got))
+			}
+		}
+	})
+
+	cat := start(t, append(common, guest(t, lang+"-cat"))...)
+	t.Run("wasi-command", func(t *testing.T) {
+		payload := randomBytes(64 << 10)
+		if got := echo(t, cat.dial(t), payload); !bytes.Equal(got, payload) {
+			t.Fatalf("sent %d bytes, got %d (or different bytes)", len(payload), len(got))
+		}
+	})
+	_ = time.Second
+}
