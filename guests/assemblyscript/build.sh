@@ -35,15 +35,17 @@ asc=(node node_modules/assemblyscript/bin/asc.js)
 shim=node_modules/@assemblyscript/wasi-shim
 
 # Reactors: the wasi-shim's settings spelled out (its asconfig.json would set
-# exportStart to _start and abort to its own), with the SDK's abort, which
-# logs through wcluster's log and traps.
+# exportStart to _start), except two from the SDK: abort logs through
+# wcluster's log and traps (the shim's prints to stderr and calls proc_exit),
+# and console writes to the worker's log (the shim's writes to stdout, which
+# wcluster binds to the connection).
 reactor=(
 	--lib "$shim/assembly"
 	--use ASC_WASI=1
 	--use abort=sdk/wcluster/onAbort
 	--use trace=wasi_trace
 	--use seed=wasi_seed
-	--use console=wasi_console
+	--use console=sdk/wcluster/logConsole
 	--use crypto=wasi_crypto
 	--use performance=wasi_performance
 	--use process=wasi_process

@@ -210,6 +210,76 @@ export function log(level: i32, msg: string): i32 {
   return host_log(level, changetype<usize>(b), b.byteLength);
 }
 
+function emit(level: i32, msg: string): void {
+  log(level, msg);
+}
+
+let timers: Map<string, u64> | null = null;
+
+function timersMap(): Map<string, u64> {
+  let m = timers;
+  if (m === null) {
+    m = new Map<string, u64>();
+    timers = m;
+  }
+  return m;
+}
+
+function elapsed(label: string, start: u64): string {
+  const ns = process.hrtime() - start;
+  return label + ": " + (<f64>ns / 1e6).toString() + "ms";
+}
+
+/** A `console` for reactors that writes to the worker's log. The wasi-shim's
+ *  console writes to stdout, which wcluster binds to the connection: a
+ *  console.log would go to the client. Selected at build time with
+ *  `--use console=sdk/wcluster/logConsole` (see ../README.md). */
+export namespace logConsole {
+  export function assert<T>(condition: T, message: string = ""): void {
+    if (!condition) emit(LOG_ERROR, "Assertion failed: " + message);
+  }
+  export function log(message: string = ""): void {
+    emit(LOG_INFO, message);
+  }
+  export function debug(message: string = ""): void {
+    emit(LOG_DEBUG, message);
+  }
+  export function info(message: string = ""): void {
+    emit(LOG_INFO, message);
+  }
+  export function warn(message: string = ""): void {
+    emit(LOG_WARN, message);
+  }
+  export function error(message: string = ""): void {
+    emit(LOG_ERROR, message);
+  }
+  export function time(label: string = "default"): void {
+    const m = timersMap();
+    if (m.has(label)) {
+      emit(LOG_WARN, "Label '" + label + "' already exists for console.time()");
+      return;
+    }
+    m.set(label, process.hrtime());
+  }
+  export function timeLog(label: string = "default"): void {
+    const m = timersMap();
+    if (!m.has(label)) {
+      emit(LOG_WARN, "No such label '" + label + "' for console.timeLog()");
+      return;
+    }
+    emit(LOG_INFO, elapsed(label, m.get(label)));
+  }
+  export function timeEnd(label: string = "default"): void {
+    const m = timersMap();
+    if (!m.has(label)) {
+      emit(LOG_WARN, "No such label '" + label + "' for console.timeEnd()");
+      return;
+    }
+    emit(LOG_INFO, elapsed(label, m.get(label)));
+    m.delete(label);
+  }
+}
+
 /** An `abort` for reactors: reports a failed assertion or an uncaught throw
  *  to the worker's log (tagged with the connection) and traps, so that the
  *  host discards the instance and closes the connection. Selected at build

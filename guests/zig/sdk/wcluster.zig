@@ -236,7 +236,11 @@ pub fn logf(level: Level, comptime fmt: []const u8, args: anytype) void {
 ///
 ///     pub const std_options = struct {
 ///         pub const logFn = wcluster.stdLogFn;
+///         pub const log_level = .info; // ReleaseSmall keeps only .err by default
 ///     };
+///
+/// (Zig's default logFn writes to stderr, which wcluster also logs, untagged
+/// by level.)
 pub fn stdLogFn(
     comptime message_level: std.log.Level,
     comptime scope: @TypeOf(.EnumLiteral),
