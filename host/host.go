@@ -340,6 +340,7 @@ func (h *Handler) runCommand(ctx context.Context, c *conn) {
 	start := time.Now()
 	mod, err := h.rt.InstantiateModule(inst.ctx, h.compiled, h.modCfg.
 		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}))
+	inst.flushLog()
 	h.stats.instances.Add(1)
 	h.stats.instanceNs.Add(uint64(time.Since(start)))
 	if mod != nil {

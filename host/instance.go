@@ -20,15 +20,16 @@ var errDeadline = errors.New("time limit exceeded")
 // instance is one guest instance. It serves one call at a time; cur is the
 // connection of that call (nil between calls).
 type instance struct {
-	h     *Handler
-	mod   api.Module
-	mem   api.Memory
-	entry api.Function
-	ctx   instContext
-	stack [1]uint64
-	cur   *conn
-	uses  int
-	last  time.Time // when it was last returned to the pool
+	h      *Handler
+	mod    api.Module
+	mem    api.Memory
+	entry  api.Function
+	ctx    instContext
+	stack  [1]uint64
+	cur    *conn
+	errbuf []byte // stderr bytes since the last newline
+	uses   int
+	last   time.Time // when it was last returned to the pool
 
 	// mu guards the time-limit state shared with timer's callback.
 	mu       sync.Mutex
@@ -133,6 +134,7 @@ func (inst *instance) handle(c *conn, flags int32) (uint64, error) {
 	inst.stack[0] = uint64(uint32(flags))
 	err := inst.entry.CallWithStack(inst.ctx, inst.stack[:])
 	timedOut := inst.disarm()
+	inst.flushLog()
 	inst.cur = nil
 	c.deadline = time.Time{}
 	if timedOut {

@@ -39,16 +39,42 @@ func (s stdout) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// logWriter sends a guest's stderr to the worker's log, a line at a time.
+// logWriter sends a guest's stderr to the worker's log a line at a time:
+// guests write a line in several pieces, so partial lines are held (up to
+// maxLogLine) until their newline.
 type logWriter struct{ inst *instance }
 
+const maxLogLine = 4096
+
 func (w logWriter) Write(p []byte) (int, error) {
+	inst := w.inst
+	inst.errbuf = append(inst.errbuf, p...)
+	for {
+		i := bytes.IndexByte(inst.errbuf, '\n')
+		if i < 0 {
+			if len(inst.errbuf) >= maxLogLine {
+				inst.logLine(inst.errbuf)
+				inst.errbuf = inst.errbuf[:0]
+			}
+			return len(p), nil
+		}
+		inst.logLine(inst.errbuf[:i])
+		inst.errbuf = inst.errbuf[:copy(inst.errbuf, inst.errbuf[i+1:])]
+	}
+}
+
+// flushLog logs a partial line left at the end of a call.
+func (inst *instance) flushLog() {
+	if len(inst.errbuf) > 0 {
+		inst.logLine(inst.errbuf)
+		inst.errbuf = inst.errbuf[:0]
+	}
+}
+
+func (inst *instance) logLine(line []byte) {
 	var id int64
-	if c := w.inst.cur; c != nil {
+	if c := inst.cur; c != nil {
 		id = c.id
 	}
-	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
-		w.inst.h.opts.Logger.Log(context.Background(), slog.LevelInfo, string(line), "source", "guest-stderr", "conn", id)
-	}
-	return len(p), nil
+	inst.h.opts.Logger.Log(context.Background(), slog.LevelInfo, string(line), "source", "guest-stderr", "conn", id)
 }
