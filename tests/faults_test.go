@@ -145,8 +145,10 @@ func ask(t *testing.T, s *server, line string) string {
 // TestGuestFaults: a guest that traps, loops or exhausts its memory costs
 // its own connection; the same worker (and instance slot) serves the next.
 func TestGuestFaults(t *testing.T) {
-	s, ctl := startControlled(t, "--workers", "1", "--instances", "1", "--timeout", "1s",
-		"--memory-limit", "64MiB", "--write-timeout", "1s", guest(t, "go-faults"))
+	// The time limit leaves room for the memory bomb to hit its limit first,
+	// even in a race-detector build.
+	s, ctl := startControlled(t, "--workers", "1", "--instances", "1", "--timeout", "3s",
+		"--memory-limit", "32MiB", "--write-timeout", "1s", guest(t, "go-faults"))
 	pid := getStatus(t, ctl).Workers[0].PID
 	for _, fault := range []string{"trap", "loop", "oom", "flood"} {
 		t.Run(fault, func(t *testing.T) {

@@ -60,7 +60,8 @@ func setup() (int, error) {
 	if env.guests == "" {
 		env.guests = filepath.Join(env.dir, "guests")
 	}
-	if err := goBuild(nil, env.bin, "./cmd/wcluster"); err != nil {
+	// The race detector watches the master and workers through every test.
+	if err := goBuild(nil, env.bin, "-race", "./cmd/wcluster"); err != nil {
 		return 1, err
 	}
 	// The Go guests every test needs; other languages come from `make guests`.
@@ -163,6 +164,9 @@ func tryStart(t testing.TB, args ...string) (*server, error) {
 	}()
 	t.Cleanup(func() {
 		s.stop()
+		if strings.Contains(s.output(), "DATA RACE") {
+			t.Errorf("the race detector reported a data race in wcluster")
+		}
 		if t.Failed() {
 			t.Logf("server output:\n%s", s.output())
 		}
