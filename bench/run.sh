@@ -20,15 +20,16 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$out"' EXIT
 command -v wrk >/dev/null || { echo "bench: wrk is missing: apt-get install -y wrk" >&2; exit 3; }
 go build -o "$out/wcluster" ./cmd/wcluster
 go build -o "$out/nethttp" ./bench/nethttp
-srv() { if [ "$PIN" = 1 ]; then taskset -c 0 "$@"; else "$@"; fi; }
+srv=""
+[ "$PIN" = 1 ] && srv="taskset -c 0"
 load() { if [ "$PIN" = 1 ]; then taskset -c 1 "$@"; else "$@"; fi; }
 
 declare -A start=(
-	[wcluster-rr]="srv $out/wcluster serve --listen 127.0.0.1:PORT --workers 2 --sched rr --cache-dir $out/cache"
-	[wcluster-shared]="srv $out/wcluster serve --listen 127.0.0.1:PORT --workers 2 --sched shared --cache-dir $out/cache"
-	[node-rr]="NODE_CLUSTER_SCHED_POLICY=rr PORT=PORT srv node bench/node-cluster.js"
-	[node-none]="NODE_CLUSTER_SCHED_POLICY=none PORT=PORT srv node bench/node-cluster.js"
-	[nethttp]="srv $out/nethttp -listen 127.0.0.1:PORT"
+	[wcluster-rr]="$srv $out/wcluster serve --listen 127.0.0.1:PORT --workers 2 --sched rr --cache-dir $out/cache"
+	[wcluster-shared]="$srv $out/wcluster serve --listen 127.0.0.1:PORT --workers 2 --sched shared --cache-dir $out/cache"
+	[node-rr]="env NODE_CLUSTER_SCHED_POLICY=rr PORT=PORT $srv node bench/node-cluster.js"
+	[node-none]="env NODE_CLUSTER_SCHED_POLICY=none PORT=PORT $srv node bench/node-cluster.js"
+	[nethttp]="$srv $out/nethttp -listen 127.0.0.1:PORT"
 )
 names=(wcluster-rr wcluster-shared node-rr node-none nethttp)
 command -v node >/dev/null || names=(wcluster-rr wcluster-shared nethttp)
@@ -38,7 +39,8 @@ for round in $(seq 1 "$ROUNDS"); do
 	for name in "${names[@]}"; do
 		port=$((port + 1))
 		cmd=${start[$name]//PORT/$port}
-		eval "$cmd" >/dev/null 2>"$out/$name.log" &
+		# exec: $! is then the server itself, so the TERM below reaches it.
+		eval "exec $cmd" >/dev/null 2>"$out/$name.log" &
 		pid=$!
 		for _ in $(seq 1 300); do
 			curl -s -o /dev/null "http://127.0.0.1:$port/" && break
