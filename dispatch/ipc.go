@@ -12,7 +12,7 @@ import (
 
 // Message types on a worker's channel; the first byte of every message.
 const (
-	msgNewConn   byte = 1 // master→worker: seq u64, with one fd
+	msgNewConn   byte = 1 // master→worker: seq u64, listener u8, with one fd
 	msgAck       byte = 2 // worker→master: seq u64, accepted u8
 	msgDone      byte = 3 // worker→master: count u32 connections finished
 	msgReady     byte = 4 // worker→master: serving
@@ -23,7 +23,7 @@ const (
 // Inherited fd numbers in a worker.
 const (
 	fdChannel  = 3 // the SEQPACKET channel to the master
-	fdListener = 4 // the shared listening socket (policy shared)
+	fdListener = 4 // the first shared listening socket (policy shared)
 )
 
 // channel is one end of a SOCK_SEQPACKET socket pair: every send is one

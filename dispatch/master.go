@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -43,8 +44,11 @@ var ErrMasterClosed = errors.New("dispatch: master closed")
 
 // Config configures a Master. Zero values take the defaults given.
 type Config struct {
-	Listen  string // "host:port"
+	// Listen are the addresses ("host:port") to serve; a worker's handler
+	// learns which one a connection came from by its index here.
+	Listen  []string
 	Workers int    // >= 1
+	Name    string // names this group of workers in logs and status
 	Sched   Sched  // default rr
 	Backlog int    // listen(2) backlog, default 511
 	// MaxConns is the most connections one worker holds at once (default
@@ -62,6 +66,13 @@ type Config struct {
 	// (default 30s); Heartbeat is how often workers send one (default 1s).
 	WorkerTimeout time.Duration
 	Heartbeat     time.Duration
+	// MaxRequests recycles a worker after it served about this many requests
+	// (plus up to 10% jitter, so workers do not recycle together); MaxMemory
+	// recycles one whose resident memory passed this many bytes. A recycled
+	// worker is replaced first and then drained, so it costs no request.
+	// Both are checked at each heartbeat. 0: never.
+	MaxRequests int
+	MaxMemory   uint64
 	// WorkerConfig is passed to every worker as is (see Worker.Config).
 	WorkerConfig []byte
 	// Executable and Args start a worker (default: this binary, no args).
@@ -73,6 +84,12 @@ type Config struct {
 func (c *Config) defaults() error {
 	if c.Workers < 1 {
 		return fmt.Errorf("--workers must be at least 1 (got %d)", c.Workers)
+	}
+	if len(c.Listen) == 0 {
+		return errors.New("no listen address")
+	}
+	if len(c.Listen) > maxListeners {
+		return fmt.Errorf("%d listen addresses: at most %d", len(c.Listen), maxListeners)
 	}
 	if c.Sched == "" {
 		c.Sched = SchedRR
@@ -115,7 +132,7 @@ func (c *Config) defaults() error {
 type Master struct {
 	cfg Config
 	log *slog.Logger
-	lis *listener
+	lis []*listener
 
 	mu sync.Mutex // mu guards everything below
 	// procs are the live worker processes, by slot (id-1); nil while a slot
@@ -132,10 +149,13 @@ type Master struct {
 
 	reloadMu sync.Mutex // serialises Reload
 
-	capacity chan struct{} // signalled when a worker may take more (rr)
-	events   chan procEvent
-	quit     chan struct{}  // closed when Run returns: unblocks emit
-	wg       sync.WaitGroup // every goroutine the master starts
+	// capCh is closed (and replaced) when a worker may take more and
+	// capWait says someone waits for that (rr accept loops).
+	capCh   chan struct{}
+	capWait bool
+	events  chan procEvent
+	quit    chan struct{}  // closed when Run returns: unblocks emit
+	wg      sync.WaitGroup // every goroutine the master starts
 }
 
 // Totals are the master's own counters.
@@ -144,14 +164,27 @@ type Totals struct {
 	QueueTimeouts uint64 `json:"queue_timeouts"`
 	Requeued      uint64 `json:"requeued"`
 	Restarts      uint64 `json:"restarts"`
+	Recycled      uint64 `json:"recycled"`
+	HungKilled    uint64 `json:"hung_killed"`
 	Queued        int    `json:"queued"`
 	Generation    int    `json:"generation"`
 }
 
 type queued struct {
 	fd    int
+	lis   int // index of the listener it came from
 	since time.Time
 }
+
+// sent is a connection handed to a worker and not yet acknowledged.
+type sent struct {
+	fd  int
+	lis int
+}
+
+// maxListeners bounds Config.Listen: the index travels in a newconn message
+// as one byte, and shared workers inherit one fd per listener.
+const maxListeners = 64
 
 // New checks cfg and binds the listener (so a port in use fails here).
 func New(cfg Config) (*Master, error) {
@@ -160,29 +193,54 @@ func New(cfg Config) (*Master, error) {
 	}
 	// reuseport: the master only reserves the port (a bound socket is not in
 	// the SO_REUSEPORT group, so nothing is queued on it); workers listen.
-	lis, err := listenTCP(cfg.Listen, cfg.Backlog, cfg.Sched == SchedReusePort, cfg.Sched != SchedReusePort)
-	if err != nil {
-		return nil, fmt.Errorf("dispatch: %w", err)
+	var lis []*listener
+	for _, addr := range cfg.Listen {
+		l, err := listenTCP(addr, cfg.Backlog, cfg.Sched == SchedReusePort, cfg.Sched != SchedReusePort)
+		if err != nil {
+			for _, l := range lis {
+				l.close()
+			}
+			return nil, fmt.Errorf("dispatch: %w", err)
+		}
+		lis = append(lis, l)
 	}
 	m := &Master{
 		cfg: cfg, log: cfg.Logger, lis: lis,
-		procs:    make([]*proc, cfg.Workers),
-		capacity: make(chan struct{}, 1),
-		events:   make(chan procEvent, cfg.Workers*2),
-		quit:     make(chan struct{}),
+		procs:  make([]*proc, cfg.Workers),
+		capCh:  make(chan struct{}),
+		events: make(chan procEvent, cfg.Workers*2),
+		quit:   make(chan struct{}),
+	}
+	if cfg.Name != "" {
+		m.log = m.log.With("group", cfg.Name)
 	}
 	return m, nil
 }
 
-// Addr is the bound address (with the real port when :0 was asked).
-func (m *Master) Addr() *net.TCPAddr { return m.lis.addr }
+// Addr is the first bound address (with the real port when :0 was asked).
+func (m *Master) Addr() *net.TCPAddr { return m.lis[0].addr }
+
+// Addrs are the bound addresses, in Config.Listen's order.
+func (m *Master) Addrs() []*net.TCPAddr {
+	a := make([]*net.TCPAddr, len(m.lis))
+	for i, l := range m.lis {
+		a[i] = l.addr
+	}
+	return a
+}
+
+func (m *Master) closeListeners() {
+	for _, l := range m.lis {
+		l.close()
+	}
+}
 
 // Run starts the workers, calls ready once all are serving, and serves until
 // ctx ends; it then stops gracefully within ShutdownTimeout and returns
 // ErrMasterClosed. A worker that cannot start, or a crash loop, ends Run
 // with an error naming the cause.
 func (m *Master) Run(ctx context.Context, ready func()) error {
-	defer m.lis.close()
+	defer m.closeListeners()
 	defer m.wg.Wait()
 	defer close(m.quit)
 	for id := 1; id <= m.cfg.Workers; id++ {
@@ -202,8 +260,11 @@ func (m *Master) Run(ctx context.Context, ready func()) error {
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	if m.cfg.Sched == SchedRR {
-		m.wg.Add(2)
-		go func() { defer m.wg.Done(); m.acceptLoop(runCtx) }()
+		for i, l := range m.lis {
+			m.wg.Add(1)
+			go func() { defer m.wg.Done(); m.acceptLoop(runCtx, i, l) }()
+		}
+		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.expireQueue(runCtx) }()
 	}
 	m.wg.Add(1)
@@ -318,9 +379,9 @@ func (m *Master) reap(p *proc) {
 		m.procs[p.id-1] = nil
 	}
 	p.state = stateExited
-	var orphans []int
-	for seq, fd := range p.pending {
-		orphans = append(orphans, fd)
+	var orphans []sent
+	for seq, c := range p.pending {
+		orphans = append(orphans, c)
 		delete(p.pending, seq)
 	}
 	p.inFlight = 0
@@ -328,8 +389,8 @@ func (m *Master) reap(p *proc) {
 	m.stats.Requeued += uint64(len(orphans))
 	m.mu.Unlock()
 	p.ch.close()
-	for _, fd := range orphans {
-		m.place(fd, time.Now())
+	for _, c := range orphans {
+		m.place(c.fd, c.lis, time.Now())
 	}
 	if len(orphans) > 0 {
 		m.log.Info("requeued connections the worker never acknowledged", "worker", p.id, "count", len(orphans))
@@ -340,7 +401,7 @@ func (m *Master) reap(p *proc) {
 // shutdown stops accepting, tells every worker to drain, and waits for them
 // within ShutdownTimeout, killing what is left.
 func (m *Master) shutdown() {
-	m.lis.close()
+	m.closeListeners()
 	m.mu.Lock()
 	m.closing = true
 	q := m.queue
@@ -391,11 +452,16 @@ func (m *Master) stopAll() {
 
 // Status is a snapshot of the master and its workers.
 type Status struct {
-	Listen  string         `json:"listen"`
-	Sched   Sched          `json:"sched"`
-	PID     int            `json:"pid"`
-	Totals  Totals         `json:"totals"`
-	Workers []WorkerStatus `json:"workers"`
+	Group     string   `json:"group,omitempty"`
+	Listen    string   `json:"listen"` // the first of Listeners
+	Listeners []string `json:"listeners"`
+	Sched     Sched    `json:"sched"`
+	PID       int      `json:"pid"`
+	// Goroutines and FDs are the master process's own, to spot leaks.
+	Goroutines int            `json:"goroutines"`
+	FDs        int            `json:"fds"`
+	Totals     Totals         `json:"totals"`
+	Workers    []WorkerStatus `json:"workers"`
 }
 
 // WorkerStatus is one worker's counters. For rr, Accepted, InFlight,
@@ -412,6 +478,8 @@ type WorkerStatus struct {
 	Refused   uint64         `json:"refused"`
 	Requeued  uint64         `json:"requeued"`
 	Unacked   int            `json:"unacked"`
+	Requests  uint64         `json:"requests"`
+	RSS       uint64         `json:"rss_bytes"`
 	BeatAge   string         `json:"heartbeat_age"`
 	Handler   map[string]any `json:"handler,omitempty"`
 }
@@ -420,7 +488,11 @@ type WorkerStatus struct {
 func (m *Master) Status() Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := Status{Listen: m.lis.addr.String(), Sched: m.cfg.Sched, PID: os.Getpid(), Totals: m.stats}
+	s := Status{Group: m.cfg.Name, Listen: m.lis[0].addr.String(), Sched: m.cfg.Sched, PID: os.Getpid(), Totals: m.stats,
+		Goroutines: runtime.NumGoroutine(), FDs: openFDs()}
+	for _, l := range m.lis {
+		s.Listeners = append(s.Listeners, l.addr.String())
+	}
 	s.Totals.Queued = len(m.queue)
 	s.Totals.Generation = m.generation
 	now := time.Now()
@@ -434,6 +506,7 @@ func (m *Master) Status() Status {
 			Accepted: p.accepted, InFlight: p.inFlight, Refused: p.refused, Requeued: p.requeued,
 			Unacked:   len(p.pending),
 			Completed: p.report.Completed, Handler: p.report.Handler,
+			Requests: p.report.served(), RSS: p.report.RSS,
 			BeatAge: now.Sub(p.lastBeat).Round(time.Millisecond).String(),
 		}
 		if m.cfg.Sched != SchedRR {
@@ -464,9 +537,13 @@ func (m *Master) start(id int, workerConfig []byte, install bool) (*proc, error)
 		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
 	}
 	defer child.Close()
+	addrs := make([]string, len(m.lis))
+	for i, l := range m.lis {
+		addrs[i] = l.addr.String()
+	}
 	params, _ := json.Marshal(workerParams{
 		Sched: m.cfg.Sched, MaxConns: m.cfg.MaxConns, ShutdownTimeout: m.cfg.ShutdownTimeout,
-		Heartbeat: m.cfg.Heartbeat, Listen: m.lis.addr.String(), Backlog: m.cfg.Backlog,
+		Heartbeat: m.cfg.Heartbeat, Listen: addrs, Backlog: m.cfg.Backlog,
 	})
 	cmd := exec.Command(m.cfg.Executable, m.cfg.Args...)
 	cmd.Env = append(os.Environ(),
@@ -476,7 +553,9 @@ func (m *Master) start(id int, workerConfig []byte, install bool) (*proc, error)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{child} // fd 3
 	if m.cfg.Sched == SchedShared {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, m.lis.f) // fd 4
+		for _, l := range m.lis {
+			cmd.ExtraFiles = append(cmd.ExtraFiles, l.f) // fd 4, 5, ...
+		}
 	}
 	if err := cmd.Start(); err != nil {
 		ch.close()
@@ -485,8 +564,8 @@ func (m *Master) start(id int, workerConfig []byte, install bool) (*proc, error)
 	now := time.Now()
 	p := &proc{
 		id: id, pid: cmd.Process.Pid, cmd: cmd, ch: ch, state: stateStarting,
-		started: now, lastBeat: now, pending: map[uint64]int{}, exited: make(chan struct{}),
-		ready: make(chan struct{}),
+		started: now, lastBeat: now, pending: map[uint64]sent{}, exited: make(chan struct{}),
+		ready: make(chan struct{}), maxServed: m.requestLimit(),
 	}
 	if install {
 		m.mu.Lock()
@@ -552,7 +631,15 @@ func (m *Master) readWorker(p *proc) {
 			m.mu.Lock()
 			p.lastBeat = time.Now()
 			p.report = r
+			cause := m.recycleCauseLocked(p)
+			if cause != "" {
+				p.recycling = true
+			}
 			m.mu.Unlock()
+			if cause != "" {
+				m.wg.Add(1)
+				go func() { defer m.wg.Done(); m.recycle(p, cause) }()
+			}
 		case msgFatal:
 			m.mu.Lock()
 			p.fatal = string(msg[1:])
@@ -562,7 +649,8 @@ func (m *Master) readWorker(p *proc) {
 }
 
 // watchHeartbeats kills workers whose heartbeat stopped: SIGTERM, then
-// SIGKILL a few seconds later; supervise replaces them.
+// SIGKILL a second later (a hung process may not act on SIGTERM, and a
+// stopped one cannot); supervise replaces them.
 func (m *Master) watchHeartbeats(ctx context.Context) {
 	t := time.NewTicker(m.cfg.Heartbeat)
 	defer t.Stop()
@@ -582,13 +670,16 @@ func (m *Master) watchHeartbeats(ctx context.Context) {
 			m.mu.Unlock()
 			for _, p := range hung {
 				m.log.Error("worker stopped answering; killing it", "worker", p.id, "pid", p.pid, "silent_for", m.cfg.WorkerTimeout)
+				m.mu.Lock()
+				m.stats.HungKilled++
+				m.mu.Unlock()
 				p.kill(syscall.SIGTERM)
 				m.wg.Add(1)
 				go func() {
 					defer m.wg.Done()
 					select {
 					case <-p.exited:
-					case <-time.After(3 * time.Second):
+					case <-time.After(time.Second):
 						p.kill(syscall.SIGKILL)
 					}
 				}()
@@ -605,11 +696,21 @@ func (m *Master) emit(ev procEvent) {
 	}
 }
 
+// signalCapacity wakes every accept loop waiting for a worker with room.
 func (m *Master) signalCapacity() {
-	select {
-	case m.capacity <- struct{}{}:
-	default:
+	m.mu.Lock()
+	if m.capWait {
+		close(m.capCh)
+		m.capCh = make(chan struct{})
+		m.capWait = false
 	}
+	m.mu.Unlock()
+}
+
+// capacityLocked returns a channel closed at the next signalCapacity.
+func (m *Master) capacityLocked() <-chan struct{} {
+	m.capWait = true
+	return m.capCh
 }
 
 type procState int
@@ -643,15 +744,19 @@ type proc struct {
 	ready   chan struct{} // closed when it said ready
 	waitErr error         // set before exited is closed
 
-	state    procState
-	retired  bool // told to drain: its exit is not a crash
-	hung     bool
-	fatal    string
-	lastBeat time.Time
-	report   workerReport
+	state   procState
+	retired bool // told to drain: its exit is not a crash
+	hung    bool
+	fatal   string
+	// recycling: a replacement is being started; maxServed is this
+	// worker's request limit (MaxRequests plus its own jitter).
+	recycling bool
+	maxServed uint64
+	lastBeat  time.Time
+	report    workerReport
 
-	pending  map[uint64]int // fds sent, not yet acknowledged, by seq
-	inFlight int64          // sent and not yet done
+	pending  map[uint64]sent // fds sent, not yet acknowledged, by seq
+	inFlight int64           // sent and not yet done
 	accepted uint64
 	refused  uint64
 	requeued uint64
@@ -682,4 +787,13 @@ const (
 type procEvent struct {
 	kind evKind
 	p    *proc
+}
+
+// openFDs counts this process's open descriptors (-1 where /proc is absent).
+func openFDs() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	return len(ents) - 1 // the directory's own descriptor
 }

@@ -13,18 +13,28 @@ import (
 // acceptLoop is the rr policy's accept side: it accepts only while some
 // worker has room (or the queue does), so a saturated cluster leaves new
 // connections in the kernel's backlog.
-func (m *Master) acceptLoop(ctx context.Context) {
+func (m *Master) acceptLoop(ctx context.Context, index int, l *listener) {
 	for {
 		m.drainQueue()
-		for !m.canAccept() {
+		for {
+			m.mu.Lock()
+			ok := m.canAcceptLocked()
+			var wait <-chan struct{}
+			if !ok {
+				wait = m.capacityLocked()
+			}
+			m.mu.Unlock()
+			if ok {
+				break
+			}
 			select {
-			case <-m.capacity:
+			case <-wait:
 				m.drainQueue()
 			case <-ctx.Done():
 				return
 			}
 		}
-		fd, err := m.lis.accept()
+		fd, err := l.accept()
 		if err != nil {
 			if !errors.Is(err, os.ErrClosed) {
 				m.log.Error("accept failed", "err", err)
@@ -34,13 +44,11 @@ func (m *Master) acceptLoop(ctx context.Context) {
 		m.mu.Lock()
 		m.stats.Accepted++
 		m.mu.Unlock()
-		m.place(fd, time.Now())
+		m.place(fd, index, time.Now())
 	}
 }
 
-func (m *Master) canAccept() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+func (m *Master) canAcceptLocked() bool {
 	if len(m.queue) > 0 {
 		return len(m.queue) < m.cfg.QueueSize
 	}
@@ -79,11 +87,11 @@ func (m *Master) pickLocked(skip *proc) *proc {
 }
 
 // place hands a connection to a worker, or queues it when none has room.
-func (m *Master) place(fd int, since time.Time) {
-	m.placeExcept(fd, since, nil)
+func (m *Master) place(fd, lis int, since time.Time) {
+	m.placeExcept(fd, lis, since, nil)
 }
 
-func (m *Master) placeExcept(fd int, since time.Time, skip *proc) {
+func (m *Master) placeExcept(fd, lis int, since time.Time, skip *proc) {
 	for {
 		m.mu.Lock()
 		if m.closing {
@@ -93,19 +101,20 @@ func (m *Master) placeExcept(fd int, since time.Time, skip *proc) {
 		}
 		p := m.pickLocked(skip)
 		if p == nil {
-			m.queue = append(m.queue, queued{fd: fd, since: since})
+			m.queue = append(m.queue, queued{fd: fd, lis: lis, since: since})
 			m.mu.Unlock()
 			return
 		}
 		m.nextSeq++
 		seq := m.nextSeq
-		p.pending[seq] = fd
+		p.pending[seq] = sent{fd: fd, lis: lis}
 		p.inFlight++
 		m.mu.Unlock()
 
-		var msg [9]byte
+		var msg [10]byte
 		msg[0] = msgNewConn
 		binary.LittleEndian.PutUint64(msg[1:], seq)
+		msg[9] = byte(lis)
 		if err := p.ch.send(msg[:], fd); err == nil {
 			return
 		}
@@ -131,7 +140,7 @@ func (m *Master) placeExcept(fd int, since time.Time, skip *proc) {
 // copy. Refused: the connection goes to another worker.
 func (m *Master) ack(p *proc, seq uint64, accepted bool) {
 	m.mu.Lock()
-	fd, ok := p.pending[seq]
+	c, ok := p.pending[seq]
 	if ok {
 		delete(p.pending, seq)
 		if accepted {
@@ -146,10 +155,10 @@ func (m *Master) ack(p *proc, seq uint64, accepted bool) {
 		return
 	}
 	if accepted {
-		unix.Close(fd)
+		unix.Close(c.fd)
 		return
 	}
-	m.placeExcept(fd, time.Now(), p)
+	m.placeExcept(c.fd, c.lis, time.Now(), p)
 }
 
 // drainQueue places queued connections while workers have room. It runs on
@@ -164,7 +173,7 @@ func (m *Master) drainQueue() {
 		q := m.queue[0]
 		m.queue = m.queue[1:]
 		m.mu.Unlock()
-		m.place(q.fd, q.since)
+		m.place(q.fd, q.lis, q.since)
 	}
 }
 

@@ -26,10 +26,18 @@ const (
 // Handler serves connections in a worker. The program wires it to the host.
 type Handler interface {
 	// ServeConn serves conn (a connected, non-blocking socket) until it is
-	// done, and closes it.
-	ServeConn(ctx context.Context, conn *os.File)
+	// done, and closes it. listener is the index in Config.Listen of the
+	// address it arrived on.
+	ServeConn(ctx context.Context, conn *os.File, listener int)
 	// Drain asks open connections to finish; it does not wait.
 	Drain()
+}
+
+// RequestCounter is implemented by a Handler that counts requests (guest
+// calls) itself; Config.MaxRequests then counts those rather than
+// connections.
+type RequestCounter interface {
+	Requests() uint64
 }
 
 // workerParams is what the master tells a worker about dispatch.
@@ -38,8 +46,9 @@ type workerParams struct {
 	MaxConns        int
 	ShutdownTimeout time.Duration
 	Heartbeat       time.Duration
-	// Listen and Backlog are for reuseport, where the worker binds its own.
-	Listen  string
+	// Listen are the master's listeners: reuseport workers bind their own
+	// on each, shared workers inherit them as fds 4, 5, ... in this order.
+	Listen  []string
 	Backlog int
 }
 
@@ -49,7 +58,18 @@ type workerReport struct {
 	InFlight  int64          `json:"in_flight"`
 	Accepted  uint64         `json:"accepted"`
 	Completed uint64         `json:"completed"`
+	Requests  uint64         `json:"requests,omitempty"` // from a RequestCounter
+	RSS       uint64         `json:"rss"`                // resident bytes
 	Handler   map[string]any `json:"handler,omitempty"`
+}
+
+// served is what MaxRequests counts: requests when the handler counts them,
+// connections otherwise.
+func (r *workerReport) served() uint64 {
+	if r.Requests > 0 {
+		return r.Requests
+	}
+	return r.Completed
 }
 
 // IsWorker reports whether this process was started by a master as a worker.
@@ -115,34 +135,42 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	var lis *listener
-	switch w.params.Sched {
-	case SchedShared:
-		l, err := newListener(os.NewFile(fdListener, "listener"))
-		if err != nil {
-			return fmt.Errorf("dispatch: worker %d: inherited listener: %w", w.id, err)
+	var lis []*listener
+	closeLis := func() {
+		for _, l := range lis {
+			l.close()
 		}
-		lis = l
-	case SchedReusePort:
-		l, err := listenTCP(w.params.Listen, w.params.Backlog, true, true)
-		if err != nil {
-			return fmt.Errorf("dispatch: worker %d: %w", w.id, err)
+	}
+	for i, addr := range w.params.Listen {
+		var l *listener
+		var err error
+		switch w.params.Sched {
+		case SchedShared:
+			l, err = newListener(os.NewFile(uintptr(fdListener+i), "listener"))
+		case SchedReusePort:
+			l, err = listenTCP(addr, w.params.Backlog, true, true)
+		default:
+			continue
 		}
-		lis = l
+		if err != nil {
+			closeLis()
+			return fmt.Errorf("dispatch: worker %d: listener %s: %w", w.id, addr, err)
+		}
+		lis = append(lis, l)
 	}
 
 	var bg sync.WaitGroup
-	if lis != nil {
+	for i, l := range lis {
 		bg.Add(1)
 		go func() {
 			defer bg.Done()
-			w.acceptLoop(ctx, lis, h)
+			w.acceptLoop(ctx, i, l, h)
 		}()
 	}
 	bg.Add(1)
 	go func() {
 		defer bg.Done()
-		w.heartbeat(ctx, stats)
+		w.heartbeat(ctx, h, stats)
 	}()
 
 	if err := w.send([]byte{msgReady}, -1); err != nil {
@@ -156,9 +184,7 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 	w.readLoop(ctx, h)
 
 	// Drain: no new connections; let the open ones finish.
-	if lis != nil {
-		lis.close()
-	}
+	closeLis()
 	h.Drain()
 	done := make(chan struct{})
 	go func() { w.conns.Wait(); close(done) }()
@@ -188,7 +214,7 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 			}
 			return
 		}
-		if len(msg) < 9 || msg[0] != msgNewConn || len(fds) != 1 {
+		if len(msg) < 10 || msg[0] != msgNewConn || len(fds) != 1 {
 			closeAll(fds)
 			w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))
 			continue
@@ -196,12 +222,12 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 		seq := binary.LittleEndian.Uint64(msg[1:9])
 		f := os.NewFile(uintptr(fds[0]), "conn")
 		ack = append(putSeq(ack, msgAck, seq), 1)
-		w.start(ctx, h, f, func() error { return w.send(ack, -1) })
+		w.start(ctx, h, f, int(msg[9]), func() error { return w.send(ack, -1) })
 	}
 }
 
 // start counts and serves one connection; ack, if not nil, is sent first.
-func (w *Worker) start(ctx context.Context, h Handler, f *os.File, ack func() error) {
+func (w *Worker) start(ctx context.Context, h Handler, f *os.File, listener int, ack func() error) {
 	w.inFlight.Add(1)
 	w.accepted.Add(1)
 	if ack != nil {
@@ -213,7 +239,7 @@ func (w *Worker) start(ctx context.Context, h Handler, f *os.File, ack func() er
 	w.conns.Add(1)
 	go func() {
 		defer w.conns.Done()
-		h.ServeConn(ctx, f)
+		h.ServeConn(ctx, f, listener)
 		w.inFlight.Add(-1)
 		w.completed.Add(1)
 		if w.params.Sched == SchedRR {
@@ -232,7 +258,7 @@ func (w *Worker) start(ctx context.Context, h Handler, f *os.File, ack func() er
 // acceptLoop accepts on a listening socket (shared or reuseport). Like
 // nginx's accept_disabled, a worker above 7/8 of MaxConns stops accepting
 // until a connection ends, leaving new ones to less loaded workers.
-func (w *Worker) acceptLoop(ctx context.Context, l *listener, h Handler) {
+func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handler) {
 	limit := int64(w.params.MaxConns) * 7 / 8
 	if limit < 1 {
 		limit = 1
@@ -252,11 +278,12 @@ func (w *Worker) acceptLoop(ctx context.Context, l *listener, h Handler) {
 			}
 			return
 		}
-		w.start(ctx, h, os.NewFile(uintptr(fd), "conn"), nil)
+		w.start(ctx, h, os.NewFile(uintptr(fd), "conn"), index, nil)
 	}
 }
 
-func (w *Worker) heartbeat(ctx context.Context, stats func() map[string]any) {
+func (w *Worker) heartbeat(ctx context.Context, h Handler, stats func() map[string]any) {
+	rc, _ := h.(RequestCounter)
 	every := w.params.Heartbeat
 	if every <= 0 {
 		every = time.Second
@@ -269,7 +296,10 @@ func (w *Worker) heartbeat(ctx context.Context, stats func() map[string]any) {
 			return
 		case <-t.C:
 		}
-		r := workerReport{InFlight: w.inFlight.Load(), Accepted: w.accepted.Load(), Completed: w.completed.Load()}
+		r := workerReport{InFlight: w.inFlight.Load(), Accepted: w.accepted.Load(), Completed: w.completed.Load(), RSS: residentBytes()}
+		if rc != nil {
+			r.Requests = rc.Requests()
+		}
 		if stats != nil {
 			r.Handler = stats()
 		}
@@ -278,4 +308,18 @@ func (w *Worker) heartbeat(ctx context.Context, stats func() map[string]any) {
 			return
 		}
 	}
+}
+
+// residentBytes is this process's resident set size, from /proc (0 where
+// that cannot be read).
+func residentBytes() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	var size, rss uint64
+	if _, err := fmt.Sscan(string(b), &size, &rss); err != nil {
+		return 0
+	}
+	return rss * uint64(os.Getpagesize())
 }

@@ -36,6 +36,11 @@ type instance struct {
 	timer    *time.Timer
 	running  bool
 	timedOut bool
+	// stop is closed when a call overruns the time limit: the calls' context
+	// reports done, so wazero stops the guest at its next check (from the
+	// calling goroutine, so nothing the guest still uses is closed under it),
+	// and a guest asleep in the host wakes up. nil without a limit.
+	stop chan struct{}
 }
 
 // instContext is the context of every call into an instance: host functions
@@ -66,13 +71,16 @@ func (c instContext) Deadline() (time.Time, bool) {
 
 func (c instContext) Done() <-chan struct{} {
 	if c.Context == nil {
-		return nil
+		return c.inst.stop
 	}
 	return c.Context.Done()
 }
 
 func (c instContext) Err() error {
 	if c.Context == nil {
+		if c.inst.stopped() {
+			return context.DeadlineExceeded
+		}
 		return nil
 	}
 	return c.Context.Err()
@@ -90,6 +98,9 @@ func instanceOf(ctx context.Context) *instance {
 // time limit.
 func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
 	inst := &instance{h: h}
+	if h.opts.Timeout > 0 {
+		inst.stop = make(chan struct{})
+	}
 	parent := ctx
 	if h.opts.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -100,6 +111,7 @@ func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
 	start := time.Now()
 	mod, err := h.rt.InstantiateModule(inst.ctx, h.compiled, h.modCfg.
 		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}).
+		WithNanosleep(inst.nanosleep).
 		WithStartFunctions(abi.ExportInitialize))
 	if err != nil {
 		if mod != nil {
@@ -116,8 +128,8 @@ func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
 	inst.mod = mod
 	inst.mem = mod.Memory()
 	inst.entry = mod.ExportedFunction(abi.ExportHandle)
-	// Calls run under a context that never ends: the time limit is the
-	// timer's, which spares each call a goroutine and a context.
+	// Calls run under the instance's own context, done only when the
+	// timer closes stop: one timer per instance, no context per call.
 	inst.ctx = instContext{inst: inst}
 	if h.opts.Timeout > 0 {
 		inst.timer = time.AfterFunc(time.Hour, inst.expire)
@@ -176,8 +188,10 @@ func (inst *instance) disarm() bool {
 	return inst.timedOut
 }
 
-// expire stops a call that overran the time limit by closing its module;
-// the guest exits at its next check and the instance is never reused.
+// expire stops a call that overran the time limit: it closes stop, and the
+// guest exits at its next check (wazero watches the call's context); the
+// instance is never reused. It does not close the module itself: that
+// would free what a host function of the guest may be using right now.
 func (inst *instance) expire() {
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
@@ -185,7 +199,34 @@ func (inst *instance) expire() {
 		return
 	}
 	inst.timedOut = true
-	inst.mod.CloseWithExitCode(context.Background(), sys.ExitCodeDeadlineExceeded)
+	close(inst.stop)
+}
+
+func (inst *instance) stopped() bool {
+	if inst.stop == nil {
+		return false
+	}
+	select {
+	case <-inst.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// nanosleep is the guest's sleep (WASI poll_oneoff on a clock): real time,
+// but cut short when the call runs out of time, so a sleeping guest is
+// stopped at its limit like a spinning one.
+func (inst *instance) nanosleep(ns int64) {
+	if ns <= 0 {
+		return
+	}
+	t := time.NewTimer(time.Duration(ns))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-inst.stop:
+	}
 }
 
 func (inst *instance) deadlineErr(err error) error {

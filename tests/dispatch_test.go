@@ -13,12 +13,16 @@ import (
 
 // status is the part of `wcluster status --json` the tests read.
 type status struct {
-	PID    int `json:"pid"`
-	Totals struct {
+	PID        int `json:"pid"`
+	FDs        int `json:"fds"`
+	Goroutines int `json:"goroutines"`
+	Totals     struct {
 		Accepted      uint64 `json:"accepted"`
 		QueueTimeouts uint64 `json:"queue_timeouts"`
 		Requeued      uint64 `json:"requeued"`
 		Restarts      uint64 `json:"restarts"`
+		Recycled      uint64 `json:"recycled"`
+		HungKilled    uint64 `json:"hung_killed"`
 		Queued        int    `json:"queued"`
 		Generation    int    `json:"generation"`
 	} `json:"totals"`

@@ -75,6 +75,8 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "queue-timeout", Value: 10 * time.Second, Usage: "close a held connection no worker took in this time"},
 			&cli.DurationFlag{Name: "shutdown-timeout", Value: 10 * time.Second, Usage: "how long a graceful stop waits for open connections"},
 			&cli.DurationFlag{Name: "worker-timeout", Value: 30 * time.Second, Usage: "kill and replace a worker silent for this long"},
+			&cli.IntFlag{Name: "max-requests", Value: 0, Usage: "recycle a worker after about this many requests, +0-10% jitter (0: never)"},
+			&cli.StringFlag{Name: "max-worker-memory", Value: "0", Usage: "recycle a worker whose resident memory passes this, e.g. 512MiB (0: never)"},
 			&cli.StringFlag{Name: "memory-limit", Value: "128MiB", Usage: "linear memory per guest instance"},
 			&cli.DurationFlag{Name: "timeout", Value: 30 * time.Second, Usage: "wall-clock limit per guest call (0: none, and guests run without termination checks)"},
 			&cli.DurationFlag{Name: "read-timeout", Value: 30 * time.Second, Usage: "how long one guest read waits for the client"},
@@ -115,6 +117,10 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--memory-limit: %w", err)
 	}
+	maxMem, err := parseSize(c.String("max-worker-memory"))
+	if err != nil {
+		return fmt.Errorf("--max-worker-memory: %w", err)
+	}
 	mode := c.String("instance-mode")
 	if mode != "pooled" && mode != "fresh" {
 		return fmt.Errorf("--instance-mode %q: use pooled or fresh", mode)
@@ -144,7 +150,8 @@ func serveAction(c *cli.Context) error {
 	}
 	cfgJSON, _ := json.Marshal(hc)
 	m, err := dispatch.New(dispatch.Config{
-		Listen: c.String("listen"), Workers: c.Int("workers"), Sched: sched,
+		Listen: []string{c.String("listen")}, Workers: c.Int("workers"), Sched: sched,
+		MaxRequests: c.Int("max-requests"), MaxMemory: maxMem,
 		Backlog: c.Int("backlog"), MaxConns: c.Int("max-conns"),
 		QueueSize: c.Int("queue-size"), QueueTimeout: c.Duration("queue-timeout"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"), WorkerTimeout: c.Duration("worker-timeout"),
@@ -268,9 +275,16 @@ func runWorker(stderr interface{ Write([]byte) (int, error) }) int {
 			"memory_limit_hits": s.MemLimit, "instances_created": s.Instances, "instances_live": s.Live,
 		}
 	}
-	if err := w.Serve(ctx, h, stats); err != nil {
+	if err := w.Serve(ctx, single{h}, stats); err != nil {
 		log.Warn("worker stopped", "err", err)
 		return 1
 	}
 	return 0
 }
+
+// single serves every listener with one handler.
+type single struct{ h *host.Handler }
+
+func (s single) ServeConn(ctx context.Context, f *os.File, _ int) { s.h.ServeConn(ctx, f) }
+func (s single) Drain()                                          { s.h.Drain() }
+func (s single) Requests() uint64                                { return s.h.Stats().Calls }

@@ -8,12 +8,14 @@
 //	oom    allocate until memory runs out
 //	flood  write without end to a client that never reads
 //	hold   wait for the peer to close, then answer
+//	sleep  sleep for an hour without reading (only the time limit stops it)
 //	other  answer "ok <worker id> <line>\n" and close
 package main
 
 import (
 	"bytes"
 	"strconv"
+	"time"
 
 	"github.com/wcluster/wcluster/guests/go/wcluster"
 )
@@ -55,6 +57,8 @@ func serve(wcluster.Flags) wcluster.Action {
 				return wcluster.Close
 			}
 		}
+	case "sleep":
+		time.Sleep(time.Hour)
 	case "hold":
 		for {
 			if _, err := wcluster.Read(buf); err != nil {

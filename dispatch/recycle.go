@@ -1,0 +1,111 @@
+package dispatch
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"time"
+)
+
+// requestLimit draws one worker's request limit: MaxRequests plus up to 10%
+// jitter, so workers started together do not all recycle together.
+func (m *Master) requestLimit() uint64 {
+	n := m.cfg.MaxRequests
+	if n <= 0 {
+		return 0
+	}
+	return uint64(n) + uint64(rand.IntN(n/10+1))
+}
+
+// recycleCauseLocked says why p should be recycled now, or "".
+func (m *Master) recycleCauseLocked(p *proc) string {
+	if p.recycling || p.retired || p.state != stateReady || m.closing {
+		return ""
+	}
+	if p.maxServed > 0 && p.report.served() >= p.maxServed {
+		return fmt.Sprintf("served %d requests (--max-requests %d)", p.report.served(), m.cfg.MaxRequests)
+	}
+	if m.cfg.MaxMemory > 0 && p.report.RSS > m.cfg.MaxMemory {
+		return fmt.Sprintf("resident memory %d MiB over the ceiling of %d MiB", p.report.RSS>>20, m.cfg.MaxMemory>>20)
+	}
+	return ""
+}
+
+// recycle replaces p by a new worker in its slot, then drains p, so no
+// request is lost: the new one is ready before p stops taking connections.
+// It shares Reload's lock, so a reload and a recycle never overlap.
+func (m *Master) recycle(p *proc, cause string) {
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
+	m.mu.Lock()
+	live := !m.closing && m.procs[p.id-1] == p
+	cfg := m.cfg.WorkerConfig
+	m.mu.Unlock()
+	if !live {
+		return // replaced meanwhile by a reload or a restart
+	}
+	start := time.Now()
+	m.log.Info("recycling worker", "worker", p.id, "pid", p.pid, "cause", cause)
+	np, err := m.start(p.id, cfg, false)
+	if err != nil {
+		m.log.Error("recycle: cannot start a replacement; the worker keeps serving", "worker", p.id, "err", err)
+		m.endRecycle(p)
+		return
+	}
+	retire := func(why string) {
+		m.mu.Lock()
+		np.retired = true
+		m.mu.Unlock()
+		np.ch.closeWrite()
+		m.log.Error("recycle: replacement did not start; the worker keeps serving", "worker", p.id, "why", why)
+		m.endRecycle(p)
+	}
+	readyBy := time.NewTimer(m.cfg.WorkerTimeout)
+	defer readyBy.Stop()
+	select {
+	case <-np.ready:
+	case <-np.exited:
+		m.mu.Lock()
+		why := np.failure()
+		m.mu.Unlock()
+		retire(why)
+		return
+	case <-readyBy.C:
+		retire(fmt.Sprintf("not ready within %v", m.cfg.WorkerTimeout))
+		return
+	case <-m.quit:
+		retire("master stopping")
+		return
+	}
+	m.mu.Lock()
+	if m.closing || m.procs[p.id-1] != p {
+		m.mu.Unlock()
+		retire("the slot changed meanwhile")
+		return
+	}
+	m.procs[p.id-1] = np
+	p.retired = true
+	m.stats.Recycled++
+	m.mu.Unlock()
+	m.signalCapacity()
+	// p reads every connection already sent, then end of stream: it drains.
+	p.ch.closeWrite()
+	m.log.Info("recycled worker", "worker", p.id, "old_pid", p.pid, "new_pid", np.pid, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// endRecycle lets p be considered again after a failed recycle, not at
+// once: a replacement that cannot start should not be retried every beat.
+func (m *Master) endRecycle(p *proc) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		t := time.NewTimer(m.cfg.WorkerTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-m.quit:
+		}
+		m.mu.Lock()
+		p.recycling = false
+		m.mu.Unlock()
+	}()
+}
