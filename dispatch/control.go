@@ -8,88 +8,147 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 )
 
 // The control socket: a unix stream socket the master owns. A client sends
 // one command line and reads one JSON reply, then the master closes.
 //
-//	status   → Status
+//	status            → ClusterStatus
+//	reload            → {"ok":true} once every group reloaded, or {"error":...}
+//	scale N [GROUP]   → {"ok":true,"workers":N}
+//	stop [now]        → {"ok":true}; the master then stops (draining, or not)
 //
-// Serving it lives with the master because it reports the master's state.
+// Serving it lives with the master because it reports and changes the
+// master's state.
 
-// ServeControl listens on path until ctx ends. A stale socket file left by a
-// dead master is replaced; a live one is an error.
-func (m *Master) ServeControl(ctx context.Context, path string) error {
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("dispatch: control socket %s is in use by a running master", path)
+// ControlReply is the reply to a command other than status.
+type ControlReply struct {
+	OK      bool   `json:"ok,omitempty"`
+	Error   string `json:"error,omitempty"`
+	Workers int    `json:"workers,omitempty"`
+}
+
+// ServeControl listens on path until ctx ends or Run returns. reload is what
+// the reload command runs (the program re-reads its config). A stale socket
+// file left by a dead master is replaced; a live one is an error. The
+// returned wait blocks until the socket is closed.
+func (c *Cluster) ServeControl(ctx context.Context, path string, reload func(context.Context) error) (wait func(), err error) {
+	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		conn.Close()
+		return nil, fmt.Errorf("control socket %s is in use by a running master: stop it or choose another --control", path)
 	}
 	os.Remove(path)
 	l, err := net.Listen("unix", path)
 	if err != nil {
-		return fmt.Errorf("dispatch: control socket: %w", err)
+		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	m.wg.Add(2)
+	var wg sync.WaitGroup
+	wg.Add(2)
 	go func() {
-		defer m.wg.Done()
-		select {
-		case <-ctx.Done():
-		case <-m.quit:
-		}
+		defer wg.Done()
+		<-ctx.Done()
 		l.Close()
 		os.Remove(path)
 	}()
 	go func() {
-		defer m.wg.Done()
+		defer wg.Done()
 		for {
-			c, err := l.Accept()
+			conn, err := l.Accept()
 			if err != nil {
 				return
 			}
-			m.control(c)
+			// One command at a time: a reload holds the socket until done.
+			c.control(ctx, conn, reload)
 		}
 	}()
-	return nil
+	return wg.Wait, nil
 }
 
-func (m *Master) control(c net.Conn) {
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
+func (c *Cluster) control(ctx context.Context, conn net.Conn, reload func(context.Context) error) {
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil && line == "" {
 		return
 	}
+	conn.SetReadDeadline(time.Time{})
+	fields := strings.Fields(line)
 	var reply any
-	switch cmd := strings.TrimSpace(line); cmd {
-	case "status":
-		reply = m.Status()
+	fail := func(err error) { reply = ControlReply{Error: err.Error()} }
+	switch {
+	case len(fields) == 0:
+		fail(errors.New("empty command"))
+	case fields[0] == "status":
+		reply = c.Status()
+	case fields[0] == "reload":
+		if reload == nil {
+			fail(errors.New("reload is not available"))
+		} else if err := reload(ctx); err != nil {
+			fail(fmt.Errorf("reload failed; the old workers keep serving: %w", err))
+		} else {
+			reply = ControlReply{OK: true}
+		}
+	case fields[0] == "scale" && (len(fields) == 2 || len(fields) == 3):
+		n, err := strconv.Atoi(fields[1])
+		group := ""
+		if len(fields) == 3 {
+			group = fields[2]
+		}
+		var m *Master
+		if err == nil {
+			m, err = c.Group(group)
+		}
+		if err == nil {
+			err = m.Scale(ctx, n)
+		}
+		if err != nil {
+			fail(err)
+		} else {
+			reply = ControlReply{OK: true, Workers: n}
+		}
+	case fields[0] == "stop" && (len(fields) == 1 || (len(fields) == 2 && fields[1] == "now")):
+		reply = ControlReply{OK: true}
+		defer c.Stop(len(fields) == 2)
 	default:
-		reply = map[string]string{"error": fmt.Sprintf("unknown command %q", cmd)}
+		fail(fmt.Errorf("unknown command %q: use status, reload, scale N [GROUP] or stop [now]", strings.TrimSpace(line)))
 	}
-	json.NewEncoder(c).Encode(reply)
+	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	json.NewEncoder(conn).Encode(reply)
 }
 
 // Control sends one command to the master at path and returns its reply.
+// A reply carrying an error is returned as that error.
 func Control(path, cmd string) ([]byte, error) {
-	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	conn, err := net.DialTimeout("unix", path, 5*time.Second)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("no master at %s (is wcluster serve running with --control %s?)", path, path)
 		}
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write([]byte(cmd + "\n")); err != nil {
+	defer conn.Close()
+	// A reload waits for new workers to be ready: allow for it.
+	conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	if _, err := conn.Write([]byte(cmd + "\n")); err != nil {
 		return nil, err
 	}
 	var b strings.Builder
-	sc := bufio.NewScanner(c)
+	sc := bufio.NewScanner(conn)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
 		b.WriteString(sc.Text())
 	}
-	return []byte(b.String()), sc.Err()
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	var r ControlReply
+	if json.Unmarshal([]byte(b.String()), &r) == nil && r.Error != "" {
+		return nil, errors.New(r.Error)
+	}
+	return []byte(b.String()), nil
 }

@@ -13,7 +13,9 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -147,7 +149,10 @@ type Master struct {
 	// generation counts completed reloads.
 	generation int
 
-	reloadMu sync.Mutex // serialises Reload
+	reloadMu sync.Mutex // serialises Reload, recycling and Scale
+
+	// immediate makes a stop kill workers at once instead of draining.
+	immediate atomic.Bool
 
 	// capCh is closed (and replaced) when a worker may take more and
 	// capWait says someone waits for that (rr accept loops).
@@ -214,6 +219,12 @@ func New(cfg Config) (*Master, error) {
 	if cfg.Name != "" {
 		m.log = m.log.With("group", cfg.Name)
 	}
+	if cfg.Sched == SchedReusePort {
+		if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req"); err != nil || strings.TrimSpace(string(b)) != "1" {
+			m.log.Warn("reuseport: a worker that stops (crash, reload, recycle) resets the connections still queued on its socket; " +
+				"set sysctl net.ipv4.tcp_migrate_req=1 (Linux 5.14+) to have them moved to the other workers, or use --sched rr")
+		}
+	}
 	return m, nil
 }
 
@@ -273,7 +284,7 @@ func (m *Master) Run(ctx context.Context, ready func()) error {
 	err := m.supervise(runCtx)
 	stop()
 	if err == nil {
-		m.log.Info("shutting down: no new connections; draining workers", "timeout", m.cfg.ShutdownTimeout)
+		m.log.Info("shutting down: no new connections; draining workers", "timeout", m.cfg.ShutdownTimeout.String())
 	}
 	m.shutdown()
 	if err != nil {
@@ -304,12 +315,18 @@ func (m *Master) awaitReady(ctx context.Context) error {
 
 // supervise replaces workers that exit, until ctx ends or they crash in a loop.
 func (m *Master) supervise(ctx context.Context) error {
-	restart := make(chan int, m.cfg.Workers)
+	restart := make(chan int, 1)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case id := <-restart:
+			m.mu.Lock()
+			gone := id > len(m.procs) || m.procs[id-1] != nil
+			m.mu.Unlock()
+			if gone {
+				continue // scaled down, or the slot was filled meanwhile
+			}
 			if err := m.spawn(id); err != nil {
 				m.log.Error("restart failed", "worker", id, "err", err)
 				return err
@@ -320,7 +337,7 @@ func (m *Master) supervise(ctx context.Context) error {
 			}
 			p := ev.p
 			m.mu.Lock()
-			current := m.procs[p.id-1] == p
+			current := m.slotLocked(p.id) == p
 			m.mu.Unlock()
 			m.reap(p)
 			if p.retired || !current {
@@ -358,7 +375,11 @@ func (m *Master) supervise(ctx context.Context) error {
 				defer t.Stop()
 				select {
 				case <-t.C:
-					restart <- id
+				case <-ctx.Done():
+					return
+				}
+				select {
+				case restart <- id:
 				case <-ctx.Done():
 				}
 			}()
@@ -375,7 +396,7 @@ const (
 // acknowledged: those it never took.
 func (m *Master) reap(p *proc) {
 	m.mu.Lock()
-	if m.procs[p.id-1] == p {
+	if m.slotLocked(p.id) == p {
 		m.procs[p.id-1] = nil
 	}
 	p.state = stateExited
@@ -432,7 +453,11 @@ func (m *Master) stopAll() {
 		p.retired = true
 		p.ch.closeWrite()
 	}
-	deadline := time.NewTimer(m.cfg.ShutdownTimeout + time.Second)
+	grace := m.cfg.ShutdownTimeout + time.Second
+	if m.immediate.Load() {
+		grace = 0
+	}
+	deadline := time.NewTimer(grace)
 	defer deadline.Stop()
 	for _, p := range live {
 		select {
@@ -468,20 +493,39 @@ type Status struct {
 // Refused and Requeued are the master's own counts; Completed and the
 // handler's counters come from the worker's last heartbeat.
 type WorkerStatus struct {
-	ID        int            `json:"id"`
-	PID       int            `json:"pid"`
-	State     string         `json:"state"`
-	Uptime    string         `json:"uptime"`
-	Accepted  uint64         `json:"accepted"`
-	InFlight  int64          `json:"in_flight"`
-	Completed uint64         `json:"completed"`
-	Refused   uint64         `json:"refused"`
-	Requeued  uint64         `json:"requeued"`
-	Unacked   int            `json:"unacked"`
-	Requests  uint64         `json:"requests"`
-	RSS       uint64         `json:"rss_bytes"`
-	BeatAge   string         `json:"heartbeat_age"`
-	Handler   map[string]any `json:"handler,omitempty"`
+	Group     string `json:"group,omitempty"`
+	ID        int    `json:"id"`
+	PID       int    `json:"pid"`
+	State     string `json:"state"`
+	Uptime    string `json:"uptime"`
+	Accepted  uint64 `json:"accepted"`
+	InFlight  int64  `json:"in_flight"`
+	Completed uint64 `json:"completed"`
+	Refused   uint64 `json:"refused"`
+	Requeued  uint64 `json:"requeued"`
+	Unacked   int    `json:"unacked"`
+	Requests  uint64 `json:"requests"`
+	RSS       uint64 `json:"rss_bytes"`
+	BeatAge   string `json:"heartbeat_age"`
+	// Age is BeatAge as a duration, for in-process readers (metrics).
+	Age     time.Duration  `json:"-"`
+	Handler map[string]any `json:"handler,omitempty"`
+}
+
+// Ready reports whether every worker slot holds a ready worker and the
+// group is not stopping: what a readiness probe asks.
+func (m *Master) Ready() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closing {
+		return false
+	}
+	for _, p := range m.procs {
+		if p == nil || p.state != stateReady {
+			return false
+		}
+	}
+	return true
 }
 
 // Status reports the current counters.
@@ -501,13 +545,14 @@ func (m *Master) Status() Status {
 			continue
 		}
 		ws := WorkerStatus{
-			ID: p.id, PID: p.pid, State: p.state.String(),
+			Group: m.cfg.Name, ID: p.id, PID: p.pid, State: p.state.String(),
 			Uptime:   now.Sub(p.started).Round(time.Millisecond).String(),
 			Accepted: p.accepted, InFlight: p.inFlight, Refused: p.refused, Requeued: p.requeued,
 			Unacked:   len(p.pending),
 			Completed: p.report.Completed, Handler: p.report.Handler,
 			Requests: p.report.served(), RSS: p.report.RSS,
 			BeatAge: now.Sub(p.lastBeat).Round(time.Millisecond).String(),
+			Age:     now.Sub(p.lastBeat),
 		}
 		if m.cfg.Sched != SchedRR {
 			ws.Accepted, ws.InFlight = p.report.Accepted, p.report.InFlight
@@ -515,6 +560,15 @@ func (m *Master) Status() Status {
 		s.Workers = append(s.Workers, ws)
 	}
 	return s
+}
+
+// slotLocked is the worker in slot id, or nil (also past the end, after a
+// scale-down).
+func (m *Master) slotLocked(id int) *proc {
+	if id < 1 || id > len(m.procs) {
+		return nil
+	}
+	return m.procs[id-1]
 }
 
 // spawn starts worker id in its slot.

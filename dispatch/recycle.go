@@ -37,7 +37,7 @@ func (m *Master) recycle(p *proc, cause string) {
 	m.reloadMu.Lock()
 	defer m.reloadMu.Unlock()
 	m.mu.Lock()
-	live := !m.closing && m.procs[p.id-1] == p
+	live := !m.closing && m.slotLocked(p.id) == p
 	cfg := m.cfg.WorkerConfig
 	m.mu.Unlock()
 	if !live {
@@ -77,7 +77,7 @@ func (m *Master) recycle(p *proc, cause string) {
 		return
 	}
 	m.mu.Lock()
-	if m.closing || m.procs[p.id-1] != p {
+	if m.closing || m.slotLocked(p.id) != p {
 		m.mu.Unlock()
 		retire("the slot changed meanwhile")
 		return

@@ -17,7 +17,9 @@ func (m *Master) Reload(ctx context.Context, workerConfig []byte) error {
 	defer m.reloadMu.Unlock()
 	start := time.Now()
 
-	fresh := make([]*proc, 0, m.cfg.Workers)
+	// Scale changes the number of slots only under reloadMu, held here.
+	n := m.Workers()
+	fresh := make([]*proc, 0, n)
 	abort := func(err error) error {
 		for _, p := range fresh {
 			p.retired = true
@@ -32,7 +34,7 @@ func (m *Master) Reload(ctx context.Context, workerConfig []byte) error {
 		}
 		return err
 	}
-	for id := 1; id <= m.cfg.Workers; id++ {
+	for id := 1; id <= n; id++ {
 		p, err := m.start(id, workerConfig, false)
 		if err != nil {
 			return abort(err)

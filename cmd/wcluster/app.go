@@ -25,7 +25,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// Errors are printed once, below, and turned into the exit code here
 		// rather than by os.Exit inside the library, so deferred cleanup runs.
 		ExitErrHandler: func(*cli.Context, error) {},
-		Commands:       []*cli.Command{serveCommand(), checkCommand(), statusCommand()},
+		Commands: []*cli.Command{serveCommand(), checkCommand(), statusCommand(),
+			reloadCommand(), scaleCommand(), stopCommand()},
 	}
 	if err := app.Run(args); err != nil {
 		fmt.Fprintf(stderr, "wcluster: %v\n", err)

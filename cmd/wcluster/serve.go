@@ -5,15 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/wcluster/wcluster/admin"
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/guests/embedded"
 	"github.com/wcluster/wcluster/host"
@@ -34,6 +37,7 @@ type handlerConfig struct {
 	MaxReuse     int           `json:"max_reuse"`
 	Fresh        bool          `json:"fresh"`
 	LogLevel     string        `json:"log_level"`
+	LogFormat    string        `json:"log_format"`
 }
 
 func (c *handlerConfig) load() (wasm []byte, name string, err error) {
@@ -88,7 +92,9 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "instance-mode", Value: "pooled", Usage: "pooled, or fresh: a new instance per connection"},
 			&cli.StringFlag{Name: "cache-dir", Value: defaultCacheDir(), Usage: "compilation cache shared by the workers (\"\" disables it)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
-			&cli.StringFlag{Name: "control", Usage: "unix socket for `wcluster status` (none by default)"},
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text, or json (one object per line, for log collectors)"},
+			&cli.StringFlag{Name: "control", Usage: "unix socket for `wcluster status|reload|scale|stop` (none by default)"},
+			&cli.StringFlag{Name: "admin", Usage: "address for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9090 (none by default)"},
 		},
 		Action: serveAction,
 	}
@@ -129,14 +135,19 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	format := c.String("log-format")
+	if format != "text" && format != "json" {
+		return fmt.Errorf("--log-format %q: use text or json", format)
+	}
 	hc := handlerConfig{
 		Path: c.Args().First(), CacheDir: c.String("cache-dir"), MemoryLimit: mem,
 		Timeout: c.Duration("timeout"), ReadTimeout: c.Duration("read-timeout"),
 		WriteTimeout: c.Duration("write-timeout"), IdleTimeout: c.Duration("idle-timeout"),
 		Instances: c.Int("instances"), MinInstances: c.Int("instances-min"),
-		MaxReuse: c.Int("max-reuse"), Fresh: mode == "fresh", LogLevel: c.String("log-level"),
+		MaxReuse: c.Int("max-reuse"), Fresh: mode == "fresh",
+		LogLevel: c.String("log-level"), LogFormat: format,
 	}
-	log := newLogger(c.App.ErrWriter, level).With("proc", "master")
+	log := newLogger(c.App.ErrWriter, level, format).With("proc", "master")
 
 	wasm, name, err := hc.load()
 	if err != nil {
@@ -144,57 +155,58 @@ func serveAction(c *cli.Context) error {
 	}
 	// Compile once here, as the workers will: a bad module stops us before
 	// any worker starts, and the workers find the cache warm.
+	cached := cacheEntries(hc.CacheDir)
 	info, err := host.Prepare(c.Context, hc.options(wasm, name, 0, log))
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
+	cache := cacheState(hc.CacheDir, cached)
 	cfgJSON, _ := json.Marshal(hc)
-	m, err := dispatch.New(dispatch.Config{
+	cl, err := dispatch.NewCluster(log, dispatch.Config{
 		Listen: []string{c.String("listen")}, Workers: c.Int("workers"), Sched: sched,
-		MaxRequests: c.Int("max-requests"), MaxMemory: maxMem,
 		Backlog: c.Int("backlog"), MaxConns: c.Int("max-conns"),
 		QueueSize: c.Int("queue-size"), QueueTimeout: c.Duration("queue-timeout"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"), WorkerTimeout: c.Duration("worker-timeout"),
+		MaxRequests: c.Int("max-requests"), MaxMemory: maxMem,
 		WorkerConfig: cfgJSON, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
+	doReload := func(ctx context.Context) error { return reload(ctx, cl, hc, log) }
 
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
-	defer signal.Stop(usr1)
-	go func() {
-		for range usr1 {
-			b, _ := json.Marshal(m.Status())
-			log.Info("status", "status", string(b))
+	// Everything started here stops when ctx ends, right after Run returns.
+	ctx, cancel := context.WithCancel(c.Context)
+	var wg sync.WaitGroup
+	var waits []func()
+	defer func() {
+		cancel()
+		for _, wait := range waits {
+			wait()
 		}
+		wg.Wait()
 	}()
-	defer close(usr1)
-	// SIGHUP: re-read and check the handler, then replace the workers
-	// without dropping a connection; a bad handler leaves the old ones.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for range hup {
-			if err := reload(ctx, m, hc, log); err != nil {
-				log.Error("reload failed; the old workers keep serving", "err", err)
-			}
-		}
-	}()
-	defer close(hup)
+	handleSignals(ctx, &wg, cl, doReload, log)
 	if path := c.String("control"); path != "" {
-		if err := m.ServeControl(ctx, path); err != nil {
+		wait, err := cl.ServeControl(ctx, path, doReload)
+		if err != nil {
 			return err
 		}
+		waits = append(waits, wait)
+	}
+	if addr := c.String("admin"); addr != "" {
+		bound, wait, err := admin.Serve(ctx, addr, cl)
+		if err != nil {
+			return err
+		}
+		waits = append(waits, wait)
+		log.Info("admin endpoint: /metrics /healthz /readyz", "addr", bound)
 	}
 
-	err = m.Run(ctx, func() {
-		fmt.Fprintf(c.App.ErrWriter, "wcluster: serving %s on %s (policy %s, %d workers, %s) in %v\n",
-			name, m.Addr(), sched, c.Int("workers"), describe(info), time.Since(start).Round(time.Millisecond))
+	err = cl.Run(ctx, func() {
+		fmt.Fprintf(c.App.ErrWriter, "wcluster: serving %s on %s (policy %s, %d workers, %s, compilation cache %s) in %v\n",
+			name, cl.Groups()[0].Addr(), sched, c.Int("workers"), describe(info), cache,
+			time.Since(start).Round(time.Millisecond))
 	})
 	if errors.Is(err, dispatch.ErrMasterClosed) {
 		log.Info("stopped")
@@ -203,9 +215,85 @@ func serveAction(c *cli.Context) error {
 	return err
 }
 
+// handleSignals gives the master nginx's and gunicorn's signals: TERM and
+// INT stop gracefully, QUIT at once; HUP reloads; TTIN and TTOU add or
+// remove a worker (in the first group); USR1 logs the status.
+func handleSignals(ctx context.Context, wg *sync.WaitGroup, cl *dispatch.Cluster, reload func(context.Context) error, log *slog.Logger) {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP,
+		syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer signal.Stop(sigs)
+		for {
+			var sig os.Signal
+			select {
+			case <-ctx.Done():
+				return
+			case sig = <-sigs:
+			}
+			switch sig {
+			case syscall.SIGINT, syscall.SIGTERM:
+				log.Info("stopping gracefully", "signal", sig.String())
+				cl.Stop(false)
+			case syscall.SIGQUIT:
+				log.Warn("stopping now: workers are killed", "signal", sig.String())
+				cl.Stop(true)
+			case syscall.SIGHUP:
+				if err := reload(ctx); err != nil {
+					log.Error("reload failed; the old workers keep serving", "err", err)
+				}
+			case syscall.SIGTTIN, syscall.SIGTTOU:
+				m := cl.Groups()[0]
+				n := m.Workers() + 1
+				if sig == syscall.SIGTTOU {
+					n -= 2
+				}
+				if n < 1 {
+					log.Warn("not scaling below one worker", "signal", sig.String())
+					continue
+				}
+				if err := m.Scale(ctx, n); err != nil {
+					log.Error("scale failed", "to", n, "err", err)
+				}
+			case syscall.SIGUSR1:
+				b, _ := json.Marshal(cl.Status())
+				log.Info("status", "status", string(b))
+			}
+		}
+	}()
+}
+
+// cacheState says, for the banner, whether the compilation cache already
+// held the module (hit) or compiling it added entries (miss).
+func cacheState(dir string, before int) string {
+	if dir == "" {
+		return "off"
+	}
+	if cacheEntries(dir) == before && before > 0 {
+		return "hit"
+	}
+	return "miss"
+}
+
+// cacheEntries counts the files under dir (wazero writes one per module).
+func cacheEntries(dir string) int {
+	n := 0
+	if dir != "" {
+		filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				n++
+			}
+			return nil
+		})
+	}
+	return n
+}
+
 // reload re-reads the handler, compiles and checks it as a worker would, and
 // asks the master to replace its workers with ones serving it.
-func reload(ctx context.Context, m *dispatch.Master, hc handlerConfig, log *slog.Logger) error {
+func reload(ctx context.Context, cl *dispatch.Cluster, hc handlerConfig, log *slog.Logger) error {
 	log.Info("reloading", "handler", hc.Path)
 	wasm, name, err := hc.load()
 	if err != nil {
@@ -215,7 +303,7 @@ func reload(ctx context.Context, m *dispatch.Master, hc handlerConfig, log *slog
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	cfg, _ := json.Marshal(hc)
-	return m.Reload(ctx, cfg)
+	return cl.Reload(ctx, map[string][]byte{"": cfg})
 }
 
 func describe(info host.Info) string {
@@ -233,8 +321,12 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-func newLogger(w interface{ Write([]byte) (int, error) }, level slog.Level) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+func newLogger(w interface{ Write([]byte) (int, error) }, level slog.Level, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 // runWorker is the worker process: it builds the handler from the config the
@@ -242,8 +334,8 @@ func newLogger(w interface{ Write([]byte) (int, error) }, level slog.Level) *slo
 func runWorker(stderr interface{ Write([]byte) (int, error) }) int {
 	// The terminal's Ctrl-C reaches the whole process group; only the master
 	// decides when workers stop (it closes their channel).
-	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
-	bootLog := newLogger(stderr, slog.LevelInfo)
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGQUIT, syscall.SIGTTIN, syscall.SIGTTOU)
+	bootLog := newLogger(stderr, slog.LevelInfo, "text")
 	w, err := dispatch.NewWorker(bootLog)
 	if err != nil {
 		bootLog.Error("worker cannot start", "err", err)
@@ -255,7 +347,7 @@ func runWorker(stderr interface{ Write([]byte) (int, error) }) int {
 		return 1
 	}
 	level, _ := parseLevel(hc.LogLevel)
-	log := newLogger(stderr, level).With("proc", "worker", "worker", w.ID(), "pid", os.Getpid())
+	log := newLogger(stderr, level, hc.LogFormat).With("proc", "worker", "worker", w.ID(), "pid", os.Getpid())
 	wasm, name, err := hc.load()
 	if err != nil {
 		w.Fatal(err)
@@ -273,6 +365,7 @@ func runWorker(stderr interface{ Write([]byte) (int, error) }) int {
 		return map[string]any{
 			"conns": s.Conns, "calls": s.Calls, "traps": s.Traps, "timeouts": s.Timeouts,
 			"memory_limit_hits": s.MemLimit, "instances_created": s.Instances, "instances_live": s.Live,
+			"instance_ns": s.InstanceNs,
 		}
 	}
 	if err := w.Serve(ctx, single{h}, stats); err != nil {
@@ -286,5 +379,5 @@ func runWorker(stderr interface{ Write([]byte) (int, error) }) int {
 type single struct{ h *host.Handler }
 
 func (s single) ServeConn(ctx context.Context, f *os.File, _ int) { s.h.ServeConn(ctx, f) }
-func (s single) Drain()                                          { s.h.Drain() }
-func (s single) Requests() uint64                                { return s.h.Stats().Calls }
+func (s single) Drain()                                           { s.h.Drain() }
+func (s single) Requests() uint64                                 { return s.h.Stats().Calls }

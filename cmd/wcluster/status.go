@@ -4,20 +4,20 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strconv"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/wcluster/wcluster/dispatch"
 )
 
+var controlFlag = &cli.StringFlag{Name: "control", Required: true, Usage: "the master's --control socket"}
+
 func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "status",
 		Usage: "show a running master's workers and counters",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "control", Required: true, Usage: "the master's --control socket"},
-			&cli.BoolFlag{Name: "json", Usage: "print the raw JSON"},
-		},
+		Flags: []cli.Flag{controlFlag, &cli.BoolFlag{Name: "json", Usage: "print the raw JSON"}},
 		Action: func(c *cli.Context) error {
 			b, err := dispatch.Control(c.String("control"), "status")
 			if err != nil {
@@ -28,18 +28,85 @@ func statusCommand() *cli.Command {
 				fmt.Fprintln(w, string(b))
 				return nil
 			}
-			var s dispatch.Status
+			var s dispatch.ClusterStatus
 			if err := json.Unmarshal(b, &s); err != nil {
 				return fmt.Errorf("bad reply from master: %w", err)
 			}
-			fmt.Fprintf(w, "master pid %d, %s, policy %s, accepted %d, requeued %d, queue timeouts %d, restarts %d\n",
-				s.PID, s.Listen, s.Sched, s.Totals.Accepted, s.Totals.Requeued, s.Totals.QueueTimeouts, s.Totals.Restarts)
 			var buf bytes.Buffer
-			fmt.Fprintf(&buf, "%-4s %-8s %-9s %-10s %9s %9s %9s %8s %8s\n", "id", "pid", "state", "uptime", "accepted", "inflight", "completed", "refused", "requeued")
-			for _, ws := range s.Workers {
-				fmt.Fprintf(&buf, "%-4d %-8d %-9s %-10s %9d %9d %9d %8d %8d\n", ws.ID, ws.PID, ws.State, ws.Uptime, ws.Accepted, ws.InFlight, ws.Completed, ws.Refused, ws.Requeued)
+			fmt.Fprintf(&buf, "master pid %d: %d fds, %d goroutines\n", s.PID, s.FDs, s.Goroutines)
+			for _, g := range s.Groups {
+				name := g.Group
+				if name == "" {
+					name = "workers"
+				}
+				fmt.Fprintf(&buf, "%s on %v, policy %s: accepted %d, queued %d, requeued %d, queue timeouts %d, restarts %d, recycled %d, reloads %d\n",
+					name, g.Listeners, g.Sched, g.Totals.Accepted, g.Totals.Queued, g.Totals.Requeued, g.Totals.QueueTimeouts,
+					g.Totals.Restarts, g.Totals.Recycled, g.Totals.Generation)
+				fmt.Fprintf(&buf, "  %-4s %-8s %-9s %-10s %9s %9s %9s %8s %8s %9s %8s\n", "id", "pid", "state", "uptime", "accepted", "inflight", "completed", "refused", "requeued", "requests", "rss")
+				for _, ws := range g.Workers {
+					fmt.Fprintf(&buf, "  %-4d %-8d %-9s %-10s %9d %9d %9d %8d %8d %9d %7dM\n", ws.ID, ws.PID, ws.State, ws.Uptime,
+						ws.Accepted, ws.InFlight, ws.Completed, ws.Refused, ws.Requeued, ws.Requests, ws.RSS>>20)
+				}
 			}
 			w.Write(buf.Bytes())
+			return nil
+		},
+	}
+}
+
+func reloadCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "reload",
+		Usage: "re-read the handler (or config) and replace the workers without dropping a connection",
+		Flags: []cli.Flag{controlFlag},
+		Action: func(c *cli.Context) error {
+			if _, err := dispatch.Control(c.String("control"), "reload"); err != nil {
+				return err
+			}
+			fmt.Fprintln(c.App.Writer, "reloaded")
+			return nil
+		},
+	}
+}
+
+func scaleCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "scale",
+		Usage:     "change the number of workers (of one group with --group)",
+		ArgsUsage: "N",
+		Flags:     []cli.Flag{controlFlag, &cli.StringFlag{Name: "group", Usage: "worker group (default: the first)"}},
+		Action: func(c *cli.Context) error {
+			n, err := strconv.Atoi(c.Args().First())
+			if c.NArg() != 1 || err != nil || n < 1 {
+				return fmt.Errorf("scale takes a number of workers, at least 1: wcluster scale --control PATH N")
+			}
+			cmd := "scale " + strconv.Itoa(n)
+			if g := c.String("group"); g != "" {
+				cmd += " " + g
+			}
+			if _, err := dispatch.Control(c.String("control"), cmd); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "scaled to %d workers\n", n)
+			return nil
+		},
+	}
+}
+
+func stopCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "stop",
+		Usage: "stop the master gracefully (--now: kill the workers at once)",
+		Flags: []cli.Flag{controlFlag, &cli.BoolFlag{Name: "now", Usage: "do not wait for open connections"}},
+		Action: func(c *cli.Context) error {
+			cmd := "stop"
+			if c.Bool("now") {
+				cmd += " now"
+			}
+			if _, err := dispatch.Control(c.String("control"), cmd); err != nil {
+				return err
+			}
+			fmt.Fprintln(c.App.Writer, "stopping")
 			return nil
 		},
 	}

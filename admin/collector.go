@@ -1,0 +1,111 @@
+package admin
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wcluster/wcluster/dispatch"
+)
+
+// collector turns one status snapshot into metrics at each scrape. Worker
+// series carry group and worker labels; a replaced worker's counters start
+// again from zero, which Prometheus' rate() reads as a counter reset.
+type collector struct {
+	src  Source
+	desc map[string]*prometheus.Desc
+}
+
+var workerLabels = []string{"group", "worker"}
+
+// guestCounters are the handler counters each worker reports, by the key it
+// reports them under, with the metric name and help they get here.
+var guestCounters = []struct{ key, name, help string }{
+	{"calls", "wcluster_guest_calls_total", "Calls into the guest (one per request for HTTP guests)."},
+	{"conns", "wcluster_guest_connections_total", "Connections the guest served to the end."},
+	{"traps", "wcluster_guest_traps_total", "Guest calls that trapped or exited."},
+	{"timeouts", "wcluster_guest_timeouts_total", "Guest calls stopped at the time limit."},
+	{"memory_limit_hits", "wcluster_guest_memory_limit_hits_total", "Guest calls that failed for want of memory."},
+	{"instances_created", "wcluster_guest_instantiations_total", "Guest instances created."},
+}
+
+func newCollector(src Source) *collector {
+	c := &collector{src: src, desc: map[string]*prometheus.Desc{}}
+	add := func(name, help string, labels ...string) {
+		c.desc[name] = prometheus.NewDesc(name, help, labels, nil)
+	}
+	add("wcluster_connections_accepted_total", "Connections handed to (rr) or accepted by (shared, reuseport) the worker.", workerLabels...)
+	add("wcluster_connections_in_flight", "Connections the worker holds now.", workerLabels...)
+	add("wcluster_connections_completed_total", "Connections the worker finished.", workerLabels...)
+	add("wcluster_connections_refused_total", "Connections the worker refused (rr); the master placed them elsewhere.", workerLabels...)
+	add("wcluster_connections_requeued_total", "Connections requeued from this worker slot because it died before acknowledging them.", workerLabels...)
+	add("wcluster_worker_heartbeat_age_seconds", "Time since the worker's last heartbeat.", workerLabels...)
+	add("wcluster_worker_resident_bytes", "The worker process's resident memory.", workerLabels...)
+	add("wcluster_worker_up", "1 for a worker that is ready, 0 while starting.", workerLabels...)
+	add("wcluster_guest_instances", "Guest instances alive in the worker (the pool).", workerLabels...)
+	add("wcluster_guest_instantiation_seconds_total", "Time spent creating guest instances.", workerLabels...)
+	for _, g := range guestCounters {
+		add(g.name, g.help, workerLabels...)
+	}
+	add("wcluster_master_accepted_total", "Connections the master accepted (rr).", "group")
+	add("wcluster_queue_depth", "Accepted connections waiting in the master for a worker with room.", "group")
+	add("wcluster_queue_timeouts_total", "Queued connections closed because no worker had room in time.", "group")
+	add("wcluster_worker_restarts_total", "Workers replaced, by cause: crash (exited), hung (heartbeat stopped) or recycle (limits).", "group", "cause")
+	add("wcluster_reload_generation", "Completed reloads.", "group")
+	add("wcluster_workers", "Worker slots in the group.", "group")
+	return c
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.desc {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.src.Status()
+	emit := func(name string, t prometheus.ValueType, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(c.desc[name], t, v, labels...)
+	}
+	for _, g := range st.Groups {
+		group := g.Group
+		emit("wcluster_master_accepted_total", prometheus.CounterValue, float64(g.Totals.Accepted), group)
+		emit("wcluster_queue_depth", prometheus.GaugeValue, float64(g.Totals.Queued), group)
+		emit("wcluster_queue_timeouts_total", prometheus.CounterValue, float64(g.Totals.QueueTimeouts), group)
+		// Restarts counts every unplanned replacement; hung ones are among them.
+		emit("wcluster_worker_restarts_total", prometheus.CounterValue, float64(g.Totals.Restarts-min(g.Totals.HungKilled, g.Totals.Restarts)), group, "crash")
+		emit("wcluster_worker_restarts_total", prometheus.CounterValue, float64(g.Totals.HungKilled), group, "hung")
+		emit("wcluster_worker_restarts_total", prometheus.CounterValue, float64(g.Totals.Recycled), group, "recycle")
+		emit("wcluster_reload_generation", prometheus.GaugeValue, float64(g.Totals.Generation), group)
+		emit("wcluster_workers", prometheus.GaugeValue, float64(len(g.Workers)), group)
+		for _, w := range g.Workers {
+			c.collectWorker(emit, group, w)
+		}
+	}
+}
+
+func (c *collector) collectWorker(emit func(string, prometheus.ValueType, float64, ...string), group string, w dispatch.WorkerStatus) {
+	id := strconv.Itoa(w.ID)
+	counter, gauge := prometheus.CounterValue, prometheus.GaugeValue
+	emit("wcluster_connections_accepted_total", counter, float64(w.Accepted), group, id)
+	emit("wcluster_connections_in_flight", gauge, float64(w.InFlight), group, id)
+	emit("wcluster_connections_completed_total", counter, float64(w.Completed), group, id)
+	emit("wcluster_connections_refused_total", counter, float64(w.Refused), group, id)
+	emit("wcluster_connections_requeued_total", counter, float64(w.Requeued), group, id)
+	emit("wcluster_worker_heartbeat_age_seconds", gauge, w.Age.Seconds(), group, id)
+	emit("wcluster_worker_resident_bytes", gauge, float64(w.RSS), group, id)
+	up := 0.0
+	if w.State == "ready" {
+		up = 1
+	}
+	emit("wcluster_worker_up", gauge, up, group, id)
+	num := func(key string) float64 {
+		v, _ := w.Handler[key].(float64) // numbers arrive through JSON
+		return v
+	}
+	emit("wcluster_guest_instances", gauge, num("instances_live"), group, id)
+	emit("wcluster_guest_instantiation_seconds_total", counter, num("instance_ns")/1e9, group, id)
+	for _, g := range guestCounters {
+		emit(g.name, counter, num(g.key), group, id)
+	}
+}

@@ -1,0 +1,216 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+)
+
+// Cluster is one master process: a Master per group of workers (each group
+// with its own listeners, workers and worker config), run together and
+// controlled as one. A single-handler server is a Cluster of one group.
+type Cluster struct {
+	groups []*Master
+	log    *slog.Logger
+
+	mu   sync.Mutex
+	stop context.CancelFunc // ends Run gracefully; set while Run runs
+}
+
+// NewCluster checks every group's config and binds every listener; on any
+// error nothing stays bound.
+func NewCluster(log *slog.Logger, cfgs ...Config) (*Cluster, error) {
+	if len(cfgs) == 0 {
+		return nil, errors.New("dispatch: no worker group")
+	}
+	c := &Cluster{log: log}
+	seen := map[string]bool{}
+	for _, cfg := range cfgs {
+		if seen[cfg.Name] {
+			c.closeAll()
+			return nil, fmt.Errorf("dispatch: two worker groups named %q", cfg.Name)
+		}
+		seen[cfg.Name] = true
+		m, err := New(cfg)
+		if err != nil {
+			c.closeAll()
+			if cfg.Name != "" {
+				return nil, fmt.Errorf("group %s: %w", cfg.Name, err)
+			}
+			return nil, err
+		}
+		c.groups = append(c.groups, m)
+	}
+	return c, nil
+}
+
+func (c *Cluster) closeAll() {
+	for _, m := range c.groups {
+		m.closeListeners()
+	}
+}
+
+// Groups are the cluster's masters, in config order.
+func (c *Cluster) Groups() []*Master { return c.groups }
+
+// Group finds a group by name ("" is the first).
+func (c *Cluster) Group(name string) (*Master, error) {
+	if name == "" {
+		return c.groups[0], nil
+	}
+	for _, m := range c.groups {
+		if m.cfg.Name == name {
+			return m, nil
+		}
+	}
+	return nil, fmt.Errorf("no worker group %q", name)
+}
+
+// Run runs every group until ctx ends or Stop is called, then stops them
+// all gracefully. ready is called once every group's workers are serving.
+// If one group fails (a worker cannot start, a crash loop), every group
+// stops and Run returns that error.
+func (c *Cluster) Run(ctx context.Context, ready func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.mu.Lock()
+	c.stop = cancel
+	c.mu.Unlock()
+
+	var wg sync.WaitGroup
+	var readyWG sync.WaitGroup
+	errs := make([]error, len(c.groups))
+	readyWG.Add(len(c.groups))
+	allReady := make(chan struct{})
+	for i, m := range c.groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var once sync.Once
+			done := func() { once.Do(readyWG.Done) }
+			errs[i] = m.Run(ctx, done)
+			done()
+			if !errors.Is(errs[i], ErrMasterClosed) {
+				cancel() // one group failed: stop the others
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		readyWG.Wait()
+		close(allReady)
+	}()
+	select {
+	case <-allReady:
+		if ctx.Err() == nil && ready != nil {
+			ready()
+		}
+	case <-ctx.Done():
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, ErrMasterClosed) {
+			if name := c.groups[i].cfg.Name; name != "" && len(c.groups) > 1 {
+				return fmt.Errorf("group %s: %w", name, err)
+			}
+			return err
+		}
+	}
+	return ErrMasterClosed
+}
+
+// Stop ends Run gracefully (as its context ending would); with now, workers
+// are killed at once instead of draining.
+func (c *Cluster) Stop(now bool) {
+	if now {
+		for _, m := range c.groups {
+			m.immediate.Store(true)
+		}
+	}
+	c.mu.Lock()
+	stop := c.stop
+	c.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+// Reload replaces the workers of each group named in configs (by group
+// name) with ones started with the new worker config, one group after the
+// other. The first failure stops there; groups already reloaded stay so.
+func (c *Cluster) Reload(ctx context.Context, configs map[string][]byte) error {
+	for _, m := range c.groups {
+		cfg, ok := configs[m.cfg.Name]
+		if !ok {
+			continue
+		}
+		if err := m.Reload(ctx, cfg); err != nil {
+			if m.cfg.Name != "" && len(c.groups) > 1 {
+				return fmt.Errorf("group %s: %w", m.cfg.Name, err)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// Ready reports whether every group is ready (see Master.Ready) and Run has
+// not begun to stop.
+func (c *Cluster) Ready() bool {
+	c.mu.Lock()
+	running := c.stop != nil
+	c.mu.Unlock()
+	if !running {
+		return false
+	}
+	for _, m := range c.groups {
+		if !m.Ready() {
+			return false
+		}
+	}
+	return true
+}
+
+// ClusterStatus is every group's status, with the workers of all groups in
+// one list and the totals summed.
+type ClusterStatus struct {
+	PID        int            `json:"pid"`
+	Goroutines int            `json:"goroutines"`
+	FDs        int            `json:"fds"`
+	Listen     string         `json:"listen"` // the first group's first listener
+	Sched      Sched          `json:"sched"`  // the first group's policy
+	Totals     Totals         `json:"totals"`
+	Workers    []WorkerStatus `json:"workers"`
+	Groups     []Status       `json:"groups"`
+}
+
+// Status reports every group's counters.
+func (c *Cluster) Status() ClusterStatus {
+	s := ClusterStatus{PID: os.Getpid(), Goroutines: runtime.NumGoroutine(), FDs: openFDs()}
+	for i, m := range c.groups {
+		g := m.Status()
+		if i == 0 {
+			s.Listen, s.Sched = g.Listen, g.Sched
+		}
+		s.Totals.add(g.Totals)
+		s.Workers = append(s.Workers, g.Workers...)
+		s.Groups = append(s.Groups, g)
+	}
+	return s
+}
+
+func (t *Totals) add(o Totals) {
+	t.Accepted += o.Accepted
+	t.QueueTimeouts += o.QueueTimeouts
+	t.Requeued += o.Requeued
+	t.Restarts += o.Restarts
+	t.Recycled += o.Recycled
+	t.HungKilled += o.HungKilled
+	t.Queued += o.Queued
+	t.Generation += o.Generation
+}

@@ -1,0 +1,84 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// MaxWorkers bounds Scale: a typo should not fork ten thousand processes.
+const MaxWorkers = 1024
+
+// Workers is the group's current number of worker slots.
+func (m *Master) Workers() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.procs)
+}
+
+// Scale changes the number of workers to n. New workers are started and
+// Scale waits (up to WorkerTimeout) until they serve; surplus workers, the
+// highest slots, are drained like a reload's old ones. It shares the reload
+// lock, so it never overlaps a reload or a recycle.
+func (m *Master) Scale(ctx context.Context, n int) error {
+	if n < 1 || n > MaxWorkers {
+		return fmt.Errorf("scale to %d workers: want 1 to %d", n, MaxWorkers)
+	}
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		return ErrMasterClosed
+	}
+	old := len(m.procs)
+	if n == old {
+		m.mu.Unlock()
+		return nil
+	}
+	if n < old {
+		surplus := append([]*proc(nil), m.procs[n:]...)
+		m.procs = m.procs[:n]
+		m.cursor = 0
+		for _, p := range surplus {
+			if p != nil {
+				p.retired = true
+			}
+		}
+		m.mu.Unlock()
+		for _, p := range surplus {
+			if p != nil {
+				p.ch.closeWrite()
+			}
+		}
+		m.log.Info("scaled down", "from", old, "to", n)
+		return nil
+	}
+	m.procs = append(m.procs, make([]*proc, n-old)...)
+	m.mu.Unlock()
+	var started []*proc
+	for id := old + 1; id <= n; id++ {
+		p, err := m.start(id, m.workerConfig(), true)
+		if err != nil {
+			return err
+		}
+		started = append(started, p)
+	}
+	readyBy := time.NewTimer(m.cfg.WorkerTimeout)
+	defer readyBy.Stop()
+	for _, p := range started {
+		select {
+		case <-p.ready:
+		case <-p.exited:
+			// supervise restarts it as it would any crashed worker.
+			return fmt.Errorf("scale: worker %d exited while starting", p.id)
+		case <-readyBy.C:
+			return fmt.Errorf("scale: worker %d not ready within %v", p.id, m.cfg.WorkerTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	m.signalCapacity()
+	m.log.Info("scaled up", "from", old, "to", n)
+	return nil
+}
