@@ -17,8 +17,9 @@ type Cluster struct {
 	groups []*Master
 	log    *slog.Logger
 
-	mu   sync.Mutex
-	stop context.CancelFunc // ends Run gracefully; set while Run runs
+	mu       sync.Mutex
+	stop     context.CancelFunc // ends Run gracefully; set while Run runs
+	stopping bool               // Run is stopping: no more reload notices
 }
 
 // NewCluster checks every group's config and binds every listener; on any
@@ -107,11 +108,19 @@ func (c *Cluster) Run(ctx context.Context, ready func()) error {
 	}()
 	select {
 	case <-allReady:
-		if ctx.Err() == nil && ready != nil {
-			ready()
+		if ctx.Err() == nil {
+			if ready != nil {
+				ready()
+			}
+			c.notify(StateReady)
 		}
 	case <-ctx.Done():
 	}
+	<-ctx.Done()
+	c.mu.Lock()
+	c.stopping = true
+	c.mu.Unlock()
+	c.notify(StateStopping)
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil && !errors.Is(err, ErrMasterClosed) {
@@ -122,6 +131,12 @@ func (c *Cluster) Run(ctx context.Context, ready func()) error {
 		}
 	}
 	return ErrMasterClosed
+}
+
+func (c *Cluster) isStopping() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopping
 }
 
 // Stop ends Run gracefully (as its context ending would); with now, workers
@@ -144,6 +159,17 @@ func (c *Cluster) Stop(now bool) {
 // name) with ones started with the new worker config, one group after the
 // other. The first failure stops there; groups already reloaded stay so.
 func (c *Cluster) Reload(ctx context.Context, configs map[string][]byte) error {
+	// The service manager hears RELOADING=1, then READY=1 whether or not
+	// the reload worked (either way workers serve); nothing once stopping,
+	// where it would undo STOPPING=1.
+	if !c.isStopping() {
+		c.notify(StateReloading())
+		defer func() {
+			if !c.isStopping() {
+				c.notify(StateReady)
+			}
+		}()
+	}
 	for _, m := range c.groups {
 		cfg, ok := configs[m.cfg.Name]
 		if !ok {

@@ -198,16 +198,29 @@ func New(cfg Config) (*Master, error) {
 	}
 	// reuseport: the master only reserves the port (a bound socket is not in
 	// the SO_REUSEPORT group, so nothing is queued on it); workers listen.
-	var lis []*listener
-	for _, addr := range cfg.Listen {
-		l, err := listenTCP(addr, cfg.Backlog, cfg.Sched == SchedReusePort, cfg.Sched != SchedReusePort)
-		if err != nil {
-			for _, l := range lis {
-				l.close()
-			}
-			return nil, fmt.Errorf("dispatch: %w", err)
+	// Sockets passed by systemd (socket activation) replace cfg.Listen.
+	// They are consumed by the first group created.
+	lis, err := socketActivation(cfg.Sched, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: %w", err)
+	}
+	if len(lis) > maxListeners {
+		for _, l := range lis {
+			l.close()
 		}
-		lis = append(lis, l)
+		return nil, fmt.Errorf("dispatch: socket activation passed %d sockets: at most %d", len(lis), maxListeners)
+	}
+	if lis == nil {
+		for _, addr := range cfg.Listen {
+			l, err := listenTCP(addr, cfg.Backlog, cfg.Sched == SchedReusePort, cfg.Sched != SchedReusePort)
+			if err != nil {
+				for _, l := range lis {
+					l.close()
+				}
+				return nil, fmt.Errorf("dispatch: %w", err)
+			}
+			lis = append(lis, l)
+		}
 	}
 	m := &Master{
 		cfg: cfg, log: cfg.Logger, lis: lis,

@@ -1,0 +1,414 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// This file runs wcluster as systemd would: with the listening socket passed
+// by socket activation (systemd-socket-activate, from Debian's systemd
+// package, does what a .socket unit does), and with NOTIFY_SOCKET set to a
+// socket the test reads, as Type=notify does.
+
+// watched is a process whose output the test waits on, line by line,
+// without polling.
+type watched struct {
+	*server
+	lmu     sync.Mutex
+	changed chan struct{} // closed and replaced at every new line
+}
+
+// launchWatched starts cmd (stdout and stderr collected) without waiting for
+// anything; it is stopped at cleanup like a server from start.
+func launchWatched(t *testing.T, cmd *exec.Cmd) *watched {
+	t.Helper()
+	w := &watched{server: &server{t: t, cmd: cmd, done: make(chan struct{})}, changed: make(chan struct{})}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			w.mu.Lock()
+			w.out.WriteString(sc.Text() + "\n")
+			w.mu.Unlock()
+			w.lmu.Lock()
+			close(w.changed)
+			w.changed = make(chan struct{})
+			w.lmu.Unlock()
+		}
+	}()
+	go func() {
+		w.err = cmd.Wait()
+		pw.Close()
+		close(w.done)
+	}()
+	t.Cleanup(func() {
+		w.stop()
+		if strings.Contains(w.output(), "DATA RACE") {
+			t.Errorf("the race detector reported a data race in wcluster")
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s", filepath.Base(cmd.Path), w.output())
+		}
+	})
+	return w
+}
+
+// await waits (at most d) until the output matches re and returns the
+// submatches; it fails the test if the process exits first.
+func (w *watched) await(re string, d time.Duration) []string {
+	w.t.Helper()
+	m, err := w.tryAwait(re, d)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return m
+}
+
+func (w *watched) tryAwait(re string, d time.Duration) ([]string, error) {
+	rx := regexp.MustCompile(re)
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		w.lmu.Lock()
+		changed := w.changed
+		w.lmu.Unlock()
+		if m := rx.FindStringSubmatch(w.output()); m != nil {
+			return m, nil
+		}
+		select {
+		case <-changed:
+		case <-w.done:
+			if m := rx.FindStringSubmatch(w.output()); m != nil {
+				return m, nil
+			}
+			return nil, fmt.Errorf("exited (%v) before printing %q", w.err, re)
+		case <-timer.C:
+			return nil, fmt.Errorf("no output matching %q within %v", re, d)
+		}
+	}
+}
+
+// freeLoopbackPort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// socketActivated runs `systemd-socket-activate -l 127.0.0.1:PORT [extra]
+// argv...` and waits until it listens; it returns the process and the
+// address. The activator execs argv in place on the first connection, so
+// LISTEN_PID is the pid of the process started here.
+func socketActivated(t *testing.T, extra []string, argv ...string) (*watched, string) {
+	t.Helper()
+	tool, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		t.Skip("systemd-socket-activate not installed (Debian package systemd; .ci/run installs it)")
+	}
+	for try := 0; ; try++ {
+		addr := "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t))
+		args := append([]string{"-l", addr}, extra...)
+		w := launchWatched(t, exec.Command(tool, append(args, argv...)...))
+		_, err := w.tryAwait(`Listening on `+regexp.QuoteMeta(addr)+` as 3\.`, 30*time.Second)
+		if err == nil {
+			return w, addr
+		}
+		if try < 3 && strings.Contains(w.output(), "in use") {
+			continue // the port was taken between freeLoopbackPort and bind
+		}
+		t.Fatalf("systemd-socket-activate: %v", err)
+	}
+}
+
+// activatedStatus is what the tests here read of `wcluster status --json`.
+type activatedStatus struct {
+	Listen    string   `json:"listen"`
+	Listeners []string `json:"listeners"`
+	PID       int      `json:"pid"`
+	Workers   []struct {
+		ID    int    `json:"id"`
+		PID   int    `json:"pid"`
+		State string `json:"state"`
+	} `json:"workers"`
+}
+
+func activatedStatusOf(t *testing.T, ctl string) activatedStatus {
+	t.Helper()
+	out, err := run(t, "status", "--json", "--control", ctl)
+	if err != nil {
+		t.Fatalf("wcluster status: %v: %s", err, out)
+	}
+	var s activatedStatus
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("wcluster status: %v: %s", err, out)
+	}
+	return s
+}
+
+// environOf reads a process's environment.
+func environOf(t *testing.T, pid int) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+// TestSystemdSocketActivation: under systemd-socket-activate the master
+// serves the socket it was passed (it binds nothing: --listen names another
+// port), on rr and shared; the activated socket is what it reports, and
+// workers do not see the LISTEN_* variables.
+func TestSystemdSocketActivation(t *testing.T) {
+	for _, sched := range []string{"rr", "shared"} {
+		t.Run(sched, func(t *testing.T) {
+			ctl := filepath.Join(t.TempDir(), "ctl.sock")
+			w, addr := socketActivated(t, []string{"--fdname=http"}, env.bin, "serve",
+				"--listen", "127.0.0.1:0", "--workers", "2", "--sched", sched,
+				"--cache-dir", env.cache, "--control", ctl)
+			url := "http://" + addr + "/"
+			client := newClient()
+
+			// The first connection makes the activator exec wcluster; it
+			// waits in the socket's backlog until a worker serves it.
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			first := make(chan error, 1)
+			go func() {
+				body, _, err := get(ctx, client, url, true)
+				if err == nil && body != "hello world\n" {
+					err = fmt.Errorf("body %q", body)
+				}
+				first <- err
+			}()
+			banner := w.await(`serving .* on (\S+) \(`, 90*time.Second)
+			if banner[1] != addr {
+				t.Fatalf("master serves %s, want the activated socket %s", banner[1], addr)
+			}
+			if err := <-first; err != nil {
+				t.Fatalf("first request through the activated socket: %v", err)
+			}
+			w.await(`socket activation`, 10*time.Second)
+
+			seen := map[string]int{}
+			for i := 0; i < 200; i++ {
+				body, worker, err := get(context.Background(), client, url, true)
+				if err != nil || body != "hello world\n" {
+					t.Fatalf("request %d: %q %v", i, body, err)
+				}
+				seen[worker]++
+			}
+			t.Logf("%s: served by worker: %v", sched, seen)
+			if sched == "rr" && (seen["1"] == 0 || seen["2"] == 0) {
+				t.Fatalf("rr: want requests served by workers 1 and 2, got %v", seen)
+			}
+
+			st := activatedStatusOf(t, ctl)
+			if st.Listen != addr {
+				t.Errorf("status reports listen %q, want the activated %s", st.Listen, addr)
+			}
+			if len(st.Listeners) > 1 {
+				t.Errorf("status reports listeners %v, want only the activated %s", st.Listeners, addr)
+			}
+			if st.PID != w.cmd.Process.Pid {
+				t.Errorf("master pid %d, want %d (the activator execs in place)", st.PID, w.cmd.Process.Pid)
+			}
+			if len(st.Workers) != 2 {
+				t.Fatalf("want 2 workers, got %+v", st.Workers)
+			}
+			for _, ws := range st.Workers {
+				for _, kv := range environOf(t, ws.PID) {
+					if strings.HasPrefix(kv, "LISTEN_") {
+						t.Errorf("worker %d inherited %s", ws.ID, kv)
+					}
+				}
+			}
+
+			w.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-w.done:
+				if w.err != nil {
+					t.Fatalf("exit after SIGTERM: %v", w.err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("still running 30s after SIGTERM")
+			}
+		})
+	}
+}
+
+// sdNotifications collects what arrives on a NOTIFY_SOCKET the test owns.
+type sdNotifications struct {
+	t    *testing.T
+	path string
+	ch   chan string
+}
+
+func sdNotifySocket(t *testing.T) *sdNotifications {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &sdNotifications{t: t, path: path, ch: make(chan string, 64)}
+	go func() {
+		defer close(n.ch)
+		buf := make([]byte, 4096)
+		for {
+			k, err := c.Read(buf)
+			if err != nil {
+				return // closed at cleanup
+			}
+			n.ch <- string(buf[:k])
+		}
+	}()
+	t.Cleanup(func() { c.Close() })
+	return n
+}
+
+// next returns the next notification, within d; it fails if w exits first
+// and nothing is left to read.
+func (n *sdNotifications) next(w *watched, d time.Duration) string {
+	n.t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case msg := <-n.ch:
+		return msg
+	case <-timer.C:
+		n.t.Fatalf("no notification within %v", d)
+	case <-w.done:
+		select {
+		case msg := <-n.ch:
+			return msg
+		case <-time.After(time.Second): // a datagram sent before exit is already queued
+			n.t.Fatalf("exited (%v) without a notification", w.err)
+		}
+	}
+	return ""
+}
+
+// expect returns the next notification that has a line key=...; lines
+// before it may only be STATUS=.
+func (n *sdNotifications) expect(w *watched, key string, d time.Duration) string {
+	n.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		msg := n.next(w, time.Until(deadline))
+		var other []string
+		found := false
+		for _, line := range strings.Split(msg, "\n") {
+			switch {
+			case strings.HasPrefix(line, key+"="):
+				found = true
+			case strings.HasPrefix(line, "STATUS="), strings.HasPrefix(line, "MONOTONIC_USEC="), line == "":
+			default:
+				other = append(other, line)
+			}
+		}
+		if len(other) > 0 && !found {
+			n.t.Fatalf("waiting for %s=, got %q", key, msg)
+		}
+		if found {
+			return msg
+		}
+	}
+}
+
+// TestSystemdNotify: with NOTIFY_SOCKET set, the master says READY=1 once
+// every worker is serving, RELOADING=1 (with MONOTONIC_USEC) and READY=1
+// again around a SIGHUP reload, and STOPPING=1 on SIGTERM before it exits.
+func TestSystemdNotify(t *testing.T) {
+	n := sdNotifySocket(t)
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	cmd := exec.Command(env.bin, "serve", "--listen", "127.0.0.1:0", "--workers", "2",
+		"--cache-dir", env.cache, "--control", ctl)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path)
+	w := launchWatched(t, cmd)
+
+	// The banner is printed once every worker is ready; READY=1 follows.
+	w.await(`serving .* on `, 90*time.Second)
+	msg := n.expect(w, "READY", 15*time.Second)
+	if !strings.Contains(msg, "READY=1") {
+		t.Fatalf("got %q, want READY=1", msg)
+	}
+	// At READY=1 every worker is ready, and the master serves.
+	st := activatedStatusOf(t, ctl)
+	if len(st.Workers) != 2 {
+		t.Fatalf("at READY=1: want 2 workers, got %+v", st.Workers)
+	}
+	for _, ws := range st.Workers {
+		if ws.State != "ready" {
+			t.Fatalf("at READY=1: worker %d is %q", ws.ID, ws.State)
+		}
+	}
+	if st.PID != cmd.Process.Pid {
+		t.Fatalf("status pid %d, want %d", st.PID, cmd.Process.Pid)
+	}
+	w.await(`serving .* on `+regexp.QuoteMeta(st.Listen), 10*time.Second)
+	body, _, err := get(context.Background(), newClient(), "http://"+st.Listen+"/", true)
+	if err != nil || body != "hello world\n" {
+		t.Fatalf("request after READY=1: %q %v", body, err)
+	}
+
+	// Reload: RELOADING=1 with a monotonic timestamp, then READY=1.
+	w.cmd.Process.Signal(syscall.SIGHUP)
+	msg = n.expect(w, "RELOADING", 30*time.Second)
+	var usec int64
+	for _, line := range strings.Split(msg, "\n") {
+		if v, ok := strings.CutPrefix(line, "MONOTONIC_USEC="); ok {
+			usec, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	if usec <= 0 {
+		t.Errorf("RELOADING=1 without a MONOTONIC_USEC: %q", msg)
+	}
+	n.expect(w, "READY", 90*time.Second)
+	body, _, err = get(context.Background(), newClient(), "http://"+st.Listen+"/", true)
+	if err != nil || body != "hello world\n" {
+		t.Fatalf("request after the reload's READY=1: %q %v", body, err)
+	}
+
+	// Stop: STOPPING=1, then a clean exit.
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	n.expect(w, "STOPPING", 30*time.Second)
+	select {
+	case <-w.done:
+		if w.err != nil {
+			t.Fatalf("exit after SIGTERM: %v", w.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("still running 30s after SIGTERM")
+	}
+	select {
+	case msg, ok := <-n.ch:
+		if ok && strings.Contains(msg, "READY=1") {
+			t.Errorf("READY=1 after STOPPING=1: %q", msg)
+		}
+	default:
+	}
+}
