@@ -15,6 +15,8 @@ go-guests:
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-hello.wasm ./guests/go/hello
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-echo.wasm ./guests/go/echo
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-faults.wasm ./guests/go/faults
+	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-spin.wasm ./guests/go/spin
+	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-probe.wasm ./guests/go/probe
 	$(GOWASM) -o $(OUT)/go-cat.wasm ./guests/go/catcmd
 
 # The default handler embedded in the binary (a test checks it is current).

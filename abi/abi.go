@@ -123,12 +123,22 @@ const (
 	// Writes the text at buf to the worker's log at level (LogDebug..LogError),
 	// tagged with the worker and connection. Returns 0, or ErrFault, ErrInvalid.
 	FuncLog = "log"
+
+	// FuncConfigGet: (key i32, key_len i32, buf i32, buf_len i32) -> i32.
+	// Looks up the operator's config value named by the text at key (the
+	// tenant's `config` table) and copies min(length, buf_len) bytes of it to
+	// buf. Returns the value's full length, so a guest whose buffer was too
+	// small calls again with a larger one; ErrNotFound when no value has that
+	// name; ErrFault, ErrInvalid. Works outside a connection too (from
+	// _initialize). Added within ABI v1: a guest that does not import it is
+	// unaffected.
+	FuncConfigGet = "config_get"
 )
 
 // Funcs lists every host function in specification order.
 var Funcs = []string{
 	FuncConnRead, FuncConnWrite, FuncConnCloseWrite, FuncConnUnread,
-	FuncConnPeerAddr, FuncConnID, FuncWorkerID, FuncLog,
+	FuncConnPeerAddr, FuncConnID, FuncWorkerID, FuncLog, FuncConfigGet,
 }
 
 // Log levels for FuncLog.
@@ -162,6 +172,8 @@ const (
 	ErrNoConn int32 = -6
 	// ErrShutdown: write after FuncConnCloseWrite.
 	ErrShutdown int32 = -7
+	// ErrNotFound: FuncConfigGet was asked for a key the operator did not set.
+	ErrNotFound int32 = -8
 )
 
 // ErrorName returns the symbolic name of an error code, or "" if code is not one.
@@ -181,6 +193,8 @@ func ErrorName(code int32) string {
 		return "ErrNoConn"
 	case ErrShutdown:
 		return "ErrShutdown"
+	case ErrNotFound:
+		return "ErrNotFound"
 	}
 	return ""
 }

@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wcluster/wcluster/dispatch"
+	"github.com/wcluster/wcluster/host"
 )
 
 // collector turns one status snapshot into metrics at each scrape. Worker
@@ -16,7 +17,10 @@ type collector struct {
 	desc map[string]*prometheus.Desc
 }
 
-var workerLabels = []string{"group", "worker"}
+var (
+	workerLabels = []string{"group", "worker"}
+	tenantLabels = []string{"group", "worker", "tenant"}
+)
 
 // guestCounters are the handler counters each worker reports, by the key it
 // reports them under, with the metric name and help they get here.
@@ -42,11 +46,16 @@ func newCollector(src Source) *collector {
 	add("wcluster_worker_heartbeat_age_seconds", "Time since the worker's last heartbeat.", workerLabels...)
 	add("wcluster_worker_resident_bytes", "The worker process's resident memory.", workerLabels...)
 	add("wcluster_worker_up", "1 for a worker that is ready, 0 while starting.", workerLabels...)
-	add("wcluster_guest_instances", "Guest instances alive in the worker (the pool).", workerLabels...)
-	add("wcluster_guest_instantiation_seconds_total", "Time spent creating guest instances.", workerLabels...)
+	add("wcluster_guest_instances", "Guest instances alive in the worker (the pool).", tenantLabels...)
+	add("wcluster_guest_instantiation_seconds_total", "Time spent creating guest instances.", tenantLabels...)
+	add("wcluster_tenant_connections_open", "Connections the tenant's handler holds now.", tenantLabels...)
+	add("wcluster_tenant_refused_total", "Connections refused because the tenant was at its max_conns.", tenantLabels...)
 	for _, g := range guestCounters {
-		add(g.name, g.help, workerLabels...)
+		add(g.name, g.help, tenantLabels...)
 	}
+	add("wcluster_guest_call_duration_seconds", "Time of each call into the guest: one request for a handler that answers one per call.", tenantLabels...)
+	add("wcluster_misdirected_total", "Connections no tenant answered (unknown Host or SNI).", workerLabels...)
+	add("wcluster_tls_failures_total", "TLS handshakes that failed.", workerLabels...)
 	add("wcluster_master_accepted_total", "Connections the master accepted (rr).", "group")
 	add("wcluster_queue_depth", "Accepted connections waiting in the master for a worker with room.", "group")
 	add("wcluster_queue_timeouts_total", "Queued connections closed because no worker had room in time.", "group")
@@ -79,12 +88,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		emit("wcluster_reload_generation", prometheus.GaugeValue, float64(g.Totals.Generation), group)
 		emit("wcluster_workers", prometheus.GaugeValue, float64(len(g.Workers)), group)
 		for _, w := range g.Workers {
-			c.collectWorker(emit, group, w)
+			c.collectWorker(ch, emit, group, w)
 		}
 	}
 }
 
-func (c *collector) collectWorker(emit func(string, prometheus.ValueType, float64, ...string), group string, w dispatch.WorkerStatus) {
+func (c *collector) collectWorker(ch chan<- prometheus.Metric, emit func(string, prometheus.ValueType, float64, ...string), group string, w dispatch.WorkerStatus) {
 	id := strconv.Itoa(w.ID)
 	counter, gauge := prometheus.CounterValue, prometheus.GaugeValue
 	emit("wcluster_connections_accepted_total", counter, float64(w.Accepted), group, id)
@@ -99,13 +108,52 @@ func (c *collector) collectWorker(emit func(string, prometheus.ValueType, float6
 		up = 1
 	}
 	emit("wcluster_worker_up", gauge, up, group, id)
-	num := func(key string) float64 {
-		v, _ := w.Handler[key].(float64) // numbers arrive through JSON
+	num := func(m map[string]any, key string) float64 {
+		v, _ := m[key].(float64) // numbers arrive through JSON
 		return v
 	}
-	emit("wcluster_guest_instances", gauge, num("instances_live"), group, id)
-	emit("wcluster_guest_instantiation_seconds_total", counter, num("instance_ns")/1e9, group, id)
-	for _, g := range guestCounters {
-		emit(g.name, counter, num(g.key), group, id)
+	emit("wcluster_misdirected_total", counter, num(w.Handler, "misdirected"), group, id)
+	emit("wcluster_tls_failures_total", counter, num(w.Handler, "tls_failures"), group, id)
+	tenants, _ := w.Handler["tenants"].(map[string]any)
+	for name, v := range tenants {
+		t, _ := v.(map[string]any)
+		emit("wcluster_guest_instances", gauge, num(t, "instances_live"), group, id, name)
+		emit("wcluster_guest_instantiation_seconds_total", counter, num(t, "instance_ns")/1e9, group, id, name)
+		emit("wcluster_tenant_connections_open", gauge, num(t, "open"), group, id, name)
+		emit("wcluster_tenant_refused_total", counter, num(t, "refused"), group, id, name)
+		for _, g := range guestCounters {
+			emit(g.name, counter, num(t, g.key), group, id, name)
+		}
+		if h, ok := histogram(t); ok {
+			ch <- prometheus.MustNewConstHistogram(c.desc["wcluster_guest_call_duration_seconds"],
+				h.count, h.sum, h.buckets, group, id, name)
+		}
 	}
+}
+
+type hist struct {
+	count   uint64
+	sum     float64
+	buckets map[float64]uint64
+}
+
+// histogram reads a tenant's call-duration buckets (counts per bucket, the
+// last one past the largest bound) into Prometheus' cumulative form.
+func histogram(t map[string]any) (hist, bool) {
+	raw, _ := t["latency"].([]any)
+	bounds := host.LatencyBounds()
+	if len(raw) != len(bounds)+1 {
+		return hist{}, false
+	}
+	h := hist{buckets: make(map[float64]uint64, len(bounds))}
+	for i, v := range raw {
+		n, _ := v.(float64)
+		h.count += uint64(n)
+		if i < len(bounds) {
+			h.buckets[bounds[i]] = h.count
+		}
+	}
+	ns, _ := t["latency_ns"].(float64)
+	h.sum = ns / 1e9
+	return h, true
 }

@@ -31,6 +31,9 @@ func NewCluster(log *slog.Logger, cfgs ...Config) (*Cluster, error) {
 	c := &Cluster{log: log}
 	seen := map[string]bool{}
 	for _, cfg := range cfgs {
+		// With several groups, one group's crash loop must not stop the
+		// others: it backs off instead.
+		cfg.KeepOnCrashLoop = cfg.KeepOnCrashLoop || len(cfgs) > 1
 		if seen[cfg.Name] {
 			c.closeAll()
 			return nil, fmt.Errorf("dispatch: two worker groups named %q", cfg.Name)
@@ -73,8 +76,8 @@ func (c *Cluster) Group(name string) (*Master, error) {
 
 // Run runs every group until ctx ends or Stop is called, then stops them
 // all gracefully. ready is called once every group's workers are serving.
-// If one group fails (a worker cannot start, a crash loop), every group
-// stops and Run returns that error.
+// If one group fails (a worker cannot start; a crash loop, with one group
+// only), every group stops and Run returns that error.
 func (c *Cluster) Run(ctx context.Context, ready func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -75,6 +75,11 @@ type Config struct {
 	// Both are checked at each heartbeat. 0: never.
 	MaxRequests int
 	MaxMemory   uint64
+	// KeepOnCrashLoop: workers that keep crashing (crashLimit in
+	// crashWindow) are restarted with a growing delay, up to a minute,
+	// instead of stopping the master. A cluster of several groups sets it,
+	// so one tenant's crash loop cannot take the others down.
+	KeepOnCrashLoop bool
 	// WorkerConfig is passed to every worker as is (see Worker.Config).
 	WorkerConfig []byte
 	// Executable and Args start a worker (default: this binary, no args).
@@ -368,7 +373,7 @@ func (m *Master) supervise(ctx context.Context) error {
 			m.crashes = append(recent, now)
 			n := len(m.crashes)
 			m.mu.Unlock()
-			if n >= crashLimit {
+			if n >= crashLimit && !m.cfg.KeepOnCrashLoop {
 				return fmt.Errorf("dispatch: workers crashed %d times in %v (last: worker %d, %s): stopping; see the worker log above",
 					n, crashWindow, p.id, p.failure())
 			}
@@ -376,8 +381,12 @@ func (m *Master) supervise(ctx context.Context) error {
 			// restart is immediate so a single kill costs little.
 			var delay time.Duration
 			if n > 1 {
-				delay = time.Duration(50<<(n-1)) * time.Millisecond
+				delay = time.Duration(50<<min(n-1, 10)) * time.Millisecond
+				delay = min(delay, maxRestartDelay)
 				delay += time.Duration(rand.Int64N(int64(delay) / 2))
+			}
+			if n >= crashLimit {
+				m.log.Error("workers are crashing in a loop; restarting them more slowly", "crashes", n, "window", crashWindow.String())
 			}
 			m.log.Warn("worker exited; restarting", "worker", p.id, "pid", p.pid, "cause", p.failure(), "in", delay)
 			id := p.id
@@ -401,8 +410,9 @@ func (m *Master) supervise(ctx context.Context) error {
 }
 
 const (
-	crashWindow = 30 * time.Second
-	crashLimit  = 5
+	crashWindow     = 30 * time.Second
+	crashLimit      = 5
+	maxRestartDelay = time.Minute
 )
 
 // reap forgets an exited worker and requeues every connection it had not

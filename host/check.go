@@ -54,6 +54,7 @@ var hostSignatures = map[string][2][]api.ValueType{
 	abi.FuncConnID:         {{}, {api.ValueTypeI64}},
 	abi.FuncWorkerID:       {{}, {api.ValueTypeI32}},
 	abi.FuncLog:            {{api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncConfigGet:      {{api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
 }
 
 const wasiModule = "wasi_snapshot_preview1"

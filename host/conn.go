@@ -1,10 +1,12 @@
 package host
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -15,18 +17,33 @@ import (
 )
 
 // conn is the host's side of one connection.
+//
+// A plaintext connection is read and written straight on f. When the host
+// terminates TLS, tls.tc (built on f) carries every read and write, and
+// parking reads through it too: decrypted bytes may sit buffered inside it,
+// where a wait on the raw socket would not see them. (The TLS state hangs
+// off a pointer, and the flags are packed, so that a plaintext conn stays in
+// its 112-byte size class.)
 type conn struct {
 	f    *os.File
 	rc   syscall.RawConn
+	tls  *tlsState // nil for plaintext
 	id   int64
 	opts *Options
 
 	pending  []byte      // bytes pushed back with conn_unread
-	wclosed  bool        // conn_close_write was called
 	deadline time.Time   // end of the current call's time limit, if any
-	rdl      bool        // a read deadline is set on f
 	woken    atomic.Bool // Drain asked this connection to finish
 	parked   atomic.Bool // waiting in park, holding no instance
+	wclosed  bool        // conn_close_write was called
+	rdl      bool        // a read deadline is set on f
+}
+
+// tlsState is a TLS connection's: the session, and what park reads into
+// (lent to pending).
+type tlsState struct {
+	tc  *tls.Conn
+	buf []byte
 }
 
 func newConn(f *os.File, id int64, o *Options) (*conn, error) {
@@ -37,7 +54,15 @@ func newConn(f *os.File, id int64, o *Options) (*conn, error) {
 	return &conn{f: f, rc: rc, id: id, opts: o}, nil
 }
 
-func (c *conn) close() { c.f.Close() }
+func (c *conn) close() {
+	if c.tls != nil {
+		// Sends close_notify (within tls's own 5s write deadline), then
+		// closes f.
+		c.tls.tc.Close()
+		return
+	}
+	c.f.Close()
+}
 
 // earliest returns the sooner of now+d (if d > 0) and the call's deadline.
 func (c *conn) earliest(d time.Duration) time.Time {
@@ -65,7 +90,13 @@ func (c *conn) read(p []byte) int32 {
 		c.f.SetReadDeadline(t)
 		c.rdl = !t.IsZero()
 	}
-	n, err := c.f.Read(p)
+	var n int
+	var err error
+	if c.tls != nil {
+		n, err = c.tls.tc.Read(p)
+	} else {
+		n, err = c.f.Read(p)
+	}
 	if n > 0 {
 		return int32(n)
 	}
@@ -84,7 +115,13 @@ func (c *conn) write(p []byte) int32 {
 		c.f.SetWriteDeadline(t)
 		defer c.f.SetWriteDeadline(time.Time{})
 	}
-	if _, err := c.f.Write(p); err != nil {
+	var err error
+	if c.tls != nil {
+		_, err = c.tls.tc.Write(p)
+	} else {
+		_, err = c.f.Write(p)
+	}
+	if err != nil {
 		return ioCode(err)
 	}
 	return int32(len(p))
@@ -102,6 +139,12 @@ func ioCode(err error) int32 {
 
 // closeWrite implements conn_close_write.
 func (c *conn) closeWrite() int32 {
+	if c.tls != nil && !c.wclosed {
+		// close_notify first: the peer then knows the stream ended whole.
+		if err := c.tls.tc.CloseWrite(); err != nil {
+			return abi.ErrClosed
+		}
+	}
 	var serr error
 	err := c.rc.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) })
 	if err != nil || serr != nil {
@@ -158,6 +201,9 @@ func (c *conn) park() bool {
 		c.rdl = false
 		return true
 	}
+	if c.tls != nil {
+		return c.parkTLS()
+	}
 	var peek [1]byte
 	err := c.rc.Read(func(fd uintptr) bool {
 		_, _, err := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
@@ -169,6 +215,43 @@ func (c *conn) park() bool {
 		c.rdl = false
 		return c.woken.Load()
 	}
+	return true
+}
+
+// tlsParkBuf is what a parked TLS connection reads at once: one TLS record's
+// worth of plaintext, so the guest's first read after the wait gets the whole
+// of a typical request.
+const tlsParkBuf = 16 << 10
+
+// parkTLS waits by reading through tc, which returns at once with plaintext
+// tc already holds, and appends what it read to pending for the guest's next
+// conn_read. The read deadline park set bounds it; Drain's wake moves it.
+func (c *conn) parkTLS() bool {
+	t := c.tls
+	if len(c.pending) > 0 {
+		// pending may be a view of buf, which the read below overwrites.
+		c.pending = slices.Clone(c.pending)
+	}
+	if t.buf == nil {
+		t.buf = make([]byte, tlsParkBuf)
+	}
+	n, err := t.tc.Read(t.buf)
+	c.f.SetReadDeadline(time.Time{})
+	c.rdl = false
+	if n > 0 {
+		if len(c.pending) == 0 {
+			c.pending = t.buf[:n]
+		} else {
+			c.pending = append(c.pending, t.buf[:n]...)
+		}
+		return true
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// Woken by Drain (a deadline in the past) or idle for too long.
+		return c.woken.Load()
+	}
+	// End of stream or an error: the guest is called and finds out, as for
+	// a plaintext connection (tc repeats the error on the next read).
 	return true
 }
 
@@ -187,10 +270,62 @@ func (c *conn) hasData() bool {
 	if len(c.pending) > 0 {
 		return true
 	}
+	if c.tls != nil {
+		// park read what had arrived into pending: nothing else is known
+		// without a read that could wait.
+		return false
+	}
 	var peek [1]byte
 	n := 0
 	c.rc.Control(func(fd uintptr) {
 		n, _, _ = unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 	})
 	return n > 0
+}
+
+// fileConn lets crypto/tls run on a connection's *os.File without a dup: a
+// net.Conn whose deadline errors are net.Errors, so tls treats a timed-out
+// read (a park woken by Drain, say) as temporary rather than fatal.
+type fileConn struct{ f *os.File }
+
+func (c fileConn) Read(p []byte) (int, error) {
+	n, err := c.f.Read(p)
+	return n, netError(err)
+}
+
+func (c fileConn) Write(p []byte) (int, error) {
+	n, err := c.f.Write(p)
+	return n, netError(err)
+}
+
+func netError(err error) error {
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return os.ErrDeadlineExceeded // a net.Error whose Timeout is true
+	}
+	return err
+}
+
+func (c fileConn) Close() error                       { return c.f.Close() }
+func (c fileConn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
+func (c fileConn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
+func (c fileConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
+func (c fileConn) LocalAddr() net.Addr                { return sockAddr(c.f, unix.Getsockname) }
+func (c fileConn) RemoteAddr() net.Addr               { return sockAddr(c.f, unix.Getpeername) }
+
+func sockAddr(f *os.File, get func(int) (unix.Sockaddr, error)) net.Addr {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return &net.TCPAddr{}
+	}
+	var sa unix.Sockaddr
+	rc.Control(func(fd uintptr) { sa, _ = get(int(fd)) })
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: a.Addr[:], Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: a.Addr[:], Port: a.Port}
+	case *unix.SockaddrUnix:
+		return &net.UnixAddr{Name: a.Name, Net: "unix"}
+	}
+	return &net.TCPAddr{}
 }

@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -51,9 +53,18 @@ type Options struct {
 	// Env is the guest's WASI environment, "KEY=value" (nothing of the
 	// host's is passed unless listed here).
 	Env []string
+	// Config holds the values the guest reads with config_get.
+	Config map[string]string
+	// Mount, when set, is a host directory the guest sees read-only at
+	// MountPoint, and nothing outside it (symlinks leading out of it do not
+	// resolve); without it the guest has no filesystem at all.
+	Mount string
 	// Logger receives the guest's log lines and the host's reports.
 	Logger *slog.Logger
 }
+
+// MountPoint is where the guest sees Options.Mount.
+const MountPoint = "/data"
 
 func (o *Options) defaults() {
 	if o.Instances <= 0 {
@@ -83,6 +94,13 @@ type Stats struct {
 	Instances  uint64 // instances created
 	InstanceNs uint64 // total time spent creating instances
 	Live       int64  // instances alive now
+	Open       int64  // connections open now
+	// Latency counts calls by duration: Latency[i] those that took at most
+	// LatencyBounds()[i], the last one those that took longer. LatencyNs is
+	// their total time. A call is one request for a handler that answers
+	// one and returns Keep; for one that loops, a whole connection.
+	Latency   [latencyBuckets]uint64
+	LatencyNs uint64
 }
 
 // Handler serves connections with one compiled guest module.
@@ -92,6 +110,8 @@ type Handler struct {
 	rt       wazero.Runtime
 	compiled wazero.CompiledModule
 	modCfg   wazero.ModuleConfig
+
+	root *os.Root // Options.Mount, opened
 
 	sem  chan struct{} // one token per instance in use
 	mu   sync.Mutex    // mu guards idle, conns, draining
@@ -104,6 +124,8 @@ type Handler struct {
 	stats    struct {
 		conns, calls, traps, timeouts, memLimit, instances, instanceNs atomic.Uint64
 		live                                                           atomic.Int64
+		latency                                                        [latencyBuckets]atomic.Uint64
+		latencyNs                                                      atomic.Uint64
 	}
 
 	stop chan struct{} // closed by Close: stops maintain
@@ -121,6 +143,9 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, stop: make(chan struct{})}
 	if err := h.init(ctx); err != nil {
 		rt.Close(ctx)
+		if h.root != nil {
+			h.root.Close()
+		}
 		return nil, fmt.Errorf("%s: %w", opts.Name, err)
 	}
 	h.done.Add(1)
@@ -151,6 +176,17 @@ func (h *Handler) init(ctx context.Context) error {
 	for _, kv := range h.opts.Env {
 		k, v, _ := cutEnv(kv)
 		h.modCfg = h.modCfg.WithEnv(k, v)
+	}
+	if h.opts.Mount != "" {
+		// An os.Root, not wazero's DirFS: DirFS follows a symlink out of the
+		// directory (a link to /etc would expose it), a Root does not. The
+		// fs.FS adapter is read-only.
+		root, err := os.OpenRoot(h.opts.Mount)
+		if err != nil {
+			return fmt.Errorf("mount: %w", err)
+		}
+		h.root = root
+		h.modCfg = h.modCfg.WithFSConfig(wazero.NewFSConfig().WithFSMount(root.FS(), MountPoint))
 	}
 	h.sem = make(chan struct{}, h.opts.Instances)
 	if h.info.Kind == KindABI && !h.opts.Fresh {
@@ -201,8 +237,49 @@ func (h *Handler) Stats() Stats {
 		Conns: h.stats.conns.Load(), Calls: h.stats.calls.Load(), Traps: h.stats.traps.Load(),
 		Timeouts: h.stats.timeouts.Load(), MemLimit: h.stats.memLimit.Load(),
 		Instances: h.stats.instances.Load(), InstanceNs: h.stats.instanceNs.Load(),
-		Live: h.stats.live.Load(),
+		Live: h.stats.live.Load(), Open: h.open(),
+		Latency: h.latency(), LatencyNs: h.stats.latencyNs.Load(),
 	}
+}
+
+// latencyBuckets is len(LatencyBounds())+1: the last bucket is +Inf.
+const latencyBuckets = 17
+
+// LatencyBounds are the upper bounds of Stats.Latency's buckets, in
+// seconds (Prometheus' convention), 100µs to 10s.
+func LatencyBounds() []float64 {
+	b := latencyBounds()
+	return b[:]
+}
+
+func latencyBounds() [latencyBuckets - 1]float64 {
+	return [...]float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+}
+
+func (h *Handler) latency() (out [latencyBuckets]uint64) {
+	for i := range out {
+		out[i] = h.stats.latency[i].Load()
+	}
+	return out
+}
+
+// observe counts one call of duration d.
+func (h *Handler) observe(d time.Duration) {
+	h.stats.latencyNs.Add(uint64(d))
+	sec := d.Seconds()
+	for i, b := range latencyBounds() {
+		if sec <= b {
+			h.stats.latency[i].Add(1)
+			return
+		}
+	}
+	h.stats.latency[latencyBuckets-1].Add(1)
+}
+
+func (h *Handler) open() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return int64(len(h.conns))
 }
 
 // Drain asks every connection to finish: parked ones close (or are served a
@@ -229,6 +306,9 @@ func (h *Handler) Close(ctx context.Context) error {
 	for _, inst := range idle {
 		inst.close(ctx)
 	}
+	if h.root != nil {
+		defer h.root.Close()
+	}
 	return h.rt.Close(ctx)
 }
 
@@ -241,6 +321,16 @@ func (h *Handler) ServeConn(ctx context.Context, f *os.File) {
 		f.Close()
 		return
 	}
+	h.serve(ctx, c)
+}
+
+// serveTLS serves a connection whose TLS handshake tc has completed: the
+// guest reads and writes plaintext through tc.
+func (h *Handler) serveTLS(ctx context.Context, f *os.File, rc syscall.RawConn, tc *tls.Conn) {
+	h.serve(ctx, &conn{f: f, rc: rc, tls: &tlsState{tc: tc}, id: h.nextConn.Add(1), opts: &h.opts})
+}
+
+func (h *Handler) serve(ctx context.Context, c *conn) {
 	h.mu.Lock()
 	h.conns[c] = struct{}{}
 	draining := h.draining
@@ -287,7 +377,9 @@ func (h *Handler) call(ctx context.Context, c *conn, flags int32) (keep bool) {
 		return false
 	}
 	h.stats.calls.Add(1)
+	begin := time.Now()
 	res, err := inst.handle(c, flags)
+	h.observe(time.Since(begin))
 	healthy := err == nil
 	h.release(inst, healthy)
 	if err != nil {

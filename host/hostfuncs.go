@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 
 	"github.com/tetratelabs/wazero/api"
 
@@ -30,6 +31,7 @@ func (h *Handler) instantiateHostModule(ctx context.Context) error {
 		{abi.FuncConnID, h.connID, nil, nil, []api.ValueType{i64}},
 		{abi.FuncWorkerID, h.workerID, nil, nil, []api.ValueType{i32}},
 		{abi.FuncLog, h.log, []api.ValueType{i32, i32, i32}, []string{"level", "buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConfigGet, h.configGet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "buf", "buf_len"}, []api.ValueType{i32}},
 	}
 	for _, f := range fns {
 		b.NewFunctionBuilder().WithGoModuleFunction(f.fn, f.params, f.results).
@@ -172,4 +174,28 @@ func (h *Handler) log(ctx context.Context, mod api.Module, stack []uint64) {
 	}
 	h.opts.Logger.Log(ctx, l, string(b), "source", "guest", "conn", id)
 	ret(stack, 0)
+}
+
+func (h *Handler) configGet(_ context.Context, mod api.Module, stack []uint64) {
+	key, code := buffer(mod, stack[0:2])
+	if code != 0 {
+		ret(stack, code)
+		return
+	}
+	buf, code := buffer(mod, stack[2:4])
+	if code != 0 {
+		ret(stack, code)
+		return
+	}
+	v, ok := h.opts.Config[string(key)]
+	if !ok {
+		ret(stack, abi.ErrNotFound)
+		return
+	}
+	if len(v) > math.MaxInt32 {
+		ret(stack, abi.ErrInvalid)
+		return
+	}
+	copy(buf, v)
+	ret(stack, int32(len(v)))
 }

@@ -102,6 +102,8 @@ func TestMetricsAddUp(t *testing.T) {
 		"wcluster_worker_up":                   2,
 		"wcluster_queue_depth":                 0,
 		"wcluster_connections_completed_total": n,
+		// One call per request for the hello handler.
+		"wcluster_guest_call_duration_seconds_count": n,
 	} {
 		if got, ok := metricSum(scrape, name); !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)

@@ -13,8 +13,15 @@ func checkCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "check",
 		Usage:     "validate a handler and say which ABI it speaks and what it imports and exports",
-		ArgsUsage: "HANDLER.wasm",
+		ArgsUsage: "HANDLER.wasm | --config FILE",
+		Flags:     []cli.Flag{&cli.StringFlag{Name: "config", Usage: "check a config file: every problem with FILE:LINE, and every tenant's module"}},
 		Action: func(c *cli.Context) error {
+			if path := c.String("config"); path != "" {
+				if c.NArg() > 0 {
+					return fmt.Errorf("check takes a handler or --config, not both")
+				}
+				return checkConfigFile(c.Context, path, c.App.Writer)
+			}
 			if c.NArg() != 1 {
 				return fmt.Errorf("check takes one handler: wcluster check HANDLER.wasm")
 			}

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -38,6 +40,10 @@ type handlerConfig struct {
 	Fresh        bool          `json:"fresh"`
 	LogLevel     string        `json:"log_level"`
 	LogFormat    string        `json:"log_format"`
+	// TLSCert and TLSKey, when set, make the worker terminate TLS; it reads
+	// the files itself, so the key never passes through the environment.
+	TLSCert string `json:"tls_cert,omitempty"`
+	TLSKey  string `json:"tls_key,omitempty"`
 }
 
 func (c *handlerConfig) load() (wasm []byte, name string, err error) {
@@ -70,7 +76,10 @@ func serveCommand() *cli.Command {
 		Usage:     "serve a handler (the embedded hello handler when none is given)",
 		ArgsUsage: "[HANDLER.wasm]",
 		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Usage: "serve the tenants of this TOML file (see docs/config.md) instead of one handler"},
 			&cli.StringFlag{Name: "listen", Value: ":8000", Usage: "address to listen on, host:port"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "terminate TLS with this PEM certificate (chain); the guest sees plaintext"},
+			&cli.StringFlag{Name: "tls-key", Usage: "the PEM private key of --tls-cert"},
 			&cli.IntFlag{Name: "workers", Value: defaultWorkers(), Usage: "worker processes"},
 			&cli.StringFlag{Name: "sched", Value: "rr", EnvVars: []string{"WCLUSTER_SCHED"}, Usage: "distribution policy: rr, shared or reuseport"},
 			&cli.IntFlag{Name: "backlog", Value: 511, Usage: "listen(2) backlog"},
@@ -109,6 +118,12 @@ func defaultCacheDir() string {
 
 func serveAction(c *cli.Context) error {
 	start := time.Now()
+	if path := c.String("config"); path != "" {
+		if c.NArg() > 0 {
+			return fmt.Errorf("serve takes a handler or --config, not both: put the handler in the config file")
+		}
+		return serveConfig(c, path, start)
+	}
 	if c.NArg() > 1 {
 		return fmt.Errorf("serve takes one handler, got %d arguments", c.NArg())
 	}
@@ -147,6 +162,21 @@ func serveAction(c *cli.Context) error {
 		MaxReuse: c.Int("max-reuse"), Fresh: mode == "fresh",
 		LogLevel: c.String("log-level"), LogFormat: format,
 	}
+	if (c.String("tls-cert") == "") != (c.String("tls-key") == "") {
+		return fmt.Errorf("--tls-cert and --tls-key go together: give both, or neither")
+	}
+	if c.String("tls-cert") != "" {
+		if hc.TLSCert, err = filepath.Abs(c.String("tls-cert")); err == nil {
+			hc.TLSKey, err = filepath.Abs(c.String("tls-key"))
+		}
+		if err != nil {
+			return err
+		}
+		// Checked here so a bad pair stops the start, not every worker.
+		if _, err := tls.LoadX509KeyPair(hc.TLSCert, hc.TLSKey); err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w: give a PEM certificate and its matching PEM key", err)
+		}
+	}
 	log := newLogger(c.App.ErrWriter, level, format).With("proc", "master")
 
 	wasm, name, err := hc.load()
@@ -161,22 +191,48 @@ func serveAction(c *cli.Context) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	cache := cacheState(hc.CacheDir, cached)
-	cfgJSON, _ := json.Marshal(hc)
-	cl, err := dispatch.NewCluster(log, dispatch.Config{
+	cfgJSON, _ := json.Marshal(workerConfig{Handler: &hc})
+	group := dispatch.Config{
 		Listen: []string{c.String("listen")}, Workers: c.Int("workers"), Sched: sched,
 		Backlog: c.Int("backlog"), MaxConns: c.Int("max-conns"),
 		QueueSize: c.Int("queue-size"), QueueTimeout: c.Duration("queue-timeout"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"), WorkerTimeout: c.Duration("worker-timeout"),
 		MaxRequests: c.Int("max-requests"), MaxMemory: maxMem,
 		WorkerConfig: cfgJSON, Logger: log,
+	}
+	return runMaster(c.Context, masterPlan{
+		groups: []dispatch.Config{group}, log: log, out: c.App.ErrWriter,
+		control: c.String("control"), admin: c.String("admin"),
+		reload: func(ctx context.Context, cl *dispatch.Cluster) error { return reload(ctx, cl, hc, log) },
+		banner: func(cl *dispatch.Cluster) string {
+			return fmt.Sprintf("serving %s on %s (policy %s, %d workers, %s, compilation cache %s) in %v",
+				name, cl.Groups()[0].Addr(), sched, c.Int("workers"), describe(info), cache,
+				time.Since(start).Round(time.Millisecond))
+		},
 	})
+}
+
+// masterPlan is what runMaster needs, whether from flags or a config file.
+type masterPlan struct {
+	groups         []dispatch.Config
+	log            *slog.Logger
+	out            io.Writer
+	control, admin string
+	reload         func(context.Context, *dispatch.Cluster) error
+	banner         func(*dispatch.Cluster) string
+}
+
+// runMaster binds every listener, serves the control socket and the admin
+// endpoint if asked, and runs the workers until a stop.
+func runMaster(parent context.Context, p masterPlan) error {
+	cl, err := dispatch.NewCluster(p.log, p.groups...)
 	if err != nil {
 		return err
 	}
-	doReload := func(ctx context.Context) error { return reload(ctx, cl, hc, log) }
+	doReload := func(ctx context.Context) error { return p.reload(ctx, cl) }
 
 	// Everything started here stops when ctx ends, right after Run returns.
-	ctx, cancel := context.WithCancel(c.Context)
+	ctx, cancel := context.WithCancel(parent)
 	var wg sync.WaitGroup
 	var waits []func()
 	defer func() {
@@ -186,30 +242,25 @@ func serveAction(c *cli.Context) error {
 		}
 		wg.Wait()
 	}()
-	handleSignals(ctx, &wg, cl, doReload, log)
-	if path := c.String("control"); path != "" {
-		wait, err := cl.ServeControl(ctx, path, doReload)
+	handleSignals(ctx, &wg, cl, doReload, p.log)
+	if p.control != "" {
+		wait, err := cl.ServeControl(ctx, p.control, doReload)
 		if err != nil {
 			return err
 		}
 		waits = append(waits, wait)
 	}
-	if addr := c.String("admin"); addr != "" {
-		bound, wait, err := admin.Serve(ctx, addr, cl)
+	if p.admin != "" {
+		bound, wait, err := admin.Serve(ctx, p.admin, cl)
 		if err != nil {
 			return err
 		}
 		waits = append(waits, wait)
-		log.Info("admin endpoint: /metrics /healthz /readyz", "addr", bound)
+		p.log.Info("admin endpoint: /metrics /healthz /readyz", "addr", bound)
 	}
-
-	err = cl.Run(ctx, func() {
-		fmt.Fprintf(c.App.ErrWriter, "wcluster: serving %s on %s (policy %s, %d workers, %s, compilation cache %s) in %v\n",
-			name, cl.Groups()[0].Addr(), sched, c.Int("workers"), describe(info), cache,
-			time.Since(start).Round(time.Millisecond))
-	})
+	err = cl.Run(ctx, func() { fmt.Fprintf(p.out, "wcluster: %s\n", p.banner(cl)) })
 	if errors.Is(err, dispatch.ErrMasterClosed) {
-		log.Info("stopped")
+		p.log.Info("stopped")
 		return nil
 	}
 	return err
@@ -302,7 +353,7 @@ func reload(ctx context.Context, cl *dispatch.Cluster, hc handlerConfig, log *sl
 	if _, err := host.Prepare(ctx, hc.options(wasm, name, 0, log)); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	cfg, _ := json.Marshal(hc)
+	cfg, _ := json.Marshal(workerConfig{Handler: &hc})
 	return cl.Reload(ctx, map[string][]byte{"": cfg})
 }
 
@@ -328,56 +379,3 @@ func newLogger(w interface{ Write([]byte) (int, error) }, level slog.Level, form
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
 }
-
-// runWorker is the worker process: it builds the handler from the config the
-// master passed and serves what dispatch hands it.
-func runWorker(stderr interface{ Write([]byte) (int, error) }) int {
-	// The terminal's Ctrl-C reaches the whole process group; only the master
-	// decides when workers stop (it closes their channel).
-	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGQUIT, syscall.SIGTTIN, syscall.SIGTTOU)
-	bootLog := newLogger(stderr, slog.LevelInfo, "text")
-	w, err := dispatch.NewWorker(bootLog)
-	if err != nil {
-		bootLog.Error("worker cannot start", "err", err)
-		return 1
-	}
-	var hc handlerConfig
-	if err := json.Unmarshal(w.Config(), &hc); err != nil {
-		w.Fatal(fmt.Errorf("bad handler config: %w", err))
-		return 1
-	}
-	level, _ := parseLevel(hc.LogLevel)
-	log := newLogger(stderr, level, hc.LogFormat).With("proc", "worker", "worker", w.ID(), "pid", os.Getpid())
-	wasm, name, err := hc.load()
-	if err != nil {
-		w.Fatal(err)
-		return 1
-	}
-	ctx := context.Background()
-	h, err := host.New(ctx, hc.options(wasm, name, w.ID(), log))
-	if err != nil {
-		w.Fatal(err)
-		return 1
-	}
-	defer h.Close(ctx)
-	stats := func() map[string]any {
-		s := h.Stats()
-		return map[string]any{
-			"conns": s.Conns, "calls": s.Calls, "traps": s.Traps, "timeouts": s.Timeouts,
-			"memory_limit_hits": s.MemLimit, "instances_created": s.Instances, "instances_live": s.Live,
-			"instance_ns": s.InstanceNs,
-		}
-	}
-	if err := w.Serve(ctx, single{h}, stats); err != nil {
-		log.Warn("worker stopped", "err", err)
-		return 1
-	}
-	return 0
-}
-
-// single serves every listener with one handler.
-type single struct{ h *host.Handler }
-
-func (s single) ServeConn(ctx context.Context, f *os.File, _ int) { s.h.ServeConn(ctx, f) }
-func (s single) Drain()                                           { s.h.Drain() }
-func (s single) Requests() uint64                                 { return s.h.Stats().Calls }

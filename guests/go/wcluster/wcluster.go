@@ -42,6 +42,9 @@ func workerID() int32
 //go:wasmimport wcluster log
 func hostLog(level int32, buf unsafe.Pointer, n int32) int32
 
+//go:wasmimport wcluster config_get
+func configGet(key unsafe.Pointer, keyLen int32, buf unsafe.Pointer, n int32) int32
+
 // Error is a host ABI error code (always negative).
 type Error int32
 
@@ -54,6 +57,7 @@ const (
 	ErrTooLarge Error = -5
 	ErrNoConn   Error = -6
 	ErrShutdown Error = -7
+	ErrNotFound Error = -8
 )
 
 func (e Error) Error() string {
@@ -72,6 +76,8 @@ func (e Error) Error() string {
 		return "wcluster: no connection"
 	case ErrShutdown:
 		return "wcluster: write after close_write"
+	case ErrNotFound:
+		return "wcluster: not found"
 	}
 	return "wcluster: error " + strconv.Itoa(int(e))
 }
@@ -206,4 +212,21 @@ func Log(level int, msg string) {
 		return
 	}
 	hostLog(int32(level), unsafe.Pointer(unsafe.StringData(msg)), int32(len(msg)))
+}
+
+// Config returns the operator's config value named key (the tenant's
+// `config` table), and whether it is set. It works in init too.
+func Config(key string) (string, bool) {
+	k := unsafe.Pointer(unsafe.StringData(key))
+	buf := make([]byte, 256)
+	for {
+		n := configGet(k, int32(len(key)), unsafe.Pointer(&buf[0]), int32(len(buf)))
+		if n < 0 {
+			return "", false
+		}
+		if int(n) <= len(buf) {
+			return string(buf[:n]), true
+		}
+		buf = make([]byte, n)
+	}
 }

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/wcluster/wcluster/dispatch"
+)
+
+// serveConfig is `serve --config FILE`: every tenant of the file, in its
+// worker groups. --control and --admin given on the command line win over
+// the file's.
+func serveConfig(c *cli.Context, path string, start time.Time) error {
+	fc, err := loadConfig(path)
+	if err != nil {
+		return err
+	}
+	level, _ := parseLevel(fc.Cluster.LogLevel)
+	log := newLogger(c.App.ErrWriter, level, fc.Cluster.LogFormat).With("proc", "master")
+	if err := fc.prepare(c.Context, log); err != nil {
+		return err
+	}
+	groups := groupConfigs(fc)
+	for i := range groups {
+		groups[i].Logger = log
+	}
+	control, adminAddr := fc.Cluster.Control, fc.Cluster.Admin
+	if c.IsSet("control") {
+		control = c.String("control")
+	}
+	if c.IsSet("admin") {
+		adminAddr = c.String("admin")
+	}
+	var mu sync.Mutex // serialises reloads of the file
+	current := fc
+	return runMaster(c.Context, masterPlan{
+		groups: groups, log: log, out: c.App.ErrWriter, control: control, admin: adminAddr,
+		reload: func(ctx context.Context, cl *dispatch.Cluster) error {
+			mu.Lock()
+			defer mu.Unlock()
+			next, err := reloadConfig(ctx, cl, current, path, log)
+			if err != nil {
+				return err
+			}
+			current = next
+			return nil
+		},
+		banner: func(cl *dispatch.Cluster) string {
+			var names []string
+			workers := 0
+			for _, t := range fc.Tenants {
+				names = append(names, t.Name)
+			}
+			for _, g := range fc.Groups {
+				workers += g.Workers
+			}
+			return fmt.Sprintf("serving %d tenants (%s) from %s on %s (policy %s, %d workers in %d groups) in %v",
+				len(fc.Tenants), strings.Join(names, ", "), path, cl.Groups()[0].Addr(), fc.Cluster.Sched,
+				workers, len(fc.Groups), time.Since(start).Round(time.Millisecond))
+		},
+	})
+}
+
+// groupConfigs are the masters' configs of every group, each carrying its
+// plan to the workers.
+func groupConfigs(fc *fileConfig) []dispatch.Config {
+	var out []dispatch.Config
+	for i := range fc.Groups {
+		g := &fc.Groups[i]
+		dc := fc.dispatchConfig(g)
+		dc.WorkerConfig, _ = json.Marshal(workerConfig{Group: g})
+		out = append(out, dc)
+	}
+	return out
+}
+
+// reloadConfig re-reads the file and, if it is valid, its modules compile
+// and its groups and listeners are unchanged, replaces every group's
+// workers with ones serving it. Otherwise the old workers keep serving.
+func reloadConfig(ctx context.Context, cl *dispatch.Cluster, current *fileConfig, path string, log interface {
+	Info(string, ...any)
+}) (*fileConfig, error) {
+	log.Info("reloading", "config", path)
+	next, err := loadConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := sameShape(current, next); err != nil {
+		return nil, err
+	}
+	if err := next.prepare(ctx, slog.New(slog.DiscardHandler)); err != nil {
+		return nil, err
+	}
+	configs := map[string][]byte{}
+	for _, dc := range groupConfigs(next) {
+		configs[dc.Name] = dc.WorkerConfig
+	}
+	if err := cl.Reload(ctx, configs); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// sameShape refuses a reload that changes what the master binds or forks:
+// groups, their listeners, their worker counts. Those need a restart (or
+// `wcluster scale` for the counts); everything a worker builds (handlers,
+// hosts, limits, env, config, mounts, certificates) reloads.
+func sameShape(a, b *fileConfig) error {
+	if len(a.Groups) != len(b.Groups) {
+		return fmt.Errorf("%s: the worker groups changed (%d → %d): restart wcluster to apply that", b.Path, len(a.Groups), len(b.Groups))
+	}
+	for i := range a.Groups {
+		ga, gb := &a.Groups[i], &b.Groups[i]
+		if ga.Name != gb.Name || !slices.Equal(ga.Addrs(), gb.Addrs()) {
+			return fmt.Errorf("%s: group %q's listeners changed (%v → %v): restart wcluster to apply that", b.Path, ga.Name, ga.Addrs(), gb.Addrs())
+		}
+		if ga.Workers != gb.Workers {
+			return fmt.Errorf("%s: group %q's workers changed (%d → %d): use `wcluster scale --group %s` or restart", b.Path, ga.Name, ga.Workers, gb.Workers, ga.Name)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/wcluster/wcluster/dispatch"
+	"github.com/wcluster/wcluster/host"
+)
+
+// workerConfig is what the master passes each worker through dispatch
+// (opaque to it): one handler (serve HANDLER.wasm) or a group of tenants
+// (serve --config FILE).
+type workerConfig struct {
+	Handler *handlerConfig `json:"handler,omitempty"`
+	Group   *groupPlan     `json:"group,omitempty"`
+}
+
+// runWorker is the worker process: it builds the handler(s) from the config
+// the master passed and serves what dispatch hands it.
+func runWorker(stderr io.Writer) int {
+	// The terminal's signals reach the whole process group; only the master
+	// decides when workers stop (it closes their channel).
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGQUIT, syscall.SIGTTIN, syscall.SIGTTOU)
+	bootLog := newLogger(stderr, slog.LevelInfo, "text")
+	w, err := dispatch.NewWorker(bootLog)
+	if err != nil {
+		bootLog.Error("worker cannot start", "err", err)
+		return 1
+	}
+	var wc workerConfig
+	if err := json.Unmarshal(w.Config(), &wc); err != nil || (wc.Handler == nil) == (wc.Group == nil) {
+		w.Fatal(fmt.Errorf("bad worker config from the master: %v", err))
+		return 1
+	}
+	ctx := context.Background()
+	var h handler
+	var log *slog.Logger
+	if wc.Handler != nil {
+		h, log, err = singleHandler(ctx, wc.Handler, w.ID(), stderr)
+	} else {
+		h, log, err = groupHandler(ctx, wc.Group, w.ID(), stderr)
+	}
+	if err != nil {
+		w.Fatal(err)
+		return 1
+	}
+	defer h.Close(ctx)
+	if err := w.Serve(ctx, h, h.stats); err != nil {
+		log.Warn("worker stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// handler is what a worker serves: dispatch's Handler, plus counters for
+// the heartbeat and a Close.
+type handler interface {
+	dispatch.Handler
+	dispatch.RequestCounter
+	stats() map[string]any
+	Close(context.Context) error
+}
+
+func workerLog(stderr io.Writer, level, format string, id int) *slog.Logger {
+	l, _ := parseLevel(level)
+	return newLogger(stderr, l, format).With("proc", "worker", "worker", id, "pid", os.Getpid())
+}
+
+func singleHandler(ctx context.Context, hc *handlerConfig, id int, stderr io.Writer) (handler, *slog.Logger, error) {
+	log := workerLog(stderr, hc.LogLevel, hc.LogFormat, id)
+	wasm, name, err := hc.load()
+	if err != nil {
+		return nil, log, err
+	}
+	h, err := host.New(ctx, hc.options(wasm, name, id, log))
+	if err != nil {
+		return nil, log, err
+	}
+	if hc.TLSCert == "" {
+		return single{h, name}, log, nil
+	}
+	// TLS: the router terminates it in front of the one handler.
+	cert, err := tls.LoadX509KeyPair(hc.TLSCert, hc.TLSKey)
+	if err != nil {
+		h.Close(ctx)
+		return nil, log, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	t := &host.Tenant{Name: name, Handler: h, Cert: &cert}
+	r, err := host.NewRouter([]host.Listener{{Tenants: []*host.Tenant{t}}}, host.RouterOptions{Logger: log})
+	if err != nil {
+		h.Close(ctx)
+		return nil, log, err
+	}
+	return tenants{r}, log, nil
+}
+
+func groupHandler(ctx context.Context, g *groupPlan, id int, stderr io.Writer) (handler, *slog.Logger, error) {
+	log := workerLog(stderr, g.LogLevel, g.LogFormat, id).With("group", g.Name)
+	r, err := g.newRouter(ctx, id, log)
+	if err != nil {
+		return nil, log, err
+	}
+	return tenants{r}, log, nil
+}
+
+// single serves every listener with one handler.
+type single struct {
+	h    *host.Handler
+	name string
+}
+
+func (s single) ServeConn(ctx context.Context, f *os.File, _ int) { s.h.ServeConn(ctx, f) }
+func (s single) Drain()                                           { s.h.Drain() }
+func (s single) Requests() uint64                                 { return s.h.Stats().Calls }
+func (s single) Close(ctx context.Context) error                  { return s.h.Close(ctx) }
+func (s single) stats() map[string]any {
+	st := handlerStats(s.h.Stats())
+	out := map[string]any{"tenants": map[string]any{s.name: st}}
+	for k, v := range st {
+		out[k] = v
+	}
+	return out
+}
+
+// tenants serves a group's tenants through the host's router.
+type tenants struct{ r *host.Router }
+
+func (t tenants) ServeConn(ctx context.Context, f *os.File, l int) { t.r.ServeConn(ctx, f, l) }
+func (t tenants) Drain()                                           { t.r.Drain() }
+func (t tenants) Requests() uint64                                 { return t.r.Requests() }
+func (t tenants) Close(ctx context.Context) error                  { return t.r.Close(ctx) }
+func (t tenants) stats() map[string]any                            { return routerStats(t.r) }
+
+func handlerStats(s host.Stats) map[string]any {
+	return map[string]any{
+		"conns": s.Conns, "calls": s.Calls, "traps": s.Traps, "timeouts": s.Timeouts,
+		"memory_limit_hits": s.MemLimit, "instances_created": s.Instances, "instances_live": s.Live,
+		"instance_ns": s.InstanceNs, "open": s.Open,
+		"latency": s.Latency[:], "latency_ns": s.LatencyNs,
+	}
+}

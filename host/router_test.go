@@ -1,0 +1,511 @@
+package host
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// probeWasm returns the probe guest (guests/go/probe): from WCLUSTER_GUESTS
+// when built there, else built once for this test binary.
+func probeWasm(t *testing.T) []byte {
+	t.Helper()
+	if dir := os.Getenv("WCLUSTER_GUESTS"); dir != "" {
+		if b, err := os.ReadFile(filepath.Join(dir, "go-probe.wasm")); err == nil {
+			return b
+		}
+	}
+	probeOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "wcluster-host-test-")
+		if err != nil {
+			probeErr = err
+			return
+		}
+		out := filepath.Join(dir, "go-probe.wasm")
+		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", out, "../guests/go/probe")
+		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			probeErr = fmt.Errorf("build probe: %v\n%s", err, b)
+			return
+		}
+		probeBytes, probeErr = os.ReadFile(out)
+		os.RemoveAll(dir)
+	})
+	if probeErr != nil {
+		t.Fatal(probeErr)
+	}
+	return probeBytes
+}
+
+var (
+	probeOnce  sync.Once
+	probeBytes []byte
+	probeErr   error
+)
+
+func newProbe(t *testing.T, name string, o Options) *Handler {
+	t.Helper()
+	o.Wasm = probeWasm(t)
+	o.Name = name
+	if o.Config == nil {
+		o.Config = map[string]string{"name": name}
+	}
+	o.Timeout = 10 * time.Second
+	// Compiling under the race detector takes long: share the compiled code
+	// between tests, and between runs (the cache is keyed by content).
+	o.CacheDir = filepath.Join(os.TempDir(), "wcluster-host-test-cache")
+	ctx := context.Background()
+	h, err := New(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(ctx) })
+	return h
+}
+
+// socketPair returns a loopback TCP connection: the client end, and the
+// server end as a non-blocking *os.File, as dispatch hands it over.
+func socketPair(t *testing.T) (net.Conn, *os.File) {
+	t.Helper()
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 1); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(lfd)
+	port := sa.(*unix.SockaddrInet4).Port
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The connection is established: accept returns at once.
+	fd, _, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c, os.NewFile(uintptr(fd), "conn")
+}
+
+// serveOne serves one connection on listener li of r; the returned channel
+// is closed when ServeConn returned.
+func serveOne(t *testing.T, r *Router, li int) (net.Conn, chan struct{}) {
+	t.Helper()
+	c, f := socketPair(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.ServeConn(context.Background(), f, li)
+	}()
+	t.Cleanup(func() {
+		c.Close()
+		waitClosed(t, done)
+	})
+	return c, done
+}
+
+func waitClosed(t *testing.T, done chan struct{}) {
+	t.Helper()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("ServeConn did not return within 20s")
+	}
+}
+
+func roundTrip(t *testing.T, br *bufio.Reader, w io.Writer, host, path string) (int, string) {
+	t.Helper()
+	if _, err := fmt.Fprintf(w, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host); err != nil {
+		t.Fatal(err)
+	}
+	return readResponse(t, br)
+}
+
+func readResponse(t *testing.T, br *bufio.Reader) (int, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func TestRequestHost(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		host string
+		done bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example", true},
+		{"GET / HTTP/1.1\r\nUser-Agent: x\r\nhOsT:  B.example:8080 \r\n", "B.example:8080", true},
+		{"GET / HTTP/1.1\r\nHost: a.exa", "", false},
+		{"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n", "", true},
+		{"GET / HTTP/1.0\n\n", "", true},
+		{"GET http://c.example:81/x?y HTTP/1.1\r\nHost: a.example\r\n\r\n", "c.example:81", true},
+		{"GET / HTT", "", false},
+		{"", "", false},
+		{"GET / HTTP/1.1\r\nHostile: x\r\nHost: h\r\n\r\n", "h", true},
+	} {
+		host, done := requestHost([]byte(c.in))
+		if host != c.host || done != c.done {
+			t.Errorf("requestHost(%q) = %q, %v; want %q, %v", c.in, host, done, c.host, c.done)
+		}
+	}
+	for in, want := range map[string]string{
+		"A.Example": "a.example", "a.example:80": "a.example", "[::1]:80": "::1", "::1": "::1",
+		"a.example.": "a.example", "": "", "127.0.0.1:8000": "127.0.0.1",
+	} {
+		if got := normalizeHost(in); got != want {
+			t.Errorf("normalizeHost(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestRouterHost: two tenants by Host on one listener; an unknown host gets
+// 421; a kept-alive connection stays with its first tenant; pipelined
+// requests reach the guest unchanged after the peek.
+func TestRouterHost(t *testing.T) {
+	a := &Tenant{Name: "a", Handler: newProbe(t, "a", Options{}), Hosts: []string{"a.test", "*.a.test"}}
+	b := &Tenant{Name: "b", Handler: newProbe(t, "b", Options{}), Hosts: []string{"B.test"}}
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{a, b}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for host, want := range map[string]string{"a.test": "tenant a\n", "x.y.A.test:8080": "tenant a\n", "b.test.": "tenant b\n"} {
+		c, _ := serveOne(t, r, 0)
+		code, body := roundTrip(t, bufio.NewReader(c), c, host, "/")
+		if code != 200 || body != want {
+			t.Errorf("Host %s: %d %q, want %q", host, code, body, want)
+		}
+	}
+
+	c, done := serveOne(t, r, 0)
+	br := bufio.NewReader(c)
+	if code, body := roundTrip(t, br, c, "c.test", "/"); code != 421 || !strings.Contains(body, `"c.test"`) {
+		t.Errorf("unknown host: %d %q, want 421", code, body)
+	}
+	waitClosed(t, done)
+	if s := r.Stats(); s.Misdirected != 1 {
+		t.Errorf("misdirected = %d, want 1", s.Misdirected)
+	}
+
+	// Keep-alive: the second request names b but stays with a.
+	c, _ = serveOne(t, r, 0)
+	br = bufio.NewReader(c)
+	for i, host := range []string{"a.test", "b.test"} {
+		if code, body := roundTrip(t, br, c, host, "/"); code != 200 || body != "tenant a\n" {
+			t.Errorf("request %d on one connection (Host %s): %d %q, want tenant a", i, host, code, body)
+		}
+	}
+
+	// Pipelined, in one write, split inside the Host header across two.
+	c, _ = serveOne(t, r, 0)
+	br = bufio.NewReader(c)
+	req := "GET /config?k=name HTTP/1.1\r\nHost: b.test\r\n\r\nGET / HTTP/1.1\r\nHost: b.test\r\n\r\n"
+	c.Write([]byte(req[:20]))
+	c.Write([]byte(req[20:]))
+	for i := 0; i < 2; i++ {
+		if code, body := readResponse(t, br); code != 200 || !strings.Contains(body, "b") {
+			t.Errorf("pipelined %d: %d %q", i, code, body)
+		}
+	}
+	st := r.Stats()
+	if a, b := st.Tenants["a"], st.Tenants["b"]; a.Open != 3 || a.Calls != 4 || b.Open != 2 || b.Calls != 2 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestRouterDefault: a default tenant takes unknown hosts and requests
+// without Host; a single default tenant is served without routing.
+func TestRouterDefault(t *testing.T) {
+	a := &Tenant{Name: "a", Handler: newProbe(t, "a", Options{}), Hosts: []string{"a.test"}}
+	d := &Tenant{Name: "d", Handler: newProbe(t, "d", Options{})}
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{a, d}}, {Tenants: []*Tenant{d}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.lis[1].direct == nil || r.lis[0].direct != nil {
+		t.Fatal("want listener 1 served directly, listener 0 routed")
+	}
+	c, _ := serveOne(t, r, 0)
+	if code, body := roundTrip(t, bufio.NewReader(c), c, "zzz", "/"); code != 200 || body != "tenant d\n" {
+		t.Errorf("unknown host: %d %q, want tenant d", code, body)
+	}
+	c, _ = serveOne(t, r, 0)
+	fmt.Fprintf(c, "GET / HTTP/1.0\r\n\r\n")
+	if code, body := readResponse(t, bufio.NewReader(c)); code != 200 || body != "tenant d\n" {
+		t.Errorf("no Host: %d %q, want tenant d", code, body)
+	}
+	c, _ = serveOne(t, r, 1)
+	if code, body := roundTrip(t, bufio.NewReader(c), c, "a.test", "/"); code != 200 || body != "tenant d\n" {
+		t.Errorf("direct listener: %d %q, want tenant d", code, body)
+	}
+}
+
+func TestRouterInvalid(t *testing.T) {
+	h := newProbe(t, "x", Options{})
+	a := &Tenant{Name: "a", Handler: h, Hosts: []string{"same.test"}}
+	b := &Tenant{Name: "b", Handler: h, Hosts: []string{"SAME.test"}}
+	d1 := &Tenant{Name: "d1", Handler: h}
+	d2 := &Tenant{Name: "d2", Handler: h}
+	cert := selfSigned(t, "c.test")
+	c := &Tenant{Name: "c", Handler: h, Hosts: []string{"c.test"}, Cert: &cert}
+	_, err := NewRouter([]Listener{{Tenants: []*Tenant{a, b}}, {Tenants: []*Tenant{d1, d2}}, {Tenants: []*Tenant{c, d1}}, {}}, RouterOptions{})
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, want := range []string{`both claim host "SAME.test"`, `"d1" and "d2" both claim to be the default`, `tenant "d1" has no certificate`, "listener 3 has no tenant"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+// selfSigned makes a certificate for names, valid for an hour.
+func selfSigned(t *testing.T, names ...string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: names[0]},
+		DNSNames: names, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+// TestRouterTLS: the tenant and certificate follow SNI; the guest sees
+// plaintext; a kept-alive TLS connection parks and is served again, with
+// a pipelined pair in one record; Drain wakes a parked TLS connection.
+func TestRouterTLS(t *testing.T) {
+	ca, cb := selfSigned(t, "a.test"), selfSigned(t, "b.test")
+	a := &Tenant{Name: "a", Handler: newProbe(t, "a", Options{IdleTimeout: time.Minute}), Hosts: []string{"a.test"}, Cert: &ca}
+	b := &Tenant{Name: "b", Handler: newProbe(t, "b", Options{IdleTimeout: time.Minute}), Hosts: []string{"b.test"}, Cert: &cb}
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{a, b}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Leaf)
+	roots.AddCert(cb.Leaf)
+	dial := func(name string) (*tls.Conn, chan struct{}) {
+		c, done := serveOne(t, r, 0)
+		tc := tls.Client(c, &tls.Config{ServerName: name, RootCAs: roots})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("handshake for %s: %v", name, err)
+		}
+		return tc, done
+	}
+	for _, name := range []string{"a.test", "b.test"} {
+		tc, _ := dial(name)
+		if got := tc.ConnectionState().PeerCertificates[0].Subject.CommonName; got != name {
+			t.Errorf("SNI %s: certificate for %s", name, got)
+		}
+		br := bufio.NewReader(tc)
+		for i := 0; i < 3; i++ { // parked between requests
+			if code, body := roundTrip(t, br, tc, name, "/"); code != 200 || body != "tenant "+name[:1]+"\n" {
+				t.Errorf("SNI %s request %d: %d %q", name, i, code, body)
+			}
+		}
+		// Two requests in one record: the second is served from what tls
+		// already decrypted, not from the socket.
+		fmt.Fprintf(tc, "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /config?k=name HTTP/1.1\r\nHost: x\r\n\r\n")
+		for i := 0; i < 2; i++ {
+			if code, _ := readResponse(t, br); code != 200 {
+				t.Errorf("pipelined %d over TLS: %d", i, code)
+			}
+		}
+	}
+	// Unknown SNI, no default: the handshake fails.
+	c, _ := serveOne(t, r, 0)
+	if err := tls.Client(c, &tls.Config{ServerName: "c.test", RootCAs: roots}).Handshake(); err == nil {
+		t.Error("handshake for an unknown name succeeded")
+	}
+
+	// Drain wakes a parked TLS connection: it closes without a call.
+	tc, done := dial("a.test")
+	br := bufio.NewReader(tc)
+	roundTrip(t, br, tc, "a.test", "/")
+	waitParked(t, a.Handler)
+	r.Drain()
+	waitClosed(t, done)
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after Drain: read %v, want EOF", err)
+	}
+}
+
+// waitParked waits (bounded) until h has a parked connection.
+func waitParked(t *testing.T, h *Handler) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		h.mu.Lock()
+		parked := false
+		for c := range h.conns {
+			parked = parked || c.parked.Load()
+		}
+		h.mu.Unlock()
+		if parked {
+			return
+		}
+		runtime.Gosched()
+	}
+	t.Fatal("no connection parked within 10s")
+}
+
+// TestSandbox: config_get, the environment, the read-only mount, and what
+// stays out of reach.
+func TestSandbox(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "x"), []byte("mounted"), 0o644)
+	t.Setenv("WCLUSTER_HOST_SECRET", "leak")
+	h := newProbe(t, "a", Options{
+		Env:    []string{"TENANT=a", "A_ONLY=1"},
+		Config: map[string]string{"name": "a", "big": strings.Repeat("v", 1000)},
+		Mount:  dir,
+	})
+	bare := newProbe(t, "bare", Options{})
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{{Name: "a", Handler: h}}}, {Tenants: []*Tenant{{Name: "bare", Handler: bare}}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(li int, path string) (int, string) {
+		c, _ := serveOne(t, r, li)
+		return roundTrip(t, bufio.NewReader(c), c, "x", path)
+	}
+	check := func(li int, path string, code int, want string) {
+		t.Helper()
+		gc, body := get(li, path)
+		if gc != code || !strings.Contains(body, want) {
+			t.Errorf("%s on %d: %d %q, want %d containing %q", path, li, gc, body, code, want)
+		}
+	}
+	check(0, "/config?k=name", 200, "a")
+	check(0, "/config?k=big", 200, strings.Repeat("v", 1000))
+	check(0, "/config?k=nope", 404, "not set")
+	check(1, "/config?k=big", 404, "not set")
+	if _, env := get(0, "/env"); env != "TENANT=a\nA_ONLY=1\n" {
+		t.Errorf("env: %q, want only TENANT and A_ONLY", env)
+	}
+	if _, env := get(1, "/env"); strings.TrimSpace(env) != "" {
+		t.Errorf("bare env: %q, want empty", env)
+	}
+	check(0, "/file?path=/data/x", 200, "mounted")
+	check(0, "/file?path=/data/../etc/passwd", 403, "error")
+	check(0, "/file?path=/etc/passwd", 403, "error")
+	check(1, "/file?path=/data/x", 403, "error")
+	check(0, "/net?addr=127.0.0.1:1", 403, "error")
+}
+
+// TestMountSymlinks: a symlink inside the mount resolves when it stays
+// inside, and does not when it leads out.
+func TestMountSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	outside := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(outside, []byte("SECRET"), 0o644)
+	os.WriteFile(filepath.Join(dir, "in"), []byte("inside"), 0o644)
+	os.Symlink(outside, filepath.Join(dir, "out"))
+	os.Symlink("/etc", filepath.Join(dir, "etc"))
+	os.Symlink("in", filepath.Join(dir, "alias"))
+	h := newProbe(t, "a", Options{Mount: dir})
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{{Name: "a", Handler: h}}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]int{"/data/alias": 200, "/data/in": 200, "/data/out": 403, "/data/etc/passwd": 403} {
+		c, _ := serveOne(t, r, 0)
+		code, body := roundTrip(t, bufio.NewReader(c), c, "x", "/file?path="+path)
+		if code != want || strings.Contains(body, "SECRET") || strings.Contains(body, "root:") {
+			t.Errorf("%s: %d %q, want %d", path, code, body, want)
+		}
+	}
+}
+
+// TestRouterLimits: a tenant at MaxConns turns new connections away with
+// 503, others are unaffected; a request that never names its host is
+// answered 421 after RouteTimeout when there is no default.
+func TestRouterLimits(t *testing.T) {
+	a := &Tenant{Name: "a", Handler: newProbe(t, "a", Options{}), Hosts: []string{"a.test"}, MaxConns: 1}
+	b := &Tenant{Name: "b", Handler: newProbe(t, "b", Options{}), Hosts: []string{"b.test"}}
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{a, b}}}, RouterOptions{RouteTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, _ := serveOne(t, r, 0)
+	hbr := bufio.NewReader(held)
+	if code, _ := roundTrip(t, hbr, held, "a.test", "/"); code != 200 {
+		t.Fatalf("first connection to a: %d", code)
+	}
+	c, done := serveOne(t, r, 0)
+	if code, body := roundTrip(t, bufio.NewReader(c), c, "a.test", "/"); code != 503 {
+		t.Errorf("second connection to a (max_conns 1): %d %q, want 503", code, body)
+	}
+	waitClosed(t, done)
+	c, _ = serveOne(t, r, 0)
+	if code, _ := roundTrip(t, bufio.NewReader(c), c, "b.test", "/"); code != 200 {
+		t.Errorf("b while a is full: %d", code)
+	}
+	if s := r.Stats().Tenants["a"]; s.Refused != 1 {
+		t.Errorf("a refused %d, want 1", s.Refused)
+	}
+	// The held connection still works; once closed, a takes a new one.
+	if code, _ := roundTrip(t, hbr, held, "a.test", "/"); code != 200 {
+		t.Errorf("held connection: %d", code)
+	}
+	held.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for r.tenants[0].open.Load() > 0 && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	c, _ = serveOne(t, r, 0)
+	if code, _ := roundTrip(t, bufio.NewReader(c), c, "a.test", "/"); code != 200 {
+		t.Errorf("a after the held connection closed: %d", code)
+	}
+
+	c, done = serveOne(t, r, 0)
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nUser-Agent: slow") // never finishes
+	if code, _ := readResponse(t, bufio.NewReader(c)); code != 421 {
+		t.Errorf("request without a host: %d, want 421", code)
+	}
+	waitClosed(t, done)
+}
