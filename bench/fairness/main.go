@@ -5,7 +5,13 @@
 // and p99 latency. It runs wcluster's rr, shared and reuseport, and Node's
 // cluster with SCHED_RR and SCHED_NONE when node is installed.
 //
+// With -cost GUEST (out/guests/go-spin.wasm) every request asks for work
+// of varying size (/?n=ROUNDS: 90% light, 10% heavy, 300x as long, drawn
+// from a fixed seed so every server sees the same sequence), served by that
+// guest in wcluster and by the same loop in the Node baseline.
+//
 //	go build -o wcluster ./cmd/wcluster && go run ./bench/fairness -bin ./wcluster
+//	make guests && go run ./bench/fairness -bin ./wcluster -cost out/guests/go-spin.wasm
 package main
 
 import (
@@ -14,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -33,7 +40,19 @@ func main() {
 	c := flag.Int("c", 16, "concurrent clients")
 	workers := flag.Int("workers", 2, "workers")
 	max := flag.Duration("max", 2*time.Minute, "stop each run after this long")
+	cost := flag.String("cost", "", "variable-cost guest (go-spin.wasm): requests ask for light or heavy work")
 	flag.Parse()
+	var paths []string // the request path of each request, in order
+	if *cost != "" {
+		rng := rand.New(rand.NewPCG(1, 2))
+		for i := 0; i < *n; i++ {
+			rounds := 1000
+			if rng.IntN(10) == 0 {
+				rounds = 300000
+			}
+			paths = append(paths, fmt.Sprintf("/?n=%d", rounds))
+		}
+	}
 
 	type target struct {
 		name string
@@ -41,8 +60,12 @@ func main() {
 	}
 	wc := func(sched string) func(int) *exec.Cmd {
 		return func(port int) *exec.Cmd {
-			return exec.Command(*bin, "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
-				"--workers", fmt.Sprint(*workers), "--sched", sched)
+			args := []string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port),
+				"--workers", fmt.Sprint(*workers), "--sched", sched}
+			if *cost != "" {
+				args = append(args, *cost)
+			}
+			return exec.Command(*bin, args...)
 		}
 	}
 	targets := []target{{"wcluster rr", wc("rr")}, {"wcluster shared", wc("shared")}, {"wcluster reuseport", wc("reuseport")}}
@@ -52,15 +75,22 @@ func main() {
 			targets = append(targets, target{"node cluster " + pol, func(port int) *exec.Cmd {
 				cmd := exec.Command("node", js)
 				cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), fmt.Sprintf("WORKERS=%d", *workers), "NODE_CLUSTER_SCHED_POLICY="+pol)
+				if *cost != "" {
+					cmd.Env = append(cmd.Env, "COST=1")
+				}
 				return cmd
 			}})
 		}
 	}
-	fmt.Printf("%d requests on new connections, %d clients, %d workers, loopback\n\n", *n, *c, *workers)
+	load := "constant cost (hello)"
+	if *cost != "" {
+		load = "variable cost (90% n=1000, 10% n=300000 rounds)"
+	}
+	fmt.Printf("%d requests on new connections, %d clients, %d workers, loopback, %s\n\n", *n, *c, *workers, load)
 	fmt.Printf("| server | per worker | max/min | p50 | p99 | failed |\n|---|---|---|---|---|---|\n")
 	for i, t := range targets {
 		port := 18900 + i
-		r, err := measure(t.cmd(port), port, *n, *c, *max)
+		r, err := measure(t.cmd(port), port, *n, *c, *max, paths)
 		if err != nil {
 			fmt.Printf("| %s | error: %v | | | | |\n", t.name, err)
 			continue
@@ -78,7 +108,7 @@ type result struct {
 
 var serving = regexp.MustCompile(`serving`)
 
-func measure(cmd *exec.Cmd, port, n, c int, max time.Duration) (result, error) {
+func measure(cmd *exec.Cmd, port, n, c int, max time.Duration, paths []string) (result, error) {
 	var r result
 	stderr, _ := cmd.StderrPipe()
 	cmd.Stdout = io.Discard
@@ -117,9 +147,13 @@ func measure(cmd *exec.Cmd, port, n, c int, max time.Duration) (result, error) {
 	var mu sync.Mutex
 	counts := map[string]int{}
 	var lat []time.Duration
-	jobs := make(chan struct{}, n)
+	jobs := make(chan string, n)
 	for i := 0; i < n; i++ {
-		jobs <- struct{}{}
+		path := "/"
+		if paths != nil {
+			path = paths[i]
+		}
+		jobs <- path
 	}
 	close(jobs)
 	var wg sync.WaitGroup
@@ -129,12 +163,12 @@ func measure(cmd *exec.Cmd, port, n, c int, max time.Duration) (result, error) {
 			defer wg.Done()
 			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 				DisableKeepAlives: true, DialContext: (&net.Dialer{}).DialContext}}
-			for range jobs {
+			for path := range jobs {
 				if ctx.Err() != nil {
 					return
 				}
 				t0 := time.Now()
-				resp, err := client.Get(url)
+				resp, err := client.Get(url + path[1:])
 				var w string
 				if err == nil {
 					io.Copy(io.Discard, resp.Body)

@@ -42,7 +42,9 @@ func serve(flags wcluster.Flags) wcluster.Action {
 		head := in[:end]
 		keep := flags&wcluster.Draining == 0 && !bytes.Contains(bytes.ToLower(head), []byte("connection: close"))
 		sum := spin(rounds(head))
-		out = append(out[:0], "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "...)
+		out = append(out[:0], "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Wcluster-Worker: "...)
+		out = strconv.AppendInt(out, int64(wcluster.WorkerID()), 10)
+		out = append(out, "\r\nContent-Length: "...)
 		body := strconv.AppendUint(nil, sum, 10)
 		body = append(body, '\n')
 		out = strconv.AppendInt(out, int64(len(body)), 10)
