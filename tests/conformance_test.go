@@ -19,6 +19,7 @@ var languages = []string{"go", "c", "wat", "rust", "as", "zig"}
 // both policies. Without WCLUSTER_GUESTS (set by `make test`) only the Go
 // guests TestMain built are there; with it, every language must be.
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	required := os.Getenv("WCLUSTER_GUESTS") != ""
 	for _, lang := range languages {
 		t.Run(lang, func(t *testing.T) {

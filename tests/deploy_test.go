@@ -447,6 +447,7 @@ func shutdownTimeout(t *testing.T, argv []string) time.Duration {
 // with the image's entrypoint: ports, probe paths, volumes for what the
 // master writes, and a grace period that covers the preStop and the drain.
 func TestDeployManifests(t *testing.T) {
+	t.Parallel()
 	d := readDockerfile(t)
 	m := readManifests(t)
 	dep := m.deployments[0]
@@ -637,6 +638,7 @@ func buildStatic(t *testing.T, d dockerfile) string {
 // to loopback: it serves, its probes answer as the kubelet expects, and on
 // SIGTERM it drains and exits 0 within the grace period.
 func TestDeployEntrypoint(t *testing.T) {
+	t.Parallel()
 	d := readDockerfile(t)
 	if len(d.froms) < 2 || !strings.HasPrefix(d.froms[0], "golang:") {
 		t.Errorf("want a multi-stage build from golang:, got FROM %q", d.froms)
@@ -841,6 +843,7 @@ func systemdDuration(t *testing.T, s string) time.Duration {
 // serves the passed socket, notifies READY=1, reloads on ExecReload's
 // SIGHUP and stops on KillSignal within TimeoutStopSec.
 func TestDeploySystemdUnits(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(env.root, "deploy", "systemd")
 	svc := readUnit(t, filepath.Join(dir, "wcluster.service"))
 	sock := readUnit(t, filepath.Join(dir, "wcluster.socket"))

@@ -31,6 +31,9 @@ var env struct {
 	guests string // folder of built .wasm guests
 }
 
+// Tests that measure timing (respawn, hang detection, recycling, limits,
+// fd baselines, RSS) run alone; the others call t.Parallel and run two at
+// a time after them, which keeps the suite short on a 2-core machine.
 func TestMain(m *testing.M) {
 	code, err := setup()
 	if err != nil {

@@ -55,6 +55,7 @@ func metricSum(scrape, name string) (float64, bool) {
 // TestMetricsAddUp: /metrics scraped during and after load agrees with what
 // the client saw; /healthz and /readyz answer.
 func TestMetricsAddUp(t *testing.T) {
+	t.Parallel()
 	s, _ := startControlled(t, "--workers", "2", "--admin", "127.0.0.1:0")
 	base := "http://" + adminAddr(t, s)
 	if code, _ := httpGet(t, base+"/healthz"); code != 200 {
@@ -119,6 +120,7 @@ func TestMetricsAddUp(t *testing.T) {
 // TestControlCommands: status, scale, reload and stop against a running
 // master over its control socket.
 func TestControlCommands(t *testing.T) {
+	t.Parallel()
 	s, ctl := startControlled(t, "--workers", "1")
 	if out, err := run(t, "scale", "--control", ctl, "3"); err != nil {
 		t.Fatalf("scale 3: %v %s", err, out)
@@ -171,6 +173,7 @@ func TestControlCommands(t *testing.T) {
 
 // TestSignalParity: TTIN adds a worker, TTOU removes one, QUIT stops at once.
 func TestSignalParity(t *testing.T) {
+	t.Parallel()
 	s, ctl := startControlled(t, "--workers", "2", "--log-format", "json")
 	syscall.Kill(s.cmd.Process.Pid, syscall.SIGTTIN)
 	waitStatus(t, ctl, "three workers after TTIN", func(st status) bool {

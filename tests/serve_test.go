@@ -20,6 +20,7 @@ import (
 // TestDefaultHandler: the embedded hello handler answers, over 1000
 // sequential new connections, on both workers, for both policies.
 func TestDefaultHandler(t *testing.T) {
+	t.Parallel()
 	for _, sched := range []string{"rr", "shared"} {
 		t.Run(sched, func(t *testing.T) {
 			s := start(t, "--workers", "2", "--sched", sched)
@@ -45,6 +46,7 @@ func TestDefaultHandler(t *testing.T) {
 
 // TestKeepAlive: one connection carries many requests.
 func TestKeepAlive(t *testing.T) {
+	t.Parallel()
 	s := start(t, "--workers", "2")
 	client := newClient()
 	reused := 0
@@ -67,6 +69,7 @@ func TestKeepAlive(t *testing.T) {
 
 // TestPipelining: requests sent in one write are all answered, in order.
 func TestPipelining(t *testing.T) {
+	t.Parallel()
 	s := start(t, "--workers", "1")
 	c := s.dial(t)
 	req := "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -111,6 +114,7 @@ func randomBytes(n int) []byte {
 
 // TestEcho: a 1 MiB payload comes back byte-exact through the ABI.
 func TestEcho(t *testing.T) {
+	t.Parallel()
 	s := start(t, "--workers", "2", guest(t, "go-echo"))
 	payload := randomBytes(1 << 20)
 	if got := echo(t, s.dial(t), payload); !bytes.Equal(got, payload) {
@@ -121,6 +125,7 @@ func TestEcho(t *testing.T) {
 // TestWASICommand: a plain WASI program is a handler, stdin/stdout bound to
 // the connection.
 func TestWASICommand(t *testing.T) {
+	t.Parallel()
 	s := start(t, "--workers", "2", guest(t, "go-cat"))
 	payload := randomBytes(256 << 10)
 	if got := echo(t, s.dial(t), payload); !bytes.Equal(got, payload) {
@@ -157,6 +162,7 @@ func TestGracefulStop(t *testing.T) {
 
 // TestBadInput: each mistake gets one line naming it, and a non-zero exit.
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
@@ -217,6 +223,7 @@ func TestBadInput(t *testing.T) {
 
 // TestCheck: check describes a good module.
 func TestCheck(t *testing.T) {
+	t.Parallel()
 	out, err := run(t, "check", guest(t, "go-hello"))
 	if err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -235,6 +242,7 @@ func TestCheck(t *testing.T) {
 // TestEmbeddedIsRebuilt: the committed default handler is exactly what its
 // source in guests/go/hello builds to.
 func TestEmbeddedIsRebuilt(t *testing.T) {
+	t.Parallel()
 	out := filepath.Join(t.TempDir(), "hello.wasm")
 	if err := goBuild([]string{"GOOS=wasip1", "GOARCH=wasm"}, out,
 		"-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-buildmode=c-shared", "./guests/go/hello"); err != nil {

@@ -183,6 +183,7 @@ func environOf(t *testing.T, pid int) []string {
 // port), on rr and shared; the activated socket is what it reports, and
 // workers do not see the LISTEN_* variables.
 func TestSystemdSocketActivation(t *testing.T) {
+	t.Parallel()
 	for _, sched := range []string{"rr", "shared"} {
 		t.Run(sched, func(t *testing.T) {
 			ctl := filepath.Join(t.TempDir(), "ctl.sock")
@@ -343,6 +344,7 @@ func (n *sdNotifications) expect(w *watched, key string, d time.Duration) string
 // every worker is serving, RELOADING=1 (with MONOTONIC_USEC) and READY=1
 // again around a SIGHUP reload, and STOPPING=1 on SIGTERM before it exits.
 func TestSystemdNotify(t *testing.T) {
+	t.Parallel()
 	n := sdNotifySocket(t)
 	ctl := filepath.Join(t.TempDir(), "ctl.sock")
 	cmd := exec.Command(env.bin, "serve", "--listen", "127.0.0.1:0", "--workers", "2",

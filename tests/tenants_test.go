@@ -188,6 +188,7 @@ func mustGet(t *testing.T, addr, host, path string) (int, string) {
 // TLS port (its own worker group), each served by its own handler; unknown
 // hosts get 421; the TLS tenant answers Go's TLS client and curl.
 func TestTenants(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	probe := probeGuest(t)
 	shared, secure := freePort(t), freePort(t)
@@ -292,6 +293,7 @@ func writeConfig(t *testing.T, path, src string) {
 
 // TestCheckConfigErrors: `check --config` names every problem with its line.
 func TestCheckConfigErrors(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "bad.toml")
 	writeConfig(t, cfg, `[[tenant]]
@@ -322,6 +324,7 @@ listen = ["127.0.0.1:1"]
 // TestTenantIsolation: what one tenant can reach of the host and of its
 // neighbour. A and B share a port and a worker group.
 func TestTenantIsolation(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	probe := probeGuest(t)
 	for _, d := range []string{"a-data", "b-data"} {

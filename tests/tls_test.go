@@ -15,6 +15,7 @@ import (
 // the host (keep-alive included) and the guest answers in plaintext; a bad
 // key pair stops the start with one line.
 func TestSingleHandlerTLS(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	cert, key := writeTestCert(t, dir, "one", "localhost")
 	s := start(t, "--workers", "2", "--tls-cert", cert, "--tls-key", key)
