@@ -121,7 +121,10 @@ type Handler struct {
 	draining bool
 
 	nextConn atomic.Int64
-	stats    struct {
+	// bufs lends parked connections a buffer for the bytes that woke them
+	// (parkBuf each), only until the guest has read them.
+	bufs  sync.Pool
+	stats struct {
 		conns, calls, traps, timeouts, memLimit, instances, instanceNs atomic.Uint64
 		live                                                           atomic.Int64
 		latency                                                        [latencyBuckets]atomic.Uint64
@@ -141,6 +144,7 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, stop: make(chan struct{})}
+	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
 	if err := h.init(ctx); err != nil {
 		rt.Close(ctx)
 		if h.root != nil {
@@ -242,6 +246,10 @@ func (h *Handler) Stats() Stats {
 	}
 }
 
+// parkBuf is the read-ahead of a parked connection: a whole request for
+// most HTTP clients; a longer one is read on by the guest as usual.
+const parkBuf = 4 << 10
+
 // latencyBuckets is len(LatencyBounds())+1: the last bucket is +Inf.
 const latencyBuckets = 17
 
@@ -315,7 +323,7 @@ func (h *Handler) Close(ctx context.Context) error {
 // ServeConn serves one connection until it is closed, then closes f. f must
 // be a connected stream socket in non-blocking mode.
 func (h *Handler) ServeConn(ctx context.Context, f *os.File) {
-	c, err := newConn(f, h.nextConn.Add(1), &h.opts)
+	c, err := newConn(f, h.nextConn.Add(1), h)
 	if err != nil {
 		h.opts.Logger.Warn("connection unusable", "err", err)
 		f.Close()
@@ -327,7 +335,7 @@ func (h *Handler) ServeConn(ctx context.Context, f *os.File) {
 // serveTLS serves a connection whose TLS handshake tc has completed: the
 // guest reads and writes plaintext through tc.
 func (h *Handler) serveTLS(ctx context.Context, f *os.File, rc syscall.RawConn, tc *tls.Conn) {
-	h.serve(ctx, &conn{f: f, rc: rc, tls: &tlsState{tc: tc}, id: h.nextConn.Add(1), opts: &h.opts})
+	h.serve(ctx, &conn{f: f, rc: rc, tls: &tlsState{tc: tc}, id: h.nextConn.Add(1), h: h})
 }
 
 func (h *Handler) serve(ctx context.Context, c *conn) {

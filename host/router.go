@@ -329,7 +329,7 @@ func (r *Router) serveHTTP(ctx context.Context, rt *routeTable, f *os.File, rc s
 		defer t.open.Add(-1)
 	}
 	h := t.Handler
-	h.serve(ctx, &conn{f: f, rc: rc, id: h.nextConn.Add(1), opts: &h.opts})
+	h.serve(ctx, &conn{f: f, rc: rc, id: h.nextConn.Add(1), h: h})
 }
 
 // misdirect answers a request no tenant on the listener serves.
