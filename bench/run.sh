@@ -1,77 +1,292 @@
 #!/usr/bin/env bash
-# Throughput benchmark on loopback, side by side in one run: wcluster (rr and
-# shared, 2 workers, the embedded Go hello), a Node.js cluster hello (rr and
-# none, 2 workers) and a plain Go net/http hello, keep-alive and one new
-# connection per request. ROUNDS interleaved rounds; medians are printed with
-# ratios taken within each round. Every wrk run is bounded by DURATION.
+# Throughput benchmark on loopback, side by side in one run, ROUNDS
+# interleaved rounds, wrk -t1 -cCONNS for DURATION per measurement:
 #
-#   bench/run.sh                 # servers pinned to core 0, wrk to core 1
-#   PIN=0 bench/run.sh           # unpinned
-#   ROUNDS=5 DURATION=10s CONNS=64 bench/run.sh
+#   wcluster-rr          wcluster serve (embedded default handler), --sched rr, 2 workers
+#   wcluster-shared      the same, --sched shared
+#   wcluster-gohello-rr  wcluster serve guests/go/hello (built here), --sched rr, 2 workers
+#   node-rr, node-none   bench/node-cluster.js, 2 workers, SCHED_RR / SCHED_NONE
+#   nethttp              bench/nethttp, single-process Go net/http
+#   wcluster-rr-t0       (not run by default) wcluster-rr with --timeout 0:
+#                        no termination checks in the guest
+#
+# WC_ARGS adds flags to every wcluster server (e.g. WC_ARGS="--instances 8").
+#
+# in two views: "unpinned" (nothing pinned) and "pinned" (every server
+# process on core 0 with taskset, wrk on core 1), and two modes: keep-alive,
+# and a new connection per request (-H 'Connection: close'). Within a view
+# all servers run at once; each round measures every server in turn (order
+# rotated per round), one mode after the other. It prints the raw rows as
+# they come, the per-round ratios (each server ÷ node-rr and ÷ nethttp, both
+# measured in the same round, view and mode), and the medians of those
+# ratios.
+#
+#   bench/run.sh                                    # ROUNDS=5 DURATION=10s
+#   ROUNDS=1 DURATION=2s bench/run.sh               # quick check
+#   VIEWS=pinned MODES=keepalive bench/run.sh
+#   SERVERS="wcluster-rr nethttp" bench/run.sh
+#   WCLUSTER_BIN=/path/wcluster bench/run.sh        # a prebuilt binary
+#   RAW=/tmp/rows.txt bench/run.sh                  # also keep the raw rows
+#
+# Every server runs in its own session (setsid) and is stopped, with all of
+# its children, after its measurements and on any exit (trap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
-DURATION=${DURATION:-5s}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-1s}
 CONNS=${CONNS:-64}
-PIN=${PIN:-1}
-out=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$out"' EXIT
+WORKERS=${WORKERS:-2}
+VIEWS=${VIEWS:-unpinned pinned}
+MODES=${MODES:-keepalive close}
+SERVERS=${SERVERS:-wcluster-rr wcluster-shared wcluster-gohello-rr node-rr node-none nethttp}
+PORT_BASE=${PORT_BASE:-19100}
+READY_TIMEOUT=${READY_TIMEOUT:-60} # seconds a server may take to answer
+SERVER_CORE=${SERVER_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
 
 command -v wrk >/dev/null || { echo "bench: wrk is missing: apt-get install -y wrk" >&2; exit 3; }
-go build -o "$out/wcluster" ./cmd/wcluster
+command -v curl >/dev/null || { echo "bench: curl is missing" >&2; exit 3; }
+if ! command -v node >/dev/null; then
+	echo "bench: node is missing: the node-* rows are skipped" >&2
+	SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -v '^node-' | tr '\n' ' ')
+fi
+
+out=$(mktemp -d)
+pids=() # session leaders of the servers still running
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do
+		kill -KILL -- "-$p" 2>/dev/null || true
+	done
+	rm -rf "$out"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ -n "${WCLUSTER_BIN:-}" ]; then
+	cp "$WCLUSTER_BIN" "$out/wcluster"
+else
+	go build -o "$out/wcluster" ./cmd/wcluster
+fi
 go build -o "$out/nethttp" ./bench/nethttp
-srv=""
-[ "$PIN" = 1 ] && srv="taskset -c 0"
-load() { if [ "$PIN" = 1 ]; then taskset -c 1 "$@"; else "$@"; fi; }
+GOOS=wasip1 GOARCH=wasm go build -trimpath -buildvcs=false -ldflags='-s -w' -buildmode=c-shared \
+	-o "$out/go-hello.wasm" ./guests/go/hello
+mkdir -p "$out/cache" # shared by every wcluster start: only the first compiles
 
-declare -A start=(
-	[wcluster-rr]="$srv $out/wcluster serve --listen 127.0.0.1:PORT --workers 2 --sched rr --cache-dir $out/cache"
-	[wcluster-shared]="$srv $out/wcluster serve --listen 127.0.0.1:PORT --workers 2 --sched shared --cache-dir $out/cache"
-	[node-rr]="env NODE_CLUSTER_SCHED_POLICY=rr PORT=PORT $srv node bench/node-cluster.js"
-	[node-none]="env NODE_CLUSTER_SCHED_POLICY=none PORT=PORT $srv node bench/node-cluster.js"
-	[nethttp]="$srv $out/nethttp -listen 127.0.0.1:PORT"
-)
-names=(wcluster-rr wcluster-shared node-rr node-none nethttp)
-command -v node >/dev/null || names=(wcluster-rr wcluster-shared nethttp)
+log() { echo "bench: $*" >&2; }
 
-port=19100
-for round in $(seq 1 "$ROUNDS"); do
+# port_free PORT: nothing listens on it.
+port_free() { ! ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+port=$PORT_BASE
+next_port() {
+	port=$((port + 1))
+	while ! port_free "$port"; do port=$((port + 1)); done
+}
+
+# start_server NAME VIEW PORT: starts it in its own session and sets $srv_pid.
+# setsid, env and taskset all exec, so $! is the server process itself (the
+# leader of its session: stop_server kills the session).
+start_server() {
+	local name=$1 view=$2 p=$3 pin=() cmd=()
+	[ "$view" = pinned ] && pin=(taskset -c "$SERVER_CORE")
+	local wc=("$out/wcluster" serve --listen "127.0.0.1:$p" --workers "$WORKERS" --cache-dir "$out/cache")
+	# shellcheck disable=SC2206 # WC_ARGS is split on purpose
+	[ -n "${WC_ARGS:-}" ] && wc+=($WC_ARGS)
+	case $name in
+	wcluster-rr) cmd=("${wc[@]}" --sched rr) ;;
+	wcluster-shared) cmd=("${wc[@]}" --sched shared) ;;
+	wcluster-gohello-rr) cmd=("${wc[@]}" --sched rr "$out/go-hello.wasm") ;;
+	wcluster-rr-t0) cmd=("${wc[@]}" --sched rr --timeout 0) ;; # no termination checks compiled in
+	node-rr | node-none) cmd=(env PORT="$p" WORKERS="$WORKERS" NODE_CLUSTER_SCHED_POLICY="${name#node-}" node bench/node-cluster.js) ;;
+	nethttp) cmd=("$out/nethttp" -listen "127.0.0.1:$p") ;;
+	*) echo "bench: unknown server $name" >&2; exit 2 ;;
+	esac
+	setsid "${pin[@]}" "${cmd[@]}" </dev/null >>"$out/$name.log" 2>&1 &
+	srv_pid=$!
+	pids+=("$srv_pid")
+}
+
+# wait_ready PID PORT LOG: polls until the process has logged that it serves
+# and answers a request, at most READY_TIMEOUT seconds.
+wait_ready() {
+	local pid=$1 p=$2 logf=$3 deadline=$((SECONDS + READY_TIMEOUT))
+	while [ "$SECONDS" -lt "$deadline" ]; do
+		kill -0 "$pid" 2>/dev/null || return 1
+		if grep -q "serving" "$logf" 2>/dev/null &&
+			curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/" | grep -q 200; then
+			return 0
+		fi
+		sleep 0.05 # poll interval, not a synchronisation
+	done
+	return 1
+}
+
+# stop_server PID: SIGTERM to the server, at most 15 s to exit, then
+# SIGKILL to its whole session.
+stop_server() {
+	local pid=$1 i
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq 1 300); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	kill -KILL -- "-$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	local keep=() q
+	for q in "${pids[@]}"; do [ "$q" = "$pid" ] || keep+=("$q"); done
+	pids=("${keep[@]+"${keep[@]}"}")
+}
+
+# measure VIEW MODE PORT: one wrk run; prints "rps p50 p99 errors".
+measure() {
+	local view=$1 mode=$2 p=$3 hdr=() pin=()
+	[ "$mode" = close ] && hdr=(-H "Connection: close")
+	[ "$view" = pinned ] && pin=(taskset -c "$LOAD_CORE")
+	"${pin[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$p/" >"$out/wrk.txt" 2>&1 || true
+	awk '
+	/Requests\/sec/ { rps = $2 }
+	$1 == "50%" { p50 = $2 }
+	$1 == "99%" { p99 = $2 }
+	/Socket errors/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
+	/Non-2xx/ { err += $NF }
+	END { printf "%s %s %s %d\n", rps ? rps : 0, p50 ? p50 : "?", p99 ? p99 : "?", err }
+	' "$out/wrk.txt"
+}
+
+rows=$out/rows
+: >"$rows"
+read -r -a names <<<"$SERVERS"
+log "$(nproc) cores; ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS WORKERS=$WORKERS VIEWS='$VIEWS' MODES='$MODES'"
+echo "# raw rows: view round server mode req/s p50 p99 errors load1 (the machine's 1-min load average after the run)"
+n=${#names[@]}
+declare -A ports spid
+for view in $VIEWS; do
+	# Every server of the view runs for all its rounds (idle but for its
+	# own measurements), so one round's measurements are minutes apart at
+	# most and the ratios compare servers under the same conditions.
 	for name in "${names[@]}"; do
-		port=$((port + 1))
-		cmd=${start[$name]//PORT/$port}
-		# exec: $! is then the server itself, so the TERM below reaches it.
-		eval "exec $cmd" >/dev/null 2>"$out/$name.log" &
-		pid=$!
-		for _ in $(seq 1 300); do
-			curl -s -o /dev/null "http://127.0.0.1:$port/" && break
-			sleep 0.1
+		next_port
+		ports[$name]=$port
+		start_server "$name" "$view" "$port"
+		spid[$name]=$srv_pid
+	done
+	for name in "${names[@]}"; do
+		if ! wait_ready "${spid[$name]}" "${ports[$name]}" "$out/$name.log"; then
+			log "$name did not answer on port ${ports[$name]} within ${READY_TIMEOUT}s; its log:"
+			tail -20 "$out/$name.log" >&2 || true
+			stop_server "${spid[$name]}"
+			spid[$name]=""
+			continue
+		fi
+		# Warm up (JITs, instance pools, TCP) before measuring.
+		if [ "$WARMUP" != 0 ]; then
+			wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:${ports[$name]}/" >/dev/null 2>&1 || true
+		fi
+	done
+	for round in $(seq 1 "$ROUNDS"); do
+		for mode in $MODES; do
+			# Rotate the order every round so no server always runs first or last.
+			for ((i = 0; i < n; i++)); do
+				name=${names[$(((i + round - 1) % n))]}
+				if [ -z "${spid[$name]}" ] || ! kill -0 "${spid[$name]}" 2>/dev/null; then
+					if [ -n "${spid[$name]}" ]; then
+						log "$name (pid ${spid[$name]}) has exited; the end of its log:"
+						tail -20 "$out/$name.log" >&2 || true
+						wait "${spid[$name]}" 2>/dev/null && st=0 || st=$?
+						log "$name exit status $st"
+						spid[$name]=""
+					fi
+					echo "$view $round $name $mode 0 ? ? -1 -" | tee -a "$rows"
+					continue
+				fi
+				r=$(measure "$view" "$mode" "${ports[$name]}")
+				echo "$view $round $name $mode $r $(cut -d' ' -f1 /proc/loadavg)" | tee -a "$rows"
+			done
 		done
-		for mode in keepalive close; do
-			hdr=()
-			[ "$mode" = close ] && hdr=(-H "Connection: close")
-			load wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$port/" >"$out/r.txt" 2>&1 || true
-			rps=$(awk '/Requests\/sec/ {print $2}' "$out/r.txt")
-			p50=$(awk '$1=="50%" {print $2}' "$out/r.txt")
-			p99=$(awk '$1=="99%" {print $2}' "$out/r.txt")
-			echo "$round $name $mode ${rps:-0} ${p50:-?} ${p99:-?}" >>"$out/results"
-		done
-		kill -TERM "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
+	done
+	for name in "${names[@]}"; do
+		if [ -n "${spid[$name]}" ]; then stop_server "${spid[$name]}"; fi
 	done
 done
 
-echo "# $(date -u +%F) $(nproc) cores, ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS PIN=$PIN"
+if [ -n "${RAW:-}" ]; then cp "$rows" "$RAW"; fi
+
 echo
-echo "| server | mode | req/s (median) | p50 | p99 | ÷ node-rr | ÷ nethttp |"
-echo "|---|---|---|---|---|---|---|"
+echo "# $(date -u '+%F %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -r)"
+echo "# ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS WORKERS=$WORKERS, wrk -t1 -c$CONNS; pinned: servers on core $SERVER_CORE, wrk on core $LOAD_CORE"
 awk '
-{ r[$2" "$3" "$1]=$4; p50[$2" "$3]=p50[$2" "$3]" "$5; p99[$2" "$3]=p99[$2" "$3]" "$6; names[$2]=1; modes[$3]=1; rounds[$1]=1 }
-function median(a, n,   i, j, t) { for (i=1;i<=n;i++) for (j=i+1;j<=n;j++) if (a[j]<a[i]) {t=a[i];a[i]=a[j];a[j]=t}; return (n%2)? a[(n+1)/2] : (a[n/2]+a[n/2+1])/2 }
+function us(s,   v) { # wrk latency text to microseconds
+	if (s == "?") return -1
+	v = s + 0
+	if (s ~ /us$/) return v
+	if (s ~ /ms$/) return v * 1000
+	if (s ~ /s$/) return v * 1000000
+	return v
+}
+function median(a, n,   i, j, t) {
+	for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j+1] = a[j]; a[j+1] = t }
+	return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
+}
+function get(v, r, s, m) { return ((v, r, s, m) in rps) ? rps[v, r, s, m] : 0 } # never creates an entry
+function fmtus(v) { return v < 0 ? "?" : (v >= 1000 ? sprintf("%.2fms", v/1000) : sprintf("%.0fus", v)) }
+{
+	view = $1; round = $2; s = $3; m = $4
+	# A failed measurement (0 req/s) is left out of every median.
+	if ($5 > 0) { rps[view, round, s, m] = $5; p50[view, round, s, m] = us($6); p99[view, round, s, m] = us($7) }
+	else failed[view, s, m]++
+	if (!(view in seenv)) { seenv[view] = 1; views[++nv] = view }
+	if (!(s in seens)) { seens[s] = 1; srv[++ns] = s }
+	if (!(m in seenm)) { seenm[m] = 1; modes[++nm] = m }
+	if (!(round in seenr)) { seenr[round] = 1; rounds[++nr] = round }
+}
 END {
-  for (m in modes) for (s in names) {
-    n=0; nn=0; nh=0
-    for (k in rounds) { v[++n]=r[s" "m" "k]; if (r["node-rr "m" "k]>0) rn[++nn]=r[s" "m" "k]/r["node-rr "m" "k]; if (r["nethttp "m" "k]>0) rh[++nh]=r[s" "m" "k]/r["nethttp "m" "k] }
-    split(p50[s" "m], a50, " "); split(p99[s" "m], a99, " ")
-    printf "| %s | %s | %.0f | %s | %s | %s | %s |\n", s, m, median(v,n), a50[1], a99[1], nn? sprintf("%.2f", median(rn,nn)) : "-", nh? sprintf("%.2f", median(rh,nh)) : "-"
-  }
-}' "$out/results" | sort -t'|' -k3,3 -k2,2
+	print ""
+	print "# per-round ratios (same round, same view): server ÷ node-rr, server ÷ nethttp"
+	for (vi = 1; vi <= nv; vi++) for (mi = 1; mi <= nm; mi++) for (si = 1; si <= ns; si++) {
+		v = views[vi]; m = modes[mi]; s = srv[si]
+		if (s ~ /^(node-rr|nethttp)$/) continue
+		line = sprintf("%-8s %-9s %-20s", v, m, s)
+		for (ri = 1; ri <= nr; ri++) {
+			r = rounds[ri]; xv = get(v, r, s, m); a = get(v, r, "node-rr", m); b = get(v, r, "nethttp", m)
+			line = line sprintf("  r%s: %s/%s", r, (xv > 0 && a > 0) ? sprintf("%.2f", xv/a) : "-", (xv > 0 && b > 0) ? sprintf("%.2f", xv/b) : "-")
+		}
+		print line
+	}
+	print ""
+	print "| view | mode | server | req/s (median) | p50 (median) | p99 (median) | ÷ node-rr (median of rounds) | ÷ nethttp (median of rounds) |"
+	print "|---|---|---|---|---|---|---|---|"
+	for (vi = 1; vi <= nv; vi++) for (mi = 1; mi <= nm; mi++) for (si = 1; si <= ns; si++) {
+		v = views[vi]; m = modes[mi]; s = srv[si]
+		n = 0; na = 0; nb = 0; n50 = 0; n99 = 0
+		delete x; delete ra; delete rb; delete l50; delete l99
+		for (ri = 1; ri <= nr; ri++) {
+			r = rounds[ri]
+			if (!((v, r, s, m) in rps)) continue
+			val = rps[v, r, s, m]; x[++n] = val
+			if (p50[v, r, s, m] >= 0) l50[++n50] = p50[v, r, s, m]
+			if (p99[v, r, s, m] >= 0) l99[++n99] = p99[v, r, s, m]
+			a = get(v, r, "node-rr", m); b = get(v, r, "nethttp", m)
+			if (val > 0 && a > 0) ra[++na] = val / a
+			if (val > 0 && b > 0) rb[++nb] = val / b
+		}
+		if (!n && !((v, s, m) in failed)) continue
+		if (!n) { printf "| %s | %s | %s | failed | | | | |\n", v, m, s; continue }
+		med[v, m, s, "a"] = na ? median(ra, na) : -1
+		med[v, m, s, "b"] = nb ? median(rb, nb) : -1
+		printf "| %s | %s | %s | %.0f | %s | %s | %s | %s |\n", v, m, s, median(x, n),
+			n50 ? fmtus(median(l50, n50)) : "?", n99 ? fmtus(median(l99, n99)) : "?",
+			na ? sprintf("%.2f", med[v, m, s, "a"]) : "-", nb ? sprintf("%.2f", med[v, m, s, "b"]) : "-"
+	}
+	print ""
+	print "# targets of issue 6 (medians of the per-round ratios)"
+	nt = split("keepalive wcluster-rr a 2.0|keepalive wcluster-shared a 2.0|keepalive wcluster-rr b 1.3|keepalive wcluster-shared b 1.3|keepalive wcluster-gohello-rr b 1.0|close wcluster-rr a 4.0|close wcluster-rr b 0.8", t, "|")
+	for (vi = 1; vi <= nv; vi++) for (i = 1; i <= nt; i++) {
+		split(t[i], f, " "); v = views[vi]
+		if (!((v, f[1], f[2], f[3]) in med)) continue
+		got = med[v, f[1], f[2], f[3]]
+		printf "%-8s %-9s %-20s ÷ %-7s %6s  target ≥ %s  %s\n", v, f[1], f[2], f[3] == "a" ? "node-rr" : "nethttp",
+			got < 0 ? "-" : sprintf("%.2f", got), f[4], got < 0 ? "no data" : (got >= f[4] ? "met" : "MISSED")
+	}
+}' "$rows"
