@@ -113,9 +113,12 @@ type Handler struct {
 
 	root *os.Root // Options.Mount, opened
 
-	sem  chan struct{} // one token per instance in use
-	mu   sync.Mutex    // mu guards idle, conns, draining
-	idle []*instance
+	sem chan struct{} // one token per instance in use
+	// creating is held while a pooled instance is created (one at a time);
+	// returned is signalled when an instance goes back to the pool.
+	creating, returned chan struct{}
+	mu                 sync.Mutex // mu guards idle, conns, draining
+	idle               []*instance
 	// conns are the open connections, for Drain to wake the parked ones.
 	conns    map[*conn]struct{}
 	draining bool
@@ -193,6 +196,8 @@ func (h *Handler) init(ctx context.Context) error {
 		h.modCfg = h.modCfg.WithFSConfig(wazero.NewFSConfig().WithFSMount(root.FS(), MountPoint))
 	}
 	h.sem = make(chan struct{}, h.opts.Instances)
+	h.creating = make(chan struct{}, 1)
+	h.returned = make(chan struct{}, 1)
 	if h.info.Kind == KindABI && !h.opts.Fresh {
 		// A module that cannot even start is reported now, not per connection.
 		for range h.opts.MinInstances {

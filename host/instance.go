@@ -282,7 +282,20 @@ func (h *Handler) acquire(ctx context.Context) (*instance, error) {
 			return nil, ctx.Err()
 		}
 	}
-	if !h.opts.Fresh {
+	if h.opts.Fresh {
+		inst, err := h.newInstance(ctx)
+		if err != nil {
+			<-h.sem
+			return nil, err
+		}
+		return inst, nil
+	}
+	// Pooled: take an idle instance; otherwise create one, but one at a
+	// time, taking whichever comes first, a returned instance or the turn
+	// to create. A burst of first requests so grows the pool by what it
+	// needs, not by one instance (milliseconds and megabytes for a Go
+	// guest) per waiting connection.
+	for {
 		h.mu.Lock()
 		if n := len(h.idle); n > 0 {
 			inst := h.idle[n-1]
@@ -291,13 +304,21 @@ func (h *Handler) acquire(ctx context.Context) (*instance, error) {
 			return inst, nil
 		}
 		h.mu.Unlock()
+		select {
+		case h.creating <- struct{}{}:
+			inst, err := h.newInstance(ctx)
+			<-h.creating
+			if err != nil {
+				<-h.sem
+				return nil, err
+			}
+			return inst, nil
+		case <-h.returned:
+		case <-ctx.Done():
+			<-h.sem
+			return nil, ctx.Err()
+		}
 	}
-	inst, err := h.newInstance(ctx)
-	if err != nil {
-		<-h.sem
-		return nil, err
-	}
-	return inst, nil
 }
 
 // release returns an instance after a call; one that failed, is fresh-only
@@ -309,6 +330,10 @@ func (h *Handler) release(inst *instance, healthy bool) {
 		h.mu.Lock()
 		h.idle = append(h.idle, inst)
 		h.mu.Unlock()
+		select {
+		case h.returned <- struct{}{}:
+		default:
+		}
 	} else {
 		inst.close(context.Background())
 	}
