@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -199,11 +200,15 @@ func TestBadInput(t *testing.T) {
 		{"bad size", []string{"serve", "--memory-limit", "12 parsecs"}, "--memory-limit"},
 		{"check not wasm", []string{"check", notWasm}, "not a WebAssembly module"},
 		{"check abi mismatch", []string{"check", v2}, "ABI v2"},
+		{"flag with config", []string{"serve", "--config", write("c.toml", []byte("")), "--workers", "3"}, "--workers does not apply with --config"},
+		{"handler and config", []string{"serve", "--config", write("d.toml", []byte("")), notWasm}, "a handler or --config, not both"},
+		{"tls cert alone", []string{"serve", "--tls-cert", notWasm}, "--tls-cert and --tls-key go together"},
+		{"missing config", []string{"serve", "--config", filepath.Join(dir, "none.toml")}, "no such file"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			args := tc.args
-			if args[0] == "serve" {
+			if args[0] == "serve" && !slices.Contains(args, "--config") {
 				args = append([]string{"serve", "--cache-dir", env.cache, "--listen", "127.0.0.1:0"}, args[1:]...)
 			}
 			out, err := run(t, args...)

@@ -102,8 +102,8 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache-dir", Value: defaultCacheDir(), Usage: "compilation cache shared by the workers (\"\" disables it)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text, or json (one object per line, for log collectors)"},
-			&cli.StringFlag{Name: "control", Usage: "unix socket for `wcluster status|reload|scale|stop` (none by default)"},
-			&cli.StringFlag{Name: "admin", Usage: "address for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9090 (none by default)"},
+			&cli.StringFlag{Name: "control", Usage: "`PATH` of a unix socket for wcluster status, reload, scale and stop (none by default)"},
+			&cli.StringFlag{Name: "admin", Usage: "`ADDR` for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9090 (none by default)"},
 		},
 		Action: serveAction,
 	}

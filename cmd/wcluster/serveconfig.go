@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -19,6 +20,17 @@ import (
 // worker groups. --control and --admin given on the command line win over
 // the file's.
 func serveConfig(c *cli.Context, path string, start time.Time) error {
+	// The file governs everything else: a flag it would silently override
+	// is an error, not a surprise.
+	for _, f := range c.Command.Flags {
+		name := f.Names()[0]
+		if name == "sched" && os.Getenv("WCLUSTER_SCHED") != "" && !slices.Contains(os.Args, "--sched") {
+			continue // from the environment, not the command line: the file wins
+		}
+		if c.IsSet(name) && name != "config" && name != "control" && name != "admin" {
+			return fmt.Errorf("--%s does not apply with --config: set it in %s ([cluster] or the tenant; see docs/config.md)", name, path)
+		}
+	}
 	fc, err := loadConfig(path)
 	if err != nil {
 		return err
