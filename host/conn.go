@@ -33,6 +33,8 @@ type conn struct {
 
 	pending  []byte      // bytes read ahead by park, or pushed back with conn_unread
 	lent     *[]byte     // the pooled buffer pending views, if any
+	unseen   int         // the last unseen bytes of pending: read ahead, not yet read by the guest
+	progress bool        // the guest read something during the current call
 	deadline time.Time   // end of the current call's time limit, if any
 	woken    atomic.Bool // Drain asked this connection to finish
 	parked   atomic.Bool // waiting in park, holding no instance
@@ -95,6 +97,8 @@ func (c *conn) read(p []byte) int32 {
 	if len(c.pending) > 0 {
 		n := copy(p, c.pending)
 		c.pending = c.pending[n:]
+		c.unseen = min(c.unseen, len(c.pending))
+		c.progress = true
 		if len(c.pending) == 0 {
 			c.pending = nil
 			c.giveBack()
@@ -113,6 +117,7 @@ func (c *conn) read(p []byte) int32 {
 		n, err = c.f.Read(p)
 	}
 	if n > 0 {
+		c.progress = true
 		return int32(n)
 	}
 	return ioCode(err)
@@ -207,6 +212,11 @@ func (c *conn) park() bool {
 	if c.h.opts.IdleTimeout > 0 {
 		t = time.Now().Add(c.h.opts.IdleTimeout)
 	}
+	if c.unseen > 0 {
+		// Bytes read ahead that the guest has not seen are waiting (it read
+		// only part of them): call it again at once, as a peek would have.
+		return true
+	}
 	c.parked.Store(true)
 	defer c.parked.Store(false)
 	c.f.SetReadDeadline(t)
@@ -258,6 +268,7 @@ func (c *conn) park() bool {
 		c.pending = append(c.pending, (*bp)[:n]...)
 		c.h.bufs.Put(bp)
 	}
+	c.unseen += n
 	return true
 }
 
@@ -287,6 +298,7 @@ func (c *conn) parkTLS() bool {
 		} else {
 			c.pending = append(c.pending, t.buf[:n]...)
 		}
+		c.unseen += n
 		return true
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {

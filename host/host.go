@@ -251,6 +251,10 @@ func (h *Handler) Stats() Stats {
 	}
 }
 
+// maxStalls is how many calls in a row may return Keep without reading the
+// bytes waiting for them before the connection is closed.
+const maxStalls = 3
+
 // parkBuf is the read-ahead of a parked connection: a whole request for
 // most HTTP clients; a longer one is read on by the guest as usual.
 const parkBuf = 4 << 10
@@ -361,12 +365,26 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 		return
 	}
 	flags := abi.FlagNew
+	stalls := 0
 	for {
 		if draining {
 			flags |= abi.FlagDraining
 		}
+		c.progress = false
 		if !h.call(ctx, c, flags) {
 			return
+		}
+		// A guest that keeps the connection without reading the bytes
+		// waiting for it would be called again and again: after a few such
+		// calls the connection is closed, as a guest error.
+		if !c.progress && c.unseen > 0 {
+			if stalls++; stalls >= maxStalls {
+				h.stats.traps.Add(1)
+				h.opts.Logger.Warn("guest keeps the connection without reading what waits; closing it", "conn", c.id)
+				return
+			}
+		} else {
+			stalls = 0
 		}
 		flags = 0
 		if !c.park() {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -285,5 +287,42 @@ func TestSleepingGuestStopped(t *testing.T) {
 	}
 	if p := getStatus(t, ctl).Workers[0].PID; p != pid {
 		t.Fatalf("worker restarted (%d → %d)", pid, p)
+	}
+}
+
+// TestGuestKeepingWithoutReading: a guest that returns Keep but never reads
+// what the client sent is not called for ever: the connection is closed
+// after a few such calls, counted as a guest error, and the worker serves on.
+func TestGuestKeepingWithoutReading(t *testing.T) {
+	mod := filepath.Join(t.TempDir(), "keeper.wasm")
+	if err := os.WriteFile(mod, tinyModule(fn{"wcluster_abi_v1", sigVoid}, fn{"wcluster_handle", sigKeep}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, ctl := startControlled(t, "--workers", "1", "--idle-timeout", "5m", mod)
+	pid := getStatus(t, ctl).Workers[0].PID
+	for i := 0; i < 3; i++ {
+		c := s.dial(t)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		begin := time.Now()
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(c)
+		if err != nil && !isReset(err) {
+			t.Fatalf("connection %d: %v (still open: the guest is being called in a loop)", i, err)
+		}
+		if len(b) != 0 {
+			t.Fatalf("connection %d: guest answered %q", i, b)
+		}
+		t.Logf("connection %d closed after %v", i, time.Since(begin).Round(time.Millisecond))
+		c.Close()
+	}
+	s.waitOutput("guest keeps the connection without reading", 10*time.Second)
+	st := waitStatus(t, ctl, "guest errors counted", func(st status) bool {
+		v, _ := st.Workers[0].Handler["traps"].(float64)
+		return v >= 3
+	})
+	if st.Workers[0].PID != pid {
+		t.Fatalf("worker restarted (%d → %d)", pid, st.Workers[0].PID)
 	}
 }

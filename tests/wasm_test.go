@@ -15,7 +15,8 @@ func errorsAs(err error, target any) bool { return errors.As(err, target) }
 // Function signatures tinyModule can give a function.
 const (
 	sigVoid   = 0 // () -> ()
-	sigHandle = 1 // (i32) -> i32
+	sigHandle = 1 // (i32) -> i32, returns 0 (Close)
+	sigKeep   = 2 // (i32) -> i32, returns 1 (Keep) without reading
 )
 
 type fn struct {
@@ -24,7 +25,7 @@ type fn struct {
 }
 
 // tinyModule assembles a WebAssembly module that exports the given
-// functions (bodies do nothing or return 0) and a one-page "memory", for
+// functions (bodies do nothing, or return 0 or 1) and a one-page "memory", for
 // tests of how wcluster judges a module's shape.
 func tinyModule(fns ...fn) []byte {
 	section := func(id byte, body []byte) []byte {
@@ -37,11 +38,14 @@ func tinyModule(fns ...fn) []byte {
 	exports := []byte{byte(len(fns) + 1)}
 	code := []byte{byte(len(fns))}
 	for i, f := range fns {
-		funcs = append(funcs, byte(f.sig))
+		funcs = append(funcs, byte(min(f.sig, sigHandle)))
 		exports = append(append(exports, name(f.name)...), 0x00, byte(i))
-		if f.sig == sigVoid {
+		switch f.sig {
+		case sigVoid:
 			code = append(code, 2, 0, 0x0b)
-		} else {
+		case sigKeep:
+			code = append(code, 4, 0, 0x41, 1, 0x0b)
+		default:
 			code = append(code, 4, 0, 0x41, 0, 0x0b)
 		}
 	}
