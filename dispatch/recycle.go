@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -59,21 +60,8 @@ func (m *Master) recycle(p *proc, cause string) {
 		m.log.Error("recycle: replacement did not start; the worker keeps serving", "worker", p.id, "why", why)
 		m.endRecycle(p)
 	}
-	readyBy := time.NewTimer(m.cfg.WorkerTimeout)
-	defer readyBy.Stop()
-	select {
-	case <-np.ready:
-	case <-np.exited:
-		m.mu.Lock()
-		why := np.failure()
-		m.mu.Unlock()
-		retire(why)
-		return
-	case <-readyBy.C:
-		retire(fmt.Sprintf("not ready within %v", m.cfg.WorkerTimeout))
-		return
-	case <-m.quit:
-		retire("master stopping")
+	if err := m.awaitStarted(context.Background(), []*proc{np}); err != nil {
+		retire(err.Error())
 		return
 	}
 	m.mu.Lock()

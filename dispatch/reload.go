@@ -41,22 +41,8 @@ func (m *Master) Reload(ctx context.Context, workerConfig []byte) error {
 		}
 		fresh = append(fresh, p)
 	}
-	readyBy := time.NewTimer(m.cfg.WorkerTimeout)
-	defer readyBy.Stop()
-	for _, p := range fresh {
-		select {
-		case <-p.ready:
-		case <-p.exited:
-			<-p.exited
-			m.mu.Lock()
-			why := p.failure()
-			m.mu.Unlock()
-			return abort(fmt.Errorf("dispatch: reload: new worker %d failed to start: %s; the old workers keep serving", p.id, why))
-		case <-readyBy.C:
-			return abort(fmt.Errorf("dispatch: reload: new workers not ready within %v; the old workers keep serving", m.cfg.WorkerTimeout))
-		case <-ctx.Done():
-			return abort(ctx.Err())
-		}
+	if err := m.awaitStarted(ctx, fresh); err != nil {
+		return abort(fmt.Errorf("dispatch: reload: %w; the old workers keep serving", err))
 	}
 
 	m.mu.Lock()
@@ -84,5 +70,30 @@ func (m *Master) Reload(ctx context.Context, workerConfig []byte) error {
 		p.ch.closeWrite()
 	}
 	m.log.Info("reload complete", "generation", gen, "workers", len(fresh), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// awaitStarted waits until every one of procs said ready, up to
+// WorkerTimeout. It fails as soon as one exits, the time is up, ctx ends or
+// the master stops, saying which.
+func (m *Master) awaitStarted(ctx context.Context, procs []*proc) error {
+	readyBy := time.NewTimer(m.cfg.WorkerTimeout)
+	defer readyBy.Stop()
+	for _, p := range procs {
+		select {
+		case <-p.ready:
+		case <-p.exited:
+			m.mu.Lock()
+			why := p.failure()
+			m.mu.Unlock()
+			return fmt.Errorf("new worker %d failed to start: %s", p.id, why)
+		case <-readyBy.C:
+			return fmt.Errorf("new workers not ready within %v", m.cfg.WorkerTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-m.quit:
+			return ErrMasterClosed
+		}
+	}
 	return nil
 }

@@ -3,7 +3,6 @@ package dispatch
 import (
 	"context"
 	"fmt"
-	"time"
 )
 
 // MaxWorkers bounds Scale: a typo should not fork ten thousand processes.
@@ -64,19 +63,9 @@ func (m *Master) Scale(ctx context.Context, n int) error {
 		}
 		started = append(started, p)
 	}
-	readyBy := time.NewTimer(m.cfg.WorkerTimeout)
-	defer readyBy.Stop()
-	for _, p := range started {
-		select {
-		case <-p.ready:
-		case <-p.exited:
-			// supervise restarts it as it would any crashed worker.
-			return fmt.Errorf("scale: worker %d exited while starting", p.id)
-		case <-readyBy.C:
-			return fmt.Errorf("scale: worker %d not ready within %v", p.id, m.cfg.WorkerTimeout)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if err := m.awaitStarted(ctx, started); err != nil {
+		// supervise restarts one that exited, as it would any crashed worker.
+		return fmt.Errorf("scale: %w", err)
 	}
 	m.signalCapacity()
 	m.log.Info("scaled up", "from", old, "to", n)

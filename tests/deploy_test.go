@@ -658,8 +658,8 @@ func TestDeployEntrypoint(t *testing.T) {
 	c := pod.Spec.Containers[0]
 
 	argv := append(append(append([]string{}, d.entrypoint...), d.cmd...), c.Args...)
-	httpAddr := "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t))
-	adminAddr := "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t))
+	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	adminAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	tmp := t.TempDir()
 	paths := map[string]string{d.entrypoint[0]: bin}
 	for _, vm := range c.VolumeMounts { // each volume becomes a directory of ours

@@ -141,7 +141,14 @@ func start(t testing.TB, args ...string) *server {
 
 func tryStart(t testing.TB, args ...string) (*server, error) {
 	full := append([]string{"serve", "--listen", "127.0.0.1:0", "--cache-dir", env.cache}, args...)
-	s := &server{t: t, cmd: exec.Command(env.bin, full...), done: make(chan struct{})}
+	return launch(t, exec.Command(env.bin, full...))
+}
+
+// launch starts cmd, a `wcluster serve`, collecting its output, and waits
+// (at most a minute) for its "serving" line. It is stopped at cleanup, and
+// the test fails if the race detector reported anything.
+func launch(t testing.TB, cmd *exec.Cmd) (*server, error) {
+	s := &server{t: t, cmd: cmd, done: make(chan struct{})}
 	pr, pw := io.Pipe()
 	s.cmd.Stderr = pw
 	s.cmd.Stdout = pw
@@ -188,6 +195,18 @@ func tryStart(t testing.TB, args ...string) (*server, error) {
 	case <-time.After(60 * time.Second):
 		return nil, fmt.Errorf("server not serving after 60s:\n%s", s.output())
 	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago (for
+// tests whose config or command line must name their ports).
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 func (s *server) output() string {

@@ -107,17 +107,6 @@ func (w *watched) tryAwait(re string, d time.Duration) ([]string, error) {
 	}
 }
 
-// freeLoopbackPort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freeLoopbackPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // socketActivated runs `systemd-socket-activate -l 127.0.0.1:PORT [extra]
 // argv...` and waits until it listens; it returns the process and the
 // address. The activator execs argv in place on the first connection, so
@@ -129,7 +118,7 @@ func socketActivated(t *testing.T, extra []string, argv ...string) (*watched, st
 		t.Skip("systemd-socket-activate not installed (Debian package systemd; .ci/run installs it)")
 	}
 	for try := 0; ; try++ {
-		addr := "127.0.0.1:" + strconv.Itoa(freeLoopbackPort(t))
+		addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 		args := append([]string{"-l", addr}, extra...)
 		w := launchWatched(t, exec.Command(tool, append(args, argv...)...))
 		_, err := w.tryAwait(`Listening on `+regexp.QuoteMeta(addr)+` as 3\.`, 30*time.Second)

@@ -6,7 +6,6 @@ package tests
 // in its own worker group next to a quiet one under load.
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -58,19 +57,6 @@ var (
 	probeBuildErr error
 )
 
-// freePort returns a loopback port free a moment ago. A config names its
-// listeners, so the test picks them; the window in which another process
-// could take one is a few milliseconds.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // writeTestCert writes a self-signed certificate for names and its key into
 // dir as NAME.pem and NAME-key.pem, and returns their paths.
 func writeTestCert(t *testing.T, dir, name string, names ...string) (cert, key string) {
@@ -107,50 +93,11 @@ func writeTestCert(t *testing.T, dir, name string, names ...string) (cert, key s
 // environment and waits (at most a minute) for its "serving" line.
 func startConfig(t *testing.T, cfg string, extraEnv ...string) *server {
 	t.Helper()
-	s := &server{t: t, cmd: exec.Command(env.bin, "serve", "--config", cfg), done: make(chan struct{})}
-	s.cmd.Env = append(os.Environ(), extraEnv...)
-	pr, pw := io.Pipe()
-	s.cmd.Stderr, s.cmd.Stdout = pw, pw
-	if err := s.cmd.Start(); err != nil {
+	cmd := exec.Command(env.bin, "serve", "--config", cfg)
+	cmd.Env = append(os.Environ(), extraEnv...)
+	s, err := launch(t, cmd)
+	if err != nil {
 		t.Fatal(err)
-	}
-	ready := make(chan struct{}, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			s.mu.Lock()
-			s.out.WriteString(line + "\n")
-			s.mu.Unlock()
-			if strings.Contains(line, "wcluster: serving") {
-				select {
-				case ready <- struct{}{}:
-				default:
-				}
-			}
-		}
-	}()
-	go func() {
-		s.err = s.cmd.Wait()
-		pw.Close()
-		close(s.done)
-	}()
-	t.Cleanup(func() {
-		s.stop()
-		if strings.Contains(s.output(), "DATA RACE") {
-			t.Errorf("the race detector reported a data race in wcluster")
-		}
-		if t.Failed() {
-			t.Logf("server output:\n%s", s.output())
-		}
-	})
-	select {
-	case <-ready:
-	case <-s.done:
-		t.Fatalf("server exited before serving (%v):\n%s", s.err, s.output())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("server not serving after 60s:\n%s", s.output())
 	}
 	return s
 }

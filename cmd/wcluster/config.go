@@ -80,26 +80,18 @@ type listenerPlan struct {
 
 // tenantPlan is one [[tenant]], checked, paths absolute, defaults filled in.
 type tenantPlan struct {
-	Name         string            `json:"name"`
-	Group        string            `json:"group"`
-	Handler      string            `json:"handler"`
-	Listen       []string          `json:"listen"`
-	Hosts        []string          `json:"hosts,omitempty"`
-	TLSCert      string            `json:"tls_cert,omitempty"`
-	TLSKey       string            `json:"tls_key,omitempty"`
-	MemoryLimit  uint64            `json:"memory_limit"`
-	Timeout      time.Duration     `json:"timeout"`
-	ReadTimeout  time.Duration     `json:"read_timeout"`
-	WriteTimeout time.Duration     `json:"write_timeout"`
-	IdleTimeout  time.Duration     `json:"idle_timeout"`
-	Instances    int               `json:"instances"`
-	MinInstances int               `json:"instances_min"`
-	MaxReuse     int               `json:"max_reuse"`
-	Fresh        bool              `json:"fresh"`
-	MaxConns     int               `json:"max_conns"`
-	Env          []string          `json:"env,omitempty"` // KEY=value, sorted
-	Config       map[string]string `json:"config,omitempty"`
-	Mount        string            `json:"mount,omitempty"`
+	Name    string   `json:"name"`
+	Group   string   `json:"group"`
+	Handler string   `json:"handler"`
+	Listen  []string `json:"listen"`
+	Hosts   []string `json:"hosts,omitempty"`
+	TLSCert string   `json:"tls_cert,omitempty"`
+	TLSKey  string   `json:"tls_key,omitempty"`
+	limits
+	MaxConns int               `json:"max_conns"`
+	Env      []string          `json:"env,omitempty"` // KEY=value, sorted
+	Config   map[string]string `json:"config,omitempty"`
+	Mount    string            `json:"mount,omitempty"`
 
 	who               string // `tenant "NAME"` (or `tenant #N` without a name) in messages
 	line, handlerLine int    // where it is in the file, for prepare's messages
@@ -145,14 +137,9 @@ func (c *fileConfig) dispatchConfig(g *groupPlan) dispatch.Config {
 
 // options are the host.Options of tenant t in a worker.
 func (t *tenantPlan) options(wasm []byte, cacheDir string, workerID int, log *slog.Logger) host.Options {
-	return host.Options{
-		Wasm: wasm, Name: t.Name, CacheDir: cacheDir, WorkerID: workerID,
-		MemoryLimit: t.MemoryLimit, Timeout: t.Timeout,
-		ReadTimeout: t.ReadTimeout, WriteTimeout: t.WriteTimeout, IdleTimeout: t.IdleTimeout,
-		Instances: t.Instances, MinInstances: t.MinInstances, MaxReuse: t.MaxReuse, Fresh: t.Fresh,
-		Env: t.Env, Config: t.Config, Mount: t.Mount,
-		Logger: log.With("tenant", t.Name),
-	}
+	o := t.limits.options(wasm, t.Name, cacheDir, workerID, log.With("tenant", t.Name))
+	o.Env, o.Config, o.Mount = t.Env, t.Config, t.Mount
+	return o
 }
 
 // prepare compiles every tenant's module as the workers will (filling the

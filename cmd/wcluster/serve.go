@@ -27,19 +27,11 @@ import (
 // handlerConfig is what every worker needs to build its host.Handler; the
 // master passes it through dispatch untouched.
 type handlerConfig struct {
-	Path         string        `json:"path,omitempty"` // "" means the embedded default
-	CacheDir     string        `json:"cache_dir"`
-	MemoryLimit  uint64        `json:"memory_limit"`
-	Timeout      time.Duration `json:"timeout"`
-	ReadTimeout  time.Duration `json:"read_timeout"`
-	WriteTimeout time.Duration `json:"write_timeout"`
-	IdleTimeout  time.Duration `json:"idle_timeout"`
-	Instances    int           `json:"instances"`
-	MinInstances int           `json:"min_instances"`
-	MaxReuse     int           `json:"max_reuse"`
-	Fresh        bool          `json:"fresh"`
-	LogLevel     string        `json:"log_level"`
-	LogFormat    string        `json:"log_format"`
+	Path     string `json:"path,omitempty"` // "" means the embedded default
+	CacheDir string `json:"cache_dir"`
+	limits
+	LogLevel  string `json:"log_level"`
+	LogFormat string `json:"log_format"`
 	// TLSCert and TLSKey, when set, make the worker terminate TLS; it reads
 	// the files itself, so the key never passes through the environment.
 	TLSCert string `json:"tls_cert,omitempty"`
@@ -61,11 +53,29 @@ func (c *handlerConfig) load() (wasm []byte, name string, err error) {
 }
 
 func (c *handlerConfig) options(wasm []byte, name string, workerID int, log *slog.Logger) host.Options {
+	return c.limits.options(wasm, name, c.CacheDir, workerID, log)
+}
+
+// limits are a handler's guest limits, from serve's flags or a tenant.
+type limits struct {
+	MemoryLimit  uint64        `json:"memory_limit"`
+	Timeout      time.Duration `json:"timeout"`
+	ReadTimeout  time.Duration `json:"read_timeout"`
+	WriteTimeout time.Duration `json:"write_timeout"`
+	IdleTimeout  time.Duration `json:"idle_timeout"`
+	Instances    int           `json:"instances"`
+	MinInstances int           `json:"instances_min"`
+	MaxReuse     int           `json:"max_reuse"`
+	Fresh        bool          `json:"fresh"`
+}
+
+// options are the host.Options of a handler with these limits.
+func (l *limits) options(wasm []byte, name, cacheDir string, workerID int, log *slog.Logger) host.Options {
 	return host.Options{
-		Wasm: wasm, Name: name, CacheDir: c.CacheDir, WorkerID: workerID,
-		MemoryLimit: c.MemoryLimit, Timeout: c.Timeout,
-		ReadTimeout: c.ReadTimeout, WriteTimeout: c.WriteTimeout, IdleTimeout: c.IdleTimeout,
-		Instances: c.Instances, MinInstances: c.MinInstances, MaxReuse: c.MaxReuse, Fresh: c.Fresh,
+		Wasm: wasm, Name: name, CacheDir: cacheDir, WorkerID: workerID,
+		MemoryLimit: l.MemoryLimit, Timeout: l.Timeout,
+		ReadTimeout: l.ReadTimeout, WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout,
+		Instances: l.Instances, MinInstances: l.MinInstances, MaxReuse: l.MaxReuse, Fresh: l.Fresh,
 		Logger: log,
 	}
 }
@@ -155,11 +165,14 @@ func serveAction(c *cli.Context) error {
 		return fmt.Errorf("--log-format %q: use text or json", format)
 	}
 	hc := handlerConfig{
-		Path: c.Args().First(), CacheDir: c.String("cache-dir"), MemoryLimit: mem,
-		Timeout: c.Duration("timeout"), ReadTimeout: c.Duration("read-timeout"),
-		WriteTimeout: c.Duration("write-timeout"), IdleTimeout: c.Duration("idle-timeout"),
-		Instances: c.Int("instances"), MinInstances: c.Int("instances-min"),
-		MaxReuse: c.Int("max-reuse"), Fresh: mode == "fresh",
+		Path: c.Args().First(), CacheDir: c.String("cache-dir"),
+		limits: limits{
+			MemoryLimit: mem,
+			Timeout:     c.Duration("timeout"), ReadTimeout: c.Duration("read-timeout"),
+			WriteTimeout: c.Duration("write-timeout"), IdleTimeout: c.Duration("idle-timeout"),
+			Instances: c.Int("instances"), MinInstances: c.Int("instances-min"),
+			MaxReuse: c.Int("max-reuse"), Fresh: mode == "fresh",
+		},
 		LogLevel: c.String("log-level"), LogFormat: format,
 	}
 	if (c.String("tls-cert") == "") != (c.String("tls-key") == "") {
