@@ -221,7 +221,7 @@ func routerStats(r *host.Router) map[string]any {
 		st["refused"] = t.Refused
 		tenants[name] = st
 	}
-	return map[string]any{"tenants": tenants, "misdirected": s.Misdirected, "tls_failures": s.TLSFailures}
+	return withTotals(map[string]any{"tenants": tenants, "misdirected": s.Misdirected, "tls_failures": s.TLSFailures})
 }
 
 // checkConfigFile is `wcluster check --config FILE`: it loads and checks the
