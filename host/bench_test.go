@@ -174,14 +174,14 @@ func BenchmarkGuestCall(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				defer h.release(inst, true)
+				defer h.release(inst, true, time.Now())
 				c := &conn{id: 1, h: h}
 				req := []byte(benchRequest)
 				b.ReportAllocs()
 				b.ResetTimer()
 				for range b.N {
 					c.pending, c.wclosed = req, true
-					if _, err := inst.handle(c, 0); err != nil {
+					if _, err := inst.handle(c, 0, time.Now()); err != nil {
 						b.Fatal(err)
 					}
 					if len(c.pending) != 0 {
@@ -382,7 +382,7 @@ func benchParallel(b *testing.B, kind string, limits bool) {
 			insts = append(insts, inst)
 		}
 		for _, inst := range insts {
-			h.release(inst, true)
+			h.release(inst, true, time.Now())
 		}
 	}
 	var mu sync.Mutex
@@ -442,13 +442,13 @@ func BenchmarkSpin(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				defer h.release(inst, true)
+				defer h.release(inst, true, time.Now())
 				c := &conn{id: 1, h: h}
 				req := []byte(g.req)
 				b.ResetTimer()
 				for range b.N {
 					c.pending, c.wclosed = req, true
-					if _, err := inst.handle(c, 0); err != nil {
+					if _, err := inst.handle(c, 0, time.Now()); err != nil {
 						b.Fatal(err)
 					}
 				}

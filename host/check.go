@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -158,30 +157,39 @@ func signature(params, results []api.ValueType) string {
 func Inspect(ctx context.Context, wasm []byte) (Info, error) {
 	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigCompiler())
 	defer rt.Close(ctx)
-	cm, err := compile(ctx, rt, wasm)
+	cm, err := compile(ctx, rt, wasm, false)
 	if err != nil {
 		return Info{}, err
 	}
 	return inspect(cm)
 }
 
-func compile(ctx context.Context, rt wazero.Runtime, wasm []byte) (wazero.CompiledModule, error) {
+func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) (wazero.CompiledModule, error) {
 	if len(wasm) < 4 || string(wasm[:4]) != "\x00asm" {
 		return nil, errors.New("not a WebAssembly module (no \\0asm magic): pass a .wasm file")
 	}
-	cm, err := rt.CompileModule(ctx, wasm)
+	code := wasm
+	if limited {
+		var ierr error
+		if code, ierr = instrument(wasm); ierr != nil {
+			// wazero's own error is the clearer one for a broken module.
+			if _, err := rt.CompileModule(ctx, wasm); err != nil {
+				return nil, fmt.Errorf("invalid WebAssembly module: %w", err)
+			}
+			return nil, fmt.Errorf("cannot add time-limit checks to this module (%v): serve it with --timeout 0", ierr)
+		}
+	}
+	cm, err := rt.CompileModule(ctx, code)
 	if err != nil {
 		return nil, fmt.Errorf("invalid WebAssembly module: %w", err)
 	}
 	return cm, nil
 }
 
-// newRuntime makes the runtime a Handler runs in. Guests are interruptible
-// only when a time limit is set, since the checks that make them so slow
-// compute-heavy code down.
+// newRuntime makes the runtime a Handler runs in. wazero's own termination
+// checks stay off: a time limit is kept by instrument's cheaper ones.
 func newRuntime(ctx context.Context, o *Options) (wazero.Runtime, error) {
-	interruptible := o.Timeout > 0
-	cfg := wazero.NewRuntimeConfigCompiler().WithCloseOnContextDone(interruptible)
+	cfg := wazero.NewRuntimeConfigCompiler()
 	if o.MemoryLimit > 0 {
 		pages := o.MemoryLimit / 65536
 		if pages < 1 {
@@ -193,16 +201,10 @@ func newRuntime(ctx context.Context, o *Options) (wazero.Runtime, error) {
 		cfg = cfg.WithMemoryLimitPages(uint32(pages))
 	}
 	if o.CacheDir != "" {
-		// wazero's cache key ignores whether termination checks were compiled
-		// in, so code compiled without them must never be loaded where a time
-		// limit is expected: each setting gets its own directory.
-		cacheDir := filepath.Join(o.CacheDir, "plain")
-		if interruptible {
-			cacheDir = filepath.Join(o.CacheDir, "interruptible")
-		}
-		cache, err := wazero.NewCompilationCacheWithDir(cacheDir)
+		// The instrumented module is other bytes, so it has its own key.
+		cache, err := wazero.NewCompilationCacheWithDir(o.CacheDir)
 		if err != nil {
-			return nil, fmt.Errorf("compilation cache %s: %w", cacheDir, err)
+			return nil, fmt.Errorf("compilation cache %s: %w", o.CacheDir, err)
 		}
 		cfg = cfg.WithCompilationCache(cache)
 	}

@@ -134,7 +134,11 @@ type Handler struct {
 		latencyNs                                                      atomic.Uint64
 	}
 
-	stop chan struct{} // closed by Close: stops maintain
+	// limited holds every instance under the time limit, for watch.
+	limitMu sync.Mutex
+	limited map[*instance]struct{}
+
+	stop chan struct{} // closed by Close: stops maintain and watch
 	done sync.WaitGroup
 }
 
@@ -146,7 +150,8 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, stop: make(chan struct{})}
+	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
+		stop: make(chan struct{})}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
 	if err := h.init(ctx); err != nil {
 		rt.Close(ctx)
@@ -157,11 +162,15 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 	}
 	h.done.Add(1)
 	go h.maintain()
+	if opts.Timeout > 0 {
+		h.done.Add(1)
+		go h.watch()
+	}
 	return h, nil
 }
 
 func (h *Handler) init(ctx context.Context) error {
-	cm, err := compile(ctx, h.rt, h.opts.Wasm)
+	cm, err := compile(ctx, h.rt, h.opts.Wasm, h.opts.Timeout > 0)
 	if err != nil {
 		return err
 	}
@@ -233,7 +242,7 @@ func Prepare(ctx context.Context, opts Options) (Info, error) {
 		return Info{}, err
 	}
 	defer rt.Close(ctx)
-	cm, err := compile(ctx, rt, opts.Wasm)
+	cm, err := compile(ctx, rt, opts.Wasm, opts.Timeout > 0)
 	if err != nil {
 		return Info{}, err
 	}
@@ -409,10 +418,10 @@ func (h *Handler) call(ctx context.Context, c *conn, flags int32) (keep bool) {
 	}
 	h.stats.calls.Add(1)
 	begin := time.Now()
-	res, err := inst.handle(c, flags)
-	h.observe(time.Since(begin))
-	healthy := err == nil
-	h.release(inst, healthy)
+	res, err := inst.handle(c, flags, begin)
+	end := time.Now()
+	h.observe(end.Sub(begin))
+	h.release(inst, err == nil, end)
 	if err != nil {
 		h.report(c, err)
 		return false
@@ -451,26 +460,22 @@ func (h *Handler) runCommand(ctx context.Context, c *conn) {
 	}
 	defer func() { <-h.sem }()
 	h.stats.calls.Add(1)
-	run := ctx
-	if h.opts.Timeout > 0 {
-		var cancel context.CancelFunc
-		run, cancel = context.WithTimeout(ctx, h.opts.Timeout)
-		defer cancel()
-		c.deadline = time.Now().Add(h.opts.Timeout)
-	}
 	inst := &instance{h: h, cur: c}
-	inst.ctx = instContext{Context: run, inst: inst}
-	start := time.Now()
-	mod, err := h.rt.InstantiateModule(inst.ctx, h.compiled, h.modCfg.
-		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}))
+	begin := time.Now()
+	if h.opts.Timeout > 0 {
+		c.deadline = begin.Add(h.opts.Timeout)
+	}
+	mod, err := h.instantiate(ctx, inst, h.modCfg.
+		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}), "_start")
 	inst.flushLog()
 	h.stats.instances.Add(1)
-	h.stats.instanceNs.Add(uint64(time.Since(start)))
-	if mod != nil {
-		inst.mem = mod.Memory()
-		defer mod.Close(ctx)
-	}
+	h.stats.instanceNs.Add(uint64(time.Since(begin)))
+	defer inst.close(ctx)
 	if err != nil && !isExit0(err) {
+		if mod == nil {
+			h.report(c, err)
+			return
+		}
 		h.report(c, inst.deadlineErr(err))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/sys"
 
@@ -30,16 +31,16 @@ type instance struct {
 	errbuf []byte // stderr bytes since the last newline
 	uses   int
 	last   time.Time // when it was last returned to the pool
+	live   bool      // counted in stats.live
 
-	// mu guards the time-limit state shared with timer's callback.
+	// Time limit (nil stopFlag and stop without one). mu guards began and
+	// timedOut, shared with the Handler's watchdog.
+	stopFlag api.MutableGlobal // instrument's flag: non-zero stops the guest
 	mu       sync.Mutex
-	timer    *time.Timer
-	running  bool
+	began    time.Time // start of the running call; zero between calls
 	timedOut bool
-	// stop is closed when a call overruns the time limit: the calls' context
-	// reports done, so wazero stops the guest at its next check (from the
-	// calling goroutine, so nothing the guest still uses is closed under it),
-	// and a guest asleep in the host wakes up. nil without a limit.
+	// stop is closed when a call overruns the time limit, to wake a guest
+	// asleep in the host.
 	stop chan struct{}
 }
 
@@ -94,55 +95,78 @@ func instanceOf(ctx context.Context) *instance {
 	return inst
 }
 
-// newInstance instantiates the module and runs its _initialize, within the
-// time limit.
-func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
-	inst := &instance{h: h}
-	if h.opts.Timeout > 0 {
-		inst.stop = make(chan struct{})
-	}
-	parent := ctx
-	if h.opts.Timeout > 0 {
-		var cancel context.CancelFunc
-		parent, cancel = context.WithTimeout(ctx, h.opts.Timeout)
-		defer cancel()
-	}
-	inst.ctx = instContext{Context: parent, inst: inst}
-	start := time.Now()
-	mod, err := h.rt.InstantiateModule(inst.ctx, h.compiled, h.modCfg.
-		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}).
-		WithNanosleep(inst.nanosleep).
-		WithStartFunctions(abi.ExportInitialize))
+// instantiate makes a module instance for inst, then runs its start
+// function (if exported) within the time limit: the module is instantiated
+// without it, so that the watchdog can stop it like any call.
+func (h *Handler) instantiate(ctx context.Context, inst *instance, cfg wazero.ModuleConfig, start string) (api.Module, error) {
+	inst.ctx = instContext{Context: ctx, inst: inst}
+	mod, err := h.rt.InstantiateModule(inst.ctx, h.compiled, cfg.WithStartFunctions())
 	if err != nil {
 		if mod != nil {
 			mod.Close(ctx)
 		}
-		if errors.Is(parent.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("instantiate: _initialize ran past the %v time limit", h.opts.Timeout)
-		}
 		return nil, fmt.Errorf("instantiate: %s", oneLine(err))
 	}
-	h.stats.instances.Add(1)
-	h.stats.instanceNs.Add(uint64(time.Since(start)))
-	h.stats.live.Add(1)
 	inst.mod = mod
 	inst.mem = mod.Memory()
-	inst.entry = mod.ExportedFunction(abi.ExportHandle)
-	// Calls run under the instance's own context, done only when the
-	// timer closes stop: one timer per instance, no context per call.
-	inst.ctx = instContext{inst: inst}
 	if h.opts.Timeout > 0 {
-		inst.timer = time.AfterFunc(time.Hour, inst.expire)
-		inst.timer.Stop()
+		g, ok := mod.ExportedGlobal(stopExport).(api.MutableGlobal)
+		if !ok {
+			mod.Close(ctx)
+			return nil, errors.New("instantiate: the time-limit flag is missing")
+		}
+		inst.stopFlag = g
+		inst.stop = make(chan struct{})
+		h.track(inst, true)
 	}
+	fn := mod.ExportedFunction(start)
+	if fn == nil {
+		return mod, nil
+	}
+	inst.arm(time.Now())
+	_, err = fn.Call(inst.ctx)
+	if inst.disarm() {
+		err = errDeadline
+	}
+	return mod, err
+}
+
+// newInstance instantiates the module and runs its _initialize, within the
+// time limit.
+func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
+	inst := &instance{h: h}
+	begin := time.Now()
+	cfg := h.modCfg.WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}).
+		WithNanosleep(inst.nanosleep)
+	mod, err := h.instantiate(ctx, inst, cfg, abi.ExportInitialize)
+	if err != nil {
+		inst.close(ctx)
+		if errors.Is(err, errDeadline) {
+			return nil, fmt.Errorf("instantiate: _initialize ran past the %v time limit", h.opts.Timeout)
+		}
+		if mod != nil {
+			return nil, fmt.Errorf("instantiate: %s", oneLine(err))
+		}
+		return nil, err
+	}
+	h.stats.instances.Add(1)
+	h.stats.instanceNs.Add(uint64(time.Since(begin)))
+	h.stats.live.Add(1)
+	inst.live = true
+	inst.entry = mod.ExportedFunction(abi.ExportHandle)
+	// Calls run under the instance's own context: no context per call.
+	inst.ctx = instContext{inst: inst}
 	return inst, nil
 }
 
-// handle runs one call of wcluster_handle for c.
-func (inst *instance) handle(c *conn, flags int32) (uint64, error) {
+// handle runs one call of wcluster_handle for c, which began at now.
+func (inst *instance) handle(c *conn, flags int32, now time.Time) (uint64, error) {
 	inst.cur = c
 	inst.uses++
-	inst.arm()
+	if t := inst.h.opts.Timeout; t > 0 {
+		c.deadline = now.Add(t)
+		inst.arm(now)
+	}
 	inst.stack[0] = uint64(uint32(flags))
 	err := inst.entry.CallWithStack(inst.ctx, inst.stack[:])
 	timedOut := inst.disarm()
@@ -158,47 +182,40 @@ func (inst *instance) handle(c *conn, flags int32) (uint64, error) {
 	return inst.stack[0], nil
 }
 
-// arm starts the time limit of a call.
-func (inst *instance) arm() {
-	t := inst.h.opts.Timeout
-	if t <= 0 {
-		return
-	}
-	if inst.cur != nil {
-		inst.cur.deadline = time.Now().Add(t)
-	}
-	if inst.timer == nil {
+// arm starts the time limit of a call that began at now.
+func (inst *instance) arm(now time.Time) {
+	if inst.stopFlag == nil {
 		return
 	}
 	inst.mu.Lock()
-	inst.running = true
-	inst.timer.Reset(t)
+	inst.began = now
 	inst.mu.Unlock()
 }
 
 // disarm ends the time limit of a call and reports whether it expired.
 func (inst *instance) disarm() bool {
-	if inst.timer == nil {
+	if inst.stopFlag == nil {
 		return false
 	}
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
-	inst.running = false
-	inst.timer.Stop()
+	inst.began = time.Time{}
 	return inst.timedOut
 }
 
-// expire stops a call that overran the time limit: it closes stop, and the
-// guest exits at its next check (wazero watches the call's context); the
-// instance is never reused. It does not close the module itself: that
-// would free what a host function of the guest may be using right now.
-func (inst *instance) expire() {
+// expire stops the running call if it began limit or more before now: the
+// guest traps at its next function entry or loop iteration, and a guest
+// asleep in the host wakes. The instance is never reused. (Closing the
+// module instead would free what a host function of the guest may be using
+// right now.)
+func (inst *instance) expire(now time.Time, limit time.Duration) {
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
-	if !inst.running || inst.timedOut {
+	if inst.began.IsZero() || inst.timedOut || now.Sub(inst.began) < limit {
 		return
 	}
 	inst.timedOut = true
+	inst.stopFlag.Set(1)
 	close(inst.stop)
 }
 
@@ -241,9 +258,14 @@ func (inst *instance) deadlineErr(err error) error {
 }
 
 func (inst *instance) close(ctx context.Context) {
+	if inst.stopFlag != nil {
+		inst.h.track(inst, false)
+	}
 	if inst.mod != nil {
 		inst.mod.Close(ctx)
-		inst.h.stats.live.Add(-1)
+		if inst.live {
+			inst.h.stats.live.Add(-1)
+		}
 	}
 }
 
@@ -321,12 +343,12 @@ func (h *Handler) acquire(ctx context.Context) (*instance, error) {
 	}
 }
 
-// release returns an instance after a call; one that failed, is fresh-only
+// release returns an instance after a call that ended at now; one that failed, is fresh-only
 // or has served MaxReuse calls is closed instead.
-func (h *Handler) release(inst *instance, healthy bool) {
+func (h *Handler) release(inst *instance, healthy bool, now time.Time) {
 	reuse := healthy && !h.opts.Fresh && (h.opts.MaxReuse <= 0 || inst.uses < h.opts.MaxReuse)
 	if reuse {
-		inst.last = time.Now()
+		inst.last = now
 		h.mu.Lock()
 		h.idle = append(h.idle, inst)
 		h.mu.Unlock()
@@ -338,6 +360,46 @@ func (h *Handler) release(inst *instance, healthy bool) {
 		inst.close(context.Background())
 	}
 	<-h.sem
+}
+
+// track adds inst to (or removes it from) the instances the watchdog checks.
+func (h *Handler) track(inst *instance, add bool) {
+	h.limitMu.Lock()
+	defer h.limitMu.Unlock()
+	if add {
+		h.limited[inst] = struct{}{}
+	} else {
+		delete(h.limited, inst)
+	}
+}
+
+// watch stops calls that overrun the time limit, checking every eighth of
+// it (1 s at most, 5 ms at least): a call is stopped within that much after
+// its limit. One goroutine per handler rather than a timer per call keeps
+// the time limit off each request's path. It runs until Close.
+func (h *Handler) watch() {
+	defer h.done.Done()
+	limit := h.opts.Timeout
+	tick := time.NewTicker(min(max(limit/8, 5*time.Millisecond), time.Second))
+	defer tick.Stop()
+	var insts []*instance
+	for {
+		select {
+		case <-h.stop:
+			return
+		case now := <-tick.C:
+			h.limitMu.Lock()
+			insts = insts[:0]
+			for inst := range h.limited {
+				insts = append(insts, inst)
+			}
+			h.limitMu.Unlock()
+			for _, inst := range insts {
+				inst.expire(now, limit)
+			}
+			clear(insts)
+		}
+	}
 }
 
 // maintain shrinks the pool: instances idle for longer than idleInstance,
