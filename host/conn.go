@@ -22,8 +22,7 @@ import (
 // terminates TLS, tls.tc (built on f) carries every read and write, and
 // parking reads through it too: decrypted bytes may sit buffered inside it,
 // where a wait on the raw socket would not see them. (The TLS state hangs
-// off a pointer, and the flags are packed, so that a plaintext conn stays in
-// its 112-byte size class.)
+// off a pointer: a plaintext conn need not carry it.)
 type conn struct {
 	f   *os.File
 	rc  syscall.RawConn
@@ -40,6 +39,20 @@ type conn struct {
 	parked   atomic.Bool // waiting in park, holding no instance
 	wclosed  bool        // conn_close_write was called
 	rdl      bool        // a read deadline is set on f
+	// idleAt is the read deadline park set on f (zero once another
+	// replaced it); lastActive is when the last call ended. park moves the
+	// deadline only when it has passed, not per request: a connection is
+	// idle once lastActive is IdleTimeout old.
+	idleAt, lastActive time.Time
+
+	// The raw write and park's read, bound once per connection (a closure
+	// made per call would be an allocation per request), and their
+	// arguments and results.
+	writeFn, readFn func(fd uintptr) bool
+	ioBuf           []byte
+	ioBp            *[]byte
+	ioN             int
+	ioErr           error
 }
 
 // tlsState is a TLS connection's: the session, and what park reads into
@@ -54,7 +67,34 @@ func newConn(f *os.File, id int64, h *Handler) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &conn{f: f, rc: rc, id: id, h: h}, nil
+	return newConnOn(f, rc, nil, id, h), nil
+}
+
+func newConnOn(f *os.File, rc syscall.RawConn, tls *tlsState, id int64, h *Handler) *conn {
+	c := &conn{f: f, rc: rc, tls: tls, id: id, h: h}
+	c.writeFn, c.readFn = c.rawWrite, c.rawRead
+	return c
+}
+
+// rawWrite writes ioBuf once, without waiting.
+func (c *conn) rawWrite(fd uintptr) bool {
+	c.ioN, c.ioErr = unix.Write(int(fd), c.ioBuf)
+	return true
+}
+
+// rawRead reads into a buffer from the pool (ioBp), or reports false to wait
+// for readability without holding one.
+func (c *conn) rawRead(fd uintptr) bool {
+	if c.ioBp == nil {
+		c.ioBp = c.h.bufs.Get().(*[]byte)
+	}
+	c.ioN, c.ioErr = unix.Read(int(fd), *c.ioBp)
+	if c.ioErr == unix.EAGAIN {
+		c.h.bufs.Put(c.ioBp)
+		c.ioBp = nil
+		return false
+	}
+	return true
 }
 
 // giveBack returns the buffer park lent to pending once nothing views it.
@@ -108,6 +148,7 @@ func (c *conn) read(p []byte) int32 {
 	if t := c.earliest(c.h.opts.ReadTimeout); !t.IsZero() || c.rdl {
 		c.f.SetReadDeadline(t)
 		c.rdl = !t.IsZero()
+		c.idleAt = time.Time{}
 	}
 	var n int
 	var err error
@@ -131,6 +172,27 @@ func (c *conn) write(p []byte) int32 {
 	if len(p) == 0 {
 		return 0
 	}
+	all := int32(len(p))
+	if c.tls == nil {
+		// An answer that fits the socket's buffer, as most do, takes one
+		// non-blocking write and no deadline: only one that would block
+		// sets it and waits.
+		c.ioBuf = p
+		err := c.rc.Write(c.writeFn)
+		c.ioBuf = nil
+		if err != nil {
+			return ioCode(err)
+		}
+		n, werr := c.ioN, c.ioErr
+		switch {
+		case werr == nil && n == len(p):
+			return all
+		case werr != nil && werr != unix.EAGAIN && werr != unix.EINTR:
+			return abi.ErrClosed
+		case n > 0:
+			p = p[n:]
+		}
+	}
 	if t := c.earliest(c.h.opts.WriteTimeout); !t.IsZero() {
 		c.f.SetWriteDeadline(t)
 		defer c.f.SetWriteDeadline(time.Time{})
@@ -144,7 +206,7 @@ func (c *conn) write(p []byte) int32 {
 	if err != nil {
 		return ioCode(err)
 	}
-	return int32(len(p))
+	return all
 }
 
 func ioCode(err error) int32 {
@@ -208,23 +270,25 @@ func (c *conn) peerAddr() string {
 // closes, the idle timeout passes, or Drain wakes it. It reports false when
 // the connection should simply be closed (idle timeout or error).
 func (c *conn) park() bool {
-	var t time.Time
-	if c.h.opts.IdleTimeout > 0 {
-		t = time.Now().Add(c.h.opts.IdleTimeout)
-	}
 	if c.unseen > 0 {
 		// Bytes read ahead that the guest has not seen are waiting (it read
 		// only part of them): call it again at once, as a peek would have.
 		return true
 	}
+	idle := c.h.opts.IdleTimeout
 	c.parked.Store(true)
 	defer c.parked.Store(false)
-	c.f.SetReadDeadline(t)
-	c.rdl = !t.IsZero()
-	// Checked after the deadline is set: a wake from here on moves it.
-	if c.woken.Load() {
+	if idle > 0 && (c.idleAt.IsZero() || !c.idleAt.After(c.lastActive)) {
+		c.idleAt = c.lastActive.Add(idle)
+		c.f.SetReadDeadline(c.idleAt)
+		c.rdl = true
+	} else if idle <= 0 && c.rdl {
 		c.f.SetReadDeadline(time.Time{})
 		c.rdl = false
+	}
+	// Checked after the deadline is set: a wake from here on moves it.
+	if c.woken.Load() {
+		c.clearReadDeadline()
 		return true
 	}
 	if c.tls != nil {
@@ -234,28 +298,35 @@ func (c *conn) park() bool {
 	// back once the guest has read it all) rather than peek and let the
 	// guest read: one system call fewer per request. An idle connection
 	// holds no buffer: it is taken only once bytes are there.
-	var n int
-	var rerr error
-	var bp *[]byte
-	err := c.rc.Read(func(fd uintptr) bool {
-		if bp == nil {
-			bp = c.h.bufs.Get().(*[]byte)
+	for {
+		err := c.rc.Read(c.readFn)
+		if err == nil {
+			break
 		}
-		n, rerr = unix.Read(int(fd), *bp)
-		if rerr == unix.EAGAIN {
-			// Nothing yet: wait without the buffer.
-			c.h.bufs.Put(bp)
-			bp = nil
+		if c.woken.Load() {
+			c.clearReadDeadline()
+			return true
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) || idle <= 0 {
+			c.clearReadDeadline()
 			return false
 		}
-		return true
-	})
-	if err != nil {
-		// Woken by Drain (a deadline in the past) or idle for too long.
-		c.f.SetReadDeadline(time.Time{})
-		c.rdl = false
-		return c.woken.Load()
+		// The deadline set at an earlier park passed: idle for good only
+		// if nothing happened since.
+		if until := c.lastActive.Add(idle); time.Now().Before(until) {
+			c.idleAt = until
+			c.f.SetReadDeadline(until)
+			if c.woken.Load() { // as above: a wake may have come in between
+				c.clearReadDeadline()
+				return true
+			}
+			continue
+		}
+		c.clearReadDeadline()
+		return false
 	}
+	n, bp := c.ioN, c.ioBp
+	c.ioBp = nil
 	if n <= 0 {
 		// End of stream or an error: the guest is called and finds out on
 		// its next read, as it would have without the read-ahead.
@@ -270,6 +341,12 @@ func (c *conn) park() bool {
 	}
 	c.unseen += n
 	return true
+}
+
+func (c *conn) clearReadDeadline() {
+	c.f.SetReadDeadline(time.Time{})
+	c.rdl = false
+	c.idleAt = time.Time{}
 }
 
 // tlsParkBuf is what a parked TLS connection reads at once: one TLS record's
@@ -290,8 +367,7 @@ func (c *conn) parkTLS() bool {
 		t.buf = make([]byte, tlsParkBuf)
 	}
 	n, err := t.tc.Read(t.buf)
-	c.f.SetReadDeadline(time.Time{})
-	c.rdl = false
+	c.clearReadDeadline()
 	if n > 0 {
 		if len(c.pending) == 0 {
 			c.pending = t.buf[:n]

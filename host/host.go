@@ -117,11 +117,11 @@ type Handler struct {
 	// creating is held while a pooled instance is created (one at a time);
 	// returned is signalled when an instance goes back to the pool.
 	creating, returned chan struct{}
-	mu                 sync.Mutex // mu guards idle, conns, draining
+	mu                 sync.Mutex // mu guards idle and conns
 	idle               []*instance
 	// conns are the open connections, for Drain to wake the parked ones.
 	conns    map[*conn]struct{}
-	draining bool
+	draining atomic.Bool // set once, by Drain, under mu
 
 	nextConn atomic.Int64
 	// bufs lends parked connections a buffer for the bytes that woke them
@@ -314,7 +314,7 @@ func (h *Handler) open() int64 {
 func (h *Handler) Drain() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.draining = true
+	h.draining.Store(true)
 	for c := range h.conns {
 		c.wake()
 	}
@@ -353,13 +353,13 @@ func (h *Handler) ServeConn(ctx context.Context, f *os.File) {
 // serveTLS serves a connection whose TLS handshake tc has completed: the
 // guest reads and writes plaintext through tc.
 func (h *Handler) serveTLS(ctx context.Context, f *os.File, rc syscall.RawConn, tc *tls.Conn) {
-	h.serve(ctx, &conn{f: f, rc: rc, tls: &tlsState{tc: tc}, id: h.nextConn.Add(1), h: h})
+	h.serve(ctx, newConnOn(f, rc, &tlsState{tc: tc}, h.nextConn.Add(1), h))
 }
 
 func (h *Handler) serve(ctx context.Context, c *conn) {
 	h.mu.Lock()
 	h.conns[c] = struct{}{}
-	draining := h.draining
+	draining := h.draining.Load()
 	h.mu.Unlock()
 	defer func() {
 		h.mu.Lock()
@@ -399,9 +399,7 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 		if !c.park() {
 			return
 		}
-		h.mu.Lock()
-		draining = h.draining
-		h.mu.Unlock()
+		draining = h.draining.Load()
 		if draining && !c.hasData() {
 			return
 		}
@@ -420,6 +418,7 @@ func (h *Handler) call(ctx context.Context, c *conn, flags int32) (keep bool) {
 	begin := time.Now()
 	res, err := inst.handle(c, flags, begin)
 	end := time.Now()
+	c.lastActive = end
 	h.observe(end.Sub(begin))
 	h.release(inst, err == nil, end)
 	if err != nil {

@@ -25,7 +25,7 @@ type instance struct {
 	mod    api.Module
 	mem    api.Memory
 	entry  api.Function
-	ctx    instContext
+	ctx    context.Context // an instContext, boxed once rather than per call
 	stack  [1]uint64
 	cur    *conn
 	errbuf []byte // stderr bytes since the last newline

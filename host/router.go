@@ -329,7 +329,7 @@ func (r *Router) serveHTTP(ctx context.Context, rt *routeTable, f *os.File, rc s
 		defer t.open.Add(-1)
 	}
 	h := t.Handler
-	h.serve(ctx, &conn{f: f, rc: rc, id: h.nextConn.Add(1), h: h})
+	h.serve(ctx, newConnOn(f, rc, nil, h.nextConn.Add(1), h))
 }
 
 // misdirect answers a request no tenant on the listener serves.

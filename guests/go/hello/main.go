@@ -7,7 +7,6 @@
 package main
 
 import (
-	"bytes"
 	"strconv"
 
 	"github.com/wcluster/wcluster/guests/go/wcluster"
@@ -81,13 +80,21 @@ func flush(a wcluster.Action) wcluster.Action {
 	return a
 }
 
+// The two answers, built on first use: the worker's id does not change.
+var answerKeep, answerClose []byte
+
 func respond(keep bool) {
-	out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nX-Wcluster-Worker: "...)
-	out = strconv.AppendInt(out, int64(wcluster.WorkerID()), 10)
-	if !keep {
-		out = append(out, "\r\nConnection: close"...)
+	if answerKeep == nil {
+		head := "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nX-Wcluster-Worker: " +
+			strconv.Itoa(wcluster.WorkerID())
+		answerKeep = []byte(head + "\r\n\r\nhello world\n")
+		answerClose = []byte(head + "\r\nConnection: close\r\n\r\nhello world\n")
 	}
-	out = append(out, "\r\n\r\nhello world\n"...)
+	if keep {
+		out = append(out, answerKeep...)
+	} else {
+		out = append(out, answerClose...)
+	}
 }
 
 type request struct {
@@ -95,54 +102,114 @@ type request struct {
 	keepAlive bool
 }
 
-var crlf2 = []byte("\r\n\r\n")
-
-// parse finds one complete request at the start of b. ok is false while more
-// bytes are needed; bad reports a request this handler cannot serve.
+// parse finds one complete request at the start of b, in one pass over its
+// head. ok is false while more bytes are needed; bad reports a request this
+// handler cannot serve. Lines end in CRLF.
 func parse(b []byte) (req request, ok, bad bool) {
-	end := bytes.Index(b, crlf2)
-	if end < 0 {
-		return req, false, false
-	}
-	head := b[:end]
-	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
-	sp := bytes.LastIndexByte(line, ' ')
-	if sp < 0 || !bytes.HasPrefix(line[sp+1:], []byte("HTTP/1.")) {
-		return req, false, true
-	}
-	req.keepAlive = string(line[sp+1:]) == "HTTP/1.1"
-	body := 0
-	for len(rest) > 0 {
-		var h []byte
-		h, rest, _ = bytes.Cut(rest, []byte("\r\n"))
-		name, value, found := bytes.Cut(h, []byte(":"))
-		if !found {
-			return req, false, true
+	start, body := 0, 0
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\n' {
+			continue
 		}
-		value = bytes.TrimSpace(value)
+		if i == start || b[i-1] != '\r' {
+			return req, false, true // a bare LF
+		}
+		line := b[start : i-1]
 		switch {
-		case bytes.EqualFold(name, []byte("Content-Length")):
-			v, err := strconv.Atoi(string(value))
-			if err != nil || v < 0 {
+		case len(line) == 0: // the empty line ending the head
+			if start == 0 {
 				return req, false, true
 			}
-			body = v
-		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
-			return req, false, true // chunked request bodies are not served
-		case bytes.EqualFold(name, []byte("Connection")):
-			if bytes.EqualFold(value, []byte("close")) {
-				req.keepAlive = false
-			} else if bytes.EqualFold(value, []byte("keep-alive")) {
-				req.keepAlive = true
+			req.size = i + 1 + body
+			if req.size > len(b) {
+				if req.size > len(in) {
+					return req, false, true // body larger than the buffer: not served by hello
+				}
+				return req, false, false
+			}
+			return req, true, false
+		case start == 0: // the request line: METHOD TARGET HTTP/1.x
+			sp := lastSpace(line)
+			if sp < 0 || len(line)-sp != 9 || string(line[sp+1:sp+8]) != "HTTP/1." {
+				return req, false, true
+			}
+			req.keepAlive = line[sp+8] == '1'
+		default:
+			colon := 0
+			for colon < len(line) && line[colon] != ':' {
+				colon++
+			}
+			if colon == len(line) {
+				return req, false, true
+			}
+			name, value := line[:colon], trim(line[colon+1:])
+			switch {
+			case len(name) == 14 && lowerIs(name, "content-length"):
+				v, good := atoi(value)
+				if !good {
+					return req, false, true
+				}
+				body = v
+			case len(name) == 17 && lowerIs(name, "transfer-encoding"):
+				return req, false, true // chunked request bodies are not served
+			case len(name) == 10 && lowerIs(name, "connection"):
+				if len(value) == 5 && lowerIs(value, "close") {
+					req.keepAlive = false
+				} else if len(value) == 10 && lowerIs(value, "keep-alive") {
+					req.keepAlive = true
+				}
 			}
 		}
+		start = i + 1
 	}
-	req.size = end + 4 + body
-	if req.size > len(b) {
-		if req.size > len(in) {
-			return req, false, true // body larger than the buffer: not served by hello
+	return req, false, false
+}
+
+func lastSpace(b []byte) int {
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] == ' ' {
+			return i
 		}
-		return req, false, false
 	}
-	return req, true, false
+	return -1
+}
+
+func trim(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// lowerIs reports whether b, ASCII letters folded to lower case, is s (in
+// lower case, of b's length).
+func lowerIs(b []byte, s string) bool {
+	for i := range b {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// atoi parses a non-negative decimal of at most 9 digits.
+func atoi(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 9 {
+		return 0, false
+	}
+	v := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int(c-'0')
+	}
+	return v, true
 }
