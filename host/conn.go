@@ -1,6 +1,7 @@
 package host
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -45,15 +46,32 @@ type conn struct {
 	// idle once lastActive is IdleTimeout old.
 	idleAt, lastActive time.Time
 
-	// The raw write and park's read, bound once per connection (a closure
-	// made per call would be an allocation per request), and their
-	// arguments and results.
-	writeFn, readFn func(fd uintptr) bool
-	ioBuf           []byte
-	ioBp            *[]byte
-	ioN             int
+	// The wait loop of a plaintext connection (serveLoop). The functions
+	// given to the RawConn are bound once per connection (a closure made
+	// per call would be an allocation per request).
+	ctx             context.Context
+	flags           int32 // for the next call
+	stalls          int   // calls in a row that left read-ahead bytes unread
+	writeFn, stepFn func(fd uintptr) bool
+	ioBuf           []byte // rawWrite's argument
+	ioN             int    // and results
 	ioErr           error
+	inLoop          bool     // in step, inside rc.Read: f's read lock is held
+	needRead        bool     // step reads before the next call
+	drained         bool     // the last read left nothing in the socket
+	ended           bool     // a read found the end of the stream (or an error)
+	endCode         int32    // what conn_read then returns: 0 or ErrClosed
+	exit            loopExit // why step ended rc.Read
+	slow            *os.File // a dup of f, for conn_read to wait on in step
 }
+
+// loopExit is why step ended the wait loop's rc.Read.
+type loopExit int
+
+const (
+	exitClose loopExit = iota // the connection is done
+	exitWoken                 // Drain woke it
+)
 
 // tlsState is a TLS connection's: the session, and what park reads into
 // (lent to pending).
@@ -72,28 +90,13 @@ func newConn(f *os.File, id int64, h *Handler) (*conn, error) {
 
 func newConnOn(f *os.File, rc syscall.RawConn, tls *tlsState, id int64, h *Handler) *conn {
 	c := &conn{f: f, rc: rc, tls: tls, id: id, h: h}
-	c.writeFn, c.readFn = c.rawWrite, c.rawRead
+	c.writeFn, c.stepFn = c.rawWrite, c.step
 	return c
 }
 
 // rawWrite writes ioBuf once, without waiting.
 func (c *conn) rawWrite(fd uintptr) bool {
 	c.ioN, c.ioErr = unix.Write(int(fd), c.ioBuf)
-	return true
-}
-
-// rawRead reads into a buffer from the pool (ioBp), or reports false to wait
-// for readability without holding one.
-func (c *conn) rawRead(fd uintptr) bool {
-	if c.ioBp == nil {
-		c.ioBp = c.h.bufs.Get().(*[]byte)
-	}
-	c.ioN, c.ioErr = unix.Read(int(fd), *c.ioBp)
-	if c.ioErr == unix.EAGAIN {
-		c.h.bufs.Put(c.ioBp)
-		c.ioBp = nil
-		return false
-	}
 	return true
 }
 
@@ -108,6 +111,9 @@ func (c *conn) giveBack() {
 func (c *conn) close() {
 	c.pending = nil
 	c.giveBack()
+	if c.slow != nil {
+		c.slow.Close()
+	}
 	if c.tls != nil {
 		// Sends close_notify (within tls's own 5s write deadline), then
 		// closes f.
@@ -145,6 +151,12 @@ func (c *conn) read(p []byte) int32 {
 		}
 		return int32(n)
 	}
+	if c.ended {
+		return c.endCode
+	}
+	if c.inLoop {
+		return c.readInLoop(p)
+	}
 	if t := c.earliest(c.h.opts.ReadTimeout); !t.IsZero() || c.rdl {
 		c.f.SetReadDeadline(t)
 		c.rdl = !t.IsZero()
@@ -159,6 +171,30 @@ func (c *conn) read(p []byte) int32 {
 	}
 	if n > 0 {
 		c.progress = true
+		c.drained = n < len(p)
+		return int32(n)
+	}
+	return ioCode(err)
+}
+
+// readInLoop is conn_read's wait in step, where f's read lock is held: it
+// reads through a dup of f, with a poll descriptor of its own. It is made
+// on the first such read only: a request that arrives whole never needs it.
+func (c *conn) readInLoop(p []byte) int32 {
+	if c.slow == nil {
+		var fd int
+		var derr error
+		if err := c.rc.Control(func(f uintptr) { fd, derr = unix.Dup(int(f)) }); err != nil || derr != nil {
+			return abi.ErrClosed
+		}
+		unix.CloseOnExec(fd)
+		c.slow = os.NewFile(uintptr(fd), "conn") // non-blocking, as f: polled
+	}
+	c.slow.SetReadDeadline(c.earliest(c.h.opts.ReadTimeout))
+	n, err := c.slow.Read(p)
+	if n > 0 {
+		c.progress = true
+		c.drained = n < len(p)
 		return int32(n)
 	}
 	return ioCode(err)
@@ -266,81 +302,154 @@ func (c *conn) peerAddr() string {
 	return ""
 }
 
-// park waits, holding no instance, until the peer sends more bytes or
-// closes, the idle timeout passes, or Drain wakes it. It reports false when
-// the connection should simply be closed (idle timeout or error).
-func (c *conn) park() bool {
-	if c.unseen > 0 {
-		// Bytes read ahead that the guest has not seen are waiting (it read
-		// only part of them): call it again at once, as a peek would have.
-		return true
+// serveLoop serves a plaintext connection after its first call, all in
+// one rc.Read: step runs each call inside it, and returns false to wait for
+// readability. Going back to the wait without leaving rc.Read keeps the
+// poller's readiness news from before the wait, so after a read that left
+// the socket empty, step waits without first reading to find nothing (a
+// new rc.Read forgets that news, so it must read first): one read and one
+// write per kept-alive request. rc.Read ends with an error at a deadline:
+// the idle timeout, or Drain's wake.
+func (c *conn) serveLoop() {
+	c.needRead = true
+	for {
+		err := c.rc.Read(c.stepFn)
+		c.inLoop = false
+		if err == nil && c.exit == exitClose {
+			return
+		}
+		if err != nil && !c.woken.Load() {
+			// Idle for good, unless it was busy since the deadline was set;
+			// or the socket failed.
+			if !errors.Is(err, os.ErrDeadlineExceeded) || !c.rearm() {
+				c.clearReadDeadline()
+				return
+			}
+			c.needRead = true // the news from before is gone: read first
+			continue
+		}
+		// Woken by Drain: served once more only if the peer sent more.
+		c.clearReadDeadline()
+		if !c.hasData() {
+			return
+		}
+		c.needRead = true
 	}
-	idle := c.h.opts.IdleTimeout
+}
+
+// step is serveLoop's function for rc.Read: read what arrived, call the
+// guest, and again, until the socket is empty (false: wait) or the
+// connection is done or woken (true, with exit saying which).
+func (c *conn) step(fd uintptr) bool {
+	c.parked.Store(false)
+	c.inLoop = true
+	for {
+		if c.needRead {
+			bp := c.h.bufs.Get().(*[]byte)
+			n, err := unix.Read(int(fd), *bp)
+			if err == unix.EAGAIN || err == unix.EINTR {
+				c.h.bufs.Put(bp)
+				if err == unix.EINTR {
+					continue
+				}
+				return c.wait()
+			}
+			c.needRead = false
+			switch {
+			case n > 0:
+				if len(c.pending) == 0 {
+					c.pending, c.lent = (*bp)[:n], bp
+				} else {
+					c.pending = append(c.pending, (*bp)[:n]...)
+					c.h.bufs.Put(bp)
+				}
+				c.unseen += n
+				c.drained = n < len(*bp)
+			default:
+				// End of stream or an error: the guest is called and finds
+				// out on its next read.
+				c.h.bufs.Put(bp)
+				c.ended = true
+				if err != nil {
+					c.endCode = abi.ErrClosed
+				}
+			}
+		}
+		if !c.h.turn(c) || c.ended {
+			// (A guest that keeps a connection whose stream has ended
+			// would be called again for nothing.)
+			c.exit = exitClose
+			return true
+		}
+		if c.unseen > 0 {
+			continue // the guest left read-ahead bytes: call it again
+		}
+		c.needRead = true
+		if c.drained {
+			return c.wait()
+		}
+	}
+}
+
+// wait readies step's return to the wait for readability, holding no
+// instance: it sets the idle deadline (only when the one set before has
+// passed, not per request), and reports true (exit: woken) if Drain asked
+// the connection to finish.
+func (c *conn) wait() bool {
 	c.parked.Store(true)
-	defer c.parked.Store(false)
-	if idle > 0 && (c.idleAt.IsZero() || !c.idleAt.After(c.lastActive)) {
+	c.inLoop = false
+	if idle := c.h.opts.IdleTimeout; idle > 0 && (c.idleAt.IsZero() || !c.idleAt.After(c.lastActive)) {
 		c.idleAt = c.lastActive.Add(idle)
 		c.f.SetReadDeadline(c.idleAt)
 		c.rdl = true
-	} else if idle <= 0 && c.rdl {
-		c.f.SetReadDeadline(time.Time{})
-		c.rdl = false
 	}
+	// Checked after the deadline is set: a wake from here on moves it.
+	if c.woken.Load() {
+		c.parked.Store(false)
+		c.exit = exitWoken
+		return true
+	}
+	return false
+}
+
+// rearm sets the idle deadline again after it passed, if the connection
+// was active since; it reports false if the connection has been idle for
+// the whole IdleTimeout.
+func (c *conn) rearm() bool {
+	idle := c.h.opts.IdleTimeout
+	until := c.lastActive.Add(idle)
+	if idle <= 0 || !time.Now().Before(until) {
+		return false
+	}
+	c.idleAt = until
+	c.f.SetReadDeadline(until)
+	return true
+}
+
+// park waits, holding no instance, until the peer of a TLS connection sends
+// more bytes or closes, the idle timeout passes, or Drain wakes it. It
+// reports false when the connection should simply be closed (idle timeout
+// or error).
+func (c *conn) park() bool {
+	if c.unseen > 0 {
+		// Bytes read ahead that the guest has not seen are waiting (it read
+		// only part of them): call it again at once.
+		return true
+	}
+	c.parked.Store(true)
+	defer c.parked.Store(false)
+	var t time.Time
+	if idle := c.h.opts.IdleTimeout; idle > 0 {
+		t = c.lastActive.Add(idle)
+	}
+	c.f.SetReadDeadline(t)
+	c.rdl = !t.IsZero()
 	// Checked after the deadline is set: a wake from here on moves it.
 	if c.woken.Load() {
 		c.clearReadDeadline()
 		return true
 	}
-	if c.tls != nil {
-		return c.parkTLS()
-	}
-	// Read what arrives into a buffer lent from the handler's pool (given
-	// back once the guest has read it all) rather than peek and let the
-	// guest read: one system call fewer per request. An idle connection
-	// holds no buffer: it is taken only once bytes are there.
-	for {
-		err := c.rc.Read(c.readFn)
-		if err == nil {
-			break
-		}
-		if c.woken.Load() {
-			c.clearReadDeadline()
-			return true
-		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) || idle <= 0 {
-			c.clearReadDeadline()
-			return false
-		}
-		// The deadline set at an earlier park passed: idle for good only
-		// if nothing happened since.
-		if until := c.lastActive.Add(idle); time.Now().Before(until) {
-			c.idleAt = until
-			c.f.SetReadDeadline(until)
-			if c.woken.Load() { // as above: a wake may have come in between
-				c.clearReadDeadline()
-				return true
-			}
-			continue
-		}
-		c.clearReadDeadline()
-		return false
-	}
-	n, bp := c.ioN, c.ioBp
-	c.ioBp = nil
-	if n <= 0 {
-		// End of stream or an error: the guest is called and finds out on
-		// its next read, as it would have without the read-ahead.
-		c.h.bufs.Put(bp)
-		return true
-	}
-	if len(c.pending) == 0 {
-		c.pending, c.lent = (*bp)[:n], bp
-	} else {
-		c.pending = append(c.pending, (*bp)[:n]...)
-		c.h.bufs.Put(bp)
-	}
-	c.unseen += n
-	return true
+	return c.parkTLS()
 }
 
 func (c *conn) clearReadDeadline() {

@@ -359,7 +359,6 @@ func (h *Handler) serveTLS(ctx context.Context, f *os.File, rc syscall.RawConn, 
 func (h *Handler) serve(ctx context.Context, c *conn) {
 	h.mu.Lock()
 	h.conns[c] = struct{}{}
-	draining := h.draining.Load()
 	h.mu.Unlock()
 	defer func() {
 		h.mu.Lock()
@@ -373,37 +372,57 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 		h.runCommand(ctx, c)
 		return
 	}
-	flags := abi.FlagNew
-	stalls := 0
+	c.ctx, c.flags = ctx, abi.FlagNew
+	if h.draining.Load() {
+		c.flags |= abi.FlagDraining
+	}
+	// The first call comes at once (a guest may speak first), outside the
+	// wait loop; so does every call on a TLS connection.
+	if !h.turn(c) {
+		return
+	}
+	if c.tls == nil {
+		c.serveLoop()
+		return
+	}
 	for {
-		if draining {
-			flags |= abi.FlagDraining
-		}
-		c.progress = false
-		if !h.call(ctx, c, flags) {
-			return
-		}
-		// A guest that keeps the connection without reading the bytes
-		// waiting for it would be called again and again: after a few such
-		// calls the connection is closed, as a guest error.
-		if !c.progress && c.unseen > 0 {
-			if stalls++; stalls >= maxStalls {
-				h.stats.traps.Add(1)
-				h.opts.Logger.Warn("guest keeps the connection without reading what waits; closing it", "conn", c.id)
-				return
-			}
-		} else {
-			stalls = 0
-		}
-		flags = 0
 		if !c.park() {
 			return
 		}
-		draining = h.draining.Load()
-		if draining && !c.hasData() {
+		if h.draining.Load() && !c.hasData() {
+			return
+		}
+		if !h.turn(c) {
 			return
 		}
 	}
+}
+
+// turn makes one call for c and reports whether to go on with the
+// connection.
+func (h *Handler) turn(c *conn) bool {
+	flags := c.flags
+	c.flags = 0
+	if h.draining.Load() {
+		flags |= abi.FlagDraining
+	}
+	c.progress = false
+	if !h.call(c.ctx, c, flags) {
+		return false
+	}
+	// A guest that keeps the connection without reading the bytes waiting
+	// for it would be called again and again: after a few such calls the
+	// connection is closed, as a guest error.
+	if !c.progress && c.unseen > 0 {
+		if c.stalls++; c.stalls >= maxStalls {
+			h.stats.traps.Add(1)
+			h.opts.Logger.Warn("guest keeps the connection without reading what waits; closing it", "conn", c.id)
+			return false
+		}
+	} else {
+		c.stalls = 0
+	}
+	return true
 }
 
 // call lends an instance to one call of wcluster_handle and reports whether
