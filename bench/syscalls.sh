@@ -103,12 +103,12 @@ if [ "$PERF" = 1 ] && command -v perf >/dev/null; then
 	echo
 	echo "# perf stat over a second wrk run (tracepoints, no ptrace: the worker runs at full speed)"
 	events=raw_syscalls:sys_enter
-	for sc in read write recvfrom epoll_pwait epoll_ctl futex nanosleep sched_yield tgkill getpid; do
+	for sc in read write recvfrom sendmsg recvmsg accept4 close fcntl epoll_pwait epoll_ctl futex nanosleep sched_yield; do
 		events+=",syscalls:sys_enter_$sc"
 	done
 	perf stat -e "$events" -p "$worker" -o "$out/perf.txt" &
 	sp=$!
-	perf stat -e raw_syscalls:sys_enter -p "$master" -o "$out/perf-master.txt" &
+	perf stat -e "$events" -p "$master" -o "$out/perf-master.txt" &
 	spm=$!
 	for _ in $(seq 1 40); do [ -s "$out/perf.txt" ] && [ -s "$out/perf-master.txt" ] && break; sleep 0.05; done
 	wrk -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "http://127.0.0.1:$port/" >"$out/wrk2.txt"
@@ -120,7 +120,9 @@ if [ "$PERF" = 1 ] && command -v perf >/dev/null; then
 	awk -v r="$reqs2" '
 	/sys_enter/ { gsub(/,/, "", $1); name = $2; sub(/.*sys_enter_?/, "", name); if (name == "") name = "TOTAL (all)"
 		printf "worker   %-16s %10d calls           %7.3f per request\n", name, $1, $1 / r }' "$out/perf.txt"
-	awk -v r="$reqs2" '/sys_enter/ { gsub(/,/, "", $1); printf "master   %-16s %10d calls           %7.3f per request\n", "TOTAL (all)", $1, $1 / r }' "$out/perf-master.txt"
+	awk -v r="$reqs2" '
+	/sys_enter/ { gsub(/,/, "", $1); name = $2; sub(/.*sys_enter_?/, "", name); if (name == "") name = "TOTAL (all)"
+		if ($1 > 0) printf "master   %-16s %10d calls           %7.3f per request\n", name, $1, $1 / r }' "$out/perf-master.txt"
 fi
 
 kill -TERM "$srv" 2>/dev/null || true

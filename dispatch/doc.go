@@ -12,7 +12,9 @@
 //     the least-loaded ready worker, round-robin among equals, with a newconn
 //     message; the worker answers accepted or refused. The master keeps its
 //     copy of the fd until the answer, so a connection refused, or sent to a
-//     worker that dies before answering, goes to another worker. When every
+//     worker that dies before answering, goes to another worker. Answers go
+//     in batches (msgAcks: the newconns waiting on the channel, and the
+//     connections finished since the last report). When every
 //     worker is at MaxConns the master stops accepting and the kernel backlog
 //     holds the surplus.
 //   - shared: workers inherit the listening socket (fd 4) and accept

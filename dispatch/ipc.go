@@ -18,7 +18,23 @@ const (
 	msgReady     byte = 4 // worker→master: serving
 	msgHeartbeat byte = 5 // worker→master: JSON workerReport
 	msgFatal     byte = 6 // worker→master: the reason it cannot serve, text
+	// msgAcks answers several newconns at once and carries the connections
+	// finished since the last report: done u32, then seq u64 and accepted
+	// u8 per newconn. (msgAck and msgDone stay understood.)
+	msgAcks byte = 7
 )
+
+// maxAcks bounds the newconns one msgAcks answers.
+const maxAcks = 64
+
+// appendAck appends one newconn's answer to a msgAcks message.
+func appendAck(b []byte, seq uint64, accepted bool) []byte {
+	b = binary.LittleEndian.AppendUint64(b, seq)
+	if accepted {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
 
 // Inherited fd numbers in a worker.
 const (
@@ -97,6 +113,47 @@ func (ch *channel) recv(buf, oob []byte) ([]byte, []int, error) {
 		return nil, nil, err
 	}
 	return buf[:n], fds, nil
+}
+
+// tryRecv is recv without waiting: ok is false when no message is there.
+func (ch *channel) tryRecv(buf, oob []byte) (msg []byte, fds []int, ok bool, err error) {
+	rc, err := ch.c.SyscallConn()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	var n, oobn, flags int
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		return true
+	}); err != nil {
+		return nil, nil, false, err
+	}
+	if rerr == unix.EAGAIN {
+		return nil, nil, false, nil
+	}
+	if oobn > 0 {
+		if scms, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
+			for _, scm := range scms {
+				if got, err := unix.ParseUnixRights(&scm); err == nil {
+					fds = append(fds, got...)
+				}
+			}
+		}
+	}
+	switch {
+	case rerr != nil:
+		err = rerr
+	case flags&unix.MSG_CTRUNC != 0:
+		err = errors.New("channel: control message truncated")
+	case n == 0:
+		err = errEOF
+	}
+	if err != nil {
+		closeAll(fds)
+		return nil, nil, false, err
+	}
+	return buf[:n], fds, true, nil
 }
 
 var errEOF = errors.New("channel: end of stream")

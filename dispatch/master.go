@@ -660,6 +660,17 @@ func (m *Master) start(id int, workerConfig []byte, install bool) (*proc, error)
 	return p, nil
 }
 
+// finished counts n connections of p as ended: room for more.
+func (m *Master) finished(p *proc, n int64) {
+	m.mu.Lock()
+	p.inFlight -= n
+	if p.inFlight < 0 {
+		p.inFlight = 0
+	}
+	m.mu.Unlock()
+	m.signalCapacity()
+}
+
 // readWorker handles one worker's messages until its channel closes.
 func (m *Master) readWorker(p *proc) {
 	buf := make([]byte, 64<<10)
@@ -688,18 +699,21 @@ func (m *Master) readWorker(p *proc) {
 				continue
 			}
 			m.ack(p, binary.LittleEndian.Uint64(msg[1:9]), msg[9] == 1)
+		case msgAcks:
+			if len(msg) < 5 {
+				continue
+			}
+			for rec := msg[5:]; len(rec) >= 9; rec = rec[9:] {
+				m.ack(p, binary.LittleEndian.Uint64(rec), rec[8] == 1)
+			}
+			if n := binary.LittleEndian.Uint32(msg[1:5]); n > 0 {
+				m.finished(p, int64(n))
+			}
 		case msgDone:
 			if len(msg) < 5 {
 				continue
 			}
-			n := int64(binary.LittleEndian.Uint32(msg[1:5]))
-			m.mu.Lock()
-			p.inFlight -= n
-			if p.inFlight < 0 {
-				p.inFlight = 0
-			}
-			m.mu.Unlock()
-			m.signalCapacity()
+			m.finished(p, int64(binary.LittleEndian.Uint32(msg[1:5])))
 		case msgHeartbeat:
 			var r workerReport
 			if json.Unmarshal(msg[1:], &r) != nil {

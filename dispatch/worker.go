@@ -86,9 +86,14 @@ type Worker struct {
 	inFlight  atomic.Int64
 	accepted  atomic.Uint64
 	completed atomic.Uint64
-	sendMu    sync.Mutex // sendMu orders acks before the dones they precede
+	sendMu    sync.Mutex // one message at a time on the channel
 	conns     sync.WaitGroup
 	freed     chan struct{} // signalled when a connection ends (shared accept)
+
+	// done counts connections finished (rr) not yet reported to the
+	// master; doneSignal wakes flushDone when it leaves zero.
+	done       atomic.Uint32
+	doneSignal chan struct{}
 }
 
 // NewWorker reads the worker's identity and channel from its environment.
@@ -97,7 +102,8 @@ func NewWorker(log *slog.Logger) (*Worker, error) {
 	if err != nil || id < 1 {
 		return nil, fmt.Errorf("dispatch: bad %s=%q", EnvWorkerID, os.Getenv(EnvWorkerID))
 	}
-	w := &Worker{id: id, config: []byte(os.Getenv(envConfig)), log: log, freed: make(chan struct{}, 1)}
+	w := &Worker{id: id, config: []byte(os.Getenv(envConfig)), log: log, freed: make(chan struct{}, 1),
+		doneSignal: make(chan struct{}, 1)}
 	if err := json.Unmarshal([]byte(os.Getenv(envDispatch)), &w.params); err != nil {
 		return nil, fmt.Errorf("dispatch: bad %s: %w", envDispatch, err)
 	}
@@ -172,6 +178,13 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 		defer bg.Done()
 		w.heartbeat(ctx, h, stats)
 	}()
+	if w.params.Sched == SchedRR {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			w.flushDone(ctx)
+		}()
+	}
 
 	if err := w.send([]byte{msgReady}, -1); err != nil {
 		cancel()
@@ -202,10 +215,16 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 	return err
 }
 
+// readLoop takes the master's newconns until it shuts the channel. It
+// answers them in batches: after one arrives, it takes those already
+// waiting too (up to maxAcks) and acknowledges them all in one message,
+// with the count of connections finished since the last report: under a
+// stream of new connections, one message each way per batch rather than
+// two per connection.
 func (w *Worker) readLoop(ctx context.Context, h Handler) {
 	buf := make([]byte, 64)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	ack := make([]byte, 0, 10)
+	acks := make([]byte, 0, 5+maxAcks*9)
 	for {
 		msg, fds, err := w.ch.recv(buf, oob)
 		if err != nil {
@@ -214,45 +233,86 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 			}
 			return
 		}
-		if len(msg) < 10 || msg[0] != msgNewConn || len(fds) != 1 {
-			closeAll(fds)
-			w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))
-			continue
+		acks = append(acks[:0], msgAcks, 0, 0, 0, 0)
+		acks = w.take(ctx, h, msg, fds, acks)
+		var more bool
+		for n := 1; n < maxAcks; n++ {
+			msg, fds, more, err = w.ch.tryRecv(buf, oob)
+			if err != nil || !more {
+				break
+			}
+			acks = w.take(ctx, h, msg, fds, acks)
 		}
-		seq := binary.LittleEndian.Uint64(msg[1:9])
-		f := os.NewFile(uintptr(fds[0]), "conn")
-		ack = append(putSeq(ack, msgAck, seq), 1)
-		w.start(ctx, h, f, int(msg[9]), func() error { return w.send(ack, -1) })
+		if len(acks) > 5 {
+			binary.LittleEndian.PutUint32(acks[1:5], w.done.Swap(0))
+			if err := w.send(acks, -1); err != nil {
+				// The master is gone; it will not count these, but they
+				// are served.
+				w.log.Debug("ack failed", "err", err)
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, errEOF) {
+				w.log.Debug("channel closed", "err", err)
+			}
+			return
+		}
 	}
 }
 
-// start counts and serves one connection; ack, if not nil, is sent first.
-func (w *Worker) start(ctx context.Context, h Handler, f *os.File, listener int, ack func() error) {
+// take starts serving one newconn and appends its answer to acks.
+func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, acks []byte) []byte {
+	if len(msg) < 10 || msg[0] != msgNewConn || len(fds) != 1 {
+		closeAll(fds)
+		w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))
+		return acks
+	}
+	seq := binary.LittleEndian.Uint64(msg[1:9])
+	w.start(ctx, h, os.NewFile(uintptr(fds[0]), "conn"), int(msg[9]))
+	return appendAck(acks, seq, true)
+}
+
+// start counts and serves one connection.
+func (w *Worker) start(ctx context.Context, h Handler, f *os.File, listener int) {
 	w.inFlight.Add(1)
 	w.accepted.Add(1)
-	if ack != nil {
-		if err := ack(); err != nil {
-			// The master is gone; it will not count this one, but serve it.
-			w.log.Debug("ack failed", "err", err)
-		}
-	}
 	w.conns.Add(1)
 	go func() {
 		defer w.conns.Done()
 		h.ServeConn(ctx, f, listener)
 		w.inFlight.Add(-1)
 		w.completed.Add(1)
-		if w.params.Sched == SchedRR {
-			var msg [5]byte
-			msg[0] = msgDone
-			binary.LittleEndian.PutUint32(msg[1:], 1)
-			w.send(msg[:], -1)
+		if w.params.Sched == SchedRR && w.done.Add(1) == 1 {
+			select {
+			case w.doneSignal <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case w.freed <- struct{}{}:
 		default:
 		}
 	}()
+}
+
+// flushDone reports finished connections (rr) to the master, so its count
+// of each worker's load stays current. Connections that finish while a
+// report is on its way, or that an ack batch carries, make no message of
+// their own. It runs until ctx ends.
+func (w *Worker) flushDone(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.doneSignal:
+		}
+		if n := w.done.Swap(0); n > 0 {
+			var msg [5]byte
+			msg[0] = msgDone
+			binary.LittleEndian.PutUint32(msg[1:], n)
+			w.send(msg[:], -1)
+		}
+	}
 }
 
 // acceptLoop accepts on a listening socket (shared or reuseport). Like
@@ -278,7 +338,7 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 			}
 			return
 		}
-		w.start(ctx, h, os.NewFile(uintptr(fd), "conn"), index, nil)
+		w.start(ctx, h, os.NewFile(uintptr(fd), "conn"), index)
 	}
 }
 
