@@ -134,6 +134,7 @@ type Handler struct {
 		latencyNs                                                      atomic.Uint64
 	}
 
+	epoch time.Time // mono's origin
 	// limited holds every instance under the time limit, for watch.
 	limitMu sync.Mutex
 	limited map[*instance]struct{}
@@ -151,7 +152,7 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
-		stop: make(chan struct{})}
+		stop: make(chan struct{}), epoch: time.Now()}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
 	if err := h.init(ctx); err != nil {
 		rt.Close(ctx)
@@ -248,6 +249,9 @@ func Prepare(ctx context.Context, opts Options) (Info, error) {
 	}
 	return inspect(cm)
 }
+
+// mono is t on the handler's monotonic clock, in nanoseconds (> 0).
+func (h *Handler) mono(t time.Time) int64 { return int64(t.Sub(h.epoch)) + 1 }
 
 // Stats returns the handler's counters.
 func (h *Handler) Stats() Stats {

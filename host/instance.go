@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -33,12 +33,11 @@ type instance struct {
 	last   time.Time // when it was last returned to the pool
 	live   bool      // counted in stats.live
 
-	// Time limit (nil stopFlag and stop without one). mu guards began and
-	// timedOut, shared with the Handler's watchdog.
+	// Time limit (nil stopFlag and stop without one). began, shared with
+	// the Handler's watchdog, is when the running call began (Handler.mono),
+	// 0 between calls, or expired once the watchdog stopped the call.
 	stopFlag api.MutableGlobal // instrument's flag: non-zero stops the guest
-	mu       sync.Mutex
-	began    time.Time // start of the running call; zero between calls
-	timedOut bool
+	began    atomic.Int64
 	// stop is closed when a call overruns the time limit, to wake a guest
 	// asleep in the host.
 	stop chan struct{}
@@ -182,39 +181,32 @@ func (inst *instance) handle(c *conn, flags int32, now time.Time) (uint64, error
 	return inst.stack[0], nil
 }
 
+// expired marks, in began, a call the watchdog stopped.
+const expired = -1
+
 // arm starts the time limit of a call that began at now.
 func (inst *instance) arm(now time.Time) {
-	if inst.stopFlag == nil {
-		return
+	if inst.stopFlag != nil {
+		inst.began.Store(inst.h.mono(now))
 	}
-	inst.mu.Lock()
-	inst.began = now
-	inst.mu.Unlock()
 }
 
 // disarm ends the time limit of a call and reports whether it expired.
 func (inst *instance) disarm() bool {
-	if inst.stopFlag == nil {
-		return false
-	}
-	inst.mu.Lock()
-	defer inst.mu.Unlock()
-	inst.began = time.Time{}
-	return inst.timedOut
+	return inst.stopFlag != nil && inst.began.Swap(0) == expired
 }
 
 // expire stops the running call if it began limit or more before now: the
 // guest traps at its next function entry or loop iteration, and a guest
 // asleep in the host wakes. The instance is never reused. (Closing the
 // module instead would free what a host function of the guest may be using
-// right now.)
+// right now.) The swap of began makes sure the call stopped is the one that
+// overran, not a later one of the same instance.
 func (inst *instance) expire(now time.Time, limit time.Duration) {
-	inst.mu.Lock()
-	defer inst.mu.Unlock()
-	if inst.began.IsZero() || inst.timedOut || now.Sub(inst.began) < limit {
+	b := inst.began.Load()
+	if b <= 0 || inst.h.mono(now)-b < int64(limit) || !inst.began.CompareAndSwap(b, expired) {
 		return
 	}
-	inst.timedOut = true
 	inst.stopFlag.Set(1)
 	close(inst.stop)
 }
