@@ -154,7 +154,15 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
 		stop: make(chan struct{}), epoch: time.Now()}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
+	if opts.Timeout > 0 {
+		// Before init: the first instances' start functions run under the
+		// limit too.
+		h.done.Add(1)
+		go h.watch()
+	}
 	if err := h.init(ctx); err != nil {
+		close(h.stop)
+		h.done.Wait()
 		rt.Close(ctx)
 		if h.root != nil {
 			h.root.Close()
@@ -163,10 +171,6 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 	}
 	h.done.Add(1)
 	go h.maintain()
-	if opts.Timeout > 0 {
-		h.done.Add(1)
-		go h.watch()
-	}
 	return h, nil
 }
 

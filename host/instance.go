@@ -95,8 +95,9 @@ func instanceOf(ctx context.Context) *instance {
 }
 
 // instantiate makes a module instance for inst, then runs its start
-// function (if exported) within the time limit: the module is instantiated
-// without it, so that the watchdog can stop it like any call.
+// functions within the time limit: the module is instantiated without them,
+// so that the watchdog can stop them like any call. On error the caller
+// closes inst.
 func (h *Handler) instantiate(ctx context.Context, inst *instance, cfg wazero.ModuleConfig, start string) (api.Module, error) {
 	inst.ctx = instContext{Context: ctx, inst: inst}
 	mod, err := h.rt.InstantiateModule(inst.ctx, h.compiled, cfg.WithStartFunctions())
@@ -111,23 +112,50 @@ func (h *Handler) instantiate(ctx context.Context, inst *instance, cfg wazero.Mo
 	if h.opts.Timeout > 0 {
 		g, ok := mod.ExportedGlobal(stopExport).(api.MutableGlobal)
 		if !ok {
-			mod.Close(ctx)
-			return nil, errors.New("instantiate: the time-limit flag is missing")
+			return mod, errors.New("instantiate: the time-limit flag is missing")
 		}
 		inst.stopFlag = g
 		inst.stop = make(chan struct{})
 		h.track(inst, true)
 	}
-	fn := mod.ExportedFunction(start)
-	if fn == nil {
-		return mod, nil
+	// The module's start section (exported by instrument), then the
+	// start function the kind of module calls for.
+	for _, name := range []string{startExport, start} {
+		fn := mod.ExportedFunction(name)
+		if fn == nil {
+			continue
+		}
+		inst.arm(time.Now())
+		_, err = fn.Call(inst.ctx)
+		if inst.disarm() {
+			return mod, &startLimitError{startName(name), h.opts.Timeout}
+		}
+		if err != nil {
+			return mod, err
+		}
 	}
-	inst.arm(time.Now())
-	_, err = fn.Call(inst.ctx)
-	if inst.disarm() {
-		err = errDeadline
+	return mod, nil
+}
+
+// startLimitError is a start function stopped at the time limit; it is an
+// errDeadline.
+type startLimitError struct {
+	what  string
+	limit time.Duration
+}
+
+func (e *startLimitError) Error() string {
+	return fmt.Sprintf("%s ran past the %v time limit", e.what, e.limit)
+}
+
+func (e *startLimitError) Is(target error) bool { return target == errDeadline }
+
+// startName is how an error names a start function.
+func startName(export string) string {
+	if export == startExport {
+		return "the start function"
 	}
-	return mod, err
+	return export
 }
 
 // newInstance instantiates the module and runs its _initialize, within the
@@ -141,7 +169,7 @@ func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
 	if err != nil {
 		inst.close(ctx)
 		if errors.Is(err, errDeadline) {
-			return nil, fmt.Errorf("instantiate: _initialize ran past the %v time limit", h.opts.Timeout)
+			return nil, fmt.Errorf("instantiate: %w", err)
 		}
 		if mod != nil {
 			return nil, fmt.Errorf("instantiate: %s", oneLine(err))

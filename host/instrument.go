@@ -3,6 +3,7 @@ package host
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -10,6 +11,11 @@ import (
 // overruns its time limit. instrument adds it to the module; no code of
 // the guest's own can name it.
 const stopExport = "wcluster.stop"
+
+// startExport names the module's start function (its start section), which
+// instrument exports instead, so that the host runs it as a call under the
+// time limit rather than inside instantiation, where nothing can stop it.
+const startExport = "wcluster.start"
 
 // yieldEvery is how many checks pass between two exits to Go.
 const yieldEvery = 10000
@@ -30,8 +36,9 @@ const yieldEvery = 10000
 // guest blocked in a host function is bounded by that function (conn_read,
 // conn_write and sleep end at the call's deadline).
 //
-// All that is added is appended (a type, a function, globals, an export),
-// so no index of the module's own changes. The DWARF sections, whose code
+// All that is added is appended (a type, a function, globals, exports), so
+// no index of the module's own changes. A start section becomes an export
+// (startExport), for the host to run under the limit. The DWARF sections, whose code
 // offsets the checks shift, are dropped: a trap's trace then names
 // functions without source lines.
 func instrument(wasm []byte) ([]byte, error) {
@@ -61,6 +68,8 @@ func instrument(wasm []byte) ([]byte, error) {
 
 	var imp imports
 	count := map[byte]uint32{} // entries in each vector section
+	var start uint32
+	var hasStart bool
 	for _, s := range secs {
 		sr := &reader{b: wasm[:s.end], off: s.start}
 		switch s.id {
@@ -71,9 +80,11 @@ func instrument(wasm []byte) ([]byte, error) {
 		case secType, secFunction, secMemory, secGlobal:
 			count[s.id] = sr.u32()
 		case secExport:
-			if err := checkExportFree(sr, stopExport); err != nil {
+			if err := checkExportFree(sr, stopExport, startExport); err != nil {
 				return nil, err
 			}
+		case secStart:
+			start, hasStart = sr.u32(), true
 		}
 		if sr.err != nil {
 			return nil, fmt.Errorf("section %d: %w", s.id, sr.err)
@@ -111,6 +122,9 @@ func instrument(wasm []byte) ([]byte, error) {
 		secExport: {appendU32(append(appendName(nil, stopExport), exportGlobal), stop)},
 		secCode:   {append(appendU32(nil, uint32(len(body))), body...)},
 	}
+	if hasStart {
+		add[secExport] = append(add[secExport], appendU32(append(appendName(nil, startExport), exportFunc), start))
+	}
 	if imp.memories == 0 && count[secMemory] == 0 {
 		add[secMemory] = [][]byte{{0x00, 0x00}} // one memory of 0 pages, for memory.grow
 	}
@@ -129,6 +143,9 @@ func instrument(wasm []byte) ([]byte, error) {
 	}
 	for _, s := range secs {
 		contents := wasm[s.start:s.end]
+		if s.id == secStart {
+			continue // exported as startExport instead
+		}
 		if s.id == secCustom {
 			if name := (&reader{b: contents}).name(); !strings.HasPrefix(name, ".debug_") {
 				out = append(out, wasm[s.whole:s.end]...)
@@ -172,6 +189,7 @@ const (
 	secMemory    = 5
 	secGlobal    = 6
 	secExport    = 7
+	secStart     = 8
 	secCode      = 10
 	secDataCount = 12
 	secTag       = 13
@@ -202,6 +220,7 @@ const (
 	opI32Sub      = 0x6b
 	blockEmpty    = 0x40
 	valI32        = 0x7f
+	exportFunc    = 0x00
 	exportGlobal  = 0x03
 )
 
@@ -236,9 +255,9 @@ func (imp *imports) read(r *reader) error {
 	return r.err
 }
 
-func checkExportFree(r *reader, name string) error {
+func checkExportFree(r *reader, names ...string) error {
 	for n := r.u32(); n > 0 && r.err == nil; n-- {
-		if r.name() == name {
+		if name := r.name(); slices.Contains(names, name) {
 			return fmt.Errorf("the module exports %q itself, a name wcluster reserves", name)
 		}
 		r.byte()
