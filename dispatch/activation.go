@@ -27,9 +27,8 @@ const (
 	envListenFDNames = "LISTEN_FDNAMES"
 )
 
-// listenFDsStart is the first inherited fd (SD_LISTEN_FDS_START); a variable
-// so tests can pass sockets without touching fd 3.
-var listenFDsStart = 3
+// listenFDsStart is the first inherited fd (SD_LISTEN_FDS_START).
+const listenFDsStart = 3
 
 // socketActivation returns the listening sockets systemd passed to this
 // process, or nil (and no error) when it was not socket-activated. It
@@ -39,7 +38,9 @@ var listenFDsStart = 3
 // close-on-exec. reuseport cannot use them: its workers bind their own
 // sockets, and a listening socket held by the master would join their
 // SO_REUSEPORT group and queue connections nobody accepts.
-func socketActivation(sched Sched, log *slog.Logger) ([]*listener, error) {
+// first is where the sockets start: listenFDsStart, but for tests, which
+// pass sockets without touching fd 3.
+func socketActivation(first int, sched Sched, log *slog.Logger) ([]*listener, error) {
 	n, names, err := listenEnv(os.Getpid())
 	if err != nil || n == 0 {
 		return nil, err
@@ -49,7 +50,7 @@ func socketActivation(sched Sched, log *slog.Logger) ([]*listener, error) {
 	}
 	fds := make([]int, n)
 	for i := range fds {
-		fds[i] = listenFDsStart + i
+		fds[i] = first + i
 	}
 	lis, err := inheritedListeners(fds, names)
 	if err != nil {

@@ -38,7 +38,7 @@ func fdOpen(fd int) bool {
 }
 
 // placeFDs moves fds (as systemd would pass them: blocking, inheritable) to
-// consecutive free numbers and points listenFDsStart at the first, as if
+// consecutive free numbers and returns the first, to pass socketActivation as if
 // they were fds 3, 4, ... of a socket-activated process.
 func placeFDs(t *testing.T, fds ...int) int {
 	t.Helper()
@@ -64,9 +64,6 @@ func placeFDs(t *testing.T, fds ...int) int {
 			t.Fatal(err)
 		}
 	}
-	old := listenFDsStart
-	listenFDsStart = start
-	t.Cleanup(func() { listenFDsStart = old })
 	return start
 }
 
@@ -100,13 +97,13 @@ func sockPort(t *testing.T, fd int) int {
 
 func TestSocketActivationAbsent(t *testing.T) {
 	activationEnv(t, "", "", "")
-	lis, err := socketActivation(SchedRR, nil)
+	lis, err := socketActivation(listenFDsStart, SchedRR, nil)
 	if lis != nil || err != nil {
 		t.Fatalf("not activated: got %v, %v", lis, err)
 	}
 	// LISTEN_FDS=0 is activation with nothing to serve: bind as usual.
 	activationEnv(t, strconv.Itoa(os.Getpid()), "0", "")
-	lis, err = socketActivation(SchedRR, nil)
+	lis, err = socketActivation(listenFDsStart, SchedRR, nil)
 	if lis != nil || err != nil {
 		t.Fatalf("LISTEN_FDS=0: got %v, %v", lis, err)
 	}
@@ -117,7 +114,7 @@ func TestSocketActivationAbsent(t *testing.T) {
 // parent that did not consume them) are ignored, and still unset.
 func TestSocketActivationOtherPID(t *testing.T) {
 	activationEnv(t, strconv.Itoa(os.Getpid()+1), "1", "http")
-	lis, err := socketActivation(SchedRR, nil)
+	lis, err := socketActivation(listenFDsStart, SchedRR, nil)
 	if lis != nil || err != nil {
 		t.Fatalf("LISTEN_PID of another process: got %v, %v", lis, err)
 	}
@@ -132,7 +129,7 @@ func TestSocketActivation(t *testing.T) {
 	start := placeFDs(t, a, b)
 	activationEnv(t, strconv.Itoa(os.Getpid()), "2", "http:alt")
 
-	lis, err := socketActivation(SchedShared, nil)
+	lis, err := socketActivation(start, SchedShared, nil)
 	if err != nil {
 		unix.Close(start)
 		unix.Close(start + 1)
@@ -212,7 +209,7 @@ func TestSocketActivationEnvErrors(t *testing.T) {
 		{pid, "2", "http", "names 1 sockets"},
 	} {
 		activationEnv(t, tc.pid, tc.fds, tc.names)
-		lis, err := socketActivation(SchedRR, nil)
+		lis, err := socketActivation(listenFDsStart, SchedRR, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("LISTEN_PID=%q LISTEN_FDS=%q LISTEN_FDNAMES=%q: got %v, %v; want an error with %q",
 				tc.pid, tc.fds, tc.names, lis, err, tc.want)
@@ -259,7 +256,7 @@ func TestSocketActivationBadSockets(t *testing.T) {
 			start := placeFDs(t, tc.fd(t))
 			defer unix.Close(start) // refused fds are left open
 			activationEnv(t, strconv.Itoa(os.Getpid()), "1", "web")
-			lis, err := socketActivation(SchedRR, nil)
+			lis, err := socketActivation(start, SchedRR, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), `"web"`) {
 				t.Fatalf("got %v, %v; want an error naming \"web\" with %q", lis, err, tc.want)
 			}
@@ -269,7 +266,7 @@ func TestSocketActivationBadSockets(t *testing.T) {
 		start := placeFDs(t, tcpSocket(t, unix.SOCK_STREAM, true))
 		unix.Close(start)
 		activationEnv(t, strconv.Itoa(os.Getpid()), "1", "")
-		lis, err := socketActivation(SchedRR, nil)
+		lis, err := socketActivation(start, SchedRR, nil)
 		if err == nil || !strings.Contains(err.Error(), "not open") {
 			t.Fatalf("got %v, %v; want a 'not open' error", lis, err)
 		}
@@ -279,7 +276,7 @@ func TestSocketActivationBadSockets(t *testing.T) {
 		start := placeFDs(t, tcpSocket(t, unix.SOCK_STREAM, true), tcpSocket(t, unix.SOCK_DGRAM, false))
 		defer unix.Close(start + 1)
 		activationEnv(t, strconv.Itoa(os.Getpid()), "2", "")
-		lis, err := socketActivation(SchedRR, nil)
+		lis, err := socketActivation(start, SchedRR, nil)
 		if err == nil || !strings.Contains(err.Error(), "fd "+strconv.Itoa(start+1)) {
 			t.Fatalf("got %v, %v; want an error about fd %d", lis, err, start+1)
 		}
@@ -295,7 +292,7 @@ func TestSocketActivationReusePort(t *testing.T) {
 	start := placeFDs(t, tcpSocket(t, unix.SOCK_STREAM, true))
 	defer unix.Close(start)
 	activationEnv(t, strconv.Itoa(os.Getpid()), "1", "")
-	lis, err := socketActivation(SchedReusePort, nil)
+	lis, err := socketActivation(start, SchedReusePort, nil)
 	if err == nil || !strings.Contains(err.Error(), "reuseport") {
 		t.Fatalf("got %v, %v; want an error about reuseport", lis, err)
 	}

@@ -205,7 +205,7 @@ func New(cfg Config) (*Master, error) {
 	// the SO_REUSEPORT group, so nothing is queued on it); workers listen.
 	// Sockets passed by systemd (socket activation) replace cfg.Listen.
 	// They are consumed by the first group created.
-	lis, err := socketActivation(cfg.Sched, cfg.Logger)
+	lis, err := socketActivation(listenFDsStart, cfg.Sched, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: %w", err)
 	}

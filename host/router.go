@@ -82,6 +82,9 @@ type Router struct {
 	opts    RouterOptions
 
 	misdirected, tlsFailures atomic.Uint64
+	// peekBufs lends serveHTTP a buffer (maxPeek) for the request head it
+	// routes by, only until it has routed.
+	peekBufs sync.Pool
 }
 
 // routeTable is one listener's routing.
@@ -115,6 +118,7 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	r := &Router{log: o.Logger, opts: o}
+	r.peekBufs.New = func() any { b := make([]byte, maxPeek); return &b }
 	states := map[*Tenant]*tenantState{}
 	names := map[string]*Tenant{}
 	var errs []error
@@ -299,17 +303,15 @@ func (r *Router) refuse(t *tenantState, f *os.File, http bool) {
 	f.Close()
 }
 
-var peekBufs = sync.Pool{New: func() any { b := make([]byte, maxPeek); return &b }}
-
 // serveHTTP routes a plaintext connection by the host its first request
 // names.
 func (r *Router) serveHTTP(ctx context.Context, rt *routeTable, f *os.File, rc syscall.RawConn) {
-	bp := peekBufs.Get().(*[]byte)
+	bp := r.peekBufs.Get().(*[]byte)
 	buf := *bp
 	n, eof, err := peekRequest(f, rc, buf, time.Now().Add(r.opts.RouteTimeout))
 	host, named := requestHost(buf[:n])
 	peeked := n
-	peekBufs.Put(bp)
+	r.peekBufs.Put(bp)
 	if n == 0 && (eof || err != nil && !errors.Is(err, os.ErrDeadlineExceeded)) {
 		f.Close() // gone before saying anything
 		return
