@@ -227,21 +227,16 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 	acks := make([]byte, 0, 5+maxAcks*9)
 	for {
 		msg, fds, err := w.ch.recv(buf, oob)
-		if err != nil {
-			if !errors.Is(err, errEOF) {
-				w.log.Debug("channel closed", "err", err)
-			}
-			return
-		}
 		acks = append(acks[:0], msgAcks, 0, 0, 0, 0)
-		acks = w.take(ctx, h, msg, fds, acks)
-		var more bool
-		for n := 1; n < maxAcks; n++ {
-			msg, fds, more, err = w.ch.tryRecv(buf, oob)
-			if err != nil || !more {
+		for n := 1; err == nil; n++ {
+			acks = w.take(ctx, h, msg, fds, acks)
+			if n == maxAcks {
 				break
 			}
-			acks = w.take(ctx, h, msg, fds, acks)
+			var more bool
+			if msg, fds, more, err = w.ch.tryRecv(buf, oob); err == nil && !more {
+				break
+			}
 		}
 		if len(acks) > 5 {
 			binary.LittleEndian.PutUint32(acks[1:5], w.done.Swap(0))

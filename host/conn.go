@@ -154,19 +154,16 @@ func (c *conn) read(p []byte) int32 {
 	if c.ended {
 		return c.endCode
 	}
-	if c.inLoop {
-		return c.readInLoop(p)
-	}
-	if t := c.earliest(c.h.opts.ReadTimeout); !t.IsZero() || c.rdl {
-		c.f.SetReadDeadline(t)
-		c.rdl = !t.IsZero()
-		c.idleAt = time.Time{}
-	}
 	var n int
 	var err error
-	if c.tls != nil {
+	switch {
+	case c.inLoop:
+		n, err = c.readInLoop(p)
+	case c.tls != nil:
+		c.setReadDeadline()
 		n, err = c.tls.tc.Read(p)
-	} else {
+	default:
+		c.setReadDeadline()
 		n, err = c.f.Read(p)
 	}
 	if n > 0 {
@@ -177,27 +174,31 @@ func (c *conn) read(p []byte) int32 {
 	return ioCode(err)
 }
 
+// setReadDeadline bounds a read of the guest's on f by the read timeout and
+// the call's deadline.
+func (c *conn) setReadDeadline() {
+	if t := c.earliest(c.h.opts.ReadTimeout); !t.IsZero() || c.rdl {
+		c.f.SetReadDeadline(t)
+		c.rdl = !t.IsZero()
+		c.idleAt = time.Time{}
+	}
+}
+
 // readInLoop is conn_read's wait in step, where f's read lock is held: it
 // reads through a dup of f, with a poll descriptor of its own. It is made
 // on the first such read only: a request that arrives whole never needs it.
-func (c *conn) readInLoop(p []byte) int32 {
+func (c *conn) readInLoop(p []byte) (int, error) {
 	if c.slow == nil {
 		var fd int
 		var derr error
 		if err := c.rc.Control(func(f uintptr) { fd, derr = unix.Dup(int(f)) }); err != nil || derr != nil {
-			return abi.ErrClosed
+			return 0, net.ErrClosed // reported as ERR_CLOSED
 		}
 		unix.CloseOnExec(fd)
 		c.slow = os.NewFile(uintptr(fd), "conn") // non-blocking, as f: polled
 	}
 	c.slow.SetReadDeadline(c.earliest(c.h.opts.ReadTimeout))
-	n, err := c.slow.Read(p)
-	if n > 0 {
-		c.progress = true
-		c.drained = n < len(p)
-		return int32(n)
-	}
-	return ioCode(err)
+	return c.slow.Read(p)
 }
 
 // write implements conn_write: all of p, or an ABI error.
