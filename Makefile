@@ -3,7 +3,12 @@
 OUT ?= $(CURDIR)/out/guests
 GOWASM = GOOS=wasip1 GOARCH=wasm go build -trimpath -buildvcs=false -ldflags='-s -w'
 
-.PHONY: guests go-guests embedded test
+# `make test` is the one test command: on a fresh machine (as root) it first
+# installs the packages the guests' toolchains and the tests need.
+.PHONY: deps guests go-guests embedded test
+deps:
+	@scripts/deps.sh
+
 guests: go-guests
 	@mkdir -p $(OUT)
 	@for lang in c wat rust assemblyscript zig; do \
@@ -23,5 +28,5 @@ go-guests:
 embedded:
 	$(GOWASM) -buildmode=c-shared -o guests/embedded/hello.wasm ./guests/go/hello
 
-test: guests
+test: deps guests
 	WCLUSTER_GUESTS=$(OUT) go test -race -count=1 ./...

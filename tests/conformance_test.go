@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -20,11 +19,10 @@ var languages = []string{"go", "c", "wat", "rust", "as", "zig"}
 // guests TestMain built are there; with it, every language must be.
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	required := os.Getenv("WCLUSTER_GUESTS") != ""
 	for _, lang := range languages {
 		t.Run(lang, func(t *testing.T) {
-			if !exists(env.guests+"/"+lang+"-hello.wasm") && !required {
-				t.Skipf("%s guests not built (run `make guests`)", lang)
+			if !exists(env.guests + "/" + lang + "-hello.wasm") {
+				missing(t, "%s guests not built (run `make guests`)", lang)
 			}
 			for _, sched := range []string{"rr", "shared"} {
 				t.Run(sched, func(t *testing.T) { conformance(t, lang, sched) })

@@ -306,3 +306,14 @@ func run(t testing.TB, args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }
+
+// missing reports a tool or build the test needs and lacks: a failure under
+// `make test` and in CI (which install everything), a skip for a quick
+// `go test` run by hand.
+func missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") != "" || os.Getenv("WCLUSTER_GUESTS") != "" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}

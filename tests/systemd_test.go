@@ -115,7 +115,7 @@ func socketActivated(t *testing.T, extra []string, argv ...string) (*watched, st
 	t.Helper()
 	tool, err := exec.LookPath("systemd-socket-activate")
 	if err != nil {
-		t.Skip("systemd-socket-activate not installed (Debian package systemd; .ci/run installs it)")
+		missing(t, "systemd-socket-activate not installed (Debian package systemd; `make deps` installs it)")
 	}
 	for try := 0; ; try++ {
 		addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
