@@ -1,6 +1,6 @@
 #!/bin/sh
-# Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm (ABI v1 reactors)
-# and c-cat.wasm (a plain WASI command).
+# Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm (ABI v1 reactors),
+# c-httphello.wasm (an http-wasm handler) and c-cat.wasm (a plain WASI command).
 #   guests/c/build.sh OUTDIR
 # CC and WASI_SYSROOT may be overridden from the environment.
 set -eu
@@ -46,7 +46,10 @@ for name in hello echo; do
 	"$CC" $cflags -mexec-model=reactor -I "$here/sdk" \
 		-o "$out/c-$name.wasm" "$here/examples/$name.c"
 done
+# http-wasm handler (import module http_handler): a reactor too.
+"$CC" $cflags -mexec-model=reactor -I "$here/sdk" \
+	-o "$out/c-httphello.wasm" "$here/examples/http_hello.c"
 # WASI command: _start, stdin/stdout are the connection.
 "$CC" $cflags -o "$out/c-cat.wasm" "$here/examples/cat.c"
 
-echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-cat.wasm"
+echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-httphello.wasm $out/c-cat.wasm"
