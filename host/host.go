@@ -95,6 +95,7 @@ type Stats struct {
 	InstanceNs uint64 // total time spent creating instances
 	Live       int64  // instances alive now
 	Open       int64  // connections open now
+	LogDropped uint64 // lines of guest output dropped by the rate limit
 	// Latency counts calls by duration: Latency[i] those that took at most
 	// LatencyBounds()[i], the last one those that took longer. LatencyNs is
 	// their total time. A call is one request for a handler that answers
@@ -129,12 +130,15 @@ type Handler struct {
 	bufs  sync.Pool
 	stats struct {
 		conns, calls, traps, timeouts, memLimit, instances, instanceNs atomic.Uint64
+		logDropped                                                     atomic.Uint64
 		live                                                           atomic.Int64
 		latency                                                        [latencyBuckets]atomic.Uint64
 		latencyNs                                                      atomic.Uint64
 	}
 
 	epoch time.Time // mono's origin
+
+	lines lineLimiter // rate limit of guest output to the log
 	// limited holds every instance under the time limit, for watch.
 	limitMu sync.Mutex
 	limited map[*instance]struct{}
@@ -263,7 +267,7 @@ func (h *Handler) Stats() Stats {
 		Conns: h.stats.conns.Load(), Calls: h.stats.calls.Load(), Traps: h.stats.traps.Load(),
 		Timeouts: h.stats.timeouts.Load(), MemLimit: h.stats.memLimit.Load(),
 		Instances: h.stats.instances.Load(), InstanceNs: h.stats.instanceNs.Load(),
-		Live: h.stats.live.Load(), Open: h.open(),
+		Live: h.stats.live.Load(), Open: h.open(), LogDropped: h.stats.logDropped.Load(),
 		Latency: h.latency(), LatencyNs: h.stats.latencyNs.Load(),
 	}
 }
@@ -469,10 +473,12 @@ func (h *Handler) report(c *conn, err error) {
 		h.opts.Logger.Warn("guest stopped at its time limit", "conn", c.id, "timeout", h.opts.Timeout)
 	case isMemoryError(err):
 		h.stats.memLimit.Add(1)
-		h.opts.Logger.Warn("guest ran out of memory", "conn", c.id, "limit", h.opts.MemoryLimit, "err", oneLine(err))
+		h.opts.Logger.Warn("guest ran out of memory", append([]any{"conn", c.id, "limit", h.opts.MemoryLimit}, trapAttrs(err)...)...)
 	default:
+		// One entry: the error's first line, and the wasm stack (function
+		// names, when the module keeps its name section) in a field.
 		h.stats.traps.Add(1)
-		h.opts.Logger.Warn("guest trapped", "conn", c.id, "err", oneLine(err))
+		h.opts.Logger.Warn("guest trapped", append([]any{"conn", c.id}, trapAttrs(err)...)...)
 	}
 }
 
@@ -487,12 +493,13 @@ func (h *Handler) runCommand(ctx context.Context, c *conn) {
 	defer func() { <-h.sem }()
 	h.stats.calls.Add(1)
 	inst := &instance{h: h, cur: c}
+	_, inst.output.stderr = newOutStreams()
 	begin := time.Now()
 	if h.opts.Timeout > 0 {
 		c.deadline = begin.Add(h.opts.Timeout)
 	}
 	mod, err := h.instantiate(ctx, inst, h.modCfg.
-		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}), "_start")
+		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst, inst.output.stderr}), "_start")
 	inst.flushLog()
 	h.stats.instances.Add(1)
 	h.stats.instanceNs.Add(uint64(time.Since(begin)))
