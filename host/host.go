@@ -151,6 +151,16 @@ type Handler struct {
 // served, and creates the first instances.
 func New(ctx context.Context, opts Options) (*Handler, error) {
 	opts.defaults()
+	h, err := newHandler(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", opts.Name, err)
+	}
+	return h, nil
+}
+
+// newHandler is New; its error does not name the module.
+func newHandler(ctx context.Context, opts Options) (*Handler, error) {
+	opts.defaults()
 	rt, err := newRuntime(ctx, &opts)
 	if err != nil {
 		return nil, err
@@ -171,7 +181,7 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 		if h.root != nil {
 			h.root.Close()
 		}
-		return nil, fmt.Errorf("%s: %w", opts.Name, err)
+		return nil, err
 	}
 	h.done.Add(1)
 	go h.maintain()
@@ -242,20 +252,30 @@ func cutEnv(kv string) (string, string, bool) {
 func (h *Handler) Info() Info { return h.info }
 
 // Prepare compiles the module exactly as a worker will, filling the
-// compilation cache, and checks it can be served. The master calls it before
-// starting workers, so they start warm and a bad module stops it early.
+// compilation cache, and checks it can be served: it instantiates it once,
+// with the limits of opts, running its start functions under the time
+// limit, as a worker does. So what a worker would refuse (a memory minimum
+// above the limit, a start function that never ends, a reserved export) is
+// refused here, with the same message. The master calls it before starting
+// workers, so they start warm and a bad module stops it early; `wcluster
+// check` calls it too.
 func Prepare(ctx context.Context, opts Options) (Info, error) {
-	opts.defaults()
-	rt, err := newRuntime(ctx, &opts)
+	opts.Instances, opts.MinInstances, opts.Fresh = 1, 1, false
+	h, err := newHandler(ctx, opts)
 	if err != nil {
 		return Info{}, err
 	}
-	defer rt.Close(ctx)
-	cm, err := compile(ctx, rt, opts.Wasm, opts.Timeout > 0)
-	if err != nil {
-		return Info{}, err
+	defer h.Close(ctx)
+	if h.info.Kind == KindCommand {
+		// A command's instance is made per connection; make one now, without
+		// running _start (it would serve a connection).
+		inst, err := h.newInstance(ctx)
+		if err != nil {
+			return h.info, err
+		}
+		inst.close(ctx)
 	}
-	return inspect(cm)
+	return h.info, nil
 }
 
 // mono is t on the handler's monotonic clock, in nanoseconds (> 0).
