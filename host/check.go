@@ -181,6 +181,10 @@ func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) 
 	}
 	cm, err := rt.CompileModule(ctx, code)
 	if err != nil {
+		if strings.Contains(err.Error(), " over limit of ") {
+			// wazero checks the memory's declared size against the limit.
+			return nil, fmt.Errorf("its memory does not fit the memory limit (%w): raise the limit (--memory-limit, or memory_limit in a config) or build the module with less memory", err)
+		}
 		return nil, fmt.Errorf("invalid WebAssembly module: %w", err)
 	}
 	return cm, nil
