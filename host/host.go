@@ -462,7 +462,7 @@ func (h *Handler) turn(c *conn) bool {
 func (h *Handler) call(ctx context.Context, c *conn, flags int32) (keep bool) {
 	inst, err := h.acquire(ctx)
 	if err != nil {
-		h.opts.Logger.Warn("no instance for connection", "conn", c.id, "err", err)
+		h.opts.Logger.Warn("no instance for connection", append([]any{"conn", c.id}, trapAttrs(err)...)...)
 		return false
 	}
 	h.stats.calls.Add(1)

@@ -174,7 +174,7 @@ func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
 			return nil, fmt.Errorf("instantiate: %w", err)
 		}
 		if mod != nil {
-			return nil, fmt.Errorf("instantiate: %s", oneLine(err))
+			return nil, &startError{err} // one line, the stack kept for the log
 		}
 		return nil, err
 	}

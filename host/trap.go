@@ -1,6 +1,9 @@
 package host
 
-import "strings"
+import (
+	"errors"
+	"strings"
+)
 
 // maxStack bounds the wasm stack a trap's log entry carries (wazero keeps
 // 30 frames; a frame with inlined source lines takes several lines).
@@ -13,6 +16,10 @@ const maxStack = 4096
 // error without one.
 func splitTrap(err error) (msg, stack string) {
 	msg, rest, _ := strings.Cut(err.Error(), "\n")
+	var se *startError
+	if errors.As(err, &se) {
+		_, rest, _ = strings.Cut(se.err.Error(), "\n")
+	}
 	_, frames, ok := strings.Cut(rest, "wasm stack trace:")
 	if !ok {
 		return msg, ""
@@ -49,3 +56,10 @@ func trapAttrs(err error) []any {
 	}
 	return []any{"err", msg, "stack", stack}
 }
+
+// startError is a start function's trap: its message is one line (it may
+// end up as the CLI's error), its stack is kept for the log.
+type startError struct{ err error }
+
+func (e *startError) Error() string { return "instantiate: " + oneLine(e.err) }
+func (e *startError) Unwrap() error { return e.err }

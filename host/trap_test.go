@@ -2,6 +2,7 @@ package host
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,10 @@ func TestSplitTrap(t *testing.T) {
 	}
 	if msg, stack := splitTrap(errors.New("module closed with exit_code(2)")); msg != "module closed with exit_code(2)" || stack != "" {
 		t.Fatalf("no stack: msg %q, stack %q", msg, stack)
+	}
+	start := &startError{err}
+	if msg, stack := splitTrap(fmt.Errorf("x: %w", start)); msg != "x: instantiate: wasm error: unreachable" || !strings.HasPrefix(stack, "fail_here()\n") {
+		t.Fatalf("start error: msg %q, stack %q", msg, stack)
 	}
 	long := "wasm error: unreachable\nwasm stack trace:" + strings.Repeat("\n\t.f"+strings.Repeat("x", 200)+"()", 100)
 	if _, stack := splitTrap(errors.New(long)); len(stack) > maxStack+4 || !strings.HasSuffix(stack, "\n...") {
