@@ -152,18 +152,6 @@ func signature(params, results []api.ValueType) string {
 	return name(params) + " -> " + name(results)
 }
 
-// Inspect compiles wasm and reports whether and how wcluster can serve it.
-// The error says what is wrong in one line.
-func Inspect(ctx context.Context, wasm []byte) (Info, error) {
-	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigCompiler())
-	defer rt.Close(ctx)
-	cm, err := compile(ctx, rt, wasm, false)
-	if err != nil {
-		return Info{}, err
-	}
-	return inspect(cm)
-}
-
 func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) (wazero.CompiledModule, error) {
 	if len(wasm) < 4 || string(wasm[:4]) != "\x00asm" {
 		return nil, errors.New("not a WebAssembly module (no \\0asm magic): pass a .wasm file")
