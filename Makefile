@@ -2,6 +2,8 @@
 # WCLUSTER_GUESTS points there (the tests build the Go guests themselves).
 OUT ?= $(CURDIR)/out/guests
 GOWASM = GOOS=wasip1 GOARCH=wasm go build -trimpath -buildvcs=false -ldflags='-s -w'
+# Keeps the name section (no -s): the tests read function names in the faults guest's trap stacks.
+GOWASM_NAMED = GOOS=wasip1 GOARCH=wasm go build -trimpath -buildvcs=false -ldflags='-w'
 
 # `make test` is the one test command: on a fresh machine (as root) it first
 # installs the packages the guests' toolchains and the tests need.
@@ -19,7 +21,7 @@ go-guests:
 	@mkdir -p $(OUT)
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-hello.wasm ./guests/go/hello
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-echo.wasm ./guests/go/echo
-	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-faults.wasm ./guests/go/faults
+	$(GOWASM_NAMED) -buildmode=c-shared -o $(OUT)/go-faults.wasm ./guests/go/faults
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-spin.wasm ./guests/go/spin
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-probe.wasm ./guests/go/probe
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-httphello.wasm ./guests/go/httphello

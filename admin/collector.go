@@ -31,6 +31,7 @@ var guestCounters = []struct{ key, name, help string }{
 	{"timeouts", "wcluster_guest_timeouts_total", "Guest calls stopped at the time limit."},
 	{"memory_limit_hits", "wcluster_guest_memory_limit_hits_total", "Guest calls that failed for want of memory."},
 	{"instances_created", "wcluster_guest_instantiations_total", "Guest instances created."},
+	{"log_lines_dropped", "wcluster_guest_log_lines_dropped_total", "Lines of guest stdout/stderr the per-handler rate limit kept out of the log."},
 }
 
 func newCollector(src Source) *collector {

@@ -152,18 +152,6 @@ func signature(params, results []api.ValueType) string {
 	return name(params) + " -> " + name(results)
 }
 
-// Inspect compiles wasm and reports whether and how wcluster can serve it.
-// The error says what is wrong in one line.
-func Inspect(ctx context.Context, wasm []byte) (Info, error) {
-	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigCompiler())
-	defer rt.Close(ctx)
-	cm, err := compile(ctx, rt, wasm, false)
-	if err != nil {
-		return Info{}, err
-	}
-	return inspect(cm)
-}
-
 func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) (wazero.CompiledModule, error) {
 	if len(wasm) < 4 || string(wasm[:4]) != "\x00asm" {
 		return nil, errors.New("not a WebAssembly module (no \\0asm magic): pass a .wasm file")
@@ -181,6 +169,10 @@ func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) 
 	}
 	cm, err := rt.CompileModule(ctx, code)
 	if err != nil {
+		if strings.Contains(err.Error(), " over limit of ") {
+			// wazero checks the memory's declared size against the limit.
+			return nil, fmt.Errorf("its memory does not fit the memory limit (%w): raise the limit (--memory-limit, or memory_limit in a config) or build the module with less memory", err)
+		}
 		return nil, fmt.Errorf("invalid WebAssembly module: %w", err)
 	}
 	return cm, nil

@@ -95,6 +95,7 @@ type Stats struct {
 	InstanceNs uint64 // total time spent creating instances
 	Live       int64  // instances alive now
 	Open       int64  // connections open now
+	LogDropped uint64 // lines of guest output dropped by the rate limit
 	// Latency counts calls by duration: Latency[i] those that took at most
 	// LatencyBounds()[i], the last one those that took longer. LatencyNs is
 	// their total time. A call is one request for a handler that answers
@@ -129,12 +130,15 @@ type Handler struct {
 	bufs  sync.Pool
 	stats struct {
 		conns, calls, traps, timeouts, memLimit, instances, instanceNs atomic.Uint64
+		logDropped                                                     atomic.Uint64
 		live                                                           atomic.Int64
 		latency                                                        [latencyBuckets]atomic.Uint64
 		latencyNs                                                      atomic.Uint64
 	}
 
 	epoch time.Time // mono's origin
+
+	lines lineLimiter // rate limit of guest output to the log
 	// limited holds every instance under the time limit, for watch.
 	limitMu sync.Mutex
 	limited map[*instance]struct{}
@@ -146,6 +150,16 @@ type Handler struct {
 // New compiles the module (from the cache when warm), checks it can be
 // served, and creates the first instances.
 func New(ctx context.Context, opts Options) (*Handler, error) {
+	opts.defaults()
+	h, err := newHandler(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", opts.Name, err)
+	}
+	return h, nil
+}
+
+// newHandler is New; its error does not name the module.
+func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 	opts.defaults()
 	rt, err := newRuntime(ctx, &opts)
 	if err != nil {
@@ -167,7 +181,7 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 		if h.root != nil {
 			h.root.Close()
 		}
-		return nil, fmt.Errorf("%s: %w", opts.Name, err)
+		return nil, err
 	}
 	h.done.Add(1)
 	go h.maintain()
@@ -238,20 +252,30 @@ func cutEnv(kv string) (string, string, bool) {
 func (h *Handler) Info() Info { return h.info }
 
 // Prepare compiles the module exactly as a worker will, filling the
-// compilation cache, and checks it can be served. The master calls it before
-// starting workers, so they start warm and a bad module stops it early.
+// compilation cache, and checks it can be served: it instantiates it once,
+// with the limits of opts, running its start functions under the time
+// limit, as a worker does. So what a worker would refuse (a memory minimum
+// above the limit, a start function that never ends, a reserved export) is
+// refused here, with the same message. The master calls it before starting
+// workers, so they start warm and a bad module stops it early; `wcluster
+// check` calls it too.
 func Prepare(ctx context.Context, opts Options) (Info, error) {
-	opts.defaults()
-	rt, err := newRuntime(ctx, &opts)
+	opts.Instances, opts.MinInstances, opts.Fresh = 1, 1, false
+	h, err := newHandler(ctx, opts)
 	if err != nil {
 		return Info{}, err
 	}
-	defer rt.Close(ctx)
-	cm, err := compile(ctx, rt, opts.Wasm, opts.Timeout > 0)
-	if err != nil {
-		return Info{}, err
+	defer h.Close(ctx)
+	if h.info.Kind == KindCommand {
+		// A command's instance is made per connection; make one now, without
+		// running _start (it would serve a connection).
+		inst, err := h.newInstance(ctx)
+		if err != nil {
+			return h.info, err
+		}
+		inst.close(ctx)
 	}
-	return inspect(cm)
+	return h.info, nil
 }
 
 // mono is t on the handler's monotonic clock, in nanoseconds (> 0).
@@ -263,7 +287,7 @@ func (h *Handler) Stats() Stats {
 		Conns: h.stats.conns.Load(), Calls: h.stats.calls.Load(), Traps: h.stats.traps.Load(),
 		Timeouts: h.stats.timeouts.Load(), MemLimit: h.stats.memLimit.Load(),
 		Instances: h.stats.instances.Load(), InstanceNs: h.stats.instanceNs.Load(),
-		Live: h.stats.live.Load(), Open: h.open(),
+		Live: h.stats.live.Load(), Open: h.open(), LogDropped: h.stats.logDropped.Load(),
 		Latency: h.latency(), LatencyNs: h.stats.latencyNs.Load(),
 	}
 }
@@ -438,7 +462,7 @@ func (h *Handler) turn(c *conn) bool {
 func (h *Handler) call(ctx context.Context, c *conn, flags int32) (keep bool) {
 	inst, err := h.acquire(ctx)
 	if err != nil {
-		h.opts.Logger.Warn("no instance for connection", "conn", c.id, "err", err)
+		h.opts.Logger.Warn("no instance for connection", append([]any{"conn", c.id}, trapAttrs(err)...)...)
 		return false
 	}
 	h.stats.calls.Add(1)
@@ -469,10 +493,12 @@ func (h *Handler) report(c *conn, err error) {
 		h.opts.Logger.Warn("guest stopped at its time limit", "conn", c.id, "timeout", h.opts.Timeout)
 	case isMemoryError(err):
 		h.stats.memLimit.Add(1)
-		h.opts.Logger.Warn("guest ran out of memory", "conn", c.id, "limit", h.opts.MemoryLimit, "err", oneLine(err))
+		h.opts.Logger.Warn("guest ran out of memory", append([]any{"conn", c.id, "limit", h.opts.MemoryLimit}, trapAttrs(err)...)...)
 	default:
+		// One entry: the error's first line, and the wasm stack (function
+		// names, when the module keeps its name section) in a field.
 		h.stats.traps.Add(1)
-		h.opts.Logger.Warn("guest trapped", "conn", c.id, "err", oneLine(err))
+		h.opts.Logger.Warn("guest trapped", append([]any{"conn", c.id}, trapAttrs(err)...)...)
 	}
 }
 
@@ -487,12 +513,13 @@ func (h *Handler) runCommand(ctx context.Context, c *conn) {
 	defer func() { <-h.sem }()
 	h.stats.calls.Add(1)
 	inst := &instance{h: h, cur: c}
+	_, inst.output.stderr = newOutStreams()
 	begin := time.Now()
 	if h.opts.Timeout > 0 {
 		c.deadline = begin.Add(h.opts.Timeout)
 	}
 	mod, err := h.instantiate(ctx, inst, h.modCfg.
-		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}), "_start")
+		WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst, inst.output.stderr}), "_start")
 	inst.flushLog()
 	h.stats.instances.Add(1)
 	h.stats.instanceNs.Add(uint64(time.Since(begin)))

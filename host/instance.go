@@ -28,7 +28,7 @@ type instance struct {
 	ctx    context.Context // an instContext, boxed once rather than per call
 	stack  [1]uint64
 	cur    *conn
-	errbuf []byte // stderr bytes since the last newline
+	output outputs // the guest's output streams sent to the log
 	uses   int
 	last   time.Time // when it was last returned to the pool
 	live   bool      // counted in stats.live
@@ -162,8 +162,10 @@ func startName(export string) string {
 // time limit.
 func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
 	inst := &instance{h: h}
+	inst.output.stdout, inst.output.stderr = newOutStreams()
 	begin := time.Now()
-	cfg := h.modCfg.WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}).
+	// stdio never reaches the connection: see stdio.go.
+	cfg := h.modCfg.WithStdin(noInput{}).WithStdout(logWriter{inst, inst.output.stdout}).WithStderr(logWriter{inst, inst.output.stderr}).
 		WithNanosleep(inst.nanosleep)
 	mod, err := h.instantiate(ctx, inst, cfg, abi.ExportInitialize)
 	if err != nil {
@@ -172,7 +174,7 @@ func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
 			return nil, fmt.Errorf("instantiate: %w", err)
 		}
 		if mod != nil {
-			return nil, fmt.Errorf("instantiate: %s", oneLine(err))
+			return nil, &startError{err} // one line, the stack kept for the log
 		}
 		return nil, err
 	}
@@ -423,7 +425,8 @@ func (h *Handler) watch() {
 }
 
 // maintain shrinks the pool: instances idle for longer than idleInstance,
-// beyond MinInstances, are closed. It runs until Close.
+// beyond MinInstances, are closed; and it reports guest output the rate
+// limit dropped once the limit lifts. It runs until Close.
 func (h *Handler) maintain() {
 	defer h.done.Done()
 	const idleInstance = 30 * time.Second
@@ -434,6 +437,7 @@ func (h *Handler) maintain() {
 		case <-h.stop:
 			return
 		case now := <-tick.C:
+			h.flushDropped(now)
 			var old []*instance
 			h.mu.Lock()
 			// idle is a stack: the least recently used are at the bottom.

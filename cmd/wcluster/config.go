@@ -150,11 +150,12 @@ func (c *fileConfig) prepare(ctx context.Context, log *slog.Logger) error {
 	var errs []string
 	for i := range c.Tenants {
 		t := &c.Tenants[i]
-		wasm, err := os.ReadFile(t.Handler)
-		if err == nil {
-			_, err = host.Prepare(ctx, t.options(wasm, c.Cluster.CacheDir, 0, log))
-		}
+		wasm, err := readHandler(t.Handler)
 		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s:%d: tenant %q: handler %s", c.Path, t.handlerLine, t.Name, handlerError(t.Handler, err)))
+			continue
+		}
+		if _, err = host.Prepare(ctx, t.options(wasm, c.Cluster.CacheDir, 0, log)); err != nil {
 			errs = append(errs, fmt.Sprintf("%s:%d: tenant %q: handler %s: %v", c.Path, t.handlerLine, t.Name, t.Handler, err))
 		}
 	}
@@ -176,10 +177,10 @@ func (g *groupPlan) newRouter(ctx context.Context, workerID int, log *slog.Logge
 	}
 	for i := range g.Tenants {
 		tp := &g.Tenants[i]
-		wasm, err := os.ReadFile(tp.Handler)
+		wasm, err := readHandler(tp.Handler)
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("tenant %q: %w", tp.Name, err)
+			return nil, fmt.Errorf("tenant %q: handler %s", tp.Name, handlerError(tp.Handler, err))
 		}
 		t := &host.Tenant{Name: tp.Name, Hosts: tp.Hosts, MaxConns: tp.MaxConns}
 		if tp.TLSCert != "" {
@@ -803,22 +804,13 @@ func errText(err error) string {
 }
 
 func checkHandlerFile(s *section, path string) {
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			s.errorf("handler", "handler %s: no such file: build it, or fix the path (relative to this file's directory)", path)
-		} else {
-			s.errorf("handler", "handler %s: %s", path, errText(err))
-		}
-		return
-	}
-	defer f.Close()
-	var magic [4]byte
-	if st, err := f.Stat(); err == nil && st.IsDir() {
-		s.errorf("handler", "handler %s is a directory: give the path of a .wasm file", path)
-		return
-	}
-	if _, err := io.ReadFull(f, magic[:]); err != nil || string(magic[:]) != "\x00asm" {
+	wasm, err := readHandler(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		s.errorf("handler", "handler %s: no such file: build it, or fix the path (relative to this file's directory)", path)
+	case err != nil:
+		s.errorf("handler", "handler %s", handlerError(path, err))
+	case len(wasm) < 4 || string(wasm[:4]) != "\x00asm":
 		s.errorf("handler", "handler %s is not a WebAssembly module (no \\0asm magic): give a .wasm file", path)
 	}
 }

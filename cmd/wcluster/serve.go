@@ -42,12 +42,12 @@ func (c *handlerConfig) load() (wasm []byte, name string, err error) {
 	if c.Path == "" {
 		return embedded.Hello, embedded.HelloName, nil
 	}
-	wasm, err = os.ReadFile(c.Path)
+	wasm, err = readHandler(c.Path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, "", fmt.Errorf("%s: no such file: pass the path of a .wasm handler (or none for the default)", c.Path)
 		}
-		return nil, "", fmt.Errorf("%s: %w", c.Path, err)
+		return nil, "", errors.New(handlerError(c.Path, err))
 	}
 	return wasm, filepath.Base(c.Path), nil
 }

@@ -37,8 +37,8 @@ shim=node_modules/@assemblyscript/wasi-shim
 # Reactors: the wasi-shim's settings spelled out (its asconfig.json would set
 # exportStart to _start), except two from the SDK: abort logs through
 # wcluster's log and traps (the shim's prints to stderr and calls proc_exit),
-# and console writes to the worker's log (the shim's writes to stdout, which
-# wcluster binds to the connection).
+# and console writes to the worker's log with its level (the shim's writes to
+# stdout and stderr, which wcluster logs at info and warn whatever the level).
 reactor=(
 	--lib "$shim/assembly"
 	--use ASC_WASI=1

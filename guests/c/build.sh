@@ -1,6 +1,7 @@
 #!/bin/sh
-# Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm (ABI v1 reactors),
-# c-httphello.wasm (an http-wasm handler) and c-cat.wasm (a plain WASI command).
+# Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm, c-trace.wasm
+# (ABI v1 reactors), c-httphello.wasm (an http-wasm handler) and c-cat.wasm
+# (a plain WASI command).
 #   guests/c/build.sh OUTDIR
 # CC and WASI_SYSROOT may be overridden from the environment.
 set -eu
@@ -49,7 +50,15 @@ done
 # http-wasm handler (import module http_handler): a reactor too.
 "$CC" $cflags -mexec-model=reactor -I "$here/sdk" \
 	-o "$out/c-httphello.wasm" "$here/examples/http_hello.c"
+# trace keeps its name section, so that a trap's wasm stack names functions:
+# linked without --strip-all, and without -O, which would run wasm-opt (it
+# drops the section) after the link.
+"$CC" --target=wasm32-wasi --sysroot="$WASI_SYSROOT" -O2 -Wall -Wextra -I "$here/sdk" \
+	-c -o "$out/c-trace.o" "$here/examples/trace.c"
+"$CC" --target=wasm32-wasi --sysroot="$WASI_SYSROOT" -mexec-model=reactor \
+	-o "$out/c-trace.wasm" "$out/c-trace.o"
+rm "$out/c-trace.o"
 # WASI command: _start, stdin/stdout are the connection.
 "$CC" $cflags -o "$out/c-cat.wasm" "$here/examples/cat.c"
 
-echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-httphello.wasm $out/c-cat.wasm"
+echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-trace.wasm $out/c-httphello.wasm $out/c-cat.wasm"

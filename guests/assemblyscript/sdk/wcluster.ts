@@ -230,9 +230,9 @@ function elapsed(label: string, start: u64): string {
   return label + ": " + (<f64>ns / 1e6).toString() + "ms";
 }
 
-/** A `console` for reactors that writes to the worker's log. The wasi-shim's
- *  console writes to stdout, which wcluster binds to the connection: a
- *  console.log would go to the client. Selected at build time with
+/** A `console` for reactors that writes to the worker's log with its level.
+ *  The wasi-shim's console writes to stdout and stderr, which wcluster logs
+ *  at info and warn whatever the level. Selected at build time with
  *  `--use console=sdk/wcluster/logConsole` (see ../README.md). */
 export namespace logConsole {
   export function assert<T>(condition: T, message: string = ""): void {

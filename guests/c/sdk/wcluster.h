@@ -16,6 +16,9 @@
  * State that belongs to one connection must not live in globals across a
  * WCLUSTER_KEEP: the next call may run on another instance. Push unconsumed
  * bytes back with wcluster_unread() instead.
+ *
+ * stdout and stderr (printf, fprintf(stderr, ...)) go to the worker's log,
+ * never to the client; stdin is empty. Answer with wcluster_write_all().
  */
 #ifndef WCLUSTER_H
 #define WCLUSTER_H

@@ -8,12 +8,14 @@
 //	oom    allocate until memory runs out
 //	flood  write without end to a client that never reads
 //	hold   wait for the peer to close, then answer
+//	spew   write 1000 lines to stderr (past the host's rate limit), then answer
 //	sleep  sleep for an hour without reading (only the time limit stops it)
 //	other  answer "ok <worker id> <line>\n" and close
 package main
 
 import (
 	"bytes"
+	"os"
 	"strconv"
 	"time"
 
@@ -59,6 +61,10 @@ func serve(wcluster.Flags) wcluster.Action {
 		}
 	case "sleep":
 		time.Sleep(time.Hour)
+	case "spew":
+		for i := range 1000 {
+			os.Stderr.WriteString("spew line " + strconv.Itoa(i) + "\n")
+		}
 	case "hold":
 		for {
 			if _, err := wcluster.Read(buf); err != nil {

@@ -239,8 +239,8 @@ pub fn logf(level: Level, comptime fmt: []const u8, args: anytype) void {
 ///         pub const log_level = .info; // ReleaseSmall keeps only .err by default
 ///     };
 ///
-/// (Zig's default logFn writes to stderr, which wcluster also logs, untagged
-/// by level.)
+/// (Zig's default logFn writes to stderr, which wcluster also logs, at warn
+/// whatever the level.)
 pub fn stdLogFn(
     comptime message_level: std.log.Level,
     comptime scope: @TypeOf(.EnumLiteral),

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"syscall"
+)
+
+// maxHandlerSize caps a handler file. Real modules are far smaller (the Go
+// hello is about 2.5 MB, a large Rust or C++ program some tens of MB); the
+// cap keeps a wrong path (a log, a device) from filling memory.
+const maxHandlerSize = 256 << 20
+
+// readHandler reads a handler file: a regular file of at most
+// maxHandlerSize bytes. Every place that reads a handler (serve, check,
+// reload, a config's tenants, the workers) reads it here. An error is a
+// phrase to follow the path ("is a directory, ..."), except for a missing
+// file: an os.ErrNotExist, for the caller's own advice.
+func readHandler(path string) ([]byte, error) {
+	// Non-blocking, so that opening a FIFO does not wait for a writer; it
+	// changes nothing for a regular file.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("cannot be opened: %s", errText(err))
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("cannot be read: %s", errText(err))
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("is %s, not a regular file: give the path of a .wasm file", fileKind(st.Mode()))
+	}
+	tooLarge := fmt.Errorf("is larger than %d MiB, the limit for a handler file: give the path of a .wasm module", maxHandlerSize>>20)
+	if st.Size() > maxHandlerSize {
+		return nil, tooLarge
+	}
+	// Bounded even if the file grows while it is read.
+	b, err := io.ReadAll(io.LimitReader(f, maxHandlerSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("cannot be read: %s", errText(err))
+	}
+	if len(b) > maxHandlerSize {
+		return nil, tooLarge
+	}
+	return b, nil
+}
+
+// handlerError is "PATH" and what readHandler found wrong with it.
+func handlerError(path string, err error) string {
+	if errors.Is(err, os.ErrNotExist) {
+		return path + ": no such file"
+	}
+	return fmt.Sprintf("%s %v", path, err)
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "a special file"
+}
