@@ -86,7 +86,7 @@ func memTotal(t *testing.T) uint64 {
 // floodResult is what a memory flood did.
 type floodResult struct {
 	calls, answered int64 // bomb calls made, and (wrongly) answered 200
-	peakRSS           uint64
+	peakRSS         uint64
 }
 
 // memoryFlood sends the bomb on conns concurrent connections (host bomb)
