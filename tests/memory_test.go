@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
 // The memory bomb: the probe guest allocating (and touching) far more than
@@ -279,6 +281,15 @@ guest_memory_budget = "64MiB"
 	}
 	if v, _ := metricSum(scrape, "wcluster_guest_memory_refusals_total"); v == 0 {
 		t.Errorf("wcluster_guest_memory_refusals_total is 0 after the flood")
+	}
+	problems, err := promlint.New(strings.NewReader(scrape)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		if strings.Contains(p.Metric, "_memory_") {
+			t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+		}
 	}
 }
 
