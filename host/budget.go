@@ -260,7 +260,7 @@ func (h *Handler) reserveStart(ctx context.Context, alt <-chan struct{}, waited 
 		case errAlt:
 			return 0, false, nil
 		case errNoMemory:
-			h.refused(true)
+			h.refused(n)
 			return 0, false, fmt.Errorf("%w within %v (an instance needs %d KiB)", errNoMemory, h.opts.MemoryWait, n>>10)
 		default:
 			return 0, false, err
@@ -276,11 +276,11 @@ func (b *Budget) addWaiting(d int64) {
 	}
 }
 
-// refused counts a refusal for the tenant, and for the worker when its
-// budget is the one short (or always, with worker).
-func (h *Handler) refused(worker bool) {
+// refused counts a refusal of n bytes for the tenant, and for the worker
+// when the tenant's own budget had room for them (the worker's was short).
+func (h *Handler) refused(n uint64) {
 	h.budget.refusals.Add(1)
-	if w := h.opts.Budget; w != nil && worker {
+	if w := h.opts.Budget; w != nil && (h.budget.limit == 0 || h.budget.used.Load()+n <= h.budget.limit) {
 		w.refusals.Add(1)
 	}
 }
@@ -333,7 +333,7 @@ func (m *linearMemory) Reallocate(size uint64) []byte {
 			h.opts.Budget.force(need)
 		case !h.chargeOrReclaim(need):
 			m.inst.refused = true
-			h.refused(h.budget.limit == 0 || h.budget.used.Load()+need <= h.budget.limit)
+			h.refused(need)
 			return nil
 		}
 		m.charged.Store(size)
