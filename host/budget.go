@@ -173,9 +173,7 @@ func (h *Handler) fits(n uint64) error {
 // keeps its warm instances whatever another asks for). It reports whether
 // it closed any.
 func (h *Handler) reclaim(n uint64) bool {
-	var freed uint64
-	closed := h.closeIdle(n, nil)
-	freed += closed
+	freed := h.closeIdle(n, nil)
 	if w := h.opts.Budget; freed < n && w != nil && w.limit > 0 {
 		hs := w.members()
 		share := w.limit / uint64(max(len(hs), 1))
@@ -226,8 +224,13 @@ func (h *Handler) reserveStart(ctx context.Context, alt <-chan struct{}, waited 
 		return 0, false, err
 	}
 	for {
-		wch, tch := h.opts.Budget.changed(), h.budget.changed()
 		if h.chargeOrReclaim(n) {
+			return n, true, nil
+		}
+		// Subscribe to frees, then try again: a free in between is not
+		// missed.
+		wch, tch := h.opts.Budget.changed(), h.budget.changed()
+		if h.charge(n) {
 			return n, true, nil
 		}
 		if !*waited {
