@@ -55,6 +55,14 @@ func newCollector(src Source) *collector {
 		add(g.name, g.help, tenantLabels...)
 	}
 	add("wcluster_guest_call_duration_seconds", "Time of each call into the guest: one request for a handler that answers one per call.", tenantLabels...)
+	add("wcluster_guest_memory_budget_bytes", "The worker's guest memory budget: linear memory all its guest instances may hold together (0: none).", workerLabels...)
+	add("wcluster_guest_memory_in_use_bytes", "Linear memory the worker's guest instances hold now.", workerLabels...)
+	add("wcluster_guest_memory_waits_total", "Calls that waited for room in the worker's guest memory budget.", workerLabels...)
+	add("wcluster_guest_memory_refusals_total", "memory.grow refused, and calls that gave up waiting, for want of room in the worker's guest memory budget.", workerLabels...)
+	add("wcluster_tenant_memory_budget_bytes", "The tenant's guest memory budget in the worker (0: none of its own).", tenantLabels...)
+	add("wcluster_tenant_memory_in_use_bytes", "Linear memory the tenant's guest instances hold now in the worker.", tenantLabels...)
+	add("wcluster_tenant_memory_waits_total", "The tenant's calls that waited for room in a guest memory budget.", tenantLabels...)
+	add("wcluster_tenant_memory_refusals_total", "The tenant's memory.grow refused, and calls that gave up waiting, for want of room in a guest memory budget.", tenantLabels...)
 	add("wcluster_misdirected_total", "Connections no tenant answered (unknown Host or SNI).", workerLabels...)
 	add("wcluster_tls_failures_total", "TLS handshakes that failed.", workerLabels...)
 	add("wcluster_master_accepted_total", "Connections the master accepted (rr).", "group")
@@ -115,6 +123,10 @@ func (c *collector) collectWorker(ch chan<- prometheus.Metric, emit func(string,
 	}
 	emit("wcluster_misdirected_total", counter, num(w.Handler, "misdirected"), group, id)
 	emit("wcluster_tls_failures_total", counter, num(w.Handler, "tls_failures"), group, id)
+	emit("wcluster_guest_memory_budget_bytes", gauge, num(w.Handler, "guest_memory_budget"), group, id)
+	emit("wcluster_guest_memory_in_use_bytes", gauge, num(w.Handler, "guest_memory_in_use"), group, id)
+	emit("wcluster_guest_memory_waits_total", counter, num(w.Handler, "guest_memory_waits"), group, id)
+	emit("wcluster_guest_memory_refusals_total", counter, num(w.Handler, "guest_memory_refusals"), group, id)
 	tenants, _ := w.Handler["tenants"].(map[string]any)
 	for name, v := range tenants {
 		t, _ := v.(map[string]any)
@@ -122,6 +134,10 @@ func (c *collector) collectWorker(ch chan<- prometheus.Metric, emit func(string,
 		emit("wcluster_guest_instantiation_seconds_total", counter, num(t, "instance_ns")/1e9, group, id, name)
 		emit("wcluster_tenant_connections_open", gauge, num(t, "open"), group, id, name)
 		emit("wcluster_tenant_refused_total", counter, num(t, "refused"), group, id, name)
+		emit("wcluster_tenant_memory_budget_bytes", gauge, num(t, "memory_budget"), group, id, name)
+		emit("wcluster_tenant_memory_in_use_bytes", gauge, num(t, "memory_in_use"), group, id, name)
+		emit("wcluster_tenant_memory_waits_total", counter, num(t, "memory_waits"), group, id, name)
+		emit("wcluster_tenant_memory_refusals_total", counter, num(t, "memory_refusals"), group, id, name)
 		for _, g := range guestCounters {
 			emit(g.name, counter, num(t, g.key), group, id, name)
 		}

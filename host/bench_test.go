@@ -467,7 +467,7 @@ func BenchmarkNewInstance(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				inst, err := h.newInstance(context.Background())
+				inst, err := h.newInstance(context.Background(), 0)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -19,6 +19,11 @@
 // with the tenant's certificate, so guests see plaintext and never hold
 // keys.
 //
+// Guest linear memory is allocated by the host and charged to Budgets: one
+// per worker, shared by all its Handlers, and one per Handler. Growth past a
+// budget fails like growth past the instance's limit; a call that needs a
+// new instance the budget cannot hold waits, boundedly, for memory to free.
+//
 // A guest gets nothing it was not given: no filesystem unless a directory is
 // mounted (read-only, at MountPoint), no environment but Options.Env, no
 // socket but its connection.

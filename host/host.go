@@ -61,6 +61,15 @@ type Options struct {
 	Mount string
 	// Logger receives the guest's log lines and the host's reports.
 	Logger *slog.Logger
+	// Budget bounds the linear memory of all the instances of a worker:
+	// one Budget shared by every Handler of the worker (nil: none).
+	// MemoryBudget bounds this Handler's instances (0: none). A memory.grow
+	// past either fails (the guest sees an ordinary out-of-memory); a call
+	// that needs a new instance waits for room at most MemoryWait (default
+	// 10s), idle instances being closed first to make it.
+	Budget       *Budget
+	MemoryBudget uint64
+	MemoryWait   time.Duration
 }
 
 // MountPoint is where the guest sees Options.Mount.
@@ -82,6 +91,9 @@ func (o *Options) defaults() {
 	if o.Name == "" {
 		o.Name = "handler"
 	}
+	if o.MemoryWait <= 0 {
+		o.MemoryWait = 10 * time.Second
+	}
 }
 
 // Stats are a Handler's counters since it started.
@@ -96,6 +108,10 @@ type Stats struct {
 	Live       int64  // instances alive now
 	Open       int64  // connections open now
 	LogDropped uint64 // lines of guest output dropped by the rate limit
+	// Memory is the tenant's guest memory: its budget (Limit 0: none), the
+	// linear memory of its instances now, calls that waited for room and
+	// refusals (memory.grow refused, waits given up).
+	Memory BudgetStats
 	// Latency counts calls by duration: Latency[i] those that took at most
 	// LatencyBounds()[i], the last one those that took longer. LatencyNs is
 	// their total time. A call is one request for a handler that answers
@@ -145,6 +161,9 @@ type Handler struct {
 
 	stop chan struct{} // closed by Close: stops maintain and watch
 	done sync.WaitGroup
+
+	budget   *Budget       // this Handler's own (Options.MemoryBudget)
+	startMem atomic.Uint64 // what a new instance is reserved: see reserveStart
 }
 
 // New compiles the module (from the cache when warm), checks it can be
@@ -166,7 +185,7 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
-		stop: make(chan struct{}), epoch: time.Now()}
+		stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget)}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
 	if opts.Timeout > 0 {
 		// Before init: the first instances' start functions run under the
@@ -183,6 +202,7 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 		}
 		return nil, err
 	}
+	h.opts.Budget.join(h, true)
 	h.done.Add(1)
 	go h.maintain()
 	return h, nil
@@ -196,6 +216,9 @@ func (h *Handler) init(ctx context.Context) error {
 	h.compiled = cm
 	if h.info, err = inspect(cm); err != nil {
 		return err
+	}
+	for _, m := range cm.ExportedMemories() {
+		h.startMem.Store(uint64(m.Min()) << 16)
 	}
 	if _, err := wasi_snapshot_preview1.Instantiate(ctx, h.rt); err != nil {
 		return fmt.Errorf("instantiate WASI: %w", err)
@@ -228,8 +251,18 @@ func (h *Handler) init(ctx context.Context) error {
 	h.returned = make(chan struct{}, 1)
 	if h.info.Kind == KindABI && !h.opts.Fresh {
 		// A module that cannot even start is reported now, not per connection.
-		for range h.opts.MinInstances {
-			inst, err := h.newInstance(ctx)
+		for i := range h.opts.MinInstances {
+			// Warm instances only as far as the budgets allow, but the
+			// first always: it tells whether the module can start.
+			n := h.startMem.Load()
+			if !h.charge(n) {
+				if i > 0 {
+					break
+				}
+				h.budget.force(n)
+				h.opts.Budget.force(n)
+			}
+			inst, err := h.newInstance(ctx, n)
 			if err != nil {
 				return err
 			}
@@ -269,7 +302,10 @@ func Prepare(ctx context.Context, opts Options) (Info, error) {
 	if h.info.Kind == KindCommand {
 		// A command's instance is made per connection; make one now, without
 		// running _start (it would serve a connection).
-		inst, err := h.newInstance(ctx)
+		n := h.startMem.Load()
+		h.budget.force(n)
+		h.opts.Budget.force(n)
+		inst, err := h.newInstance(ctx, n)
 		if err != nil {
 			return h.info, err
 		}
@@ -289,6 +325,7 @@ func (h *Handler) Stats() Stats {
 		Instances: h.stats.instances.Load(), InstanceNs: h.stats.instanceNs.Load(),
 		Live: h.stats.live.Load(), Open: h.open(), LogDropped: h.stats.logDropped.Load(),
 		Latency: h.latency(), LatencyNs: h.stats.latencyNs.Load(),
+		Memory: h.budget.Stats(),
 	}
 }
 
@@ -355,6 +392,7 @@ func (h *Handler) Drain() {
 // Close releases every instance and the runtime. Call it after every
 // ServeConn has returned.
 func (h *Handler) Close(ctx context.Context) error {
+	h.opts.Budget.join(h, false)
 	close(h.stop)
 	h.done.Wait()
 	h.mu.Lock()
@@ -511,8 +549,15 @@ func (h *Handler) runCommand(ctx context.Context, c *conn) {
 		return
 	}
 	defer func() { <-h.sem }()
+	var waited bool
+	var deadline time.Time
+	n, _, err := h.reserveStart(ctx, nil, &waited, &deadline)
+	if err != nil {
+		h.opts.Logger.Warn("no instance for connection", "conn", c.id, "err", err)
+		return
+	}
 	h.stats.calls.Add(1)
-	inst := &instance{h: h, cur: c}
+	inst := &instance{h: h, cur: c, prepaid: n}
 	_, inst.output.stderr = newOutStreams()
 	begin := time.Now()
 	if h.opts.Timeout > 0 {

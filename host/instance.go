@@ -10,6 +10,7 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/experimental"
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wcluster/wcluster/abi"
@@ -41,6 +42,13 @@ type instance struct {
 	// stop is closed when a call overruns the time limit, to wake a guest
 	// asleep in the host.
 	stop chan struct{}
+
+	// Memory: lm is the linear memory (nil until the module has one);
+	// prepaid is what was reserved for its start, until lm takes it;
+	// refused is set when the budget refused a memory.grow.
+	lm      *linearMemory
+	prepaid uint64
+	refused bool
 }
 
 // instContext is the context of every call into an instance: host functions
@@ -99,7 +107,8 @@ func instanceOf(ctx context.Context) *instance {
 // so that the watchdog can stop them like any call. On error the caller
 // closes inst.
 func (h *Handler) instantiate(ctx context.Context, inst *instance, cfg wazero.ModuleConfig, start string) (api.Module, error) {
-	inst.ctx = instContext{Context: ctx, inst: inst}
+	// The host allocates the linear memory, to hold it to the budgets.
+	inst.ctx = instContext{Context: experimental.WithMemoryAllocator(ctx, inst), inst: inst}
 	mod, err := h.rt.InstantiateModule(inst.ctx, h.compiled, cfg.WithStartFunctions())
 	if err != nil {
 		if mod != nil {
@@ -159,9 +168,9 @@ func startName(export string) string {
 }
 
 // newInstance instantiates the module and runs its _initialize, within the
-// time limit.
-func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
-	inst := &instance{h: h}
+// time limit. prepaid bytes were charged to the budgets for its start.
+func (h *Handler) newInstance(ctx context.Context, prepaid uint64) (*instance, error) {
+	inst := &instance{h: h, prepaid: prepaid}
 	inst.output.stdout, inst.output.stderr = newOutStreams()
 	begin := time.Now()
 	// stdio never reaches the connection: see stdio.go.
@@ -182,6 +191,11 @@ func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
 	h.stats.instanceNs.Add(uint64(time.Since(begin)))
 	h.stats.live.Add(1)
 	inst.live = true
+	if inst.lm != nil {
+		// What it has once started is what the next instance reserves.
+		inst.lm.trim()
+		h.startMem.Store(inst.lm.size())
+	}
 	inst.entry = mod.ExportedFunction(abi.ExportHandle)
 	// Calls run under the instance's own context: no context per call.
 	inst.ctx = instContext{inst: inst}
@@ -273,8 +287,11 @@ func (inst *instance) deadlineErr(err error) error {
 	if errors.As(err, &exit) && (exit.ExitCode() == sys.ExitCodeDeadlineExceeded || exit.ExitCode() == sys.ExitCodeContextCanceled) {
 		return errDeadline
 	}
+	if inst.refused {
+		return &memoryError{err: err, budget: true}
+	}
 	if inst.h.opts.MemoryLimit > 0 && inst.mem != nil && uint64(inst.mem.Size())+inst.h.opts.MemoryLimit/8 >= inst.h.opts.MemoryLimit {
-		return &memoryError{err}
+		return &memoryError{err: err}
 	}
 	return err
 }
@@ -289,12 +306,28 @@ func (inst *instance) close(ctx context.Context) {
 			inst.h.stats.live.Add(-1)
 		}
 	}
+	// The module's close freed its memory; this covers an instantiation
+	// that failed before returning a module, and a start never reached.
+	if inst.lm != nil {
+		inst.lm.Free()
+	}
+	inst.h.uncharge(inst.prepaid)
+	inst.prepaid = 0
 }
 
-// memoryError is a failure of a guest whose memory reached its limit.
-type memoryError struct{ err error }
+// memoryError is a failure of a guest whose memory reached its limit, or
+// whose growth the memory budget refused.
+type memoryError struct {
+	err    error
+	budget bool
+}
 
-func (e *memoryError) Error() string { return "memory limit reached: " + e.err.Error() }
+func (e *memoryError) Error() string {
+	if e.budget {
+		return "guest memory budget reached: " + e.err.Error()
+	}
+	return "memory limit reached: " + e.err.Error()
+}
 func (e *memoryError) Unwrap() error { return e.err }
 
 func isMemoryError(err error) bool {
@@ -326,8 +359,15 @@ func (h *Handler) acquire(ctx context.Context) (*instance, error) {
 			return nil, ctx.Err()
 		}
 	}
+	var waited bool
+	var deadline time.Time
 	if h.opts.Fresh {
-		inst, err := h.newInstance(ctx)
+		n, _, err := h.reserveStart(ctx, nil, &waited, &deadline)
+		if err != nil {
+			<-h.sem
+			return nil, err
+		}
+		inst, err := h.newInstance(ctx, n)
 		if err != nil {
 			<-h.sem
 			return nil, err
@@ -338,7 +378,8 @@ func (h *Handler) acquire(ctx context.Context) (*instance, error) {
 	// time, taking whichever comes first, a returned instance or the turn
 	// to create. A burst of first requests so grows the pool by what it
 	// needs, not by one instance (milliseconds and megabytes for a Go
-	// guest) per waiting connection.
+	// guest) per waiting connection. Creating waits for room in the
+	// memory budgets, but an instance returned meanwhile is taken instead.
 	for {
 		h.mu.Lock()
 		if n := len(h.idle); n > 0 {
@@ -350,7 +391,17 @@ func (h *Handler) acquire(ctx context.Context) (*instance, error) {
 		h.mu.Unlock()
 		select {
 		case h.creating <- struct{}{}:
-			inst, err := h.newInstance(ctx)
+			n, ok, err := h.reserveStart(ctx, h.returned, &waited, &deadline)
+			if err != nil {
+				<-h.creating
+				<-h.sem
+				return nil, err
+			}
+			if !ok {
+				<-h.creating
+				continue // an instance came back: take it
+			}
+			inst, err := h.newInstance(ctx, n)
 			<-h.creating
 			if err != nil {
 				<-h.sem

@@ -51,6 +51,7 @@ type clusterConfig struct {
 	WorkerTimeout   time.Duration
 	MaxRequests     int
 	MaxWorkerMemory uint64
+	GuestBudget     string // guest_memory_budget: "auto", "0" or a size per worker
 	CacheDir        string
 	LogLevel        string
 	LogFormat       string // "text" or "json"
@@ -69,6 +70,11 @@ type groupPlan struct {
 	CacheDir  string         `json:"cache_dir"`
 	LogLevel  string         `json:"log_level"`
 	LogFormat string         `json:"log_format"`
+	// MemoryBudget bounds the linear memory of all instances of one of the
+	// group's workers (0: none); a call waits at most MemoryWait for room.
+	MemoryBudget uint64        `json:"memory_budget"`
+	MemoryWait   time.Duration `json:"memory_wait"`
+	budgetWhy    string        // for check and the banner
 }
 
 // listenerPlan is one listening address and the tenants on it.
@@ -97,6 +103,7 @@ type tenantPlan struct {
 	line, handlerLine int    // where it is in the file, for prepare's messages
 	workersSet        bool
 	workers           int
+	groupBudget       string // group_memory_budget ("": not set)
 }
 
 // Defaults of a tenant's keys: the same as serve's flags.
@@ -168,7 +175,7 @@ func (c *fileConfig) prepare(ctx context.Context, log *slog.Logger) error {
 // newRouter builds, in a worker, the Handler of each of the group's tenants
 // and the Router over its listeners. Certificates and keys are read here,
 // so they never pass through the master's environment.
-func (g *groupPlan) newRouter(ctx context.Context, workerID int, log *slog.Logger) (*host.Router, error) {
+func (g *groupPlan) newRouter(ctx context.Context, workerID int, budget *host.Budget, log *slog.Logger) (*host.Router, error) {
 	tenants := map[string]*host.Tenant{}
 	closeAll := func() {
 		for _, t := range tenants {
@@ -191,7 +198,9 @@ func (g *groupPlan) newRouter(ctx context.Context, workerID int, log *slog.Logge
 			}
 			t.Cert = &cert
 		}
-		h, err := host.New(ctx, tp.options(wasm, g.CacheDir, workerID, log))
+		o := tp.options(wasm, g.CacheDir, workerID, log)
+		o.Budget, o.MemoryWait = budget, g.MemoryWait
+		h, err := host.New(ctx, o)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("tenant %q: %w", tp.Name, err)
@@ -214,7 +223,7 @@ func (g *groupPlan) newRouter(ctx context.Context, workerID int, log *slog.Logge
 }
 
 // routerStats are a worker's heartbeat counters: per tenant, and routing.
-func routerStats(r *host.Router) map[string]any {
+func routerStats(r *host.Router, budget *host.Budget) map[string]any {
 	s := r.Stats()
 	tenants := map[string]any{}
 	for name, t := range s.Tenants {
@@ -222,7 +231,7 @@ func routerStats(r *host.Router) map[string]any {
 		st["refused"] = t.Refused
 		tenants[name] = st
 	}
-	return withTotals(map[string]any{"tenants": tenants, "misdirected": s.Misdirected, "tls_failures": s.TLSFailures})
+	return withBudget(withTotals(map[string]any{"tenants": tenants, "misdirected": s.Misdirected, "tls_failures": s.TLSFailures}), budget)
 }
 
 // checkConfigFile is `wcluster check --config FILE`: it loads and checks the
@@ -238,7 +247,7 @@ func checkConfigFile(ctx context.Context, path string, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "%s: ok, %d tenants in %d worker groups\n", path, len(c.Tenants), len(c.Groups))
 	for _, g := range c.Groups {
-		fmt.Fprintf(w, "group %s: %d workers\n", g.Name, g.Workers)
+		fmt.Fprintf(w, "group %s: %d workers, %s\n", g.Name, g.Workers, g.budgetWhy)
 		for _, l := range g.Listeners {
 			kind := "http"
 			if l.TLS {
@@ -258,8 +267,24 @@ func checkConfigFile(ctx context.Context, path string, w io.Writer) error {
 			}
 			fmt.Fprintf(w, "  %s %s: %s\n", kind, l.Addr, strings.Join(ts, ", "))
 		}
+		for _, t := range g.Tenants {
+			fmt.Fprintf(w, "  tenant %s: %s\n", t.Name, t.limitsText())
+		}
 	}
 	return nil
+}
+
+// limitsText says a tenant's time and memory limits, for check.
+func (t *tenantPlan) limitsText() string {
+	timeout := "no time limit"
+	if t.Timeout > 0 {
+		timeout = "time limit " + t.Timeout.String()
+	}
+	budget := "no guest memory budget of its own (the worker's applies)"
+	if t.MemoryBudget > 0 {
+		budget = "guest memory budget " + sizeText(t.MemoryBudget) + " per worker"
+	}
+	return fmt.Sprintf("%s, memory limit %s per instance, %s", timeout, sizeText(t.MemoryLimit), budget)
 }
 
 // loadConfig reads and checks a config file. The error, if any, lists every
@@ -473,6 +498,29 @@ func (s *section) duration(key string, def time.Duration) time.Duration {
 	return d
 }
 
+// budget reads a guest memory budget per worker: "auto", 0 or a size.
+func (s *section) budget(key string) string {
+	v, ok := s.values[key]
+	if !ok {
+		return ""
+	}
+	var spec string
+	switch x := v.(type) {
+	case int64:
+		spec = strconv.FormatInt(x, 10)
+	case string:
+		spec = x
+	default:
+		s.errorf(key, "%s must be a size such as \"1GiB\", \"auto\" or 0 (none), not %s", key, tomlType(v))
+		return ""
+	}
+	if _, err := parseGuestBudget(spec, 1); err != nil {
+		s.errorf(key, "%s: %v", key, err)
+		return ""
+	}
+	return spec
+}
+
 func (s *section) size(key string, def uint64) uint64 {
 	v, ok := s.values[key]
 	if !ok {
@@ -571,10 +619,11 @@ var (
 
 var (
 	clusterKeys = []string{"workers", "sched", "backlog", "max_conns", "queue_size", "queue_timeout",
-		"shutdown_timeout", "worker_timeout", "max_requests", "max_worker_memory", "cache_dir", "log_level", "log_format", "control", "admin"}
+		"shutdown_timeout", "worker_timeout", "max_requests", "max_worker_memory", "cache_dir", "log_level", "log_format", "control", "admin",
+		"guest_memory_budget"}
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
-		"instance_mode", "max_conns", "env", "config", "mount"}
+		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget"}
 )
 
 func (cr *configReader) read(doc map[string]any) *fileConfig {
@@ -653,6 +702,7 @@ func (cr *configReader) readCluster(top *section) clusterConfig {
 	cl.WorkerTimeout = s.duration("worker_timeout", cl.WorkerTimeout)
 	cl.MaxRequests = s.int("max_requests", 0, 0)
 	cl.MaxWorkerMemory = s.size("max_worker_memory", 0)
+	cl.GuestBudget = s.budget("guest_memory_budget")
 	if s.has("cache_dir") {
 		cl.CacheDir = s.path("cache_dir") // "" disables the cache
 	}
@@ -769,6 +819,11 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 		s.errorf("instance_mode", "instance_mode = %q: use \"pooled\" or \"fresh\"", mode)
 	}
 	t.MaxConns = s.int("max_conns", 0, 0)
+	t.MemoryBudget = s.size("guest_memory_budget", 0)
+	if t.MemoryBudget > 0 && t.MemoryBudget < 1<<20 {
+		s.errorf("guest_memory_budget", "guest_memory_budget = %d bytes is too small: give at least \"1MiB\" (or leave it out for none)", t.MemoryBudget)
+	}
+	t.groupBudget = s.budget("group_memory_budget")
 
 	env := s.stringTable("env")
 	for _, k := range slices.Sorted(maps.Keys(env)) {
@@ -990,6 +1045,35 @@ func (cr *configReader) plan(c *fileConfig) {
 				g.Workers = t.workers
 			}
 		}
+	}
+	// Guest memory budgets: a group's own (group_memory_budget, on any of
+	// its tenants, all agreeing), else [cluster]'s; the default is shared
+	// by every worker of every group.
+	total := 0
+	for i := range c.Groups {
+		total += c.Groups[i].Workers
+	}
+	budgetFrom := map[string]*tenantPlan{}
+	for i := range c.Tenants {
+		t := &c.Tenants[i]
+		if t.groupBudget == "" {
+			continue
+		}
+		if o := budgetFrom[t.Group]; o != nil && o.groupBudget != t.groupBudget {
+			errAt(t, "group_memory_budget", "group_memory_budget = %q, but %s of the same group %q says %q: a group has one budget per worker; set it on one tenant, or make them agree",
+				t.groupBudget, o.who, t.Group, o.groupBudget)
+		} else if o == nil {
+			budgetFrom[t.Group] = t
+		}
+	}
+	for i := range c.Groups {
+		g := &c.Groups[i]
+		spec := c.Cluster.GuestBudget
+		if t := budgetFrom[g.Name]; t != nil {
+			spec = t.groupBudget
+		}
+		b, _ := parseGuestBudget(spec, total) // checked when read
+		g.MemoryBudget, g.budgetWhy, g.MemoryWait = b.PerWorker, b.String(), c.Cluster.QueueTimeout
 	}
 	for _, a := range order {
 		l := byAddr[a]

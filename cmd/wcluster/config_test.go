@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/wcluster/wcluster/guests/embedded"
+	"github.com/wcluster/wcluster/host"
 )
 
 // writeFiles creates files (path relative to dir: content) and returns dir.
@@ -354,12 +355,12 @@ instances_min = 1
 	js, _ := json.Marshal(g)
 	var plan groupPlan
 	json.Unmarshal(js, &plan)
-	r, err := plan.newRouter(ctx, 1, log)
+	r, err := plan.newRouter(ctx, 1, host.NewBudget(0), log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close(ctx)
-	st := routerStats(r)
+	st := routerStats(r, host.NewBudget(0))
 	if ts := st["tenants"].(map[string]any); len(ts) != 2 {
 		t.Errorf("stats: %v", st)
 	}

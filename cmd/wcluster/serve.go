@@ -36,6 +36,10 @@ type handlerConfig struct {
 	// the files itself, so the key never passes through the environment.
 	TLSCert string `json:"tls_cert,omitempty"`
 	TLSKey  string `json:"tls_key,omitempty"`
+	// GuestMemoryBudget bounds the linear memory of all the worker's
+	// instances (0: none); a call waits at most MemoryWait for room.
+	GuestMemoryBudget uint64        `json:"guest_memory_budget"`
+	MemoryWait        time.Duration `json:"memory_wait"`
 }
 
 func (c *handlerConfig) load() (wasm []byte, name string, err error) {
@@ -67,6 +71,7 @@ type limits struct {
 	MinInstances int           `json:"instances_min"`
 	MaxReuse     int           `json:"max_reuse"`
 	Fresh        bool          `json:"fresh"`
+	MemoryBudget uint64        `json:"memory_budget,omitempty"` // the tenant's guest memory budget
 }
 
 // options are the host.Options of a handler with these limits.
@@ -76,7 +81,7 @@ func (l *limits) options(wasm []byte, name, cacheDir string, workerID int, log *
 		MemoryLimit: l.MemoryLimit, Timeout: l.Timeout,
 		ReadTimeout: l.ReadTimeout, WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout,
 		Instances: l.Instances, MinInstances: l.MinInstances, MaxReuse: l.MaxReuse, Fresh: l.Fresh,
-		Logger: log,
+		MemoryBudget: l.MemoryBudget, Logger: log,
 	}
 }
 
@@ -101,6 +106,7 @@ func serveCommand() *cli.Command {
 			&cli.IntFlag{Name: "max-requests", Value: 0, Usage: "recycle a worker after about this many requests, +0-10% jitter (0: never)"},
 			&cli.StringFlag{Name: "max-worker-memory", Value: "0", Usage: "recycle a worker whose resident memory passes this, e.g. 512MiB (0: never)"},
 			&cli.StringFlag{Name: "memory-limit", Value: "128MiB", Usage: "linear memory per guest instance"},
+			&cli.StringFlag{Name: "guest-memory-budget", Value: "auto", Usage: "linear memory of all guest instances of one worker together, e.g. 1GiB; past it memory.grow fails and new calls wait (auto: 1/5 of physical memory, or 1/2 of a cgroup limit, over the workers; 0: none)"},
 			&cli.DurationFlag{Name: "timeout", Value: 30 * time.Second, Usage: "wall-clock limit per guest call (0: none, and guests run without termination checks)"},
 			&cli.DurationFlag{Name: "read-timeout", Value: 30 * time.Second, Usage: "how long one guest read waits for the client"},
 			&cli.DurationFlag{Name: "write-timeout", Value: 30 * time.Second, Usage: "how long one guest write waits for the client"},
@@ -152,6 +158,10 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--max-worker-memory: %w", err)
 	}
+	budget, err := parseGuestBudget(c.String("guest-memory-budget"), c.Int("workers"))
+	if err != nil {
+		return fmt.Errorf("--guest-memory-budget: %w", err)
+	}
 	mode := c.String("instance-mode")
 	if mode != "pooled" && mode != "fresh" {
 		return fmt.Errorf("--instance-mode %q: use pooled or fresh", mode)
@@ -174,6 +184,9 @@ func serveAction(c *cli.Context) error {
 			MaxReuse: c.Int("max-reuse"), Fresh: mode == "fresh",
 		},
 		LogLevel: c.String("log-level"), LogFormat: format,
+		// Waiting for memory is waiting for capacity, as in the master's
+		// queue: the same bound.
+		GuestMemoryBudget: budget.PerWorker, MemoryWait: c.Duration("queue-timeout"),
 	}
 	if (c.String("tls-cert") == "") != (c.String("tls-key") == "") {
 		return fmt.Errorf("--tls-cert and --tls-key go together: give both, or neither")
@@ -218,8 +231,8 @@ func serveAction(c *cli.Context) error {
 		control: c.String("control"), admin: c.String("admin"),
 		reload: func(ctx context.Context, cl *dispatch.Cluster) error { return reload(ctx, cl, hc, log) },
 		banner: func(cl *dispatch.Cluster) string {
-			return fmt.Sprintf("serving %s on %s (policy %s, %d workers, %s, compilation cache %s) in %v",
-				name, cl.Groups()[0].Addr(), sched, c.Int("workers"), describe(info), cache,
+			return fmt.Sprintf("serving %s on %s (policy %s, %d workers, %s, compilation cache %s, %s) in %v",
+				name, cl.Groups()[0].Addr(), sched, c.Int("workers"), describe(info), cache, budget,
 				time.Since(start).Round(time.Millisecond))
 		},
 	})

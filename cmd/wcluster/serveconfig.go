@@ -74,9 +74,17 @@ func serveConfig(c *cli.Context, path string, start time.Time) error {
 			for _, g := range fc.Groups {
 				workers += g.Workers
 			}
-			return fmt.Sprintf("serving %d tenants (%s) from %s on %s (policy %s, %d workers in %d groups) in %v",
+			var budgets []string
+			for _, g := range fc.Groups {
+				if len(fc.Groups) == 1 {
+					budgets = append(budgets, g.budgetWhy)
+				} else {
+					budgets = append(budgets, "group "+g.Name+" "+g.budgetWhy)
+				}
+			}
+			return fmt.Sprintf("serving %d tenants (%s) from %s on %s (policy %s, %d workers in %d groups, %s) in %v",
 				len(fc.Tenants), strings.Join(names, ", "), path, cl.Groups()[0].Addr(), fc.Cluster.Sched,
-				workers, len(fc.Groups), time.Since(start).Round(time.Millisecond))
+				workers, len(fc.Groups), strings.Join(budgets, "; "), time.Since(start).Round(time.Millisecond))
 		},
 	})
 }

@@ -42,16 +42,31 @@ func statusCommand() *cli.Command {
 				fmt.Fprintf(&buf, "%s on %v, policy %s: accepted %d, queued %d, requeued %d, queue timeouts %d, restarts %d, recycled %d, reloads %d\n",
 					name, g.Listeners, g.Sched, g.Totals.Accepted, g.Totals.Queued, g.Totals.Requeued, g.Totals.QueueTimeouts,
 					g.Totals.Restarts, g.Totals.Recycled, g.Totals.Generation)
-				fmt.Fprintf(&buf, "  %-4s %-8s %-9s %-10s %9s %9s %9s %8s %8s %9s %8s\n", "id", "pid", "state", "uptime", "accepted", "inflight", "completed", "refused", "requeued", "requests", "rss")
+				fmt.Fprintf(&buf, "  %-4s %-8s %-9s %-10s %9s %9s %9s %8s %8s %9s %8s  %s\n", "id", "pid", "state", "uptime", "accepted", "inflight", "completed", "refused", "requeued", "requests", "rss", "guest memory (in use/budget, waits, refusals)")
 				for _, ws := range g.Workers {
-					fmt.Fprintf(&buf, "  %-4d %-8d %-9s %-10s %9d %9d %9d %8d %8d %9d %7dM\n", ws.ID, ws.PID, ws.State, ws.Uptime,
-						ws.Accepted, ws.InFlight, ws.Completed, ws.Refused, ws.Requeued, ws.Requests, ws.RSS>>20)
+					fmt.Fprintf(&buf, "  %-4d %-8d %-9s %-10s %9d %9d %9d %8d %8d %9d %7dM  %s\n", ws.ID, ws.PID, ws.State, ws.Uptime,
+						ws.Accepted, ws.InFlight, ws.Completed, ws.Refused, ws.Requeued, ws.Requests, ws.RSS>>20, guestMemoryText(ws.Handler))
 				}
 			}
 			w.Write(buf.Bytes())
 			return nil
 		},
 	}
+}
+
+// guestMemoryText is a worker's guest memory from its heartbeat: in use of
+// the budget, and the waits and refusals for memory.
+func guestMemoryText(h map[string]any) string {
+	num := func(k string) uint64 { v, _ := h[k].(float64); return uint64(v) }
+	if _, ok := h["guest_memory_budget"]; !ok {
+		return "-"
+	}
+	budget := "none"
+	if b := num("guest_memory_budget"); b > 0 {
+		budget = sizeText(b)
+	}
+	return fmt.Sprintf("%dM/%s, %d waits, %d refusals", num("guest_memory_in_use")>>20, budget,
+		num("guest_memory_waits"), num("guest_memory_refusals"))
 }
 
 func reloadCommand() *cli.Command {

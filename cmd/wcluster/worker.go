@@ -80,12 +80,15 @@ func singleHandler(ctx context.Context, hc *handlerConfig, id int, stderr io.Wri
 	if err != nil {
 		return nil, log, err
 	}
-	h, err := host.New(ctx, hc.options(wasm, name, id, log))
+	budget := host.NewBudget(hc.GuestMemoryBudget)
+	o := hc.options(wasm, name, id, log)
+	o.Budget, o.MemoryWait = budget, hc.MemoryWait
+	h, err := host.New(ctx, o)
 	if err != nil {
 		return nil, log, err
 	}
 	if hc.TLSCert == "" {
-		return single{h, name}, log, nil
+		return single{h, name, budget}, log, nil
 	}
 	// TLS: the router terminates it in front of the one handler.
 	cert, err := tls.LoadX509KeyPair(hc.TLSCert, hc.TLSKey)
@@ -99,22 +102,25 @@ func singleHandler(ctx context.Context, hc *handlerConfig, id int, stderr io.Wri
 		h.Close(ctx)
 		return nil, log, err
 	}
-	return tenants{r}, log, nil
+	return tenants{r, budget}, log, nil
 }
 
 func groupHandler(ctx context.Context, g *groupPlan, id int, stderr io.Writer) (handler, *slog.Logger, error) {
 	log := workerLog(stderr, g.LogLevel, g.LogFormat, id).With("group", g.Name)
-	r, err := g.newRouter(ctx, id, log)
+	// One budget for the worker, shared by every tenant's Handler.
+	budget := host.NewBudget(g.MemoryBudget)
+	r, err := g.newRouter(ctx, id, budget, log)
 	if err != nil {
 		return nil, log, err
 	}
-	return tenants{r}, log, nil
+	return tenants{r, budget}, log, nil
 }
 
 // single serves every listener with one handler.
 type single struct {
-	h    *host.Handler
-	name string
+	h      *host.Handler
+	name   string
+	budget *host.Budget
 }
 
 func (s single) ServeConn(ctx context.Context, f *os.File, _ int) { s.h.ServeConn(ctx, f) }
@@ -122,17 +128,21 @@ func (s single) Drain()                                           { s.h.Drain() 
 func (s single) Requests() uint64                                 { return s.h.Stats().Calls }
 func (s single) Close(ctx context.Context) error                  { return s.h.Close(ctx) }
 func (s single) stats() map[string]any {
-	return withTotals(map[string]any{"tenants": map[string]any{s.name: handlerStats(s.h.Stats())}})
+	st := withTotals(map[string]any{"tenants": map[string]any{s.name: handlerStats(s.h.Stats())}})
+	return withBudget(st, s.budget)
 }
 
 // tenants serves a group's tenants through the host's router.
-type tenants struct{ r *host.Router }
+type tenants struct {
+	r      *host.Router
+	budget *host.Budget
+}
 
 func (t tenants) ServeConn(ctx context.Context, f *os.File, l int) { t.r.ServeConn(ctx, f, l) }
 func (t tenants) Drain()                                           { t.r.Drain() }
 func (t tenants) Requests() uint64                                 { return t.r.Requests() }
 func (t tenants) Close(ctx context.Context) error                  { return t.r.Close(ctx) }
-func (t tenants) stats() map[string]any                            { return routerStats(t.r) }
+func (t tenants) stats() map[string]any                            { return routerStats(t.r, t.budget) }
 
 // withTotals adds to a heartbeat's stats, beside "tenants", every counter
 // summed over the tenants, so readers of one handler's counters (status,
@@ -164,5 +174,18 @@ func handlerStats(s host.Stats) map[string]any {
 		"memory_limit_hits": s.MemLimit, "instances_created": s.Instances, "instances_live": s.Live,
 		"instance_ns": s.InstanceNs, "open": s.Open, "log_lines_dropped": s.LogDropped,
 		"latency": s.Latency[:], "latency_ns": s.LatencyNs,
+		"memory_budget": s.Memory.Limit, "memory_in_use": s.Memory.Used,
+		"memory_waits": s.Memory.Waits, "memory_refusals": s.Memory.Refusals,
 	}
+}
+
+// withBudget adds the worker's guest memory budget to a heartbeat's stats
+// (in place of the tenants' budgets summed, which mean nothing).
+func withBudget(st map[string]any, b *host.Budget) map[string]any {
+	delete(st, "memory_budget")
+	delete(st, "memory_in_use")
+	bs := b.Stats()
+	st["guest_memory_budget"], st["guest_memory_in_use"] = bs.Limit, bs.Used
+	st["guest_memory_waits"], st["guest_memory_refusals"] = bs.Waits, bs.Refusals
+	return st
 }
