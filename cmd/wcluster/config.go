@@ -116,7 +116,7 @@ const (
 // worker's wait for a kept-alive client's next request.
 const (
 	defFirstByteTimeout = 20 * time.Second
-	defFirstByteLimit   = 4096
+	defFirstByteLimit   = 8192
 	defPartialTimeout   = 30 * time.Second
 	defDrainGrace       = time.Second
 )
