@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -319,4 +321,60 @@ func TestDrainKeepAliveNoErrors(t *testing.T) {
 			t.Fatalf("wrk reports %s across reloads and scaling:\n%s", bad, report)
 		}
 	}
+}
+
+// TestSilentConnsHoldNoInstance: with one instance per worker, connections
+// that send nothing hold none — after a TLS handshake, and for a WASI
+// command (whose instance would otherwise block reading stdin) — so the
+// next client is served.
+func TestSilentConnsHoldNoInstance(t *testing.T) {
+	t.Parallel()
+	t.Run("tls", func(t *testing.T) {
+		t.Parallel()
+		cert, key := writeTestCert(t, t.TempDir(), "one", "localhost")
+		s := start(t, "--workers", "1", "--instances", "1", "--tls-cert", cert, "--tls-key", key)
+		pem, err := os.ReadFile(cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(pem)
+		cfg := &tls.Config{RootCAs: pool, ServerName: "localhost"}
+		dial := func() *tls.Conn {
+			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", s.addr, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			return c
+		}
+		for range 3 {
+			dial() // handshaken, then silent
+		}
+		c := dial()
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := io.ReadAll(c)
+		if err != nil || !bytes.HasPrefix(resp, []byte("HTTP/1.1 200 OK")) {
+			t.Fatalf("TLS request beside 3 silent TLS connections, one instance: %q %v", resp, err)
+		}
+	})
+	t.Run("command", func(t *testing.T) {
+		t.Parallel()
+		s := start(t, "--workers", "1", "--instances", "1", guest(t, "go-cat"))
+		for range 3 {
+			s.dial(t) // silent
+		}
+		c := s.dial(t)
+		if _, err := c.Write([]byte("echo me\n")); err != nil {
+			t.Fatal(err)
+		}
+		c.CloseWrite()
+		out, err := io.ReadAll(c)
+		if err != nil || string(out) != "echo me\n" {
+			t.Fatalf("command beside 3 silent connections, one instance: %q %v", out, err)
+		}
+	})
 }
