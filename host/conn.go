@@ -424,6 +424,12 @@ func (c *conn) wait() bool {
 			c.f.SetReadDeadline(c.lastActive.Add(t))
 			c.rdl = true
 		}
+		// Checked after the deadline is set: a shed from here on moves it.
+		if c.awaiting.Load() == awaitShed {
+			c.parked.Store(false)
+			c.exit = exitClose
+			return true
+		}
 	case len(c.pending) > 0 && c.h.opts.PartialTimeout > 0:
 		// An incomplete message waits (rare: a fragmented or trickled
 		// request, a pipelined tail): its own, sooner, deadline.
@@ -539,6 +545,11 @@ func (c *conn) awaitFirst() bool {
 	}
 	c.parked.Store(true)
 	c.f.SetReadDeadline(t)
+	if c.awaiting.Load() == awaitShed {
+		c.parked.Store(false)
+		c.clearReadDeadline()
+		return false
+	}
 	if c.woken.Load() {
 		by, ok := c.drainGrace()
 		if !ok {
@@ -591,7 +602,12 @@ func (c *conn) park() bool {
 	c.wrote = false
 	c.f.SetReadDeadline(t)
 	c.rdl = !t.IsZero()
-	// Checked after the deadline is set: a wake from here on moves it.
+	// Checked after the deadline is set: a shed or a wake from here on
+	// moves it.
+	if c.awaiting.Load() == awaitShed {
+		c.clearReadDeadline()
+		return false
+	}
 	if c.woken.Load() {
 		by, ok := c.drainGrace()
 		if !ok {
