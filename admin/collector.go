@@ -31,6 +31,9 @@ var guestCounters = []struct{ key, name, help string }{
 	{"timeouts", "wcluster_guest_timeouts_total", "Guest calls stopped at the time limit."},
 	{"memory_limit_hits", "wcluster_guest_memory_limit_hits_total", "Guest calls that failed for want of memory."},
 	{"instances_created", "wcluster_guest_instantiations_total", "Guest instances created."},
+	{"first_byte_timeouts", "wcluster_first_byte_timeouts_total", "New connections closed for sending nothing within first_byte_timeout."},
+	{"first_byte_shed", "wcluster_first_byte_shed_total", "Connections waiting for their first byte closed to keep first_byte_limit."},
+	{"partial_timeouts", "wcluster_partial_timeouts_total", "Connections closed with an incomplete request at partial_timeout."},
 }
 
 func newCollector(src Source) *collector {
