@@ -275,22 +275,29 @@ func TestDrainKeepAliveNoErrors(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Every worker seen, to wait at the end until the drained ones are gone.
+	pids := map[int]bool{}
+	seen := func(st status) {
+		for _, w := range st.Workers {
+			pids[w.PID] = true
+		}
+	}
 	// wrk is under way once requests are being served.
-	waitStatus(t, ctl, "wrk's requests served", func(st status) bool { return handlerSum(st, "calls") >= 1000 })
+	seen(waitStatus(t, ctl, "wrk's requests served", func(st status) bool { return handlerSum(st, "calls") >= 1000 }))
 
 	for i := 1; i <= 5; i++ {
 		if err := s.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
-		waitStatus(t, ctl, fmt.Sprintf("reload %d", i), func(st status) bool {
+		seen(waitStatus(t, ctl, fmt.Sprintf("reload %d", i), func(st status) bool {
 			return st.Totals.Generation == i && len(st.Workers) == 2
-		})
+		}))
 	}
 	for _, n := range []int{4, 2} {
 		if out, err := run(t, "scale", "--control", ctl, strconv.Itoa(n)); err != nil {
 			t.Fatalf("scale %d: %v %s", n, err, out)
 		}
-		waitStatus(t, ctl, fmt.Sprintf("%d workers ready", n), func(st status) bool {
+		seen(waitStatus(t, ctl, fmt.Sprintf("%d workers ready", n), func(st status) bool {
 			ready := 0
 			for _, w := range st.Workers {
 				if w.State == "ready" {
@@ -298,11 +305,22 @@ func TestDrainKeepAliveNoErrors(t *testing.T) {
 				}
 			}
 			return len(st.Workers) == n && ready == n
-		})
+		}))
 	}
-	// The old workers drain for at most the grace (1s): let the last one
-	// finish before stopping wrk.
-	time.Sleep(2 * time.Second)
+	// wrk goes on until every drained worker has exited: its last
+	// connections' closes are counted too.
+	current := map[int]bool{}
+	for _, w := range getStatus(t, ctl).Workers {
+		current[w.PID] = true
+	}
+	for pid := range pids {
+		for deadline := time.Now().Add(30 * time.Second); !current[pid] && syscall.Kill(pid, 0) == nil; {
+			if time.Now().After(deadline) {
+				t.Fatalf("drained worker %d still running after 30s", pid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	cmd.Process.Signal(os.Interrupt) // wrk stops and prints its summary
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("wrk: %v\n%s", err, out.String())
