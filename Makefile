@@ -25,6 +25,7 @@ go-guests:
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-spin.wasm ./guests/go/spin
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-probe.wasm ./guests/go/probe
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-httphello.wasm ./guests/go/httphello
+	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-greet.wasm ./guests/go/greet
 	$(GOWASM) -o $(OUT)/go-cat.wasm ./guests/go/catcmd
 
 # The default handler embedded in the binary (a test checks it is current).

@@ -27,7 +27,8 @@ const (
 
 	// ExportHandle is the handler entry point, type (flags i32) -> i32.
 	//
-	// The host calls it when a connection arrives (flags has FlagNew) and,
+	// The host calls it when a connection's first bytes arrive (flags has
+	// FlagNew; at once for a module exporting ExportSpeaksFirst) and,
 	// after the guest returned Keep, each time the connection is readable
 	// again. Between calls the connection holds no guest instance: the next
 	// call may run on another pooled instance, so per-connection state must
@@ -49,11 +50,20 @@ const (
 
 	// ExportMemory is the linear memory all buffer pointers refer to.
 	ExportMemory = "memory"
+
+	// ExportSpeaksFirst names an exported function of type () -> () that the
+	// host never calls: its presence declares a protocol in which the server
+	// speaks first (an SMTP or database greeting), so the first call for a
+	// connection comes as soon as it is accepted. Without it the host waits,
+	// holding no instance, until the peer's first bytes arrive.
+	ExportSpeaksFirst = "wcluster_speaks_first"
 )
 
 // Flags passed to ExportHandle.
 const (
-	// FlagNew is set on the first call for a connection.
+	// FlagNew is set on the first call for a connection: when its first
+	// bytes have arrived (or at once, for a module exporting
+	// ExportSpeaksFirst).
 	FlagNew int32 = 1 << 0
 	// FlagDraining is set when the worker is shutting down or reloading: the
 	// guest should finish the exchange in progress (an HTTP guest answers with

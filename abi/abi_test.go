@@ -19,7 +19,7 @@ func TestSpecCoversABI(t *testing.T) {
 			t.Errorf("README.md has no section for host function %s", name)
 		}
 	}
-	for _, name := range []string{ExportHandle, ExportInitialize, ExportStart, ExportMemory, VersionExportPrefix + "1"} {
+	for _, name := range []string{ExportHandle, ExportInitialize, ExportStart, ExportMemory, ExportSpeaksFirst, VersionExportPrefix + "1"} {
 		if !strings.Contains(spec, "`"+name) {
 			t.Errorf("README.md does not mention export %s", name)
 		}

@@ -32,6 +32,9 @@ var guestCounters = []struct{ key, name, help string }{
 	{"memory_limit_hits", "wcluster_guest_memory_limit_hits_total", "Guest calls that failed for want of memory."},
 	{"instances_created", "wcluster_guest_instantiations_total", "Guest instances created."},
 	{"log_lines_dropped", "wcluster_guest_log_lines_dropped_total", "Lines of guest stdout/stderr the per-handler rate limit kept out of the log."},
+	{"first_byte_timeouts", "wcluster_first_byte_timeouts_total", "New connections closed for sending nothing within first_byte_timeout."},
+	{"first_byte_shed", "wcluster_first_byte_shed_total", "Connections waiting for their first byte closed to keep first_byte_limit."},
+	{"partial_timeouts", "wcluster_partial_timeouts_total", "Connections closed with an incomplete request at partial_timeout."},
 }
 
 func newCollector(src Source) *collector {

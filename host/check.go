@@ -41,6 +41,10 @@ type Info struct {
 	ABIVersion int      // 0 for a command that declares none
 	Exports    []string // exported functions, sorted
 	Imports    []string // "module.name", in import order
+	// SpeaksFirst: the module exports abi.ExportSpeaksFirst, so it is called
+	// (or, a command, started) as soon as a connection is accepted rather
+	// than when the peer's first bytes arrive.
+	SpeaksFirst bool
 }
 
 // hostSignatures are the parameter and result types of every ABI function.
@@ -66,6 +70,7 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 		info.Exports = append(info.Exports, name)
 	}
 	sort.Strings(info.Exports)
+	_, info.SpeaksFirst = exports[abi.ExportSpeaksFirst]
 
 	for _, def := range m.ImportedFunctions() {
 		mod, name, _ := def.Import()

@@ -46,6 +46,15 @@ type conn struct {
 	// idle once lastActive is IdleTimeout old.
 	idleAt, lastActive time.Time
 
+	// awaiting is awaitNone, awaitWaiting (for a first byte: in
+	// Handler.awaiting) or awaitShed. partialSince is when the incomplete
+	// message the guest pushed back began to wait (zero if none):
+	// PartialTimeout counts from it; wrote says the guest wrote since the
+	// connection last waited.
+	awaiting     atomic.Int32
+	partialSince time.Time
+	wrote        bool
+
 	// The wait loop of a plaintext connection (serveLoop). The functions
 	// given to the RawConn are bound once per connection (a closure made
 	// per call would be an allocation per request).
@@ -64,6 +73,13 @@ type conn struct {
 	exit            loopExit // why step ended rc.Read
 	slow            *os.File // a dup of f, for conn_read to wait on in step
 }
+
+// A connection's wait for its first byte (conn.awaiting).
+const (
+	awaitNone    int32 = iota // not waiting: called, or speaks first
+	awaitWaiting              // in Handler.awaiting
+	awaitShed                 // closed to keep FirstByteLimit
+)
 
 // loopExit is why step ended the wait loop's rc.Read.
 type loopExit int
@@ -209,6 +225,7 @@ func (c *conn) write(p []byte) int32 {
 	if len(p) == 0 {
 		return 0
 	}
+	c.wrote = true
 	all := int32(len(p))
 	if c.tls == nil {
 		// An answer that fits the socket's buffer, as most do, takes one
@@ -399,13 +416,42 @@ func (c *conn) step(fd uintptr) bool {
 func (c *conn) wait() bool {
 	c.parked.Store(true)
 	c.inLoop = false
-	if idle := c.h.opts.IdleTimeout; idle > 0 && (c.idleAt.IsZero() || !c.idleAt.After(c.lastActive)) {
-		c.idleAt = c.lastActive.Add(idle)
+	switch {
+	case c.flags&abi.FlagNew != 0:
+		// Waiting for the first byte: one deadline, from the accept. (idleAt
+		// stays zero: the first request sets the idle deadline.)
+		if t := c.h.opts.FirstByteTimeout; t > 0 && !c.rdl {
+			c.f.SetReadDeadline(c.lastActive.Add(t))
+			c.rdl = true
+		}
+		// Checked after the deadline is set: a shed from here on moves it.
+		if c.awaiting.Load() == awaitShed {
+			c.parked.Store(false)
+			c.exit = exitClose
+			return true
+		}
+	case len(c.pending) > 0 && c.h.opts.PartialTimeout > 0:
+		// An incomplete message waits (rare: a fragmented or trickled
+		// request, a pipelined tail): its own, sooner, deadline.
+		c.idleAt = c.partialLimit()
 		c.f.SetReadDeadline(c.idleAt)
 		c.rdl = true
+	default:
+		c.partialSince = time.Time{}
+		if idle := c.h.opts.IdleTimeout; idle > 0 && (c.idleAt.IsZero() || !c.idleAt.After(c.lastActive)) {
+			c.idleAt = c.lastActive.Add(idle)
+			c.f.SetReadDeadline(c.idleAt)
+			c.rdl = true
+		}
 	}
+	c.wrote = false
 	// Checked after the deadline is set: a wake from here on moves it.
 	if c.woken.Load() {
+		if by, ok := c.drainGrace(); ok {
+			c.f.SetReadDeadline(by)
+			c.idleAt, c.rdl = by, true
+			return false
+		}
 		c.parked.Store(false)
 		c.exit = exitWoken
 		return true
@@ -413,18 +459,118 @@ func (c *conn) wait() bool {
 	return false
 }
 
-// rearm sets the idle deadline again after it passed, if the connection
+// partialLimit is when the incomplete message waiting in pending must be
+// complete, or the idle deadline if that comes first. The message counts
+// from the end of the call that last wrote: a guest that answered a
+// request and pushed back the start of the next has made progress.
+func (c *conn) partialLimit() time.Time {
+	if c.partialSince.IsZero() || c.wrote {
+		c.partialSince = c.lastActive
+	}
+	t := c.partialSince.Add(c.h.opts.PartialTimeout)
+	if idle := c.h.opts.IdleTimeout; idle > 0 && c.lastActive.Add(idle).Before(t) {
+		t = c.lastActive.Add(idle)
+	}
+	return t
+}
+
+// drainGrace returns when a woken connection's wait for the peer's next
+// request ends, and false if that time has passed.
+func (c *conn) drainGrace() (time.Time, bool) {
+	by := c.h.drainDeadline()
+	return by, time.Now().Before(by)
+}
+
+// rearm sets the wait's deadline again after it passed, if the connection
 // was active since; it reports false if the connection has been idle for
-// the whole IdleTimeout.
+// the whole IdleTimeout, its incomplete message for PartialTimeout, or it
+// never sent a first byte.
 func (c *conn) rearm() bool {
-	idle := c.h.opts.IdleTimeout
-	until := c.lastActive.Add(idle)
-	if idle <= 0 || !time.Now().Before(until) {
+	if c.flags&abi.FlagNew != 0 {
+		return false // the first-byte deadline (or a shed) is final
+	}
+	now := time.Now()
+	var until time.Time
+	if idle := c.h.opts.IdleTimeout; idle > 0 {
+		until = c.lastActive.Add(idle)
+	}
+	if !c.partialSince.IsZero() && c.h.opts.PartialTimeout > 0 {
+		p := c.partialSince.Add(c.h.opts.PartialTimeout)
+		if !now.Before(p) {
+			c.h.stats.partialTimeouts.Add(1)
+			return false
+		}
+		if until.IsZero() || p.Before(until) {
+			until = p
+		}
+	}
+	if until.IsZero() || !now.Before(until) {
 		return false
 	}
 	c.idleAt = until
 	c.f.SetReadDeadline(until)
 	return true
+}
+
+// arrived ends the wait for the first byte, just before the connection's
+// first call. It reports false if the connection was shed meanwhile, or if
+// the peer closed having sent nothing (no call is made for it).
+func (c *conn) arrived() bool {
+	if c.awaiting.Load() == awaitNone {
+		return true // the module speaks first
+	}
+	if !c.awaiting.CompareAndSwap(awaitWaiting, awaitNone) {
+		return false
+	}
+	c.h.nAwaiting.Add(-1)
+	return !c.ended || len(c.pending) > 0
+}
+
+// awaitFirst waits, holding no instance, until a WASI command's connection
+// has bytes to read (or its peer closed); false if it should be closed:
+// shed, silent past FirstByteTimeout, or drained.
+func (c *conn) awaitFirst() bool {
+	if c.tls != nil {
+		c.flags = abi.FlagNew // park's deadline is the first byte's
+		ok := c.park()
+		c.flags = 0
+		if !ok || len(c.pending) == 0 && c.woken.Load() {
+			return false
+		}
+		return c.arrived()
+	}
+	var t time.Time
+	if d := c.h.opts.FirstByteTimeout; d > 0 {
+		t = c.lastActive.Add(d)
+	}
+	c.parked.Store(true)
+	c.f.SetReadDeadline(t)
+	if c.awaiting.Load() == awaitShed {
+		c.parked.Store(false)
+		c.clearReadDeadline()
+		return false
+	}
+	if c.woken.Load() {
+		by, ok := c.drainGrace()
+		if !ok {
+			c.parked.Store(false)
+			c.clearReadDeadline()
+			return false
+		}
+		c.f.SetReadDeadline(by)
+	}
+	var peek [1]byte
+	var perr error
+	err := c.rc.Read(func(fd uintptr) bool {
+		_, _, perr = unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK)
+		return perr != unix.EAGAIN
+	})
+	c.parked.Store(false)
+	c.clearReadDeadline()
+	if err != nil {
+		return false
+	}
+	return c.arrived()
 }
 
 // park waits, holding no instance, until the peer of a TLS connection sends
@@ -440,15 +586,38 @@ func (c *conn) park() bool {
 	c.parked.Store(true)
 	defer c.parked.Store(false)
 	var t time.Time
-	if idle := c.h.opts.IdleTimeout; idle > 0 {
-		t = c.lastActive.Add(idle)
+	switch {
+	case c.flags&abi.FlagNew != 0:
+		if d := c.h.opts.FirstByteTimeout; d > 0 {
+			t = c.lastActive.Add(d)
+		}
+	case len(c.pending) > 0 && c.h.opts.PartialTimeout > 0:
+		t = c.partialLimit()
+	default:
+		c.partialSince = time.Time{}
+		if idle := c.h.opts.IdleTimeout; idle > 0 {
+			t = c.lastActive.Add(idle)
+		}
 	}
+	c.wrote = false
 	c.f.SetReadDeadline(t)
 	c.rdl = !t.IsZero()
-	// Checked after the deadline is set: a wake from here on moves it.
-	if c.woken.Load() {
+	// Checked after the deadline is set: a shed or a wake from here on
+	// moves it.
+	if c.awaiting.Load() == awaitShed {
 		c.clearReadDeadline()
-		return true
+		return false
+	}
+	if c.woken.Load() {
+		by, ok := c.drainGrace()
+		if !ok {
+			c.clearReadDeadline()
+			return true
+		}
+		if t.IsZero() || by.Before(t) {
+			c.f.SetReadDeadline(by)
+			c.rdl = true
+		}
 	}
 	return c.parkTLS()
 }
@@ -488,7 +657,12 @@ func (c *conn) parkTLS() bool {
 		return true
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		// Woken by Drain (a deadline in the past) or idle for too long.
+		// The drain's grace passed, or the wait's own deadline, or the
+		// connection was shed.
+		if !c.woken.Load() && !c.partialSince.IsZero() && c.h.opts.PartialTimeout > 0 &&
+			!time.Now().Before(c.partialSince.Add(c.h.opts.PartialTimeout)) {
+			c.h.stats.partialTimeouts.Add(1)
+		}
 		return c.woken.Load()
 	}
 	// End of stream or an error: the guest is called and finds out, as for
@@ -496,13 +670,14 @@ func (c *conn) parkTLS() bool {
 	return true
 }
 
-// wake interrupts park; Drain calls it from another goroutine. A call in
-// progress is not disturbed: it sees FlagDraining on its next call, or park
-// returns at once.
+// wake ends a parked connection's wait at the end of the drain's grace;
+// Drain calls it from another goroutine. A call in progress is not
+// disturbed: it sees FlagDraining on its next call, and the wait after it
+// ends with the grace too.
 func (c *conn) wake() {
 	c.woken.Store(true)
 	if c.parked.Load() {
-		c.f.SetReadDeadline(time.Unix(1, 0))
+		c.f.SetReadDeadline(c.h.drainDeadline())
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -55,9 +56,9 @@ func TestIdleTimeout(t *testing.T) {
 }
 
 // TestSplitRequestInLoop: on a kept-alive connection, a request whose end
-// arrives later makes the guest (the Go hello, which waits for the rest
-// within its call) read inside the wait loop, through the dup of the
-// socket; the answer still comes, and so does the next one.
+// arrives later is answered (the Go hello pushes the first half back and
+// returns Keep; the wait loop calls it again with both halves), and so is
+// the next one.
 func TestSplitRequestInLoop(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -92,5 +93,110 @@ func TestSplitRequestInLoop(t *testing.T) {
 	}
 	if code, _ := roundTrip(t, br, c, "x", "/"); code != 200 {
 		t.Fatalf("request after the split one: status %d", code)
+	}
+}
+
+// TestDrainGrace: a draining handler keeps an idle kept-alive connection for
+// the client's next request, answers it with "Connection: close" and closes;
+// one that stays silent is closed when the grace ends, not before.
+func TestDrainGrace(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const grace = 2 * time.Second
+	h, err := New(ctx, Options{Name: "drain", Wasm: embedded.Hello, Timeout: 10 * time.Second, DrainGrace: grace,
+		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(ctx) })
+	type client struct {
+		c    io.ReadWriteCloser
+		br   *bufio.Reader
+		done chan struct{}
+	}
+	var cs [2]client
+	for i := range cs {
+		c, f := socketPair(t)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			h.ServeConn(ctx, f)
+		}()
+		t.Cleanup(func() { c.Close(); waitClosed(t, done) })
+		cs[i] = client{c, bufio.NewReader(c), done}
+		if code, _ := roundTrip(t, cs[i].br, c, "x", "/"); code != 200 {
+			t.Fatalf("connection %d: status %d", i, code)
+		}
+	}
+	h.Drain()
+	drained := time.Now()
+
+	// The first client reuses its connection during the grace.
+	time.Sleep(100 * time.Millisecond)
+	if _, err := io.WriteString(cs[0].c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatalf("write during the drain's grace: %v", err)
+	}
+	resp, err := http.ReadResponse(cs[0].br, nil)
+	if err != nil {
+		t.Fatalf("request during the drain's grace: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("request during the drain's grace: status %d, Connection: close %v", resp.StatusCode, resp.Close)
+	}
+	waitClosed(t, cs[0].done)
+
+	// The second stays silent: closed at the end of the grace.
+	waitClosed(t, cs[1].done)
+	if d := time.Since(drained); d < grace-100*time.Millisecond {
+		t.Fatalf("a silent connection closed %v after Drain, before the %v grace", d, grace)
+	}
+}
+
+// TestFirstByteWait: with one instance, connections that send nothing hold
+// none; past FirstByteLimit the one waiting longest is closed, and one that
+// stays silent is closed at FirstByteTimeout, with no call for either.
+func TestFirstByteWait(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h, err := New(ctx, Options{Name: "first", Wasm: embedded.Hello, Timeout: 10 * time.Second, Instances: 1,
+		FirstByteTimeout: time.Second, FirstByteLimit: 2,
+		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(ctx) })
+	open := func(waiting int64) (io.ReadWriteCloser, chan struct{}) {
+		c, f := socketPair(t)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			h.ServeConn(ctx, f)
+		}()
+		t.Cleanup(func() { c.Close(); waitClosed(t, done) })
+		// In order: the limit closes the one that arrived first.
+		for deadline := time.Now().Add(10 * time.Second); h.Stats().AwaitingFirst != waiting; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d connections waiting for a first byte, want %d", h.Stats().AwaitingFirst, waiting)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return c, done
+	}
+	_, done1 := open(1)
+	_, done2 := open(2)
+	c3, _ := open(2) // past the limit: the first is closed
+	waitClosed(t, done1)
+	if st := h.Stats(); st.FirstByteShed != 1 {
+		t.Fatalf("FirstByteShed %d, want 1", st.FirstByteShed)
+	}
+	// The one instance is free: the third connection speaks and is served.
+	if code, _ := roundTrip(t, bufio.NewReader(c3), c3, "x", "/"); code != 200 {
+		t.Fatalf("status %d beside a silent connection, with one instance", code)
+	}
+	waitClosed(t, done2) // silent past FirstByteTimeout
+	st := h.Stats()
+	if st.FirstByteTimeouts != 1 || st.Calls != 1 || st.AwaitingFirst != 0 {
+		t.Fatalf("FirstByteTimeouts %d (want 1), calls %d (want 1), waiting %d (want 0)", st.FirstByteTimeouts, st.Calls, st.AwaitingFirst)
 	}
 }

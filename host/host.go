@@ -41,6 +41,24 @@ type Options struct {
 	ReadTimeout, WriteTimeout time.Duration
 	// IdleTimeout closes a connection parked with Keep that stays silent.
 	IdleTimeout time.Duration
+	// FirstByteTimeout closes a new connection whose peer sends nothing for
+	// this long. Until its first bytes arrive a connection waits, holding no
+	// instance (unless the module speaks first: Info.SpeaksFirst).
+	FirstByteTimeout time.Duration
+	// FirstByteLimit bounds the connections waiting for their first byte;
+	// past it the one waiting longest is closed (counted in
+	// Stats.FirstByteShed, logged once per burst).
+	FirstByteLimit int
+	// PartialTimeout bounds how long an incomplete message (bytes the guest
+	// pushed back with conn_unread before returning Keep) may wait for its
+	// rest, counted from when the guest last wrote; the connection is then
+	// closed.
+	PartialTimeout time.Duration
+	// DrainGrace is how long a draining handler keeps an idle connection
+	// for the peer's next request, which is then served with FlagDraining
+	// (0: idle connections close at once). The worker's shutdown timeout
+	// bounds it.
+	DrainGrace time.Duration
 	// Instances caps the guest instances alive at once in this worker, and so
 	// the calls running at once (default 64). Connections wait for one.
 	Instances int
@@ -112,6 +130,13 @@ type Stats struct {
 	// linear memory of its instances now, calls that waited for room and
 	// refusals (memory.grow refused, waits given up).
 	Memory BudgetStats
+	// FirstByteTimeouts counts connections closed for sending nothing
+	// within FirstByteTimeout, FirstByteShed those closed to keep
+	// FirstByteLimit, PartialTimeouts those closed with an incomplete
+	// message at PartialTimeout. AwaitingFirst is the connections waiting
+	// for their first byte now.
+	FirstByteTimeouts, FirstByteShed, PartialTimeouts uint64
+	AwaitingFirst                                     int64
 	// Latency counts calls by duration: Latency[i] those that took at most
 	// LatencyBounds()[i], the last one those that took longer. LatencyNs is
 	// their total time. A call is one request for a handler that answers
@@ -139,6 +164,14 @@ type Handler struct {
 	// conns are the open connections, for Drain to wake the parked ones.
 	conns    map[*conn]struct{}
 	draining atomic.Bool // set once, by Drain, under mu
+	// drainBy is when the drain's grace ends (UnixNano), set before draining.
+	drainBy atomic.Int64
+	// awaiting are the connections waiting for their first byte, oldest
+	// first (under mu). Those that stopped waiting are dropped lazily:
+	// nAwaiting counts the ones still waiting.
+	awaiting  []*conn
+	nAwaiting atomic.Int64
+	shedLog   atomic.Int64 // when shedding was last logged (mono)
 
 	nextConn atomic.Int64
 	// bufs lends parked connections a buffer for the bytes that woke them
@@ -148,6 +181,7 @@ type Handler struct {
 		conns, calls, traps, timeouts, memLimit, instances, instanceNs atomic.Uint64
 		logDropped                                                     atomic.Uint64
 		live                                                           atomic.Int64
+		firstByteTimeouts, firstByteShed, partialTimeouts              atomic.Uint64
 		latency                                                        [latencyBuckets]atomic.Uint64
 		latencyNs                                                      atomic.Uint64
 	}
@@ -324,6 +358,8 @@ func (h *Handler) Stats() Stats {
 		Timeouts: h.stats.timeouts.Load(), MemLimit: h.stats.memLimit.Load(),
 		Instances: h.stats.instances.Load(), InstanceNs: h.stats.instanceNs.Load(),
 		Live: h.stats.live.Load(), Open: h.open(), LogDropped: h.stats.logDropped.Load(),
+		FirstByteTimeouts: h.stats.firstByteTimeouts.Load(), FirstByteShed: h.stats.firstByteShed.Load(),
+		PartialTimeouts: h.stats.partialTimeouts.Load(), AwaitingFirst: h.nAwaiting.Load(),
 		Latency: h.latency(), LatencyNs: h.stats.latencyNs.Load(),
 		Memory: h.budget.Stats(),
 	}
@@ -377,15 +413,67 @@ func (h *Handler) open() int64 {
 	return int64(len(h.conns))
 }
 
-// Drain asks every connection to finish: parked ones close (or are served a
-// last time if the peer already sent more), and later calls carry
-// FlagDraining. It does not wait; ServeConn calls return as they finish.
+// Drain asks every connection to finish: later calls carry FlagDraining
+// (an HTTP guest answers "Connection: close"), and a parked connection
+// waits at most DrainGrace more for the peer's next request, so a client
+// reusing its connection at this moment is answered rather than reset; it
+// then closes. It does not wait; ServeConn calls return as they finish.
 func (h *Handler) Drain() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.drainBy.Store(time.Now().Add(h.opts.DrainGrace).UnixNano())
 	h.draining.Store(true)
 	for c := range h.conns {
 		c.wake()
+	}
+}
+
+// drainDeadline is when a draining handler's parked connections close.
+func (h *Handler) drainDeadline() time.Time { return time.Unix(0, h.drainBy.Load()) }
+
+// shedLogEvery spaces the log entries about connections closed to keep
+// FirstByteLimit: one per burst, with the count so far.
+const shedLogEvery = 10 * time.Second
+
+// await registers c as waiting for its first byte, under mu, and returns
+// the connection closed to make room for it, if any.
+func (h *Handler) await(c *conn) (shed *conn) {
+	c.awaiting.Store(awaitWaiting)
+	h.awaiting = append(h.awaiting, c)
+	n := h.nAwaiting.Add(1)
+	if limit := h.opts.FirstByteLimit; limit > 0 && n > int64(limit) {
+		for len(h.awaiting) > 0 && shed == nil {
+			old := h.awaiting[0]
+			h.awaiting[0] = nil
+			h.awaiting = h.awaiting[1:]
+			if old.awaiting.CompareAndSwap(awaitWaiting, awaitShed) {
+				h.nAwaiting.Add(-1)
+				shed = old
+			}
+		}
+	}
+	if len(h.awaiting) > 64 && int64(len(h.awaiting)) > 2*h.nAwaiting.Load() {
+		// Drop the connections that stopped waiting (amortised: the slice
+		// at least halves).
+		kept := make([]*conn, 0, len(h.awaiting)/2)
+		for _, w := range h.awaiting {
+			if w.awaiting.Load() == awaitWaiting {
+				kept = append(kept, w)
+			}
+		}
+		h.awaiting = kept
+	}
+	return shed
+}
+
+// shed closes c, waiting for its first byte, to keep FirstByteLimit.
+func (h *Handler) shed(c *conn) {
+	total := h.stats.firstByteShed.Add(1)
+	c.f.SetReadDeadline(time.Unix(1, 0)) // its wait ends; it sees awaitShed
+	now := h.mono(time.Now())
+	if last := h.shedLog.Load(); (last == 0 || now-last >= int64(shedLogEvery)) && h.shedLog.CompareAndSwap(last, now) {
+		h.opts.Logger.Warn("too many connections waiting for their first byte: closing the oldest",
+			"first_byte_limit", h.opts.FirstByteLimit, "closed_so_far", total)
 	}
 }
 
@@ -427,10 +515,32 @@ func (h *Handler) serveTLS(ctx context.Context, f *os.File, rc syscall.RawConn, 
 }
 
 func (h *Handler) serve(ctx context.Context, c *conn) {
+	// Until its first bytes arrive a connection waits as a kept-alive one
+	// does, holding no instance, unless the module speaks first.
+	first := !h.info.SpeaksFirst
+	c.lastActive = time.Now() // the first-byte deadline counts from here
+	var shed *conn
 	h.mu.Lock()
 	h.conns[c] = struct{}{}
+	if h.draining.Load() {
+		c.woken.Store(true) // Drain has passed: it will not wake c
+	}
+	if first {
+		shed = h.await(c)
+	}
 	h.mu.Unlock()
+	if shed != nil {
+		h.shed(shed)
+	}
 	defer func() {
+		if c.awaiting.CompareAndSwap(awaitWaiting, awaitNone) {
+			// Still waiting: the first-byte deadline passed (or the drain's
+			// grace did).
+			h.nAwaiting.Add(-1)
+			if !h.draining.Load() {
+				h.stats.firstByteTimeouts.Add(1)
+			}
+		}
 		h.mu.Lock()
 		delete(h.conns, c)
 		h.mu.Unlock()
@@ -439,6 +549,9 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 	}()
 
 	if h.info.Kind == KindCommand {
+		if first && !c.awaitFirst() {
+			return
+		}
 		h.runCommand(ctx, c)
 		return
 	}
@@ -446,10 +559,11 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 	if h.draining.Load() {
 		c.flags |= abi.FlagDraining
 	}
-	// The first call comes at once (a guest may speak first), outside the
-	// wait loop; so does every call on a TLS connection.
-	if !h.turn(c) {
-		return
+	if !first {
+		// A guest that speaks first is called at once, outside the wait loop.
+		if !h.turn(c) {
+			return
+		}
 	}
 	if c.tls == nil {
 		c.serveLoop()
@@ -472,6 +586,9 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 // connection.
 func (h *Handler) turn(c *conn) bool {
 	flags := c.flags
+	if flags&abi.FlagNew != 0 && !c.arrived() {
+		return false
+	}
 	c.flags = 0
 	if h.draining.Load() {
 		flags |= abi.FlagDraining

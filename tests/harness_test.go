@@ -76,6 +76,7 @@ func setup() (int, error) {
 	wasip1 := []string{"GOOS=wasip1", "GOARCH=wasm"}
 	for _, g := range []struct{ name, pkg string }{
 		{"go-hello", "./guests/go/hello"}, {"go-echo", "./guests/go/echo"}, {"go-faults", "./guests/go/faults"},
+		{"go-greet", "./guests/go/greet"},
 	} {
 		out := filepath.Join(env.guests, g.name+".wasm")
 		if _, err := os.Stat(out); err == nil {

@@ -118,6 +118,16 @@ const (
 	defaultGroup    = "default"
 )
 
+// A new connection's wait for its first byte, and the bound on how many wait
+// at once per worker; an incomplete message's wait for its rest; a draining
+// worker's wait for a kept-alive client's next request.
+const (
+	defFirstByteTimeout = 20 * time.Second
+	defFirstByteLimit   = 8192
+	defPartialTimeout   = 30 * time.Second
+	defDrainGrace       = time.Second
+)
+
 // Addrs are the group's listening addresses, in listener-index order.
 func (g *groupPlan) Addrs() []string {
 	addrs := make([]string, len(g.Listeners))
@@ -623,7 +633,8 @@ var (
 		"guest_memory_budget"}
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
-		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget"}
+		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget",
+		"first_byte_timeout", "first_byte_limit", "partial_timeout", "drain_grace"}
 )
 
 func (cr *configReader) read(doc map[string]any) *fileConfig {
@@ -805,6 +816,10 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 	t.ReadTimeout = s.duration("read_timeout", defReadTimeout)
 	t.WriteTimeout = s.duration("write_timeout", defWriteTimeout)
 	t.IdleTimeout = s.duration("idle_timeout", defIdleTimeout)
+	t.FirstByteTimeout = s.duration("first_byte_timeout", defFirstByteTimeout)
+	t.FirstByteLimit = s.int("first_byte_limit", defFirstByteLimit, 0)
+	t.PartialTimeout = s.duration("partial_timeout", defPartialTimeout)
+	t.DrainGrace = s.duration("drain_grace", defDrainGrace)
 	t.Instances = s.int("instances", defInstances, 1)
 	t.MinInstances = s.int("instances_min", min(defMinInstances, t.Instances), 0)
 	if t.MinInstances > t.Instances {

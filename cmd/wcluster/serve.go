@@ -72,6 +72,14 @@ type limits struct {
 	MaxReuse     int           `json:"max_reuse"`
 	Fresh        bool          `json:"fresh"`
 	MemoryBudget uint64        `json:"memory_budget,omitempty"` // the tenant's guest memory budget
+
+	// FirstByteTimeout and FirstByteLimit bound new connections waiting for
+	// their first byte, PartialTimeout an incomplete message, DrainGrace a
+	// draining worker's idle connections (host.Options).
+	FirstByteTimeout time.Duration `json:"first_byte_timeout"`
+	FirstByteLimit   int           `json:"first_byte_limit"`
+	PartialTimeout   time.Duration `json:"partial_timeout"`
+	DrainGrace       time.Duration `json:"drain_grace"`
 }
 
 // options are the host.Options of a handler with these limits.
@@ -80,6 +88,8 @@ func (l *limits) options(wasm []byte, name, cacheDir string, workerID int, log *
 		Wasm: wasm, Name: name, CacheDir: cacheDir, WorkerID: workerID,
 		MemoryLimit: l.MemoryLimit, Timeout: l.Timeout,
 		ReadTimeout: l.ReadTimeout, WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout,
+		FirstByteTimeout: l.FirstByteTimeout, FirstByteLimit: l.FirstByteLimit,
+		PartialTimeout: l.PartialTimeout, DrainGrace: l.DrainGrace,
 		Instances: l.Instances, MinInstances: l.MinInstances, MaxReuse: l.MaxReuse, Fresh: l.Fresh,
 		MemoryBudget: l.MemoryBudget, Logger: log,
 	}
@@ -111,6 +121,10 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "read-timeout", Value: 30 * time.Second, Usage: "how long one guest read waits for the client"},
 			&cli.DurationFlag{Name: "write-timeout", Value: 30 * time.Second, Usage: "how long one guest write waits for the client"},
 			&cli.DurationFlag{Name: "idle-timeout", Value: 60 * time.Second, Usage: "close a kept-alive connection silent for this long"},
+			&cli.DurationFlag{Name: "first-byte-timeout", Value: defFirstByteTimeout, Usage: "close a new connection that sends nothing for this long (it holds no instance meanwhile)"},
+			&cli.IntFlag{Name: "first-byte-limit", Value: defFirstByteLimit, Usage: "new connections waiting for their first byte per worker; past it the oldest is closed (0: no bound)"},
+			&cli.DurationFlag{Name: "partial-timeout", Value: defPartialTimeout, Usage: "close a connection whose incomplete request (pushed back by the handler) stays incomplete this long"},
+			&cli.DurationFlag{Name: "drain-grace", Value: defDrainGrace, Usage: "how long a draining worker keeps an idle kept-alive connection for the client's next request"},
 			&cli.IntFlag{Name: "instances", Value: 64, Usage: "guest instances alive at once per worker"},
 			&cli.IntFlag{Name: "instances-min", Value: 2, Usage: "guest instances created at start and kept warm"},
 			&cli.IntFlag{Name: "max-reuse", Value: 0, Usage: "retire an instance after this many calls (0: never)"},
@@ -147,6 +161,14 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.Int("first-byte-limit") < 0 {
+		return fmt.Errorf("--first-byte-limit must be 0 (no bound) or more (got %d)", c.Int("first-byte-limit"))
+	}
+	for _, name := range []string{"first-byte-timeout", "partial-timeout", "drain-grace"} {
+		if c.Duration(name) < 0 {
+			return fmt.Errorf("--%s must not be negative (got %v; 0 means none)", name, c.Duration(name))
+		}
+	}
 	if c.Int("workers") < 1 {
 		return fmt.Errorf("--workers must be at least 1 (got %d)", c.Int("workers"))
 	}
@@ -180,6 +202,8 @@ func serveAction(c *cli.Context) error {
 			MemoryLimit: mem,
 			Timeout:     c.Duration("timeout"), ReadTimeout: c.Duration("read-timeout"),
 			WriteTimeout: c.Duration("write-timeout"), IdleTimeout: c.Duration("idle-timeout"),
+			FirstByteTimeout: c.Duration("first-byte-timeout"), FirstByteLimit: c.Int("first-byte-limit"),
+			PartialTimeout: c.Duration("partial-timeout"), DrainGrace: c.Duration("drain-grace"),
 			Instances: c.Int("instances"), MinInstances: c.Int("instances-min"),
 			MaxReuse: c.Int("max-reuse"), Fresh: mode == "fresh",
 		},
@@ -384,10 +408,14 @@ func reload(ctx context.Context, cl *dispatch.Cluster, hc handlerConfig, log *sl
 }
 
 func describe(info host.Info) string {
+	d := info.Kind.String()
 	if info.Kind == host.KindABI {
-		return fmt.Sprintf("wcluster ABI v%d", info.ABIVersion)
+		d = fmt.Sprintf("wcluster ABI v%d", info.ABIVersion)
 	}
-	return info.Kind.String()
+	if info.SpeaksFirst {
+		d += ", speaks first"
+	}
+	return d
 }
 
 func parseLevel(s string) (slog.Level, error) {

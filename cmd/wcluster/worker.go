@@ -173,6 +173,8 @@ func handlerStats(s host.Stats) map[string]any {
 		"conns": s.Conns, "calls": s.Calls, "traps": s.Traps, "timeouts": s.Timeouts,
 		"memory_limit_hits": s.MemLimit, "instances_created": s.Instances, "instances_live": s.Live,
 		"instance_ns": s.InstanceNs, "open": s.Open, "log_lines_dropped": s.LogDropped,
+		"first_byte_timeouts": s.FirstByteTimeouts, "first_byte_shed": s.FirstByteShed,
+		"partial_timeouts": s.PartialTimeouts, "awaiting_first_byte": s.AwaitingFirst,
 		"latency": s.Latency[:], "latency_ns": s.LatencyNs,
 		"memory_budget": s.Memory.Limit, "memory_in_use": s.Memory.Used,
 		"memory_waits": s.Memory.Waits, "memory_refusals": s.Memory.Refusals,

@@ -24,51 +24,46 @@ func init() { wcluster.Handle(serve) }
 func main() {}
 
 // serve reads what the peer sent, answers every complete request in it with
-// one write, and pushes an incomplete tail back for the next call.
+// one write, and pushes an incomplete tail back for the next call. It reads
+// once per call: the host calls when bytes are there, and waiting in Read
+// for the rest of a request would hold the instance while a slow client
+// takes its time.
 func serve(flags wcluster.Flags) wcluster.Action {
-	n := 0
 	out = out[:0]
-	for {
-		m, err := wcluster.Read(in[n:])
-		if err != nil {
-			return flush(wcluster.Close)
-		}
-		n += m
-		buf := in[:n]
-		for {
-			req, ok, bad := parse(buf)
-			if bad {
-				out = append(out, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"...)
-				return flush(wcluster.Close)
-			}
-			if !ok {
-				break
-			}
-			keep := req.keepAlive && flags&wcluster.Draining == 0
-			respond(keep)
-			if !keep {
-				return flush(wcluster.Close)
-			}
-			buf = buf[req.size:]
-		}
-		if len(buf) == 0 {
-			return flush(wcluster.Keep)
-		}
-		if len(out) > 0 {
-			// Answer what is complete, keep the tail for the next call.
-			if wcluster.Unread(buf) != nil {
-				return flush(wcluster.Close)
-			}
-			return flush(wcluster.Keep)
-		}
-		if len(buf) == len(in) {
-			out = append(out, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"...)
-			return flush(wcluster.Close)
-		}
-		// Only part of one request so far: wait for the rest in this call.
-		copy(in, buf)
-		n = len(buf)
+	n, err := wcluster.Read(in)
+	if err != nil {
+		return flush(wcluster.Close)
 	}
+	buf := in[:n]
+	for {
+		req, ok, bad := parse(buf)
+		if bad {
+			out = append(out, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"...)
+			return flush(wcluster.Close)
+		}
+		if !ok {
+			break
+		}
+		keep := req.keepAlive && flags&wcluster.Draining == 0
+		respond(keep)
+		if !keep {
+			return flush(wcluster.Close)
+		}
+		buf = buf[req.size:]
+	}
+	switch {
+	case len(buf) == 0:
+		return flush(wcluster.Keep)
+	case len(buf) == len(in):
+		out = append(out, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"...)
+		return flush(wcluster.Close)
+	}
+	// Answer what is complete, push the incomplete rest back: the next call,
+	// when more arrives, reads it first.
+	if wcluster.Unread(buf) != nil {
+		return flush(wcluster.Close)
+	}
+	return flush(wcluster.Keep)
 }
 
 func flush(a wcluster.Action) wcluster.Action {

@@ -86,9 +86,12 @@ func (e Error) Error() string {
 type Flags int32
 
 const (
-	// New is set on the first call for a connection.
+	// New is set on the first call for a connection, made when its first
+	// bytes have arrived (at once for a handler importing the speaksfirst
+	// package).
 	New Flags = 1 << 0
-	// Draining is set when the worker is stopping: finish and return Close.
+	// Draining is set when the worker is stopping: finish the exchange (an
+	// HTTP handler answers "Connection: close") and return Close.
 	Draining Flags = 1 << 1
 )
 
@@ -166,7 +169,10 @@ func CloseWrite() error {
 }
 
 // Unread pushes p back in front of the read stream, for the next Read in this
-// call or a later one (at most 64 KiB pending).
+// call or a later one (at most 64 KiB pending). A handler that has read only
+// part of a message pushes it back and returns Keep, rather than wait in
+// Read for the rest holding its instance: it is called again when more
+// arrives.
 func Unread(p []byte) error {
 	if len(p) == 0 {
 		return nil
