@@ -1,0 +1,214 @@
+package main
+
+// The workers' process sandbox as the CLI sets it up: what the master
+// reads for them (handler, certificate and key bytes), who they run as
+// (--user), what of the environment they get (--worker-env), and what the
+// worker applies to itself (internal/sandbox) unless --worker-sandbox=off.
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/wcluster/wcluster/dispatch"
+	"github.com/wcluster/wcluster/internal/sandbox"
+)
+
+// files carries file contents from the master to its workers.
+type files struct {
+	Wasm    []byte `json:"wasm,omitempty"`
+	CertPEM []byte `json:"cert_pem,omitempty"`
+	KeyPEM  []byte `json:"key_pem,omitempty"`
+}
+
+// readFiles reads what a worker needs of a handler and its certificate.
+func readFiles(wasm []byte, cert, key string) (files, error) {
+	f := files{Wasm: wasm}
+	if cert == "" {
+		return f, nil
+	}
+	var err error
+	if f.CertPEM, err = os.ReadFile(cert); err != nil {
+		return f, fmt.Errorf("tls cert: %w", err)
+	}
+	if f.KeyPEM, err = os.ReadFile(key); err != nil {
+		return f, fmt.Errorf("tls key: %w", err)
+	}
+	return f, nil
+}
+
+// keyPair is the certificate a worker serves: from the bytes the master
+// passed, else (an older master) from the files.
+func (f *files) keyPair(cert, key string) (tls.Certificate, error) {
+	if len(f.CertPEM) > 0 {
+		return tls.X509KeyPair(f.CertPEM, f.KeyPEM)
+	}
+	return tls.LoadX509KeyPair(cert, key)
+}
+
+// sandboxPlan is what a worker applies to itself before building its
+// handlers, so before any guest code runs.
+type sandboxPlan struct {
+	Off bool `json:"off,omitempty"`
+	// ReadPaths are all it may open, read-only: the compilation cache and
+	// the tenants' mounts.
+	ReadPaths []string `json:"read_paths,omitempty"`
+}
+
+// applySandbox sandboxes the worker unless the plan says off.
+func applySandbox(p sandboxPlan, w *dispatch.Worker, log *slog.Logger) error {
+	if p.Off {
+		log.Debug("worker sandbox off (--worker-sandbox=off)")
+		return nil
+	}
+	var paths []string
+	for _, path := range p.ReadPaths {
+		if path != "" {
+			paths = append(paths, path)
+		}
+	}
+	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: w.BindPorts()})
+	if err != nil {
+		return err
+	}
+	log.Debug("worker sandbox applied", "no_new_privs", a.NoNewPrivs, "seccomp_syscalls", a.Seccomp, "landlock", a.Landlock)
+	return nil
+}
+
+// parseSandbox reads --worker-sandbox / worker_sandbox.
+func parseSandbox(s string) (off bool, err error) {
+	switch strings.ToLower(s) {
+	case "on", "true", "":
+		return false, nil
+	case "off", "false":
+		return true, nil
+	}
+	return false, fmt.Errorf("--worker-sandbox %q: use on or off", s)
+}
+
+// workerUser is a --user USER[:GROUP] resolved.
+type workerUser struct {
+	spec string
+	cred *syscall.Credential
+}
+
+// lookupUser resolves USER[:GROUP] (names or numbers); without GROUP the
+// user's primary group.
+func lookupUser(spec string) (*workerUser, error) {
+	if spec == "" {
+		return nil, nil
+	}
+	name, group, hasGroup := strings.Cut(spec, ":")
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return nil, fmt.Errorf("user %q: no such user on this system: give an existing user name or uid (e.g. nobody)", name)
+		}
+	}
+	gid := u.Gid
+	if hasGroup {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			if g, err = user.LookupGroupId(group); err != nil {
+				return nil, fmt.Errorf("user %q: no such group %q on this system: give an existing group name or gid", spec, group)
+			}
+		}
+		gid = g.Gid
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	g, err2 := strconv.ParseUint(gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("user %q: uid %s or gid %s is not a number", spec, u.Uid, gid)
+	}
+	return &workerUser{spec: spec, cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(g)}}, nil
+}
+
+// checkCanSwitch says why workers cannot run as u: the master must be
+// root to start them as another user.
+func (u *workerUser) checkCanSwitch() error {
+	if u == nil {
+		return nil
+	}
+	if os.Geteuid() != 0 && uint32(os.Geteuid()) != u.cred.Uid {
+		return fmt.Errorf("--user %s: the master runs as uid %d, not root: it cannot start workers as another user; start it as root (it keeps root only to bind and spawn) or drop --user", u.spec, os.Geteuid())
+	}
+	return nil
+}
+
+// shareCache lets workers running as u read the compilation cache the
+// master filled (wazero writes it for its own user only): the tree's group
+// becomes u's group, readable by it, never writable. Every directory above
+// it must let them pass, or this says which one does not.
+func (u *workerUser) shareCache(dir string) error {
+	if u == nil || dir == "" {
+		return nil
+	}
+	if err := u.reachable(dir); err != nil {
+		return fmt.Errorf("--user %s: the workers cannot reach the compilation cache %s: %v; give a cache directory they can reach (--cache-dir, cache_dir), e.g. /var/cache/wcluster", u.spec, dir, err)
+	}
+	gid := int(u.cred.Gid)
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(p, -1, gid); err != nil {
+			return fmt.Errorf("--user %s: share the compilation cache: %w", u.spec, err)
+		}
+		mode := info.Mode().Perm() | 0o040
+		if d.IsDir() {
+			mode |= 0o010
+		}
+		mode &^= 0o022 // workers only read it: no one else writes
+		return os.Chmod(p, mode)
+	})
+}
+
+// reachable checks that every directory from / to path is searchable by u.
+func (u *workerUser) reachable(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			return err
+		}
+		ok := st.Mode&0o001 != 0 || st.Gid == u.cred.Gid && st.Mode&0o010 != 0 || st.Uid == u.cred.Uid && st.Mode&0o100 != 0
+		if !ok {
+			return fmt.Errorf("%s (mode %o, uid %d, gid %d) is not searchable by uid %d gid %d", p, st.Mode&0o777, st.Uid, st.Gid, u.cred.Uid, u.cred.Gid)
+		}
+		if p == "/" || p == "." {
+			return nil
+		}
+	}
+}
+
+// credential is what dispatch runs the workers as (nil: the master's user).
+func (u *workerUser) credential() *syscall.Credential {
+	if u == nil {
+		return nil
+	}
+	return u.cred
+}
+
+
+// handlerBytes is what the master passes of a handler: its bytes, or none
+// for the embedded default, which the worker has.
+func handlerBytes(path string, wasm []byte) []byte {
+	if path == "" {
+		return nil
+	}
+	return wasm
+}
