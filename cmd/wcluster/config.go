@@ -103,7 +103,7 @@ type tenantPlan struct {
 	Config   map[string]string `json:"config,omitempty"`
 	Mount    string            `json:"mount,omitempty"`
 	User     string            `json:"-"` // the group's worker user, USER[:GROUP]
-	files    // read by the master for the workers
+	files                      // read by the master for the workers
 
 	who               string // `tenant "NAME"` (or `tenant #N` without a name) in messages
 	line, handlerLine int    // where it is in the file, for prepare's messages

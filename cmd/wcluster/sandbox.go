@@ -203,7 +203,6 @@ func (u *workerUser) credential() *syscall.Credential {
 	return u.cred
 }
 
-
 // handlerBytes is what the master passes of a handler: its bytes, or none
 // for the embedded default, which the worker has.
 func handlerBytes(path string, wasm []byte) []byte {
