@@ -156,6 +156,13 @@ func readBoot() (bootConfig, error) {
 		return bc, fmt.Errorf("no boot configuration on fd %d: start workers through the master", fdBoot)
 	}
 	defer f.Close()
+	return decodeBoot(f)
+}
+
+// decodeBoot reads a bootConfig from f (from its start), refusing another
+// version than this binary's.
+func decodeBoot(f *os.File) (bootConfig, error) {
+	var bc bootConfig
 	st, err := f.Stat()
 	if err != nil {
 		return bc, fmt.Errorf("boot configuration on fd %d: %w", fdBoot, err)

@@ -139,6 +139,13 @@ func (u *workerUser) checkCanSwitch() error {
 	if os.Geteuid() != 0 && uint32(os.Geteuid()) != u.cred.Uid {
 		return fmt.Errorf("--user %s: the master runs as uid %d, not root: it cannot start workers as another user; start it as root (it keeps root only to bind and spawn) or drop --user", u.spec, os.Geteuid())
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := u.reachable(exe); err != nil {
+		return fmt.Errorf("--user %s: the workers cannot start %s: %v; install wcluster where they can (e.g. /usr/local/bin)", u.spec, exe, err)
+	}
 	return nil
 }
 
