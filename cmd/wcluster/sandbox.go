@@ -218,3 +218,11 @@ func handlerBytes(path string, wasm []byte) []byte {
 	}
 	return wasm
 }
+
+// warnRootWorkers says, once at start, that a root master without --user
+// runs its workers as root.
+func warnRootWorkers(log *slog.Logger, u *workerUser) {
+	if u == nil && os.Geteuid() == 0 {
+		log.Warn("workers run as root, with root's capabilities (seccomp and Landlock still apply): give --user (user in the config) to run them unprivileged; see docs/security.md")
+	}
+}

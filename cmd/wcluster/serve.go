@@ -215,6 +215,7 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--%w", err)
 	}
+	warnRootWorkers(log, wu)
 
 	wasm, name, err := hc.load()
 	if err != nil {

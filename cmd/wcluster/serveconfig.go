@@ -48,6 +48,7 @@ func serveConfig(c *cli.Context, path string, start time.Time) error {
 		if err != nil {
 			return fmt.Errorf("%s: group %q: %w", path, g.Name, err)
 		}
+		warnRootWorkers(log.With("group", g.Name), wu)
 	}
 	groups, err := groupConfigs(fc)
 	if err != nil {
