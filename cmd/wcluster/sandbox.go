@@ -204,8 +204,8 @@ func (u *workerUser) reachable(path string) error {
 
 // credential is what dispatch runs the workers as (nil: the master's user).
 func (u *workerUser) credential() *syscall.Credential {
-	if u == nil {
-		return nil
+	if u == nil || os.Geteuid() != 0 {
+		return nil // not root: checkCanSwitch allowed only the master's own user
 	}
 	return u.cred
 }
