@@ -32,8 +32,9 @@ type handlerConfig struct {
 	limits
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
-	// TLSCert and TLSKey, when set, make the worker terminate TLS; it reads
-	// the files itself, so the key never passes through the environment.
+	// TLSCert and TLSKey, when set, make the worker terminate TLS; the
+	// master reads the files and passes their bytes (files), through the
+	// worker's configuration descriptor, never the environment.
 	TLSCert string `json:"tls_cert,omitempty"`
 	TLSKey  string `json:"tls_key,omitempty"`
 	// Sandbox is what the worker applies to itself.
