@@ -181,6 +181,29 @@ func (u *workerUser) shareCache(dir string) error {
 	})
 }
 
+// checkMount says why workers running as u could not read mount (a
+// tenant's directory, which they open for the guest).
+func (u *workerUser) checkMount(mount string) error {
+	if u == nil || mount == "" {
+		return nil
+	}
+	err := u.reachable(filepath.Join(mount, "."))
+	if err == nil {
+		var st syscall.Stat_t
+		if err = syscall.Stat(mount, &st); err == nil {
+			mode := st.Mode
+			ok := mode&0o005 == 0o005 || st.Gid == u.cred.Gid && mode&0o050 == 0o050 || st.Uid == u.cred.Uid && mode&0o500 == 0o500
+			if !ok {
+				err = fmt.Errorf("%s (mode %o, uid %d, gid %d) is not readable by uid %d gid %d", mount, mode&0o777, st.Uid, st.Gid, u.cred.Uid, u.cred.Gid)
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("user %s: the workers cannot read the mount %s: %v; make it readable by them", u.spec, mount, err)
+	}
+	return nil
+}
+
 // reachable checks that every directory from / to path is searchable by u.
 func (u *workerUser) reachable(path string) error {
 	abs, err := filepath.Abs(path)

@@ -111,6 +111,9 @@ func groupConfigs(fc *fileConfig) ([]dispatch.Config, error) {
 		g.Tenants = slices.Clone(g.Tenants)
 		for j := range g.Tenants {
 			t := &g.Tenants[j]
+			if err := wu.checkMount(t.Mount); err != nil {
+				return nil, fmt.Errorf("%s: tenant %q: %w", fc.Path, t.Name, err)
+			}
 			wasm, err := os.ReadFile(t.Handler)
 			if err == nil {
 				t.files, err = readFiles(wasm, t.TLSCert, t.TLSKey)
