@@ -7,9 +7,11 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -162,14 +164,20 @@ func (u *workerUser) shareCache(dir string) error {
 	}
 	gid := int(u.cred.Gid)
 	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // a temporary file of a compilation that just ended
+		}
 		if err != nil {
 			return err
 		}
 		info, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		if err := os.Lchown(p, -1, gid); err != nil {
+		if err := os.Lchown(p, -1, gid); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("--user %s: share the compilation cache: %w", u.spec, err)
 		}
 		mode := info.Mode().Perm() | 0o040
@@ -177,7 +185,10 @@ func (u *workerUser) shareCache(dir string) error {
 			mode |= 0o010
 		}
 		mode &^= 0o022 // workers only read it: no one else writes
-		return os.Chmod(p, mode)
+		if err := os.Chmod(p, mode); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
 	})
 }
 
@@ -248,4 +259,22 @@ func warnRootWorkers(log *slog.Logger, u *workerUser) {
 	if u == nil && os.Geteuid() == 0 {
 		log.Warn("workers run as root, with root's capabilities (seccomp and Landlock still apply): give --user (user in the config) to run them unprivileged; see docs/security.md")
 	}
+}
+
+// checkReuseport says why workers running as u could not bind addrs
+// themselves (policy reuseport): ports below 1024 need root.
+func (u *workerUser) checkReuseport(sched dispatch.Sched, addrs []string) error {
+	if u == nil || sched != dispatch.SchedReusePort || u.cred.Uid == 0 {
+		return nil
+	}
+	for _, a := range addrs {
+		_, p, err := net.SplitHostPort(a)
+		if err != nil {
+			continue
+		}
+		if n, err := strconv.Atoi(p); err == nil && n > 0 && n < 1024 {
+			return fmt.Errorf("user %s with sched reuseport: the workers bind their own sockets and cannot bind port %d as uid %d; use sched rr or shared (the master binds), or a port from 1024", u.spec, n, u.cred.Uid)
+		}
+	}
+	return nil
 }

@@ -213,6 +213,9 @@ func serveAction(c *cli.Context) error {
 	if err == nil {
 		err = wu.checkCanSwitch()
 	}
+	if err == nil {
+		err = wu.checkReuseport(sched, []string{c.String("listen")})
+	}
 	if err != nil {
 		return fmt.Errorf("--%w", err)
 	}

@@ -45,6 +45,9 @@ func serveConfig(c *cli.Context, path string, start time.Time) error {
 		if err == nil {
 			err = wu.checkCanSwitch()
 		}
+		if err == nil {
+			err = wu.checkReuseport(fc.Cluster.Sched, g.Addrs())
+		}
 		if err != nil {
 			return fmt.Errorf("%s: group %q: %w", path, g.Name, err)
 		}
