@@ -5,8 +5,8 @@
 // The master binds the listener once and keeps it for its whole life. It
 // starts N workers by re-executing its own binary with WCLUSTER_WORKER_ID set
 // (as Node's cluster uses NODE_UNIQUE_ID), each with a SOCK_SEQPACKET socket
-// pair as its channel (fd 3), its configuration in a sealed memfd (fd 4)
-// and a clean environment (see spawn.go).
+// pair as its channel (fd 3), its configuration in a sealed memfd (fd 4), a
+// memfd for its crash report (fd 5) and a clean environment (see spawn.go).
 //
 // Policies:
 //   - rr: the master accepts (raw accept4) and sends each connection's fd to

@@ -78,7 +78,7 @@ func applySandbox(p sandboxPlan, w *dispatch.Worker, log *slog.Logger) error {
 	}
 	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: w.BindPorts()})
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (--worker-sandbox=off serves without the process sandbox; see docs/security.md)", err)
 	}
 	log.Debug("worker sandbox applied", "no_new_privs", a.NoNewPrivs, "seccomp_syscalls", a.Seccomp, "landlock", a.Landlock)
 	return nil
