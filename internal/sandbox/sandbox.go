@@ -82,7 +82,14 @@ func Apply(p Policy) (Applied, error) {
 		return a, fmt.Errorf("sandbox: seccomp: %w", err)
 	}
 	a.NoNewPrivs = true
-	a.Seccomp = len(names) + len(conditional())
+	a.Seccomp = len(names) + 1 // clone3, answered ENOSYS
+	seen := map[string]bool{}
+	for _, c := range conditional() {
+		if !seen[c.Name] {
+			seen[c.Name] = true
+			a.Seccomp++
+		}
+	}
 	return a, nil
 }
 
