@@ -171,8 +171,6 @@ var allowlist = []string{
 	// sockets
 	"bind", "listen", "accept", "accept4", "shutdown", "getsockname", "getpeername",
 	"setsockopt", "getsockopt", "sendmsg", "recvmsg", "sendto", "recvfrom", "sendmmsg", "recvmmsg",
-	// wait for children the runtime never has, but that os/exec paths probe
-	"wait4", "waitid",
 }
 
 // conditional are calls allowed with some arguments only.
