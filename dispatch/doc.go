@@ -5,7 +5,8 @@
 // The master binds the listener once and keeps it for its whole life. It
 // starts N workers by re-executing its own binary with WCLUSTER_WORKER_ID set
 // (as Node's cluster uses NODE_UNIQUE_ID), each with a SOCK_SEQPACKET socket
-// pair as its channel (fd 3).
+// pair as its channel (fd 3), its configuration in a sealed memfd (fd 4), a
+// memfd for its crash report (fd 5) and a clean environment (see spawn.go).
 //
 // Policies:
 //   - rr: the master accepts (raw accept4) and sends each connection's fd to
@@ -17,7 +18,7 @@
 //     connections finished since the last report). When every
 //     worker is at MaxConns the master stops accepting and the kernel backlog
 //     holds the surplus.
-//   - shared: workers inherit the listening socket (fd 4) and accept
+//   - shared: workers inherit the listening socket (fd 6) and accept
 //     themselves; each stops accepting above 7/8 of MaxConns.
 //   - reuseport: each worker binds its own SO_REUSEPORT socket and the kernel
 //     balances by hash.

@@ -39,7 +39,7 @@ func appendAck(b []byte, seq uint64, accepted bool) []byte {
 // Inherited fd numbers in a worker.
 const (
 	fdChannel  = 3 // the SEQPACKET channel to the master
-	fdListener = 4 // the first shared listening socket (policy shared)
+	fdListener = 6 // the first shared listening socket (policy shared); see spawn.go
 )
 
 // channel is one end of a SOCK_SEQPACKET socket pair: every send is one

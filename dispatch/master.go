@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -80,8 +79,15 @@ type Config struct {
 	// instead of stopping the master. A cluster of several groups sets it,
 	// so one tenant's crash loop cannot take the others down.
 	KeepOnCrashLoop bool
-	// WorkerConfig is passed to every worker as is (see Worker.Config).
+	// WorkerConfig is passed to every worker as is (see Worker.Config),
+	// through an inherited memfd, never the environment.
 	WorkerConfig []byte
+	// WorkerEnv names the variables of the master's environment passed on
+	// to workers; nothing else of it is (but the Go runtime's settings).
+	WorkerEnv []string
+	// Credential, if set, runs the workers as this user and group (and
+	// that group only), so with no capabilities; the master must be root.
+	Credential *syscall.Credential
 	// Executable and Args start a worker (default: this binary, no args).
 	Executable string
 	Args       []string
@@ -614,28 +620,15 @@ func (m *Master) start(id int, workerConfig []byte, install bool) (*proc, error)
 		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
 	}
 	defer child.Close()
-	addrs := make([]string, len(m.lis))
-	for i, l := range m.lis {
-		addrs[i] = l.addr.String()
+	cmd, boot, crash, err := m.workerCommand(id, workerConfig, child)
+	if err != nil {
+		ch.close()
+		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
 	}
-	params, _ := json.Marshal(workerParams{
-		Sched: m.cfg.Sched, MaxConns: m.cfg.MaxConns, ShutdownTimeout: m.cfg.ShutdownTimeout,
-		Heartbeat: m.cfg.Heartbeat, Listen: addrs, Backlog: m.cfg.Backlog,
-	})
-	cmd := exec.Command(m.cfg.Executable, m.cfg.Args...)
-	cmd.Env = append(os.Environ(),
-		EnvWorkerID+"="+strconv.Itoa(id),
-		envDispatch+"="+string(params),
-		envConfig+"="+string(workerConfig))
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{child} // fd 3
-	if m.cfg.Sched == SchedShared {
-		for _, l := range m.lis {
-			cmd.ExtraFiles = append(cmd.ExtraFiles, l.f) // fd 4, 5, ...
-		}
-	}
+	defer boot.Close()
 	if err := cmd.Start(); err != nil {
 		ch.close()
+		crash.Close()
 		return nil, fmt.Errorf("dispatch: start worker %d: %w", id, err)
 	}
 	now := time.Now()
@@ -654,6 +647,12 @@ func (m *Master) start(id int, workerConfig []byte, install bool) (*proc, error)
 	go func() {
 		defer m.wg.Done()
 		p.waitErr = cmd.Wait()
+		if cause := crashCause(crash); cause != "" {
+			m.mu.Lock()
+			p.fatal = cause
+			m.mu.Unlock()
+		}
+		crash.Close()
 		close(p.exited)
 		m.emit(procEvent{evExit, p})
 	}()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
@@ -16,12 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Environment variables that make a process a worker and configure it.
-const (
-	EnvWorkerID = "WCLUSTER_WORKER_ID"     // 1..N; its presence makes a worker
-	envDispatch = "WCLUSTER_DISPATCH"      // JSON workerParams
-	envConfig   = "WCLUSTER_WORKER_CONFIG" // opaque: the program's handler config
-)
+// EnvWorkerID makes a process a worker (1..N); its configuration comes
+// through an inherited descriptor (see spawn.go).
+const EnvWorkerID = "WCLUSTER_WORKER_ID"
 
 // Handler serves connections in a worker. The program wires it to the host.
 type Handler interface {
@@ -94,25 +92,50 @@ type Worker struct {
 	// master; doneSignal wakes flushDone when it leaves zero.
 	done       atomic.Uint32
 	doneSignal chan struct{}
+
+	statm *os.File // /proc/self/statm, opened before any sandbox
 }
 
-// NewWorker reads the worker's identity and channel from its environment.
+// NewWorker reads the worker's identity, its configuration and its channel
+// from what the master passed.
 func NewWorker(log *slog.Logger) (*Worker, error) {
+	reportCrashes()
 	id, err := strconv.Atoi(os.Getenv(EnvWorkerID))
 	if err != nil || id < 1 {
 		return nil, fmt.Errorf("dispatch: bad %s=%q", EnvWorkerID, os.Getenv(EnvWorkerID))
 	}
-	w := &Worker{id: id, config: []byte(os.Getenv(envConfig)), log: log, freed: make(chan struct{}, 1),
-		doneSignal: make(chan struct{}, 1)}
-	if err := json.Unmarshal([]byte(os.Getenv(envDispatch)), &w.params); err != nil {
-		return nil, fmt.Errorf("dispatch: bad %s: %w", envDispatch, err)
-	}
+	w := &Worker{id: id, log: log, freed: make(chan struct{}, 1), doneSignal: make(chan struct{}, 1)}
 	ch, err := newChannel(os.NewFile(fdChannel, "channel"))
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
 	}
 	w.ch = ch
+	bc, err := readBoot()
+	if err != nil {
+		err = fmt.Errorf("dispatch: worker %d: %w", id, err)
+		w.Fatal(err)
+		ch.close()
+		return nil, err
+	}
+	w.params, w.config = bc.Dispatch, bc.Config
+	// Held open so the heartbeat can read it once files are out of reach.
+	w.statm, _ = os.Open("/proc/self/statm")
 	return w, nil
+}
+
+// BindPorts are the TCP ports this worker binds itself (policy reuseport),
+// for a sandbox that allows only those.
+func (w *Worker) BindPorts() []uint16 {
+	if w.params.Sched != SchedReusePort {
+		return nil
+	}
+	var ports []uint16
+	for _, a := range w.params.Listen {
+		if ap, err := netip.ParseAddrPort(a); err == nil {
+			ports = append(ports, ap.Port())
+		}
+	}
+	return ports
 }
 
 // ID is the worker's id, 1..N.
@@ -351,7 +374,7 @@ func (w *Worker) heartbeat(ctx context.Context, h Handler, stats func() map[stri
 			return
 		case <-t.C:
 		}
-		r := workerReport{InFlight: w.inFlight.Load(), Accepted: w.accepted.Load(), Completed: w.completed.Load(), RSS: residentBytes()}
+		r := workerReport{InFlight: w.inFlight.Load(), Accepted: w.accepted.Load(), Completed: w.completed.Load(), RSS: residentBytes(w.statm)}
 		if rc != nil {
 			r.Requests = rc.Requests()
 		}
@@ -365,15 +388,19 @@ func (w *Worker) heartbeat(ctx context.Context, h Handler, stats func() map[stri
 	}
 }
 
-// residentBytes is this process's resident set size, from /proc (0 where
-// that cannot be read).
-func residentBytes() uint64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
+// residentBytes is this process's resident set size, from /proc/self/statm
+// (0 where that cannot be read).
+func residentBytes(statm *os.File) uint64 {
+	if statm == nil {
+		return 0
+	}
+	b := make([]byte, 128)
+	n, err := statm.ReadAt(b, 0)
+	if n == 0 && err != nil {
 		return 0
 	}
 	var size, rss uint64
-	if _, err := fmt.Sscan(string(b), &size, &rss); err != nil {
+	if _, err := fmt.Sscan(string(b[:n]), &size, &rss); err != nil {
 		return 0
 	}
 	return rss * uint64(os.Getpagesize())

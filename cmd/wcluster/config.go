@@ -57,6 +57,11 @@ type clusterConfig struct {
 	LogFormat       string // "text" or "json"
 	Control         string
 	Admin           string // address of /metrics, /healthz, /readyz ("": none)
+	// User runs the workers of groups that do not say otherwise;
+	// WorkerEnv, SandboxOff: see --worker-env, --worker-sandbox.
+	User       string
+	WorkerEnv  []string
+	SandboxOff bool
 }
 
 // groupPlan is one worker group: its own worker processes serving its own
@@ -75,6 +80,11 @@ type groupPlan struct {
 	MemoryBudget uint64        `json:"memory_budget"`
 	MemoryWait   time.Duration `json:"memory_wait"`
 	budgetWhy    string        // for check and the banner
+	// Sandbox is what its workers apply to themselves; User, WorkerEnv:
+	// who they run as and what of the master's environment they get.
+	Sandbox   sandboxPlan `json:"sandbox"`
+	User      string      `json:"-"`
+	WorkerEnv []string    `json:"-"`
 }
 
 // listenerPlan is one listening address and the tenants on it.
@@ -98,6 +108,8 @@ type tenantPlan struct {
 	Env      []string          `json:"env,omitempty"` // KEY=value, sorted
 	Config   map[string]string `json:"config,omitempty"`
 	Mount    string            `json:"mount,omitempty"`
+	User     string            `json:"-"` // the group's worker user, USER[:GROUP]
+	files                      // read by the master for the workers
 
 	who               string // `tenant "NAME"` (or `tenant #N` without a name) in messages
 	line, handlerLine int    // where it is in the file, for prepare's messages
@@ -183,8 +195,9 @@ func (c *fileConfig) prepare(ctx context.Context, log *slog.Logger) error {
 }
 
 // newRouter builds, in a worker, the Handler of each of the group's tenants
-// and the Router over its listeners. Certificates and keys are read here,
-// so they never pass through the master's environment.
+// and the Router over its listeners, from the handler, certificate and key
+// bytes the master read (through the worker's configuration descriptor,
+// never the environment).
 func (g *groupPlan) newRouter(ctx context.Context, workerID int, budget *host.Budget, log *slog.Logger) (*host.Router, error) {
 	tenants := map[string]*host.Tenant{}
 	closeAll := func() {
@@ -194,14 +207,17 @@ func (g *groupPlan) newRouter(ctx context.Context, workerID int, budget *host.Bu
 	}
 	for i := range g.Tenants {
 		tp := &g.Tenants[i]
-		wasm, err := readHandler(tp.Handler)
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("tenant %q: handler %s", tp.Name, handlerError(tp.Handler, err))
+		wasm := tp.Wasm // read by the master
+		if len(wasm) == 0 {
+			var err error
+			if wasm, err = readHandler(tp.Handler); err != nil {
+				closeAll()
+				return nil, fmt.Errorf("tenant %q: handler %s", tp.Name, handlerError(tp.Handler, err))
+			}
 		}
 		t := &host.Tenant{Name: tp.Name, Hosts: tp.Hosts, MaxConns: tp.MaxConns}
 		if tp.TLSCert != "" {
-			cert, err := tls.LoadX509KeyPair(tp.TLSCert, tp.TLSKey)
+			cert, err := tp.keyPair(tp.TLSCert, tp.TLSKey)
 			if err != nil {
 				closeAll()
 				return nil, fmt.Errorf("tenant %q: tls: %w", tp.Name, err)
@@ -630,11 +646,11 @@ var (
 var (
 	clusterKeys = []string{"workers", "sched", "backlog", "max_conns", "queue_size", "queue_timeout",
 		"shutdown_timeout", "worker_timeout", "max_requests", "max_worker_memory", "cache_dir", "log_level", "log_format", "control", "admin",
-		"guest_memory_budget"}
+		"guest_memory_budget", "user", "worker_env", "worker_sandbox"}
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
 		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget",
-		"first_byte_timeout", "first_byte_limit", "partial_timeout", "drain_grace"}
+		"first_byte_timeout", "first_byte_limit", "partial_timeout", "drain_grace", "user"}
 )
 
 func (cr *configReader) read(doc map[string]any) *fileConfig {
@@ -726,6 +742,23 @@ func (cr *configReader) readCluster(top *section) clusterConfig {
 		s.errorf("log_format", "log_format = %q: use \"text\" or \"json\"", cl.LogFormat)
 	}
 	cl.Control = s.path("control")
+	cl.User = s.str("user", "")
+	if _, err := lookupUser(cl.User); err != nil {
+		s.errorf("user", "%v", err)
+	}
+	cl.WorkerEnv = s.strings("worker_env")
+	for _, name := range cl.WorkerEnv {
+		if !envKeyRE.MatchString(name) {
+			s.errorf("worker_env", "worker_env %q is not a variable name: list names, e.g. [\"HTTP_PROXY\"]", name)
+		}
+	}
+	if v, ok := s.values["worker_sandbox"]; ok {
+		on, isBool := v.(bool)
+		if !isBool {
+			s.errorf("worker_sandbox", "worker_sandbox must be true or false, not %s", tomlType(v))
+		}
+		cl.SandboxOff = isBool && !on
+	}
 	if cl.Admin = s.str("admin", ""); cl.Admin != "" {
 		if err := checkAddr(cl.Admin); err != nil {
 			s.errorf("admin", "admin %q: %v", cl.Admin, err)
@@ -849,6 +882,10 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 		t.Env = append(t.Env, k+"="+env[k])
 	}
 	t.Config = s.stringTable("config")
+	t.User = s.str("user", "")
+	if _, err := lookupUser(t.User); err != nil {
+		s.errorf("user", "%v", err)
+	}
 
 	if s.has("mount") {
 		t.Mount = s.path("mount")
@@ -1036,7 +1073,9 @@ func (cr *configReader) plan(c *fileConfig) {
 		g := byGroup[t.Group]
 		if g == nil {
 			c.Groups = append(c.Groups, groupPlan{Name: t.Group, Workers: c.Cluster.Workers,
-				CacheDir: c.Cluster.CacheDir, LogLevel: c.Cluster.LogLevel, LogFormat: c.Cluster.LogFormat})
+				CacheDir: c.Cluster.CacheDir, LogLevel: c.Cluster.LogLevel, LogFormat: c.Cluster.LogFormat,
+				User: c.Cluster.User, WorkerEnv: c.Cluster.WorkerEnv,
+				Sandbox: sandboxPlan{Off: c.Cluster.SandboxOff, ReadPaths: []string{c.Cluster.CacheDir}}})
 			g = &c.Groups[len(c.Groups)-1]
 			byGroup[t.Group] = g
 		}
@@ -1047,10 +1086,23 @@ func (cr *configReader) plan(c *fileConfig) {
 		byGroup[c.Groups[i].Name] = &c.Groups[i]
 	}
 	workersFrom := map[string]*tenantPlan{}
+	userFrom := map[string]*tenantPlan{}
 	for i := range c.Tenants {
 		t := &c.Tenants[i]
 		g := byGroup[t.Group]
 		g.Tenants = append(g.Tenants, *t)
+		if t.Mount != "" {
+			g.Sandbox.ReadPaths = append(g.Sandbox.ReadPaths, t.Mount)
+		}
+		if t.User != "" {
+			if o := userFrom[t.Group]; o != nil && o.User != t.User {
+				errAt(t, "user", "user = %q, but %s of the same group %q says %q: a group's workers run as one user; set it on one tenant, or make them agree",
+					t.User, o.who, t.Group, o.User)
+			} else if o == nil {
+				userFrom[t.Group] = t
+				g.User = t.User
+			}
+		}
 		if t.workersSet && t.workers > 0 {
 			if o := workersFrom[t.Group]; o != nil && o.workers != t.workers {
 				errAt(t, "workers", "workers = %d, but %s of the same group %q says %d: a group has one worker count; set it on one tenant, or make them agree",

@@ -32,17 +32,27 @@ type handlerConfig struct {
 	limits
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
-	// TLSCert and TLSKey, when set, make the worker terminate TLS; it reads
-	// the files itself, so the key never passes through the environment.
+	// TLSCert and TLSKey, when set, make the worker terminate TLS; the
+	// master reads the files and passes their bytes (files), through the
+	// worker's configuration descriptor, never the environment.
 	TLSCert string `json:"tls_cert,omitempty"`
 	TLSKey  string `json:"tls_key,omitempty"`
 	// GuestMemoryBudget bounds the linear memory of all the worker's
 	// instances (0: none); a call waits at most MemoryWait for room.
 	GuestMemoryBudget uint64        `json:"guest_memory_budget"`
 	MemoryWait        time.Duration `json:"memory_wait"`
+	// Sandbox is what the worker applies to itself.
+	Sandbox sandboxPlan `json:"sandbox"`
+	// The bytes of the handler, certificate and key, read by the master
+	// for its workers: they may run as a user who cannot read the files,
+	// under a sandbox that cannot open them.
+	files
 }
 
 func (c *handlerConfig) load() (wasm []byte, name string, err error) {
+	if len(c.Wasm) > 0 {
+		return c.Wasm, filepath.Base(c.Path), nil // read by the master
+	}
 	if c.Path == "" {
 		return embedded.Hello, embedded.HelloName, nil
 	}
@@ -134,6 +144,9 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text, or json (one object per line, for log collectors)"},
 			&cli.StringFlag{Name: "control", Usage: "`PATH` of a unix socket for wcluster status, reload, scale and stop (none by default)"},
 			&cli.StringFlag{Name: "admin", Usage: "`ADDR` for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9090 (none by default)"},
+			&cli.StringFlag{Name: "user", Usage: "run the workers as `USER[:GROUP]` with no capabilities (the master must be root)"},
+			&cli.StringSliceFlag{Name: "worker-env", Usage: "pass the master's environment variable `NAME` on to the workers (repeatable); they get none of it otherwise"},
+			&cli.StringFlag{Name: "worker-sandbox", Value: "on", Usage: "on: workers run with no_new_privs, a seccomp allowlist and Landlock; off: without (for debugging)"},
 		},
 		Action: serveAction,
 	}
@@ -228,6 +241,22 @@ func serveAction(c *cli.Context) error {
 		}
 	}
 	log := newLogger(c.App.ErrWriter, level, format).With("proc", "master")
+	sandboxOff, err := parseSandbox(c.String("worker-sandbox"))
+	if err != nil {
+		return err
+	}
+	hc.Sandbox = sandboxPlan{Off: sandboxOff, ReadPaths: []string{hc.CacheDir}}
+	wu, err := lookupUser(c.String("user"))
+	if err == nil {
+		err = wu.checkCanSwitch()
+	}
+	if err == nil {
+		err = wu.checkReuseport(sched, []string{c.String("listen")})
+	}
+	if err != nil {
+		return fmt.Errorf("--%w", err)
+	}
+	warnRootWorkers(log, wu)
 
 	wasm, name, err := hc.load()
 	if err != nil {
@@ -241,6 +270,12 @@ func serveAction(c *cli.Context) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	cache := cacheState(hc.CacheDir, cached)
+	if err := wu.shareCache(hc.CacheDir); err != nil {
+		return err
+	}
+	if hc.files, err = readFiles(handlerBytes(hc.Path, wasm), hc.TLSCert, hc.TLSKey); err != nil {
+		return err
+	}
 	cfgJSON, _ := json.Marshal(workerConfig{Handler: &hc})
 	group := dispatch.Config{
 		Listen: []string{c.String("listen")}, Workers: c.Int("workers"), Sched: sched,
@@ -249,11 +284,12 @@ func serveAction(c *cli.Context) error {
 		ShutdownTimeout: c.Duration("shutdown-timeout"), WorkerTimeout: c.Duration("worker-timeout"),
 		MaxRequests: c.Int("max-requests"), MaxMemory: maxMem,
 		WorkerConfig: cfgJSON, Logger: log,
+		WorkerEnv: c.StringSlice("worker-env"), Credential: wu.credential(),
 	}
 	return runMaster(c.Context, masterPlan{
 		groups: []dispatch.Config{group}, log: log, out: c.App.ErrWriter,
 		control: c.String("control"), admin: c.String("admin"),
-		reload: func(ctx context.Context, cl *dispatch.Cluster) error { return reload(ctx, cl, hc, log) },
+		reload: func(ctx context.Context, cl *dispatch.Cluster) error { return reload(ctx, cl, hc, wu, log) },
 		banner: func(cl *dispatch.Cluster) string {
 			return fmt.Sprintf("serving %s on %s (policy %s, %d workers, %s, compilation cache %s, %s) in %v",
 				name, cl.Groups()[0].Addr(), sched, c.Int("workers"), describe(info), cache, budget,
@@ -394,14 +430,21 @@ func cacheEntries(dir string) int {
 
 // reload re-reads the handler, compiles and checks it as a worker would, and
 // asks the master to replace its workers with ones serving it.
-func reload(ctx context.Context, cl *dispatch.Cluster, hc handlerConfig, log *slog.Logger) error {
+func reload(ctx context.Context, cl *dispatch.Cluster, hc handlerConfig, wu *workerUser, log *slog.Logger) error {
 	log.Info("reloading", "handler", hc.Path)
+	hc.files = files{} // read afresh
 	wasm, name, err := hc.load()
 	if err != nil {
 		return err
 	}
 	if _, err := host.Prepare(ctx, hc.options(wasm, name, 0, log)); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
+	}
+	if err := wu.shareCache(hc.CacheDir); err != nil {
+		return err
+	}
+	if hc.files, err = readFiles(handlerBytes(hc.Path, wasm), hc.TLSCert, hc.TLSKey); err != nil {
+		return err
 	}
 	cfg, _ := json.Marshal(workerConfig{Handler: &hc})
 	return cl.Reload(ctx, map[string][]byte{"": cfg})

@@ -40,7 +40,23 @@ func serveConfig(c *cli.Context, path string, start time.Time) error {
 	if err := fc.prepare(c.Context, log); err != nil {
 		return err
 	}
-	groups := groupConfigs(fc)
+	for _, g := range fc.Groups {
+		wu, err := lookupUser(g.User)
+		if err == nil {
+			err = wu.checkCanSwitch()
+		}
+		if err == nil {
+			err = wu.checkReuseport(fc.Cluster.Sched, g.Addrs())
+		}
+		if err != nil {
+			return fmt.Errorf("%s: group %q: %w", path, g.Name, err)
+		}
+		warnRootWorkers(log.With("group", g.Name), wu)
+	}
+	groups, err := groupConfigs(fc)
+	if err != nil {
+		return err
+	}
 	for i := range groups {
 		groups[i].Logger = log
 	}
@@ -90,16 +106,39 @@ func serveConfig(c *cli.Context, path string, start time.Time) error {
 }
 
 // groupConfigs are the masters' configs of every group, each carrying its
-// plan to the workers.
-func groupConfigs(fc *fileConfig) []dispatch.Config {
+// plan to the workers: its own tenants only, with the bytes of their
+// handlers, certificates and keys.
+func groupConfigs(fc *fileConfig) ([]dispatch.Config, error) {
 	var out []dispatch.Config
 	for i := range fc.Groups {
-		g := &fc.Groups[i]
-		dc := fc.dispatchConfig(g)
-		dc.WorkerConfig, _ = json.Marshal(workerConfig{Group: g})
+		g := fc.Groups[i] // a copy: the files read stay out of fc
+		wu, err := lookupUser(g.User)
+		if err != nil {
+			return nil, fmt.Errorf("%s: group %q: %w", fc.Path, g.Name, err)
+		}
+		if err := wu.shareCache(g.CacheDir); err != nil {
+			return nil, err
+		}
+		g.Tenants = slices.Clone(g.Tenants)
+		for j := range g.Tenants {
+			t := &g.Tenants[j]
+			if err := wu.checkMount(t.Mount); err != nil {
+				return nil, fmt.Errorf("%s: tenant %q: %w", fc.Path, t.Name, err)
+			}
+			wasm, err := readHandler(t.Handler)
+			if err != nil {
+				return nil, fmt.Errorf("%s: tenant %q: handler %s", fc.Path, t.Name, handlerError(t.Handler, err))
+			}
+			if t.files, err = readFiles(wasm, t.TLSCert, t.TLSKey); err != nil {
+				return nil, fmt.Errorf("%s: tenant %q: %w", fc.Path, t.Name, err)
+			}
+		}
+		dc := fc.dispatchConfig(&g)
+		dc.WorkerConfig, _ = json.Marshal(workerConfig{Group: &g})
+		dc.WorkerEnv, dc.Credential = g.WorkerEnv, wu.credential()
 		out = append(out, dc)
 	}
-	return out
+	return out, nil
 }
 
 // reloadConfig re-reads the file and, if it is valid, its modules compile
@@ -119,8 +158,12 @@ func reloadConfig(ctx context.Context, cl *dispatch.Cluster, current *fileConfig
 	if err := next.prepare(ctx, slog.New(slog.DiscardHandler)); err != nil {
 		return nil, err
 	}
+	dcs, err := groupConfigs(next)
+	if err != nil {
+		return nil, err
+	}
 	configs := map[string][]byte{}
-	for _, dc := range groupConfigs(next) {
+	for _, dc := range dcs {
 		configs[dc.Name] = dc.WorkerConfig
 	}
 	if err := cl.Reload(ctx, configs); err != nil {
@@ -141,6 +184,9 @@ func sameShape(a, b *fileConfig) error {
 		ga, gb := &a.Groups[i], &b.Groups[i]
 		if ga.Name != gb.Name || !slices.Equal(ga.Addrs(), gb.Addrs()) {
 			return fmt.Errorf("%s: group %q's listeners changed (%v → %v): restart wcluster to apply that", b.Path, ga.Name, ga.Addrs(), gb.Addrs())
+		}
+		if ga.User != gb.User || !slices.Equal(ga.WorkerEnv, gb.WorkerEnv) {
+			return fmt.Errorf("%s: group %q's worker user or worker_env changed: restart wcluster to apply that", b.Path, ga.Name)
 		}
 		if ga.Workers != gb.Workers {
 			return fmt.Errorf("%s: group %q's workers changed (%d → %d): use `wcluster scale --group %s` or restart", b.Path, ga.Name, ga.Workers, gb.Workers, ga.Name)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,6 +22,14 @@ type workerConfig struct {
 	Group   *groupPlan     `json:"group,omitempty"`
 }
 
+// sandbox is the worker's sandbox plan and its log settings.
+func (wc *workerConfig) sandbox() (sandboxPlan, string, string) {
+	if wc.Handler != nil {
+		return wc.Handler.Sandbox, wc.Handler.LogLevel, wc.Handler.LogFormat
+	}
+	return wc.Group.Sandbox, wc.Group.LogLevel, wc.Group.LogFormat
+}
+
 // runWorker is the worker process: it builds the handler(s) from the config
 // the master passed and serves what dispatch hands it.
 func runWorker(stderr io.Writer) int {
@@ -38,6 +45,13 @@ func runWorker(stderr io.Writer) int {
 	var wc workerConfig
 	if err := json.Unmarshal(w.Config(), &wc); err != nil || (wc.Handler == nil) == (wc.Group == nil) {
 		w.Fatal(fmt.Errorf("bad worker config from the master: %v", err))
+		return 1
+	}
+	// The sandbox goes on before the handlers are built: a guest's start
+	// functions already run under it.
+	plan, level, format := wc.sandbox()
+	if err := applySandbox(plan, w, workerLog(stderr, level, format, w.ID())); err != nil {
+		w.Fatal(err)
 		return 1
 	}
 	ctx := context.Background()
@@ -91,7 +105,7 @@ func singleHandler(ctx context.Context, hc *handlerConfig, id int, stderr io.Wri
 		return single{h, name, budget}, log, nil
 	}
 	// TLS: the router terminates it in front of the one handler.
-	cert, err := tls.LoadX509KeyPair(hc.TLSCert, hc.TLSKey)
+	cert, err := hc.keyPair(hc.TLSCert, hc.TLSKey)
 	if err != nil {
 		h.Close(ctx)
 		return nil, log, fmt.Errorf("--tls-cert/--tls-key: %w", err)

@@ -1,0 +1,280 @@
+package main
+
+// The workers' process sandbox as the CLI sets it up: what the master
+// reads for them (handler, certificate and key bytes), who they run as
+// (--user), what of the environment they get (--worker-env), and what the
+// worker applies to itself (internal/sandbox) unless --worker-sandbox=off.
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/wcluster/wcluster/dispatch"
+	"github.com/wcluster/wcluster/internal/sandbox"
+)
+
+// files carries file contents from the master to its workers.
+type files struct {
+	Wasm    []byte `json:"wasm,omitempty"`
+	CertPEM []byte `json:"cert_pem,omitempty"`
+	KeyPEM  []byte `json:"key_pem,omitempty"`
+}
+
+// readFiles reads what a worker needs of a handler and its certificate.
+func readFiles(wasm []byte, cert, key string) (files, error) {
+	f := files{Wasm: wasm}
+	if cert == "" {
+		return f, nil
+	}
+	var err error
+	if f.CertPEM, err = os.ReadFile(cert); err != nil {
+		return f, fmt.Errorf("tls cert: %w", err)
+	}
+	if f.KeyPEM, err = os.ReadFile(key); err != nil {
+		return f, fmt.Errorf("tls key: %w", err)
+	}
+	return f, nil
+}
+
+// keyPair is the certificate a worker serves: from the bytes the master
+// passed, else (an older master) from the files.
+func (f *files) keyPair(cert, key string) (tls.Certificate, error) {
+	if len(f.CertPEM) > 0 {
+		return tls.X509KeyPair(f.CertPEM, f.KeyPEM)
+	}
+	return tls.LoadX509KeyPair(cert, key)
+}
+
+// sandboxPlan is what a worker applies to itself before building its
+// handlers, so before any guest code runs.
+type sandboxPlan struct {
+	Off bool `json:"off,omitempty"`
+	// ReadPaths are all it may open, read-only: the compilation cache and
+	// the tenants' mounts.
+	ReadPaths []string `json:"read_paths,omitempty"`
+}
+
+// applySandbox sandboxes the worker unless the plan says off.
+func applySandbox(p sandboxPlan, w *dispatch.Worker, log *slog.Logger) error {
+	if p.Off {
+		log.Debug("worker sandbox off (--worker-sandbox=off)")
+		return nil
+	}
+	var paths []string
+	for _, path := range p.ReadPaths {
+		if path != "" {
+			paths = append(paths, path)
+		}
+	}
+	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: w.BindPorts()})
+	if err != nil {
+		return fmt.Errorf("%w (--worker-sandbox=off serves without the process sandbox; see docs/security.md)", err)
+	}
+	log.Debug("worker sandbox applied", "no_new_privs", a.NoNewPrivs, "seccomp_syscalls", a.Seccomp, "landlock", a.Landlock)
+	return nil
+}
+
+// parseSandbox reads --worker-sandbox / worker_sandbox.
+func parseSandbox(s string) (off bool, err error) {
+	switch strings.ToLower(s) {
+	case "on", "true", "":
+		return false, nil
+	case "off", "false":
+		return true, nil
+	}
+	return false, fmt.Errorf("--worker-sandbox %q: use on or off", s)
+}
+
+// workerUser is a --user USER[:GROUP] resolved.
+type workerUser struct {
+	spec string
+	cred *syscall.Credential
+}
+
+// lookupUser resolves USER[:GROUP] (names or numbers); without GROUP the
+// user's primary group.
+func lookupUser(spec string) (*workerUser, error) {
+	if spec == "" {
+		return nil, nil
+	}
+	name, group, hasGroup := strings.Cut(spec, ":")
+	u, err := user.Lookup(name)
+	if err != nil {
+		if u, err = user.LookupId(name); err != nil {
+			return nil, fmt.Errorf("user %q: no such user on this system: give an existing user name or uid (e.g. nobody)", name)
+		}
+	}
+	gid := u.Gid
+	if hasGroup {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			if g, err = user.LookupGroupId(group); err != nil {
+				return nil, fmt.Errorf("user %q: no such group %q on this system: give an existing group name or gid", spec, group)
+			}
+		}
+		gid = g.Gid
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	g, err2 := strconv.ParseUint(gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("user %q: uid %s or gid %s is not a number", spec, u.Uid, gid)
+	}
+	return &workerUser{spec: spec, cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(g)}}, nil
+}
+
+// checkCanSwitch says why workers cannot run as u: the master must be
+// root to start them as another user.
+func (u *workerUser) checkCanSwitch() error {
+	if u == nil {
+		return nil
+	}
+	if os.Geteuid() != 0 && uint32(os.Geteuid()) != u.cred.Uid {
+		return fmt.Errorf("--user %s: the master runs as uid %d, not root: it cannot start workers as another user; start it as root (it keeps root only to bind and spawn) or drop --user", u.spec, os.Geteuid())
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := u.reachable(exe); err != nil {
+		return fmt.Errorf("--user %s: the workers cannot start %s: %v; install wcluster where they can (e.g. /usr/local/bin)", u.spec, exe, err)
+	}
+	return nil
+}
+
+// shareCache lets workers running as u read the compilation cache the
+// master filled (wazero writes it for its own user only): the tree's group
+// becomes u's group, readable by it, never writable. Every directory above
+// it must let them pass, or this says which one does not.
+func (u *workerUser) shareCache(dir string) error {
+	if u == nil || dir == "" {
+		return nil
+	}
+	if err := u.reachable(dir); err != nil {
+		return fmt.Errorf("--user %s: the workers cannot reach the compilation cache %s: %v; give a cache directory they can reach (--cache-dir, cache_dir), e.g. /var/cache/wcluster", u.spec, dir, err)
+	}
+	gid := int(u.cred.Gid)
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // a temporary file of a compilation that just ended
+		}
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(p, -1, gid); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("--user %s: share the compilation cache: %w", u.spec, err)
+		}
+		mode := info.Mode().Perm() | 0o040
+		if d.IsDir() {
+			mode |= 0o010
+		}
+		mode &^= 0o022 // workers only read it: no one else writes
+		if err := os.Chmod(p, mode); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
+}
+
+// checkMount says why workers running as u could not read mount (a
+// tenant's directory, which they open for the guest).
+func (u *workerUser) checkMount(mount string) error {
+	if u == nil || mount == "" {
+		return nil
+	}
+	err := u.reachable(filepath.Join(mount, "."))
+	if err == nil {
+		var st syscall.Stat_t
+		if err = syscall.Stat(mount, &st); err == nil {
+			mode := st.Mode
+			ok := mode&0o005 == 0o005 || st.Gid == u.cred.Gid && mode&0o050 == 0o050 || st.Uid == u.cred.Uid && mode&0o500 == 0o500
+			if !ok {
+				err = fmt.Errorf("%s (mode %o, uid %d, gid %d) is not readable by uid %d gid %d", mount, mode&0o777, st.Uid, st.Gid, u.cred.Uid, u.cred.Gid)
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("user %s: the workers cannot read the mount %s: %v; make it readable by them", u.spec, mount, err)
+	}
+	return nil
+}
+
+// reachable checks that every directory from / to path is searchable by u.
+func (u *workerUser) reachable(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return err
+	}
+	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			return err
+		}
+		ok := st.Mode&0o001 != 0 || st.Gid == u.cred.Gid && st.Mode&0o010 != 0 || st.Uid == u.cred.Uid && st.Mode&0o100 != 0
+		if !ok {
+			return fmt.Errorf("%s (mode %o, uid %d, gid %d) is not searchable by uid %d gid %d", p, st.Mode&0o777, st.Uid, st.Gid, u.cred.Uid, u.cred.Gid)
+		}
+		if p == "/" || p == "." {
+			return nil
+		}
+	}
+}
+
+// credential is what dispatch runs the workers as (nil: the master's user).
+func (u *workerUser) credential() *syscall.Credential {
+	if u == nil || os.Geteuid() != 0 {
+		return nil // not root: checkCanSwitch allowed only the master's own user
+	}
+	return u.cred
+}
+
+// handlerBytes is what the master passes of a handler: its bytes, or none
+// for the embedded default, which the worker has.
+func handlerBytes(path string, wasm []byte) []byte {
+	if path == "" {
+		return nil
+	}
+	return wasm
+}
+
+// warnRootWorkers says, once at start, that a root master without --user
+// runs its workers as root.
+func warnRootWorkers(log *slog.Logger, u *workerUser) {
+	if u == nil && os.Geteuid() == 0 {
+		log.Warn("workers run as root, with root's capabilities (seccomp and Landlock still apply): give --user (user in the config) to run them unprivileged; see docs/security.md")
+	}
+}
+
+// checkReuseport says why workers running as u could not bind addrs
+// themselves (policy reuseport): ports below 1024 need root.
+func (u *workerUser) checkReuseport(sched dispatch.Sched, addrs []string) error {
+	if u == nil || sched != dispatch.SchedReusePort || u.cred.Uid == 0 {
+		return nil
+	}
+	for _, a := range addrs {
+		_, p, err := net.SplitHostPort(a)
+		if err != nil {
+			continue
+		}
+		if n, err := strconv.Atoi(p); err == nil && n > 0 && n < 1024 {
+			return fmt.Errorf("user %s with sched reuseport: the workers bind their own sockets and cannot bind port %d as uid %d; use sched rr or shared (the master binds), or a port from 1024", u.spec, n, u.cred.Uid)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestGroupConfigsOwnTenantsOnly: a group's workers receive their own
+// tenants' env, config and handler bytes, none of another group's; the
+// sandbox reads the cache and the group's mounts only; user and
+// worker_env come from the file.
+func TestGroupConfigsOwnTenantsOnly(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"a.wasm": wasmMagic + "AAAA", "b.wasm": wasmMagic + "BBBB", "a-data/x": "x",
+		"wcluster.toml": `
+[cluster]
+workers = 1
+cache_dir = ""
+worker_env = ["HTTP_PROXY"]
+user = "nobody"
+
+[[tenant]]
+name = "a"
+handler = "a.wasm"
+listen = ["127.0.0.1:1"]
+env = { A_ENV = "a-env-secret" }
+config = { k = "a-config-secret" }
+mount = "a-data"
+
+[[tenant]]
+name = "b"
+handler = "b.wasm"
+listen = ["127.0.0.1:2"]
+group = "b"
+user = "root"
+env = { B_ENV = "b-env-secret" }
+config = { k = "b-config-secret" }
+`})
+	c, err := loadConfig(filepath.Join(dir, "wcluster.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		// Under a 0700 directory the mount is out of nobody's reach: said
+		// at start, with the directory to fix.
+		_, err := groupConfigs(c)
+		if err == nil || !strings.Contains(err.Error(), "cannot read the mount") {
+			t.Fatalf("unreachable mount: want a one-line error, got %v", err)
+		}
+		for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755)
+		}
+	}
+	dcs, err := groupConfigs(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dcs) != 2 {
+		t.Fatalf("%d groups", len(dcs))
+	}
+	for _, dc := range dcs {
+		own, other := "a", "b"
+		if dc.Name == "b" {
+			own, other = "b", "a"
+		}
+		s := string(dc.WorkerConfig)
+		for _, secret := range []string{other + "-env-secret", other + "-config-secret"} {
+			if strings.Contains(s, secret) {
+				t.Errorf("group %s's worker config holds %s", dc.Name, secret)
+			}
+		}
+		if !strings.Contains(s, own+"-config-secret") {
+			t.Errorf("group %s's worker config lacks its own values", dc.Name)
+		}
+		var wc workerConfig
+		if err := json.Unmarshal(dc.WorkerConfig, &wc); err != nil {
+			t.Fatal(err)
+		}
+		if len(wc.Group.Tenants) != 1 || string(wc.Group.Tenants[0].Wasm) != wasmMagic+strings.Repeat(strings.ToUpper(own), 4) {
+			t.Errorf("group %s: handler bytes not passed: %+v", dc.Name, wc.Group.Tenants)
+		}
+		if want := 1 + map[string]int{"a": 1, "b": 0}[own]; len(wc.Group.Sandbox.ReadPaths) != want {
+			t.Errorf("group %s: sandbox read paths %v", dc.Name, wc.Group.Sandbox.ReadPaths)
+		}
+		if len(dc.WorkerEnv) != 1 || dc.WorkerEnv[0] != "HTTP_PROXY" || (dc.Credential == nil) != (os.Geteuid() != 0) {
+			t.Errorf("group %s: worker env %v, credential %v (a root master sets one, another none)", dc.Name, dc.WorkerEnv, dc.Credential)
+		}
+		if own == "b" && dc.Credential != nil && dc.Credential.Uid != 0 {
+			t.Errorf("group b runs as uid %d, want root (its tenant's user)", dc.Credential.Uid)
+		}
+	}
+}

@@ -1,0 +1,199 @@
+package dispatch
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime/debug"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wcluster/wcluster/internal/sandbox"
+)
+
+// What a worker starts with. Its environment holds EnvWorkerID and the
+// variables the operator passes on (Config.WorkerEnv, and the Go runtime's
+// own settings), nothing else of the master's. The rest comes through
+// inherited descriptors:
+//
+//	3  the channel to the master (SOCK_SEQPACKET)
+//	4  the boot configuration: a sealed memfd holding a bootConfig (JSON)
+//	5  a memfd where the Go runtime writes a crash report, read by the
+//	   master once the worker has exited
+//	6… the shared listening sockets (policy shared), in Config.Listen order
+const (
+	fdBoot  = 4
+	fdCrash = 5
+)
+
+// bootVersion is the version of bootConfig. A worker refuses another one:
+// that happens when the binary was replaced on disk while an older master
+// runs, and the two no longer agree on the contract.
+const bootVersion = 1
+
+// bootConfig is everything a worker is configured with.
+type bootConfig struct {
+	Version  int          `json:"version"`
+	Dispatch workerParams `json:"dispatch"`
+	// Config is the program's handler configuration (Config.WorkerConfig):
+	// only this group's, and opaque to dispatch.
+	Config []byte `json:"config"`
+}
+
+// runtimeEnv are the Go runtime's own settings, passed on to workers when
+// the master has them: they tune the process, hold no secret, and
+// operators set them for the whole container (see docs/operations.md).
+// TZ too, so workers log in the master's time zone.
+var runtimeEnv = []string{"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG", "GOTRACEBACK", "TZ"}
+
+// workerEnv is a worker's whole environment.
+func workerEnv(id int, pass []string) []string {
+	env := []string{EnvWorkerID + "=" + strconv.Itoa(id)}
+	seen := map[string]bool{EnvWorkerID: true}
+	for _, names := range [][]string{runtimeEnv, pass} {
+		for _, name := range names {
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			if v, ok := os.LookupEnv(name); ok {
+				env = append(env, name+"="+v)
+			}
+		}
+	}
+	return env
+}
+
+// sealedMemfd returns a memfd holding b that nobody can change any more.
+func sealedMemfd(name string, b []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, os.NewSyscallError("memfd_create", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("write %s: %w", name, err)
+	}
+	seals := unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, seals); err != nil {
+		f.Close()
+		return nil, os.NewSyscallError("fcntl(F_ADD_SEALS)", err)
+	}
+	return f, nil
+}
+
+// workerCommand builds the command of worker id. The caller closes boot
+// once the worker started, and crash once it exited (see crashCause).
+func (m *Master) workerCommand(id int, workerConfig []byte, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
+	addrs := make([]string, len(m.lis))
+	for i, l := range m.lis {
+		addrs[i] = l.addr.String()
+	}
+	b, err := json.Marshal(bootConfig{
+		Version: bootVersion,
+		Dispatch: workerParams{
+			Sched: m.cfg.Sched, MaxConns: m.cfg.MaxConns, ShutdownTimeout: m.cfg.ShutdownTimeout,
+			Heartbeat: m.cfg.Heartbeat, Listen: addrs, Backlog: m.cfg.Backlog,
+		},
+		Config: workerConfig,
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	boot, err = sealedMemfd("wcluster-worker-config", b)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cfd, err := unix.MemfdCreate("wcluster-worker-crash", unix.MFD_CLOEXEC)
+	if err != nil {
+		boot.Close()
+		return nil, nil, nil, os.NewSyscallError("memfd_create", err)
+	}
+	crash = os.NewFile(uintptr(cfd), "wcluster-worker-crash")
+
+	cmd = exec.Command(m.cfg.Executable, m.cfg.Args...)
+	cmd.Env = workerEnv(id, m.cfg.WorkerEnv)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{channel, boot, crash} // fds 3, 4, 5
+	if m.cfg.Sched == SchedShared {
+		for _, l := range m.lis {
+			cmd.ExtraFiles = append(cmd.ExtraFiles, l.f) // fds 6, 7, ...
+		}
+	}
+	if c := m.cfg.Credential; c != nil {
+		// setgroups to the one group, then setgid and setuid before exec:
+		// the worker starts with that identity and, not being root, with
+		// no capabilities.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: c.Uid, Gid: c.Gid, Groups: []uint32{c.Gid}}}
+	}
+	return cmd, boot, crash, nil
+}
+
+// crashCause reads a worker's crash report after it exited: the seccomp
+// filter's kill, named, or "" when the worker did not die of that.
+func crashCause(crash *os.File) string {
+	if crash == nil {
+		return ""
+	}
+	b, _ := io.ReadAll(io.NewSectionReader(crash, 0, 256<<10))
+	cause, err := sandbox.DescribeCrash(b)
+	if err != nil {
+		return ""
+	}
+	return cause
+}
+
+// readBoot reads the boot configuration a worker inherited.
+func readBoot() (bootConfig, error) {
+	var bc bootConfig
+	f := os.NewFile(fdBoot, "wcluster-worker-config")
+	if f == nil {
+		return bc, fmt.Errorf("no boot configuration on fd %d: start workers through the master", fdBoot)
+	}
+	defer f.Close()
+	return decodeBoot(f)
+}
+
+// decodeBoot reads a bootConfig from f (from its start), refusing another
+// version than this binary's.
+func decodeBoot(f *os.File) (bootConfig, error) {
+	var bc bootConfig
+	st, err := f.Stat()
+	if err != nil {
+		return bc, fmt.Errorf("boot configuration on fd %d: %w", fdBoot, err)
+	}
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, st.Size()))
+	if err != nil {
+		return bc, fmt.Errorf("read boot configuration: %w", err)
+	}
+	var v struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return bc, fmt.Errorf("boot configuration: %w", err)
+	}
+	if v.Version != bootVersion {
+		return bc, fmt.Errorf("the master speaks worker configuration version %d, this binary version %d: the binary was replaced while the master runs; restart wcluster", v.Version, bootVersion)
+	}
+	if err := json.Unmarshal(b, &bc); err != nil {
+		return bc, fmt.Errorf("boot configuration: %w", err)
+	}
+	return bc, nil
+}
+
+// reportCrashes has the runtime write a crash report (a panic, a fatal
+// error, a signal such as the seccomp filter's SIGSYS) to fd 5 as well as
+// to stderr, for the master to read once this worker has exited.
+func reportCrashes() {
+	f := os.NewFile(fdCrash, "wcluster-worker-crash")
+	if f == nil {
+		return
+	}
+	debug.SetCrashOutput(f, debug.CrashOptions{})
+	f.Close() // SetCrashOutput keeps its own duplicate
+}
