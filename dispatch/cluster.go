@@ -240,6 +240,9 @@ func (t *Totals) add(o Totals) {
 	t.Restarts += o.Restarts
 	t.Recycled += o.Recycled
 	t.HungKilled += o.HungKilled
+	t.SpawnFailures += o.SpawnFailures
+	t.AcceptPauses += o.AcceptPauses
+	t.Starved += o.Starved
 	t.Queued += o.Queued
 	t.Generation += o.Generation
 }

@@ -57,11 +57,18 @@ func (c *Cluster) ServeControl(ctx context.Context, path string, reload func(con
 	}()
 	go func() {
 		defer wg.Done()
+		pause := acceptPause{log: c.log, addr: path}
 		for {
 			conn, err := l.Accept()
 			if err != nil {
-				return
+				// Out of descriptors under a flood, say: wait, do not
+				// give up on the socket.
+				if ctx.Err() != nil || errors.Is(err, net.ErrClosed) || !pause.failed(ctx, err) {
+					return
+				}
+				continue
 			}
+			pause.ok()
 			// One command at a time: a reload holds the socket until done.
 			c.control(ctx, conn, reload)
 		}

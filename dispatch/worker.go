@@ -225,18 +225,19 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 	buf := make([]byte, 64)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	acks := make([]byte, 0, 5+maxAcks*9)
+	var starved starvation
 	for {
+		// A message comes with err nil, or errTruncated (its fd is lost);
+		// any other error ends the channel.
 		msg, fds, err := w.ch.recv(buf, oob)
 		acks = append(acks[:0], msgAcks, 0, 0, 0, 0)
-		for n := 1; err == nil; n++ {
-			acks = w.take(ctx, h, msg, fds, acks)
+		for n := 1; msg != nil; n++ {
+			acks = w.take(ctx, h, msg, fds, errors.Is(err, errTruncated), acks, &starved)
+			err = nil
 			if n == maxAcks {
 				break
 			}
-			var more bool
-			if msg, fds, more, err = w.ch.tryRecv(buf, oob); err == nil && !more {
-				break
-			}
+			msg, fds, _, err = w.ch.tryRecv(buf, oob)
 		}
 		if len(acks) > 5 {
 			binary.LittleEndian.PutUint32(acks[1:5], w.done.Swap(0))
@@ -255,16 +256,57 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 	}
 }
 
-// take starts serving one newconn and appends its answer to acks.
-func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, acks []byte) []byte {
-	if len(msg) < 10 || msg[0] != msgNewConn || len(fds) != 1 {
+// take starts serving one newconn and appends its answer to acks. One
+// whose fd did not arrive (truncated: this worker is out of descriptors)
+// is answered ackStarved: the master kept its copy and places it elsewhere.
+func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, truncated bool, acks []byte, starved *starvation) []byte {
+	if len(msg) < 10 || msg[0] != msgNewConn {
 		closeAll(fds)
 		w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))
 		return acks
 	}
 	seq := binary.LittleEndian.Uint64(msg[1:9])
+	if truncated {
+		closeAll(fds)
+		starved.refused(w.log)
+		return appendAck(acks, seq, ackStarved)
+	}
+	if len(fds) != 1 {
+		closeAll(fds)
+		w.log.Warn("newconn from master without exactly one fd; refused", "fds", len(fds))
+		return appendAck(acks, seq, ackRefused)
+	}
+	starved.ended(w.log)
 	w.start(ctx, h, os.NewFile(uintptr(fds[0]), "conn"), int(msg[9]))
-	return appendAck(acks, seq, true)
+	return appendAck(acks, seq, ackAccepted)
+}
+
+// starvation is an episode of newconns whose fds could not be received:
+// logged when it begins and when it ends, with the count, however many
+// connections it costs. Its owner is readLoop.
+type starvation struct {
+	refusedN int
+	since    time.Time
+}
+
+func (s *starvation) refused(log *slog.Logger) {
+	if s.refusedN == 0 {
+		s.since = time.Now()
+		var lim unix.Rlimit
+		unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+		log.Error("out of file descriptors: handing the connections the master sends back to it until some close; "+
+			"raise the limit (ulimit -n, LimitNOFILE=) or lower --max-conns", "open_files_limit", lim.Cur)
+	}
+	s.refusedN++
+}
+
+func (s *starvation) ended(log *slog.Logger) {
+	if s.refusedN == 0 {
+		return
+	}
+	log.Warn("taking connections again after running out of file descriptors", "handed_back", s.refusedN,
+		"for", time.Since(s.since).Round(time.Millisecond).String())
+	s.refusedN = 0
 }
 
 // start counts and serves one connection.
@@ -318,6 +360,7 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 	if limit < 1 {
 		limit = 1
 	}
+	pause := acceptPause{log: w.log, addr: l.addr.String()}
 	for {
 		for w.inFlight.Load() >= limit {
 			select {
@@ -328,11 +371,12 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 		}
 		fd, err := l.accept()
 		if err != nil {
-			if !errors.Is(err, os.ErrClosed) {
-				w.log.Warn("accept failed", "err", err)
+			if errors.Is(err, os.ErrClosed) || ctx.Err() != nil || !pause.failed(ctx, err) {
+				return
 			}
-			return
+			continue
 		}
+		pause.ok()
 		w.start(ctx, h, os.NewFile(uintptr(fd), "conn"), index)
 	}
 }
