@@ -1,0 +1,113 @@
+package tests
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// controlAsNobody runs the binary at bin with args as uid/gid 65534 (bounded) and
+// returns its combined output.
+func controlAsNobody(t *testing.T, bin string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// TestControlSocketOwnerOnly: under umask 000 the control socket is still
+// created mode 0600, so another user cannot even connect; and were it
+// opened up (chmod 0666), the master checks the peer's uid (SO_PEERCRED)
+// and refuses another user's stop with a one-line error and a warning,
+// while its own user (root here) is served.
+func TestControlSocketOwnerOnly(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs a client as another uid: it must run as root")
+	}
+	// A directory other users can reach, holding the socket and a copy of
+	// the binary they can run (the tests' own directories are 0700).
+	dir, err := os.MkdirTemp("", "wcluster-control-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "wcluster")
+	copyExecutable(t, env.bin, bin, 0o755)
+	ctl := filepath.Join(dir, "ctl.sock")
+
+	// A private cache: under umask 000 the master's files would be
+	// world-writable.
+	s, err := launch(t, exec.Command("sh", "-c", `umask 000; exec "$0" "$@"`, env.bin, "serve",
+		"--listen", "127.0.0.1:0", "--cache-dir", t.TempDir(), "--control", ctl, "--workers", "1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Lstat(ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Type() != os.ModeSocket || st.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket mode %v under umask 000, want a socket of mode 0600", st.Mode())
+	}
+	if got := getStatus(t, ctl); len(got.Workers) != 1 {
+		t.Fatalf("root's status: %+v", got)
+	}
+
+	out, err := controlAsNobody(t, bin, "stop", "--control", ctl)
+	t.Logf("nobody, socket 0600: %v: %s", err, out)
+	if err == nil || !strings.Contains(out, "permission denied") || strings.Count(out, "\n") != 0 {
+		t.Fatalf("another user's stop on a 0600 socket: %v: %q, want one line saying permission denied", err, out)
+	}
+
+	// Opened up, the socket lets nobody connect: the master refuses it.
+	if err := os.Chmod(ctl, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	out, err = controlAsNobody(t, bin, "stop", "--control", ctl)
+	t.Logf("nobody, socket 0666: %v: %s", err, out)
+	if err == nil || !strings.Contains(out, "permission denied: uid 65534 may not control this master") || strings.Count(out, "\n") != 0 {
+		t.Fatalf("another user's stop on a 0666 socket: %v: %q, want one line refusing uid 65534", err, out)
+	}
+	s.waitOutput(`level=WARN msg="control: refused a client of another user" .*uid=65534 .*command=stop`, 10*time.Second)
+	select {
+	case <-s.done:
+		t.Fatalf("the master stopped on another user's command: %v", s.err)
+	default:
+	}
+	if got := getStatus(t, ctl); len(got.Workers) != 1 || got.Workers[0].State != "ready" {
+		t.Fatalf("after the refused stop: %+v", got)
+	}
+}
+
+func copyExecutable(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	src, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
