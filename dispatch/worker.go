@@ -126,11 +126,27 @@ func (w *Worker) Fatal(err error) {
 	w.send(append([]byte{msgFatal}, err.Error()...), -1)
 }
 
+// send sends one message to the master. A shortage of buffers or memory
+// is waited out (up to sendPatience): a lost ack would leave the master
+// holding that connection for ever, and a lost heartbeat gets the worker
+// killed. Other errors mean the master is gone.
 func (w *Worker) send(msg []byte, fd int) error {
 	w.sendMu.Lock()
 	defer w.sendMu.Unlock()
-	return w.ch.send(msg, fd)
+	wait := 5 * time.Millisecond
+	deadline := time.Now().Add(sendPatience)
+	for {
+		err := w.ch.send(msg, fd)
+		if err == nil || !resourceErr(err) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(wait)
+		wait = min(wait*2, 200*time.Millisecond)
+	}
 }
+
+// sendPatience bounds how long send waits out ENOBUFS or ENOMEM.
+const sendPatience = 5 * time.Second
 
 // Serve takes connections as the policy says and hands each to h on its own
 // goroutine, until the master shuts the channel (or dies). It then stops

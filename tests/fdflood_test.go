@@ -168,3 +168,55 @@ func TestFDFloodMasterSurvives(t *testing.T) {
 		t.Errorf("%d log lines for one flood", lines)
 	}
 }
+
+// TestFDFloodSharedWorkersPause: with --sched shared the workers accept
+// themselves; at 256 open files and 1,000 held connections their accepts
+// fail with EMFILE. Each pauses and says so once, none dies, and after the
+// flood they serve.
+func TestFDFloodSharedWorkersPause(t *testing.T) {
+	t.Parallel()
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Fatal("prlimit (util-linux) is needed to run the master with a low fd limit:", err)
+	}
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	s, err := launch(t, exec.Command(prlimit, "--nofile=256:256", "--", env.bin, "serve",
+		"--listen", "127.0.0.1:0", "--cache-dir", env.cache, "--control", ctl, "--workers", "2", "--sched", "shared"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := getStatus(t, ctl)
+	conns := holdConns(t, s.addr, 1000)
+	t.Logf("flood: %d of 1000 connections open", len(conns))
+	closeConns := sync.OnceFunc(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	t.Cleanup(closeConns)
+	if len(conns) < 600 {
+		t.Fatalf("only %d flood connections connected", len(conns))
+	}
+	s.waitOutput(`pausing accepts on this listener`, 30*time.Second)
+	closeConns()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 20; i++ {
+		if body, _, err := get(ctx, newClient(), s.url(), true); err != nil || body != "hello world\n" {
+			t.Fatalf("request %d after the flood: %q %v", i, body, err)
+		}
+	}
+	st := getStatus(t, ctl)
+	for i, w := range st.Workers {
+		if w.PID != before.Workers[i].PID || w.State != "ready" {
+			t.Errorf("worker %d: pid %d → %d, %s: it should have lived through the flood", w.ID, before.Workers[i].PID, w.PID, w.State)
+		}
+	}
+	out := s.output()
+	pauses := strings.Count(out, "pausing accepts on this listener")
+	t.Logf("log: %d lines, %d accept pauses", strings.Count(out, "\n"), pauses)
+	if pauses > 2 {
+		t.Errorf("%d accept-pause lines: want at most one per worker", pauses)
+	}
+}
