@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -219,4 +220,72 @@ func TestFDFloodSharedWorkersPause(t *testing.T) {
 	if pauses > 2 {
 		t.Errorf("%d accept-pause lines: want at most one per worker", pauses)
 	}
+}
+
+// TestSpawnFailureRetried: a worker that cannot be started (here its
+// executable is gone, as in a botched deploy) is retried with backoff while
+// the other worker serves; the master neither exits nor counts it as a
+// crash, and the slot is refilled once the executable is back.
+func TestSpawnFailureRetried(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "wcluster")
+	copyExecutable(t, env.bin, bin, 0o755)
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	s, err := launch(t, exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--cache-dir", env.cache,
+		"--control", ctl, "--workers", "2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := getStatus(t, ctl)
+	victim := before.Workers[0]
+	if err := os.Rename(bin, bin+".away"); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(victim.PID, syscall.SIGKILL)
+	s.waitOutput(`cannot start a worker.*no such file or directory`, 30*time.Second)
+
+	// The other worker serves meanwhile, and starts keep being tried.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 10; i++ {
+		if body, _, err := get(ctx, newClient(), s.url(), true); err != nil || body != "hello world\n" {
+			t.Fatalf("request %d while a slot is empty: %q %v", i, body, err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for spawnFailures(t, ctl) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("the empty slot is not being retried")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	if err := os.Rename(bin+".away", bin); err != nil {
+		t.Fatal(err)
+	}
+	st := waitStatus(t, ctl, "the empty slot refilled", func(st status) bool {
+		return len(st.Workers) == 2 && st.Workers[0].PID != victim.PID && st.Workers[0].State == "ready"
+	})
+	s.waitOutput(`worker started after failed attempts`, 10*time.Second)
+	if st.Totals.Restarts != 1 {
+		t.Errorf("restarts = %d, want 1: failed starts are not crashes", st.Totals.Restarts)
+	}
+	if n := strings.Count(s.output(), "cannot start a worker"); n != 1 {
+		t.Errorf("%d spawn-failure lines: want one for the episode", n)
+	}
+}
+
+// spawnFailures reads the master's count of workers it could not start.
+func spawnFailures(t *testing.T, ctl string) uint64 {
+	t.Helper()
+	var st struct {
+		Totals struct {
+			SpawnFailures uint64 `json:"spawn_failures"`
+		} `json:"totals"`
+	}
+	raw, err := run(t, "status", "--json", "--control", ctl)
+	if err != nil || json.Unmarshal([]byte(raw), &st) != nil {
+		t.Fatalf("status: %v: %s", err, raw)
+	}
+	return st.Totals.SpawnFailures
 }
