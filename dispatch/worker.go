@@ -292,36 +292,46 @@ func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, tru
 		w.log.Warn("newconn from master without exactly one fd; refused", "fds", len(fds))
 		return appendAck(acks, seq, ackRefused)
 	}
-	starved.ended(w.log)
+	starved.ok(w.log)
 	w.start(ctx, h, os.NewFile(uintptr(fds[0]), "conn"), int(msg[9]))
 	return appendAck(acks, seq, ackAccepted)
 }
 
 // starvation is an episode of newconns whose fds could not be received:
-// logged when it begins and when it ends, with the count, however many
-// connections it costs. Its owner is readLoop.
+// logged when it begins and when it ends (acceptQuiet without a refusal,
+// as for acceptPause), with the count, however many connections it costs.
+// Its owner is readLoop.
 type starvation struct {
-	refusedN int
-	since    time.Time
+	refusedN    int
+	first, last time.Time
 }
 
 func (s *starvation) refused(log *slog.Logger) {
+	now := time.Now()
+	if s.refusedN > 0 && now.Sub(s.last) >= acceptQuiet {
+		s.end(log)
+	}
 	if s.refusedN == 0 {
-		s.since = time.Now()
+		s.first = now
 		var lim unix.Rlimit
 		unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
 		log.Error("out of file descriptors: handing the connections the master sends back to it until some close; "+
 			"raise the limit (ulimit -n, LimitNOFILE=) or lower --max-conns", "open_files_limit", lim.Cur)
 	}
 	s.refusedN++
+	s.last = now
 }
 
-func (s *starvation) ended(log *slog.Logger) {
-	if s.refusedN == 0 {
-		return
+// ok notes a connection taken; it ends an episode gone quiet.
+func (s *starvation) ok(log *slog.Logger) {
+	if s.refusedN > 0 && time.Since(s.last) >= acceptQuiet {
+		s.end(log)
 	}
+}
+
+func (s *starvation) end(log *slog.Logger) {
 	log.Warn("taking connections again after running out of file descriptors", "handed_back", s.refusedN,
-		"for", time.Since(s.since).Round(time.Millisecond).String())
+		"episode", s.last.Sub(s.first).Round(time.Millisecond).String())
 	s.refusedN = 0
 }
 
