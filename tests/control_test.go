@@ -48,10 +48,10 @@ func TestControlSocketOwnerOnly(t *testing.T) {
 	copyExecutable(t, env.bin, bin, 0o755)
 	ctl := filepath.Join(dir, "ctl.sock")
 
-	// A private cache: under umask 000 the master's files would be
-	// world-writable.
+	// (The shared cache is in the tests' own 0700 directory: files the
+	// master writes there under umask 000 reach no one.)
 	s, err := launch(t, exec.Command("sh", "-c", `umask 000; exec "$0" "$@"`, env.bin, "serve",
-		"--listen", "127.0.0.1:0", "--cache-dir", t.TempDir(), "--control", ctl, "--workers", "1"))
+		"--listen", "127.0.0.1:0", "--cache-dir", env.cache, "--control", ctl, "--workers", "1"))
 	if err != nil {
 		t.Fatal(err)
 	}
