@@ -93,6 +93,31 @@ func (ch *channel) send(msg []byte, fd int) error {
 	return err
 }
 
+// sendNow is send without waiting: a full channel (the worker is not
+// reading: hung, stopped, or far behind) is EAGAIN, not a wait, so one
+// worker cannot stall the master's accept loop.
+func (ch *channel) sendNow(msg []byte, fd int) error {
+	rc, err := ch.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var oob []byte
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
+	}
+	var serr error
+	if err := rc.Write(func(s uintptr) bool {
+		serr = unix.Sendmsg(int(s), msg, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		return true
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return os.NewSyscallError("sendmsg", serr)
+	}
+	return nil
+}
+
 // recv reads one message into buf and returns it with the fds it carried.
 // On any error every received fd is closed. A message whose fds did not
 // all arrive (MSG_CTRUNC: the receiver is out of descriptors) is returned

@@ -141,7 +141,7 @@ func (m *Master) placeExcept(fd, lis int, since time.Time, skip *proc) {
 		msg[0] = msgNewConn
 		binary.LittleEndian.PutUint64(msg[1:], seq)
 		msg[9] = byte(lis)
-		err := p.ch.send(msg[:], fd)
+		err := p.ch.sendNow(msg[:], fd)
 		if err == nil {
 			return
 		}
@@ -154,10 +154,11 @@ func (m *Master) placeExcept(fd, lis int, since time.Time, skip *proc) {
 			p.inFlight--
 			p.requeued++
 			m.stats.Requeued++
-			if resourceErr(err) || errors.Is(err, unix.ETOOMANYREFS) {
-				// Out of buffers, memory or room for fds in flight: the
-				// channel is fine, the moment is not. Send this worker no
-				// more until it has room (see limitLocked).
+			if resourceErr(err) || errors.Is(err, unix.ETOOMANYREFS) || errors.Is(err, unix.EAGAIN) {
+				// Out of buffers, memory or room for fds in flight, or the
+				// worker is not reading: the channel is fine, the moment
+				// is not. Send this worker no more until it has room (see
+				// limitLocked); a hung one is killed by the watchdog.
 				m.capLocked(p)
 			} else {
 				p.state = stateExited // the worker is going away: stop picking it; reap will confirm

@@ -289,3 +289,51 @@ func spawnFailures(t *testing.T, ctl string) uint64 {
 	}
 	return st.Totals.SpawnFailures
 }
+
+// TestStoppedWorkerDoesNotStallAccept: a worker that stops reading its
+// channel (SIGSTOP, long before --worker-timeout) fills it with the
+// connections the master sends it; the master must not wait on it, but
+// send the rest to the other worker, so a normal client is served at once.
+func TestStoppedWorkerDoesNotStallAccept(t *testing.T) {
+	t.Parallel()
+	s, ctl := startControlled(t, "--workers", "2", "--worker-timeout", "5m")
+	before := getStatus(t, ctl)
+	victim := before.Workers[0]
+	syscall.Kill(victim.PID, syscall.SIGSTOP)
+	t.Cleanup(func() { syscall.Kill(victim.PID, syscall.SIGKILL) })
+
+	// Connections that each send a request and keep the connection: the
+	// other worker answers and keeps them; those sent to the stopped one
+	// stay in its channel, more than its buffer holds (~270 messages).
+	conns := holdConns(t, s.addr, 800)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for _, c := range conns {
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := getStatus(t, ctl)
+		if st.Totals.Accepted >= uint64(len(conns)) {
+			t.Logf("accepted %d; worker 1 unacked %d, worker 2 in flight %d", st.Totals.Accepted, st.Workers[0].Unacked, st.Workers[1].InFlight)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the master accepted %d of %d connections in a minute: its accept loop is stuck on the stopped worker", st.Totals.Accepted, len(conns))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i := 0; i < 10; i++ {
+		if body, _, err := get(ctx, newClient(), s.url(), true); err != nil || body != "hello world\n" {
+			t.Fatalf("request %d beside the stopped worker: %q %v", i, body, err)
+		}
+	}
+}
