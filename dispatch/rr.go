@@ -224,6 +224,9 @@ func (m *Master) drainQueue() {
 	}
 }
 
+// queueLogEvery spaces the log lines of queue timeouts.
+const queueLogEvery = 10 * time.Second
+
 // expireQueue closes queued connections older than QueueTimeout and places
 // the others as capacity returns.
 func (m *Master) expireQueue(ctx context.Context) {
@@ -233,6 +236,18 @@ func (m *Master) expireQueue(ctx context.Context) {
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	// Closures are logged at most once per queueLogEvery, with the count
+	// since the last line: a long flood makes a few lines, not one a tick.
+	var unlogged int
+	var logged time.Time
+	report := func(now time.Time) {
+		if unlogged > 0 {
+			m.log.Warn("closed queued connections: no worker had room within the queue timeout",
+				"count", unlogged, "queue_timeout", m.cfg.QueueTimeout)
+			unlogged, logged = 0, now
+		}
+	}
+	defer func() { report(time.Now()) }()
 	for {
 		select {
 		case <-ctx.Done():
@@ -256,9 +271,11 @@ func (m *Master) expireQueue(ctx context.Context) {
 				unix.Close(fd)
 			}
 			if len(expired) > 0 {
-				m.log.Warn("closed queued connections: no worker had room within the queue timeout",
-					"count", len(expired), "queue_timeout", m.cfg.QueueTimeout)
+				unlogged += len(expired)
 				m.signalCapacity()
+			}
+			if now.Sub(logged) >= queueLogEvery {
+				report(now)
 			}
 		}
 	}
