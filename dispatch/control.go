@@ -48,7 +48,13 @@ func (c *Cluster) ServeControl(ctx context.Context, path string, reload func(con
 		conn.Close()
 		return nil, fmt.Errorf("control socket %s is in use by a running master: stop it or choose another --control", path)
 	}
-	os.Remove(path)
+	// Only a socket is stale; anything else at path is the operator's.
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("control socket %s: a file that is not a socket is in the way: remove it or choose another --control", path)
+		}
+		os.Remove(path)
+	}
 	l, err := listenControl(path)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)

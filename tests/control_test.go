@@ -111,3 +111,22 @@ func copyExecutable(t *testing.T, from, to string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
+
+// TestControlPathNotASocket: a --control path holding something else (a
+// typo naming a real file) is refused at start, and the file is left as
+// it was.
+func TestControlPathNotASocket(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "notes.txt")
+	if err := os.WriteFile(path, []byte("keep me\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "serve", "--listen", "127.0.0.1:0", "--cache-dir", env.cache, "--control", path)
+	t.Logf("%v: %s", err, out)
+	if err == nil || !strings.Contains(out, "not a socket is in the way") {
+		t.Fatalf("serve with --control naming a regular file: %v: %q", err, out)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "keep me\n" {
+		t.Fatalf("the file at the control path was changed: %q %v", b, err)
+	}
+}
