@@ -747,6 +747,7 @@ func (m *Master) finished(p *proc, n int64) {
 	if p.inFlight < 0 {
 		p.inFlight = 0
 	}
+	m.uncapLocked(p)
 	m.mu.Unlock()
 	m.signalCapacity()
 }
@@ -809,9 +810,15 @@ func (m *Master) readWorker(p *proc) {
 			// A worker that ran out of descriptors is offered one more
 			// connection at each beat, in case what held them was not
 			// connections (see ack: each one it takes raises its cap).
-			probe := p.capped && p.inFlight >= p.fdCap
-			if probe {
+			// A soft cap (a full channel) ends: it beats, so it reads.
+			lifted := p.capped
+			switch {
+			case p.capped && p.capSoft:
+				p.capped = false
+			case p.capped && p.inFlight >= p.fdCap:
 				p.fdCap = p.inFlight + 1
+			default:
+				lifted = false
 			}
 			cause := m.recycleCauseLocked(p)
 			if cause != "" {
@@ -822,7 +829,7 @@ func (m *Master) readWorker(p *proc) {
 				m.wg.Add(1)
 				go func() { defer m.wg.Done(); m.recycle(p, cause) }()
 			}
-			if probe {
+			if lifted {
 				m.signalCapacity()
 			}
 		case msgFatal:
@@ -933,11 +940,11 @@ type proc struct {
 	retired bool // told to drain: its exit is not a crash
 	hung    bool
 	fatal   string
-	// capped: it could not take a connection for lack of descriptors, and
-	// fdCap is the most connections it is sent until then (see
-	// limitLocked).
-	capped bool
-	fdCap  int64
+	// capped: it could not take a connection, and fdCap is the most
+	// connections it is sent until then (see limitLocked, capLocked).
+	capped  bool
+	capSoft bool
+	fdCap   int64
 	// recycling: a replacement is being started; maxServed is this
 	// worker's request limit (MaxRequests plus its own jitter).
 	recycling bool

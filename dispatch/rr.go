@@ -83,12 +83,25 @@ func (m *Master) limitLocked(p *proc) int64 {
 	return int64(m.cfg.MaxConns)
 }
 
-// capLocked records that p could not take a connection for lack of
-// descriptors while holding the others it has in flight.
-func (m *Master) capLocked(p *proc) {
+// capLocked records that p could not take a connection while holding the
+// others it has in flight: for lack of descriptors (the worker's own limit,
+// learnt), or for a moment (a full channel, a shortage of kernel buffers:
+// soft, lifted at its next heartbeat, which a hung worker never sends).
+func (m *Master) capLocked(p *proc, soft bool) {
+	if !p.capped || !soft {
+		p.capSoft = soft
+	}
 	p.capped = true
 	p.fdCap = p.inFlight
 	m.stats.Starved++
+}
+
+// uncapLocked lifts p's cap once half of what it held has ended: its
+// limit is far off again (if not, the next shortage caps it anew).
+func (m *Master) uncapLocked(p *proc) {
+	if p.capped && p.inFlight <= p.fdCap/2 {
+		p.capped = false
+	}
 }
 
 // pickLocked chooses the ready worker with the fewest connections in flight,
@@ -159,7 +172,7 @@ func (m *Master) placeExcept(fd, lis int, since time.Time, skip *proc) {
 				// worker is not reading: the channel is fine, the moment
 				// is not. Send this worker no more until it has room (see
 				// limitLocked); a hung one is killed by the watchdog.
-				m.capLocked(p)
+				m.capLocked(p, true)
 			} else {
 				p.state = stateExited // the worker is going away: stop picking it; reap will confirm
 			}
@@ -191,7 +204,7 @@ func (m *Master) ack(p *proc, seq uint64, answer byte) {
 		case ackStarved:
 			p.refused++
 			p.inFlight--
-			m.capLocked(p)
+			m.capLocked(p, false)
 		default:
 			p.refused++
 			p.inFlight--
