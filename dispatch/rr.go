@@ -72,10 +72,11 @@ func (m *Master) roomLocked() bool {
 }
 
 // limitLocked is the most connections p may hold: MaxConns, or fewer once
-// it ran out of descriptors. Then its cap is what it held at that moment:
-// as its connections end it gets new ones, no faster, and each one it
-// takes at the cap raises the cap by one, so it finds its limit again
-// without a connection bouncing off it more than once a heartbeat.
+// it could not take one (capLocked). Then its cap is what it held at that
+// moment: as its connections end it gets new ones, no faster, and each one
+// it takes at the cap raises the cap by one, so it finds its limit again
+// without a connection bouncing off it more than once a heartbeat; the cap
+// comes off when half of those connections have ended (uncapLocked).
 func (m *Master) limitLocked(p *proc) int64 {
 	if p.capped {
 		return min(p.fdCap, int64(m.cfg.MaxConns))
