@@ -97,7 +97,10 @@ type Worker struct {
 }
 
 // NewWorker reads the worker's identity and channel from its environment.
+// As NewCluster does for the master, it keeps a broken stdout or stderr
+// from killing the worker.
 func NewWorker(log *slog.Logger) (*Worker, error) {
+	ignoreSIGPIPE()
 	id, err := strconv.Atoi(os.Getenv(EnvWorkerID))
 	if err != nil || id < 1 {
 		return nil, fmt.Errorf("dispatch: bad %s=%q", EnvWorkerID, os.Getenv(EnvWorkerID))

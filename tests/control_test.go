@@ -130,3 +130,92 @@ func TestControlPathNotASocket(t *testing.T) {
 		t.Fatalf("the file at the control path was changed: %q %v", b, err)
 	}
 }
+
+// TestLogReaderGoneMasterLives: the master and workers log to a pipe whose
+// reader exits (`wcluster serve | head -1`, a log shipper that dies). The
+// next log lines meet a broken pipe; that must cost the lines, not the
+// master: a worker killed afterwards is replaced and requests are served.
+func TestLogReaderGoneMasterLives(t *testing.T) {
+	t.Parallel()
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(env.bin, "serve", "--listen", "127.0.0.1:0", "--cache-dir", env.cache,
+		"--control", ctl, "--workers", "2")
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	// Read up to the "serving" line, then hang up, as head -1 does.
+	line := make(chan string, 1)
+	go func() {
+		b := make([]byte, 0, 4096)
+		one := make([]byte, 1)
+		for {
+			if _, err := r.Read(one); err != nil {
+				line <- string(b)
+				return
+			}
+			if one[0] == '\n' {
+				if strings.Contains(string(b), "serving") {
+					line <- string(b)
+					return
+				}
+				b = b[:0]
+				continue
+			}
+			b = append(b, one[0])
+		}
+	}()
+	select {
+	case l := <-line:
+		if !strings.Contains(l, "serving") {
+			t.Fatalf("no serving line: %q", l)
+		}
+		m := servingRE.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("serving line without an address: %q", l)
+		}
+		r.Close()
+		url := "http://" + m[1] + "/"
+
+		victim := getStatus(t, ctl).Workers[0]
+		syscall.Kill(victim.PID, syscall.SIGKILL) // the master logs the exit: EPIPE
+		st := waitStatus(t, ctl, "the killed worker replaced", func(st status) bool {
+			return len(st.Workers) == 2 && st.Workers[0].PID != victim.PID && st.Workers[0].State == "ready"
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for i := 0; i < 10; i++ {
+			if body, _, err := get(ctx, newClient(), url, true); err != nil || body != "hello world\n" {
+				t.Fatalf("request %d after the log reader left: %q %v", i, body, err)
+			}
+		}
+		if st = getStatus(t, ctl); st.Totals.Restarts != 1 {
+			t.Fatalf("restarts = %d, want 1: workers die writing their log", st.Totals.Restarts)
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("master exited: %v", err)
+		default:
+		}
+	case err := <-exited:
+		t.Fatalf("master exited before serving: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("no serving line within 60s")
+	}
+}
