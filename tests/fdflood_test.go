@@ -138,6 +138,9 @@ func TestFDFloodMasterSurvives(t *testing.T) {
 		t.Fatalf("status: %v: %s", err, raw)
 	}
 	t.Logf("status: %+v", extra.Totals)
+	if table, err := run(t, "status", "--control", ctl); err != nil || !strings.Contains(table, "short of descriptors: accept pauses") {
+		t.Errorf("status table does not show the shortage: %v\n%s", err, table)
+	}
 	if extra.Totals.SpawnFailures == 0 || extra.Totals.AcceptPauses == 0 || extra.Totals.Starved == 0 {
 		t.Errorf("status totals %+v: want spawn failures, accept pauses and starved connections counted", extra.Totals)
 	}
