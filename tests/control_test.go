@@ -45,7 +45,7 @@ func TestControlSocketOwnerOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "wcluster")
-	copyExecutable(t, env.bin, bin, 0o755)
+	copyBinaryForNobody(t, env.bin, bin, 0o755)
 	ctl := filepath.Join(dir, "ctl.sock")
 
 	// (The shared cache is in the tests' own 0700 directory: files the
@@ -92,7 +92,7 @@ func TestControlSocketOwnerOnly(t *testing.T) {
 	}
 }
 
-func copyExecutable(t *testing.T, from, to string, mode os.FileMode) {
+func copyBinaryForNobody(t *testing.T, from, to string, mode os.FileMode) {
 	t.Helper()
 	src, err := os.Open(from)
 	if err != nil {

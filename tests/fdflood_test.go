@@ -15,9 +15,9 @@ import (
 	"time"
 )
 
-// holdConns opens up to n connections to addr (a few dozen dials at a time,
+// fdFloodConns opens up to n connections to addr (a few dozen dials at a time,
 // each bounded) and returns those that connected, held open.
-func holdConns(t *testing.T, addr string, n int) []net.Conn {
+func fdFloodConns(t *testing.T, addr string, n int) []net.Conn {
 	t.Helper()
 	var mu sync.Mutex
 	var conns []net.Conn
@@ -69,7 +69,7 @@ func TestFDFloodMasterSurvives(t *testing.T) {
 	}
 	victim := before.Workers[0]
 
-	conns := holdConns(t, s.addr, 1000)
+	conns := fdFloodConns(t, s.addr, 1000)
 	t.Logf("flood: %d of 1000 connections open", len(conns))
 	closeConns := sync.OnceFunc(func() {
 		for _, c := range conns {
@@ -190,7 +190,7 @@ func TestFDFloodSharedWorkersPause(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := getStatus(t, ctl)
-	conns := holdConns(t, s.addr, 1000)
+	conns := fdFloodConns(t, s.addr, 1000)
 	t.Logf("flood: %d of 1000 connections open", len(conns))
 	closeConns := sync.OnceFunc(func() {
 		for _, c := range conns {
@@ -232,7 +232,7 @@ func TestFDFloodSharedWorkersPause(t *testing.T) {
 func TestSpawnFailureRetried(t *testing.T) {
 	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "wcluster")
-	copyExecutable(t, env.bin, bin, 0o755)
+	copyBinaryForNobody(t, env.bin, bin, 0o755)
 	ctl := filepath.Join(t.TempDir(), "ctl.sock")
 	s, err := launch(t, exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--cache-dir", env.cache,
 		"--control", ctl, "--workers", "2"))
@@ -308,7 +308,7 @@ func TestStoppedWorkerDoesNotStallAccept(t *testing.T) {
 	// Connections that each send a request and keep the connection: the
 	// other worker answers and keeps them; those sent to the stopped one
 	// stay in its channel, more than its buffer holds (~270 messages).
-	conns := holdConns(t, s.addr, 800)
+	conns := fdFloodConns(t, s.addr, 800)
 	t.Cleanup(func() {
 		for _, c := range conns {
 			c.Close()
