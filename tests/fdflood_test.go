@@ -256,7 +256,7 @@ func TestSpawnFailureRetried(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for spawnFailures(t, ctl) < 3 {
+	for masterSpawnFailures(t, ctl) < 3 {
 		if time.Now().After(deadline) {
 			t.Fatal("the empty slot is not being retried")
 		}
@@ -278,8 +278,8 @@ func TestSpawnFailureRetried(t *testing.T) {
 	}
 }
 
-// spawnFailures reads the master's count of workers it could not start.
-func spawnFailures(t *testing.T, ctl string) uint64 {
+// masterSpawnFailures reads the master's count of workers it could not start.
+func masterSpawnFailures(t *testing.T, ctl string) uint64 {
 	t.Helper()
 	var st struct {
 		Totals struct {
