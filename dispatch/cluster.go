@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime"
 	"sync"
+	"syscall"
 )
 
 // Cluster is one master process: a Master per group of workers (each group
@@ -23,11 +25,13 @@ type Cluster struct {
 }
 
 // NewCluster checks every group's config and binds every listener; on any
-// error nothing stays bound.
+// error nothing stays bound. From then on a broken stdout or stderr (its
+// reader gone) no longer kills the process (ignoreSIGPIPE).
 func NewCluster(log *slog.Logger, cfgs ...Config) (*Cluster, error) {
 	if len(cfgs) == 0 {
 		return nil, errors.New("dispatch: no worker group")
 	}
+	ignoreSIGPIPE()
 	c := &Cluster{log: log}
 	seen := map[string]bool{}
 	for _, cfg := range cfgs {
@@ -240,6 +244,15 @@ func (t *Totals) add(o Totals) {
 	t.Restarts += o.Restarts
 	t.Recycled += o.Recycled
 	t.HungKilled += o.HungKilled
+	t.SpawnFailures += o.SpawnFailures
+	t.AcceptPauses += o.AcceptPauses
+	t.Starved += o.Starved
 	t.Queued += o.Queued
 	t.Generation += o.Generation
 }
+
+// ignoreSIGPIPE keeps the process alive when whoever reads its stdout or
+// stderr goes away (a log pipe's reader exits): Go kills a program whose
+// write to fd 1 or 2 meets a broken pipe, unless SIGPIPE is handled.
+// Writes then fail with EPIPE; the lines are lost, the service is not.
+func ignoreSIGPIPE() { signal.Ignore(syscall.SIGPIPE) }

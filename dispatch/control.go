@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The control socket: a unix stream socket the master owns. A client sends
@@ -37,13 +39,23 @@ type ControlReply struct {
 // the reload command runs (the program re-reads its config). A stale socket
 // file left by a dead master is replaced; a live one is an error. The
 // returned wait blocks until the socket is closed.
+//
+// The socket is created mode 0600 whatever the umask, and only a client of
+// the master's own uid, or root, is served (SO_PEERCRED): the others get an
+// error reply and a warning in the log.
 func (c *Cluster) ServeControl(ctx context.Context, path string, reload func(context.Context) error) (wait func(), err error) {
 	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		conn.Close()
 		return nil, fmt.Errorf("control socket %s is in use by a running master: stop it or choose another --control", path)
 	}
-	os.Remove(path)
-	l, err := net.Listen("unix", path)
+	// Only a socket is stale; anything else at path is the operator's.
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("control socket %s: a file that is not a socket is in the way: remove it or choose another --control", path)
+		}
+		os.Remove(path)
+	}
+	l, err := listenControl(path)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -57,11 +69,18 @@ func (c *Cluster) ServeControl(ctx context.Context, path string, reload func(con
 	}()
 	go func() {
 		defer wg.Done()
+		pause := acceptPause{log: c.log, addr: path}
 		for {
-			conn, err := l.Accept()
+			conn, err := l.AcceptUnix()
 			if err != nil {
-				return
+				// Out of descriptors under a flood, say: wait, do not
+				// give up on the socket.
+				if ctx.Err() != nil || errors.Is(err, net.ErrClosed) || !pause.failed(ctx, err) {
+					return
+				}
+				continue
 			}
+			pause.ok()
 			// One command at a time: a reload holds the socket until done.
 			c.control(ctx, conn, reload)
 		}
@@ -69,8 +88,69 @@ func (c *Cluster) ServeControl(ctx context.Context, path string, reload func(con
 	return wg.Wait, nil
 }
 
-func (c *Cluster) control(ctx context.Context, conn net.Conn, reload func(context.Context) error) {
+// listenControl creates the control socket at path, mode 0600 from the
+// start: the socket's own mode is set before bind, which gives it to the
+// file (less the umask, which can only take away). There is no moment when
+// the file is more open; it is checked before listen all the same.
+func listenControl(path string) (*net.UnixListener, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	f := os.NewFile(uintptr(fd), "control")
+	defer f.Close() // FileListener holds its own copy
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		return nil, os.NewSyscallError("fchmod", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, fmt.Errorf("bind %s: %w", path, err)
+	}
+	st, err := os.Lstat(path)
+	if err != nil {
+		return nil, err
+	}
+	if st.Mode().Type() != os.ModeSocket || st.Mode().Perm() != 0o600 {
+		os.Remove(path)
+		return nil, fmt.Errorf("%s: mode %v after bind, want a socket of mode 0600", path, st.Mode())
+	}
+	if err := unix.Listen(fd, 16); err != nil {
+		os.Remove(path)
+		return nil, os.NewSyscallError("listen", err)
+	}
+	l, err := net.FileListener(f)
+	if err != nil {
+		os.Remove(path)
+		return nil, err
+	}
+	ul := l.(*net.UnixListener)
+	// Closing the listener removes nothing: ServeControl removes the file.
+	ul.SetUnlinkOnClose(false)
+	return ul, nil
+}
+
+// peerAllowed checks a control client's credentials: the master's uid, or
+// root. It returns the peer's uid and pid for the log.
+func peerAllowed(conn *net.UnixConn) (ok bool, uid uint32, pid int32, err error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return false, 0, 0, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return false, 0, 0, err
+	}
+	if cerr != nil {
+		return false, 0, 0, os.NewSyscallError("getsockopt SO_PEERCRED", cerr)
+	}
+	return cred.Uid == 0 || int(cred.Uid) == os.Geteuid(), cred.Uid, cred.Pid, nil
+}
+
+func (c *Cluster) control(ctx context.Context, conn *net.UnixConn, reload func(context.Context) error) {
 	defer conn.Close()
+	allowed, uid, pid, cerr := peerAllowed(conn)
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil && line == "" {
@@ -81,6 +161,16 @@ func (c *Cluster) control(ctx context.Context, conn net.Conn, reload func(contex
 	var reply any
 	fail := func(err error) { reply = ControlReply{Error: err.Error()} }
 	switch {
+	case cerr != nil:
+		c.log.Warn("control: cannot tell who the client is; refused", "err", cerr)
+		fail(errors.New("permission denied: the master could not check who you are"))
+	case !allowed:
+		c.log.Warn("control: refused a client of another user", "uid", uid, "pid", pid, "command", strings.TrimSpace(line))
+		who := "root"
+		if os.Geteuid() != 0 {
+			who = fmt.Sprintf("uid %d and root", os.Geteuid())
+		}
+		fail(fmt.Errorf("permission denied: uid %d may not control this master (only %s may)", uid, who))
 	case len(fields) == 0:
 		fail(errors.New("empty command"))
 	case fields[0] == "status":
@@ -128,6 +218,9 @@ func Control(path, cmd string) ([]byte, error) {
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("no master at %s (is wcluster serve running with --control %s?)", path, path)
+		}
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("control socket %s: permission denied: only the master's user (or root) may use it", path)
 		}
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}

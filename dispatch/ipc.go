@@ -13,13 +13,13 @@ import (
 // Message types on a worker's channel; the first byte of every message.
 const (
 	msgNewConn   byte = 1 // master→worker: seq u64, listener u8, with one fd
-	msgAck       byte = 2 // worker→master: seq u64, accepted u8
+	msgAck       byte = 2 // worker→master: seq u64, answer u8 (ackAccepted...)
 	msgDone      byte = 3 // worker→master: count u32 connections finished
 	msgReady     byte = 4 // worker→master: serving
 	msgHeartbeat byte = 5 // worker→master: JSON workerReport
 	msgFatal     byte = 6 // worker→master: the reason it cannot serve, text
 	// msgAcks answers several newconns at once and carries the connections
-	// finished since the last report: done u32, then seq u64 and accepted
+	// finished since the last report: done u32, then seq u64 and answer
 	// u8 per newconn. (msgAck and msgDone stay understood.)
 	msgAcks byte = 7
 )
@@ -27,13 +27,20 @@ const (
 // maxAcks bounds the newconns one msgAcks answers.
 const maxAcks = 64
 
+// A worker's answer to one newconn (the byte after its seq).
+const (
+	ackRefused  byte = 0 // not taken: the master gives it to another worker
+	ackAccepted byte = 1 // taken: the master closes its copy
+	// ackStarved: its fd did not arrive (the worker is out of
+	// descriptors); the master gives it to another worker, or holds it,
+	// and sends this one nothing more until it has room again.
+	ackStarved byte = 2
+)
+
 // appendAck appends one newconn's answer to a msgAcks message.
-func appendAck(b []byte, seq uint64, accepted bool) []byte {
+func appendAck(b []byte, seq uint64, answer byte) []byte {
 	b = binary.LittleEndian.AppendUint64(b, seq)
-	if accepted {
-		return append(b, 1)
-	}
-	return append(b, 0)
+	return append(b, answer)
 }
 
 // Inherited fd numbers in a worker.
@@ -86,10 +93,43 @@ func (ch *channel) send(msg []byte, fd int) error {
 	return err
 }
 
+// sendNow is send without waiting: a full channel (the worker is not
+// reading: hung, stopped, or far behind) is EAGAIN, not a wait, so one
+// worker cannot stall the master's accept loop.
+func (ch *channel) sendNow(msg []byte, fd int) error {
+	rc, err := ch.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var oob []byte
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
+	}
+	var serr error
+	if err := rc.Write(func(s uintptr) bool {
+		serr = unix.Sendmsg(int(s), msg, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		return true
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return os.NewSyscallError("sendmsg", serr)
+	}
+	return nil
+}
+
 // recv reads one message into buf and returns it with the fds it carried.
-// On any error every received fd is closed.
+// On any error every received fd is closed. A message whose fds did not
+// all arrive (MSG_CTRUNC: the receiver is out of descriptors) is returned
+// whole, without fds, with errTruncated: it costs that message's fds, not
+// the channel.
 func (ch *channel) recv(buf, oob []byte) ([]byte, []int, error) {
 	n, oobn, flags, _, err := ch.c.ReadMsgUnix(buf, oob)
+	return received(buf, oob, n, oobn, flags, err)
+}
+
+// received turns what recvmsg returned into a message and its fds.
+func received(buf, oob []byte, n, oobn, flags int, err error) ([]byte, []int, error) {
 	var fds []int
 	if oobn > 0 {
 		scms, perr := unix.ParseSocketControlMessage(oob[:oobn])
@@ -102,11 +142,13 @@ func (ch *channel) recv(buf, oob []byte) ([]byte, []int, error) {
 			}
 		}
 	}
-	if err == nil && flags&unix.MSG_CTRUNC != 0 {
-		err = errors.New("channel: control message truncated")
-	}
-	if err == nil && n == 0 {
+	switch {
+	case err != nil:
+	case n == 0:
 		err = errEOF
+	case flags&unix.MSG_CTRUNC != 0:
+		closeAll(fds)
+		return buf[:n], nil, errTruncated
 	}
 	if err != nil {
 		closeAll(fds)
@@ -114,6 +156,10 @@ func (ch *channel) recv(buf, oob []byte) ([]byte, []int, error) {
 	}
 	return buf[:n], fds, nil
 }
+
+// errTruncated: a message arrived without (all of) its fds, which the
+// kernel closed. The message itself is intact.
+var errTruncated = errors.New("channel: fds of a message not received (MSG_CTRUNC: out of file descriptors?)")
 
 // tryRecv is recv without waiting: ok is false when no message is there.
 func (ch *channel) tryRecv(buf, oob []byte) (msg []byte, fds []int, ok bool, err error) {
@@ -132,28 +178,8 @@ func (ch *channel) tryRecv(buf, oob []byte) (msg []byte, fds []int, ok bool, err
 	if rerr == unix.EAGAIN {
 		return nil, nil, false, nil
 	}
-	if oobn > 0 {
-		if scms, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
-			for _, scm := range scms {
-				if got, err := unix.ParseUnixRights(&scm); err == nil {
-					fds = append(fds, got...)
-				}
-			}
-		}
-	}
-	switch {
-	case rerr != nil:
-		err = rerr
-	case flags&unix.MSG_CTRUNC != 0:
-		err = errors.New("channel: control message truncated")
-	case n == 0:
-		err = errEOF
-	}
-	if err != nil {
-		closeAll(fds)
-		return nil, nil, false, err
-	}
-	return buf[:n], fds, true, nil
+	msg, fds, err = received(buf, oob, n, oobn, flags, rerr)
+	return msg, fds, msg != nil, err
 }
 
 var errEOF = errors.New("channel: end of stream")

@@ -1,8 +1,10 @@
 package dispatch
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -141,7 +143,10 @@ func newListener(f *os.File) (*listener, error) {
 
 // accept waits for and accepts one connection: a non-blocking,
 // close-on-exec fd. It returns an error wrapping os.ErrClosed once the
-// listener is closed.
+// listener is closed. Errors that belong to one connection (the peer gave
+// up, a network error pending on it) are skipped; any other error, such as
+// running out of descriptors (EMFILE), is returned for the caller to pause
+// on (see acceptPause): the listener stays usable.
 func (l *listener) accept() (int, error) {
 	for {
 		nfd := -1
@@ -159,15 +164,99 @@ func (l *listener) accept() (int, error) {
 		switch aerr {
 		case nil:
 			return nfd, nil
-		case unix.ECONNABORTED, unix.EINTR, unix.EPROTO:
-			continue // the peer gave up before we got to it
-		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
-			// Out of descriptors or memory: back off rather than spin.
-			time.Sleep(10 * time.Millisecond)
+		// accept(2): Linux passes a new connection's pending network error
+		// on from accept; retry as for EAGAIN. EPERM: a firewall rule
+		// refused that connection.
+		case unix.ECONNABORTED, unix.EINTR, unix.EPROTO, unix.ENETDOWN, unix.ENOPROTOOPT, unix.EHOSTDOWN,
+			unix.ENONET, unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH, unix.EPERM, unix.ETIMEDOUT:
 			continue
 		}
 		return -1, os.NewSyscallError("accept4", aerr)
 	}
+}
+
+// acceptPause paces an accept loop through errors that last (out of
+// descriptors or memory, or anything unexpected), as nginx does for EMFILE:
+// stop accepting on that listener for a moment, longer while the error
+// persists, so the loop neither spins nor gives up. An episode is logged
+// when it starts and when it ends (acceptQuiet without a failure), with how
+// many accepts failed, however long it lasts: at the edge of the limit,
+// where each freed descriptor lets one accept through, it is one episode.
+// Its owner is one accept loop.
+type acceptPause struct {
+	log         *slog.Logger
+	addr        string
+	onPause     func() // called once per episode (a counter), may be nil
+	failures    int
+	first, last time.Time
+	delay       time.Duration
+	progress    bool // an accept worked since the last failure
+}
+
+const (
+	acceptPauseMin = 100 * time.Millisecond
+	acceptPauseMax = time.Second
+	acceptQuiet    = 5 * time.Second
+)
+
+// failed records err and waits before the next accept; false when ctx ended.
+func (a *acceptPause) failed(ctx context.Context, err error) bool {
+	now := time.Now()
+	if a.failures > 0 && now.Sub(a.last) >= acceptQuiet {
+		a.end(now)
+	}
+	switch {
+	case a.failures == 0:
+		a.first = now
+		a.delay = acceptPauseMin
+		msg := "accept failed; pausing accepts on this listener until it works again"
+		if resourceErr(err) {
+			msg = "accept: out of file descriptors or memory; pausing accepts on this listener " +
+				"(connections wait in the backlog) until some are freed; raise the limit (ulimit -n, LimitNOFILE=) if this recurs"
+		}
+		a.log.Error(msg, "listener", a.addr, "err", err)
+		if a.onPause != nil {
+			a.onPause()
+		}
+	case a.progress:
+		a.delay = acceptPauseMin
+	default:
+		a.delay = min(a.delay*2, acceptPauseMax)
+	}
+	a.failures++
+	a.last = now
+	a.progress = false
+	t := time.NewTimer(a.delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// ok notes an accept that worked; it ends an episode gone quiet.
+func (a *acceptPause) ok() {
+	if a.failures == 0 {
+		return
+	}
+	a.progress = true
+	if now := time.Now(); now.Sub(a.last) >= acceptQuiet {
+		a.end(now)
+	}
+}
+
+func (a *acceptPause) end(now time.Time) {
+	a.log.Warn("accepting again", "listener", a.addr, "failed_accepts", a.failures,
+		"episode", a.last.Sub(a.first).Round(time.Millisecond).String())
+	a.failures = 0
+}
+
+// resourceErr reports whether err is a shortage of descriptors, buffers or
+// memory: the process's or the system's, not the connection's.
+func resourceErr(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
 }
 
 func (l *listener) close() error {

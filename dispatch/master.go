@@ -170,6 +170,7 @@ type Master struct {
 	capCh   chan struct{}
 	capWait bool
 	events  chan procEvent
+	restart chan int       // slots to (re)start, for supervise
 	quit    chan struct{}  // closed when Run returns: unblocks emit
 	wg      sync.WaitGroup // every goroutine the master starts
 }
@@ -182,8 +183,18 @@ type Totals struct {
 	Restarts      uint64 `json:"restarts"`
 	Recycled      uint64 `json:"recycled"`
 	HungKilled    uint64 `json:"hung_killed"`
-	Queued        int    `json:"queued"`
-	Generation    int    `json:"generation"`
+	// SpawnFailures counts worker processes that could not be started
+	// (fork or exec failed, out of descriptors); each is retried.
+	SpawnFailures uint64 `json:"spawn_failures"`
+	// AcceptPauses counts episodes of accept failing (out of descriptors)
+	// during which the master stopped accepting for a while.
+	AcceptPauses uint64 `json:"accept_pauses"`
+	// Starved counts connections a worker could not take for lack of
+	// descriptors (a truncated fd message, or a failed send): each went
+	// to another worker or back to the queue.
+	Starved    uint64 `json:"starved"`
+	Queued     int    `json:"queued"`
+	Generation int    `json:"generation"`
 }
 
 type queued struct {
@@ -194,8 +205,9 @@ type queued struct {
 
 // sent is a connection handed to a worker and not yet acknowledged.
 type sent struct {
-	fd  int
-	lis int
+	fd    int
+	lis   int
+	since time.Time // accepted at (QueueTimeout counts from there)
 }
 
 // maxListeners bounds Config.Listen: the index travels in a newconn message
@@ -235,10 +247,11 @@ func New(cfg Config) (*Master, error) {
 	}
 	m := &Master{
 		cfg: cfg, log: cfg.Logger, lis: lis,
-		procs:  make([]*proc, cfg.Workers),
-		capCh:  make(chan struct{}),
-		events: make(chan procEvent, cfg.Workers*2),
-		quit:   make(chan struct{}),
+		procs:   make([]*proc, cfg.Workers),
+		capCh:   make(chan struct{}),
+		events:  make(chan procEvent, cfg.Workers*2),
+		restart: make(chan int),
+		quit:    make(chan struct{}),
 	}
 	if cfg.Name != "" {
 		m.log = m.log.With("group", cfg.Name)
@@ -272,8 +285,9 @@ func (m *Master) closeListeners() {
 
 // Run starts the workers, calls ready once all are serving, and serves until
 // ctx ends; it then stops gracefully within ShutdownTimeout and returns
-// ErrMasterClosed. A worker that cannot start, or a crash loop, ends Run
-// with an error naming the cause.
+// ErrMasterClosed. A worker that cannot start at first, or a crash loop
+// (single group), ends Run with an error naming the cause; later, a worker
+// that cannot be started is retried (see supervise).
 func (m *Master) Run(ctx context.Context, ready func()) error {
 	defer m.closeListeners()
 	defer m.wg.Wait()
@@ -337,24 +351,65 @@ func (m *Master) awaitReady(ctx context.Context) error {
 	return nil
 }
 
-// supervise replaces workers that exit, until ctx ends or they crash in a loop.
+// supervise replaces workers that exit, until ctx ends or (a single group)
+// they crash in a loop.
+//
+// Two kinds of failure are told apart. A crash is a started worker that
+// exits unasked: crashLimit of them in crashWindow stop a single-group
+// master, since a handler that kills every worker cannot be served. A
+// spawn failure is a worker that could not be started at all (fork or exec
+// failed, or the master is out of descriptors under a connection flood):
+// that says nothing about the handler and passes when the shortage does,
+// so it never stops the master and is not counted as a crash. The slot is
+// retried with the same growing delay (capped at maxSpawnDelay, so a slot
+// is refilled soon after a flood ends) while the group serves with the
+// workers it has. Each episode is logged when it starts, at most once a
+// minute while it lasts, and when the worker finally starts.
 func (m *Master) supervise(ctx context.Context) error {
-	restart := make(chan int, 1)
+	failing := map[int]*spawnEpisode{} // slots whose start keeps failing
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case id := <-restart:
+		case id := <-m.restart:
 			m.mu.Lock()
 			gone := id > len(m.procs) || m.procs[id-1] != nil
 			m.mu.Unlock()
 			if gone {
+				delete(failing, id)
 				continue // scaled down, or the slot was filled meanwhile
 			}
-			if err := m.spawn(id); err != nil {
-				m.log.Error("restart failed", "worker", id, "err", err)
-				return err
+			err := m.spawn(id)
+			ep := failing[id]
+			if err == nil {
+				if ep != nil {
+					m.log.Info("worker started after failed attempts", "worker", id, "failed_attempts", ep.failures,
+						"took", time.Since(ep.first).Round(time.Millisecond).String())
+					delete(failing, id)
+				}
+				continue
 			}
+			now := time.Now()
+			if ep == nil {
+				ep = &spawnEpisode{first: now}
+				failing[id] = ep
+			}
+			ep.failures++
+			m.mu.Lock()
+			m.stats.SpawnFailures++
+			m.mu.Unlock()
+			delay := restartDelay(ep.failures+1, maxSpawnDelay)
+			switch {
+			case ep.failures == 1:
+				ep.logged = now
+				m.log.Error("cannot start a worker; retrying with backoff while the others serve", "worker", id, "err", err, "in", delay)
+			case now.Sub(ep.logged) >= time.Minute:
+				ep.logged = now
+				m.log.Error("still cannot start a worker; retrying", "worker", id, "err", err, "failed_attempts", ep.failures)
+			default:
+				m.log.Debug("cannot start a worker; retrying", "worker", id, "err", err, "in", delay)
+			}
+			m.restartAfter(id, delay)
 		case ev := <-m.events:
 			if ev.kind != evExit {
 				continue
@@ -383,42 +438,61 @@ func (m *Master) supervise(ctx context.Context) error {
 				return fmt.Errorf("dispatch: workers crashed %d times in %v (last: worker %d, %s): stopping; see the worker log above",
 					n, crashWindow, p.id, p.failure())
 			}
-			// Exponential backoff with jitter on repeated crashes; the first
-			// restart is immediate so a single kill costs little.
-			var delay time.Duration
-			if n > 1 {
-				delay = time.Duration(50<<min(n-1, 10)) * time.Millisecond
-				delay = min(delay, maxRestartDelay)
-				delay += time.Duration(rand.Int64N(int64(delay) / 2))
-			}
+			delay := restartDelay(n, maxRestartDelay)
 			if n >= crashLimit {
 				m.log.Error("workers are crashing in a loop; restarting them more slowly", "crashes", n, "window", crashWindow.String())
 			}
 			m.log.Warn("worker exited; restarting", "worker", p.id, "pid", p.pid, "cause", p.failure(), "in", delay)
-			id := p.id
-			m.wg.Add(1)
-			go func() {
-				defer m.wg.Done()
-				t := time.NewTimer(delay)
-				defer t.Stop()
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					return
-				}
-				select {
-				case restart <- id:
-				case <-ctx.Done():
-				}
-			}()
+			m.restartAfter(p.id, delay)
 		}
 	}
+}
+
+// spawnEpisode is a run of failed starts of one slot.
+type spawnEpisode struct {
+	first, logged time.Time
+	failures      int
+}
+
+// restartDelay is the wait before the next start after n failures in a row
+// (crashes in the window, or failed spawns): exponential with jitter, up to
+// ceiling. The first restart is immediate, so a single kill costs little.
+func restartDelay(n int, ceiling time.Duration) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	delay := min(time.Duration(50<<min(n-1, 10))*time.Millisecond, ceiling)
+	return delay + time.Duration(rand.Int64N(int64(delay)/2))
+}
+
+// restartAfter hands slot id to supervise after delay (unless Run returned
+// meanwhile). supervise skips it if the slot was filled or removed.
+func (m *Master) restartAfter(id int, delay time.Duration) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-m.quit:
+			return
+		}
+		select {
+		case m.restart <- id:
+		case <-m.quit:
+		}
+	}()
 }
 
 const (
 	crashWindow     = 30 * time.Second
 	crashLimit      = 5
 	maxRestartDelay = time.Minute
+	// maxSpawnDelay caps the wait between attempts to start a worker that
+	// could not be started: the cause (a flood, a fork failure) is outside
+	// the handler and may pass at any moment.
+	maxSpawnDelay = 5 * time.Second
 )
 
 // reap forgets an exited worker and requeues every connection it had not
@@ -440,7 +514,7 @@ func (m *Master) reap(p *proc) {
 	m.mu.Unlock()
 	p.ch.close()
 	for _, c := range orphans {
-		m.place(c.fd, c.lis, time.Now())
+		m.place(c.fd, c.lis, c.since)
 	}
 	if len(orphans) > 0 {
 		m.log.Info("requeued connections the worker never acknowledged", "worker", p.id, "count", len(orphans))
@@ -639,7 +713,13 @@ func (m *Master) start(id int, workerConfig []byte, install bool) (*proc, error)
 	}
 	if install {
 		m.mu.Lock()
-		m.procs[id-1] = p
+		if m.slotLocked(id) == nil && id <= len(m.procs) {
+			m.procs[id-1] = p
+		} else {
+			// Scaled down (or filled) since the caller looked: not needed.
+			p.retired = true
+			ch.closeWrite()
+		}
 		m.mu.Unlock()
 	}
 	m.wg.Add(2)
@@ -666,6 +746,7 @@ func (m *Master) finished(p *proc, n int64) {
 	if p.inFlight < 0 {
 		p.inFlight = 0
 	}
+	m.uncapLocked(p)
 	m.mu.Unlock()
 	m.signalCapacity()
 }
@@ -677,9 +758,11 @@ func (m *Master) readWorker(p *proc) {
 	for {
 		msg, fds, err := p.ch.recv(buf, oob)
 		closeAll(fds) // workers send no fds
-		if err != nil {
+		if err != nil && !errors.Is(err, errTruncated) {
 			return
 		}
+		// errTruncated: fds the master does not want were lost; the
+		// message is whole.
 		switch msg[0] {
 		case msgReady:
 			m.mu.Lock()
@@ -697,16 +780,18 @@ func (m *Master) readWorker(p *proc) {
 			if len(msg) < 10 {
 				continue
 			}
-			m.ack(p, binary.LittleEndian.Uint64(msg[1:9]), msg[9] == 1)
+			m.ack(p, binary.LittleEndian.Uint64(msg[1:9]), msg[9])
 		case msgAcks:
 			if len(msg) < 5 {
 				continue
 			}
-			for rec := msg[5:]; len(rec) >= 9; rec = rec[9:] {
-				m.ack(p, binary.LittleEndian.Uint64(rec), rec[8] == 1)
-			}
+			// Connections finished first: they may be what gives a
+			// starved worker room again.
 			if n := binary.LittleEndian.Uint32(msg[1:5]); n > 0 {
 				m.finished(p, int64(n))
+			}
+			for rec := msg[5:]; len(rec) >= 9; rec = rec[9:] {
+				m.ack(p, binary.LittleEndian.Uint64(rec), rec[8])
 			}
 		case msgDone:
 			if len(msg) < 5 {
@@ -721,6 +806,19 @@ func (m *Master) readWorker(p *proc) {
 			m.mu.Lock()
 			p.lastBeat = time.Now()
 			p.report = r
+			// A worker that ran out of descriptors is offered one more
+			// connection at each beat, in case what held them was not
+			// connections (see ack: each one it takes raises its cap).
+			// A soft cap (a full channel) ends: it beats, so it reads.
+			lifted := p.capped
+			switch {
+			case p.capped && p.capSoft:
+				p.capped = false
+			case p.capped && p.inFlight >= p.fdCap:
+				p.fdCap = p.inFlight + 1
+			default:
+				lifted = false
+			}
 			cause := m.recycleCauseLocked(p)
 			if cause != "" {
 				p.recycling = true
@@ -729,6 +827,9 @@ func (m *Master) readWorker(p *proc) {
 			if cause != "" {
 				m.wg.Add(1)
 				go func() { defer m.wg.Done(); m.recycle(p, cause) }()
+			}
+			if lifted {
+				m.signalCapacity()
 			}
 		case msgFatal:
 			m.mu.Lock()
@@ -838,6 +939,11 @@ type proc struct {
 	retired bool // told to drain: its exit is not a crash
 	hung    bool
 	fatal   string
+	// capped: it could not take a connection, and fdCap is the most
+	// connections it is sent until then (see limitLocked, capLocked).
+	capped  bool
+	capSoft bool
+	fdCap   int64
 	// recycling: a replacement is being started; maxServed is this
 	// worker's request limit (MaxRequests plus its own jitter).
 	recycling bool

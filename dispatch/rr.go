@@ -14,6 +14,11 @@ import (
 // worker has room (or the queue does), so a saturated cluster leaves new
 // connections in the kernel's backlog.
 func (m *Master) acceptLoop(ctx context.Context, index int, l *listener) {
+	pause := acceptPause{log: m.log, addr: l.addr.String(), onPause: func() {
+		m.mu.Lock()
+		m.stats.AcceptPauses++
+		m.mu.Unlock()
+	}}
 	for {
 		m.drainQueue()
 		for {
@@ -36,11 +41,12 @@ func (m *Master) acceptLoop(ctx context.Context, index int, l *listener) {
 		}
 		fd, err := l.accept()
 		if err != nil {
-			if !errors.Is(err, os.ErrClosed) {
-				m.log.Error("accept failed", "err", err)
+			if errors.Is(err, os.ErrClosed) || ctx.Err() != nil || !pause.failed(ctx, err) {
+				return
 			}
-			return
+			continue
 		}
+		pause.ok()
 		m.mu.Lock()
 		m.stats.Accepted++
 		m.mu.Unlock()
@@ -58,11 +64,45 @@ func (m *Master) canAcceptLocked() bool {
 // roomLocked reports whether some ready worker can take a connection.
 func (m *Master) roomLocked() bool {
 	for _, p := range m.procs {
-		if p != nil && p.state == stateReady && !p.retired && p.inFlight < int64(m.cfg.MaxConns) {
+		if p != nil && p.state == stateReady && !p.retired && p.inFlight < m.limitLocked(p) {
 			return true
 		}
 	}
 	return false
+}
+
+// limitLocked is the most connections p may hold: MaxConns, or fewer once
+// it could not take one (capLocked). Then its cap is what it held at that
+// moment: as its connections end it gets new ones, no faster, and each one
+// it takes at the cap raises the cap by one, so it finds its limit again
+// without a connection bouncing off it more than once a heartbeat; the cap
+// comes off when half of those connections have ended (uncapLocked).
+func (m *Master) limitLocked(p *proc) int64 {
+	if p.capped {
+		return min(p.fdCap, int64(m.cfg.MaxConns))
+	}
+	return int64(m.cfg.MaxConns)
+}
+
+// capLocked records that p could not take a connection while holding the
+// others it has in flight: for lack of descriptors (the worker's own limit,
+// learnt), or for a moment (a full channel, a shortage of kernel buffers:
+// soft, lifted at its next heartbeat, which a hung worker never sends).
+func (m *Master) capLocked(p *proc, soft bool) {
+	if !p.capped || !soft {
+		p.capSoft = soft
+	}
+	p.capped = true
+	p.fdCap = p.inFlight
+	m.stats.Starved++
+}
+
+// uncapLocked lifts p's cap once half of what it held has ended: its
+// limit is far off again (if not, the next shortage caps it anew).
+func (m *Master) uncapLocked(p *proc) {
+	if p.capped && p.inFlight <= p.fdCap/2 {
+		p.capped = false
+	}
 }
 
 // pickLocked chooses the ready worker with the fewest connections in flight,
@@ -73,7 +113,7 @@ func (m *Master) pickLocked(skip *proc) *proc {
 	n := len(m.procs)
 	for i := 0; i < n; i++ {
 		p := m.procs[(m.cursor+i)%n]
-		if p == nil || p == skip || p.state != stateReady || p.retired || p.inFlight >= int64(m.cfg.MaxConns) {
+		if p == nil || p == skip || p.state != stateReady || p.retired || p.inFlight >= m.limitLocked(p) {
 			continue
 		}
 		if best == nil || p.inFlight < best.inFlight {
@@ -107,7 +147,7 @@ func (m *Master) placeExcept(fd, lis int, since time.Time, skip *proc) {
 		}
 		m.nextSeq++
 		seq := m.nextSeq
-		p.pending[seq] = sent{fd: fd, lis: lis}
+		p.pending[seq] = sent{fd: fd, lis: lis, since: since}
 		p.inFlight++
 		m.mu.Unlock()
 
@@ -115,37 +155,58 @@ func (m *Master) placeExcept(fd, lis int, since time.Time, skip *proc) {
 		msg[0] = msgNewConn
 		binary.LittleEndian.PutUint64(msg[1:], seq)
 		msg[9] = byte(lis)
-		if err := p.ch.send(msg[:], fd); err == nil {
+		err := p.ch.sendNow(msg[:], fd)
+		if err == nil {
 			return
 		}
-		// The worker is going away. If reap has not yet taken this fd it is
-		// still ours to place elsewhere; otherwise reap placed it.
+		// If reap has not yet taken this fd it is still ours to place
+		// elsewhere; otherwise reap placed it.
 		m.mu.Lock()
 		_, mine := p.pending[seq]
 		if mine {
 			delete(p.pending, seq)
 			p.inFlight--
-			p.state = stateExited // stop picking it; reap will confirm
 			p.requeued++
 			m.stats.Requeued++
+			if resourceErr(err) || errors.Is(err, unix.ETOOMANYREFS) || errors.Is(err, unix.EAGAIN) {
+				// Out of buffers, memory or room for fds in flight, or the
+				// worker is not reading: the channel is fine, the moment
+				// is not. Send this worker no more until it has room (see
+				// limitLocked); a hung one is killed by the watchdog.
+				m.capLocked(p, true)
+			} else {
+				p.state = stateExited // the worker is going away: stop picking it; reap will confirm
+			}
 		}
 		m.mu.Unlock()
 		if !mine {
 			return
 		}
+		skip = p
 	}
 }
 
 // ack handles a worker's answer to newconn. Accepted: the master closes its
-// copy. Refused: the connection goes to another worker.
-func (m *Master) ack(p *proc, seq uint64, accepted bool) {
+// copy. Refused: the connection goes to another worker. Starved: the same,
+// and the worker gets nothing more until it has room again.
+func (m *Master) ack(p *proc, seq uint64, answer byte) {
 	m.mu.Lock()
 	c, ok := p.pending[seq]
 	if ok {
 		delete(p.pending, seq)
-		if accepted {
+		switch answer {
+		case ackAccepted:
 			p.accepted++
-		} else {
+			if p.capped && p.inFlight >= p.fdCap {
+				if p.fdCap++; p.fdCap >= int64(m.cfg.MaxConns) {
+					p.capped = false
+				}
+			}
+		case ackStarved:
+			p.refused++
+			p.inFlight--
+			m.capLocked(p, false)
+		default:
 			p.refused++
 			p.inFlight--
 		}
@@ -154,11 +215,11 @@ func (m *Master) ack(p *proc, seq uint64, accepted bool) {
 	if !ok {
 		return
 	}
-	if accepted {
+	if answer == ackAccepted {
 		unix.Close(c.fd)
 		return
 	}
-	m.placeExcept(c.fd, c.lis, time.Now(), p)
+	m.placeExcept(c.fd, c.lis, c.since, p)
 }
 
 // drainQueue places queued connections while workers have room. It runs on
@@ -177,6 +238,9 @@ func (m *Master) drainQueue() {
 	}
 }
 
+// queueLogEvery spaces the log lines of queue timeouts.
+const queueLogEvery = 10 * time.Second
+
 // expireQueue closes queued connections older than QueueTimeout and places
 // the others as capacity returns.
 func (m *Master) expireQueue(ctx context.Context) {
@@ -186,6 +250,18 @@ func (m *Master) expireQueue(ctx context.Context) {
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	// Closures are logged at most once per queueLogEvery, with the count
+	// since the last line: a long flood makes a few lines, not one a tick.
+	var unlogged int
+	var logged time.Time
+	report := func(now time.Time) {
+		if unlogged > 0 {
+			m.log.Warn("closed queued connections: no worker had room within the queue timeout",
+				"count", unlogged, "queue_timeout", m.cfg.QueueTimeout)
+			unlogged, logged = 0, now
+		}
+	}
+	defer func() { report(time.Now()) }()
 	for {
 		select {
 		case <-ctx.Done():
@@ -209,9 +285,11 @@ func (m *Master) expireQueue(ctx context.Context) {
 				unix.Close(fd)
 			}
 			if len(expired) > 0 {
-				m.log.Warn("closed queued connections: no worker had room within the queue timeout",
-					"count", len(expired), "queue_timeout", m.cfg.QueueTimeout)
+				unlogged += len(expired)
 				m.signalCapacity()
+			}
+			if now.Sub(logged) >= queueLogEvery {
+				report(now)
 			}
 		}
 	}

@@ -56,16 +56,29 @@ func (m *Master) Scale(ctx context.Context, n int) error {
 	m.procs = append(m.procs, make([]*proc, n-old)...)
 	m.mu.Unlock()
 	var started []*proc
+	var failed error
 	for id := old + 1; id <= n; id++ {
 		p, err := m.start(id, m.workerConfig(), true)
 		if err != nil {
-			return err
+			// The slot stays; supervise retries it as any spawn failure.
+			m.mu.Lock()
+			m.stats.SpawnFailures++
+			m.mu.Unlock()
+			m.restartAfter(id, restartDelay(2, maxSpawnDelay))
+			if failed == nil {
+				failed = fmt.Errorf("scale: %w; retrying in the background", err)
+			}
+			continue
 		}
 		started = append(started, p)
 	}
 	if err := m.awaitStarted(ctx, started); err != nil {
 		// supervise restarts one that exited, as it would any crashed worker.
 		return fmt.Errorf("scale: %w", err)
+	}
+	if failed != nil {
+		m.signalCapacity()
+		return failed
 	}
 	m.signalCapacity()
 	m.log.Info("scaled up", "from", old, "to", n)

@@ -97,8 +97,10 @@ type Worker struct {
 }
 
 // NewWorker reads the worker's identity, its configuration and its channel
-// from what the master passed.
+// from what the master passed. As NewCluster does for the master, it keeps
+// a broken stdout or stderr from killing the worker.
 func NewWorker(log *slog.Logger) (*Worker, error) {
+	ignoreSIGPIPE()
 	reportCrashes()
 	id, err := strconv.Atoi(os.Getenv(EnvWorkerID))
 	if err != nil || id < 1 {
@@ -149,11 +151,27 @@ func (w *Worker) Fatal(err error) {
 	w.send(append([]byte{msgFatal}, err.Error()...), -1)
 }
 
+// send sends one message to the master. A shortage of buffers or memory
+// is waited out (up to sendPatience): a lost ack would leave the master
+// holding that connection for ever, and a lost heartbeat gets the worker
+// killed. Other errors mean the master is gone.
 func (w *Worker) send(msg []byte, fd int) error {
 	w.sendMu.Lock()
 	defer w.sendMu.Unlock()
-	return w.ch.send(msg, fd)
+	wait := 5 * time.Millisecond
+	deadline := time.Now().Add(sendPatience)
+	for {
+		err := w.ch.send(msg, fd)
+		if err == nil || !resourceErr(err) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(wait)
+		wait = min(wait*2, 200*time.Millisecond)
+	}
 }
+
+// sendPatience bounds how long send waits out ENOBUFS or ENOMEM.
+const sendPatience = 5 * time.Second
 
 // Serve takes connections as the policy says and hands each to h on its own
 // goroutine, until the master shuts the channel (or dies). It then stops
@@ -248,18 +266,19 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 	buf := make([]byte, 64)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	acks := make([]byte, 0, 5+maxAcks*9)
+	var starved starvation
 	for {
+		// A message comes with err nil, or errTruncated (its fd is lost);
+		// any other error ends the channel.
 		msg, fds, err := w.ch.recv(buf, oob)
 		acks = append(acks[:0], msgAcks, 0, 0, 0, 0)
-		for n := 1; err == nil; n++ {
-			acks = w.take(ctx, h, msg, fds, acks)
+		for n := 1; msg != nil; n++ {
+			acks = w.take(ctx, h, msg, fds, errors.Is(err, errTruncated), acks, &starved)
+			err = nil
 			if n == maxAcks {
 				break
 			}
-			var more bool
-			if msg, fds, more, err = w.ch.tryRecv(buf, oob); err == nil && !more {
-				break
-			}
+			msg, fds, _, err = w.ch.tryRecv(buf, oob)
 		}
 		if len(acks) > 5 {
 			binary.LittleEndian.PutUint32(acks[1:5], w.done.Swap(0))
@@ -278,16 +297,67 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 	}
 }
 
-// take starts serving one newconn and appends its answer to acks.
-func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, acks []byte) []byte {
-	if len(msg) < 10 || msg[0] != msgNewConn || len(fds) != 1 {
+// take starts serving one newconn and appends its answer to acks. One
+// whose fd did not arrive (truncated: this worker is out of descriptors)
+// is answered ackStarved: the master kept its copy and places it elsewhere.
+func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, truncated bool, acks []byte, starved *starvation) []byte {
+	if len(msg) < 10 || msg[0] != msgNewConn {
 		closeAll(fds)
 		w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))
 		return acks
 	}
 	seq := binary.LittleEndian.Uint64(msg[1:9])
+	if truncated {
+		closeAll(fds)
+		starved.refused(w.log)
+		return appendAck(acks, seq, ackStarved)
+	}
+	if len(fds) != 1 {
+		closeAll(fds)
+		w.log.Warn("newconn from master without exactly one fd; refused", "fds", len(fds))
+		return appendAck(acks, seq, ackRefused)
+	}
+	starved.ok(w.log)
 	w.start(ctx, h, os.NewFile(uintptr(fds[0]), "conn"), int(msg[9]))
-	return appendAck(acks, seq, true)
+	return appendAck(acks, seq, ackAccepted)
+}
+
+// starvation is an episode of newconns whose fds could not be received:
+// logged when it begins and when it ends (acceptQuiet without a refusal,
+// as for acceptPause), with the count, however many connections it costs.
+// Its owner is readLoop.
+type starvation struct {
+	refusedN    int
+	first, last time.Time
+}
+
+func (s *starvation) refused(log *slog.Logger) {
+	now := time.Now()
+	if s.refusedN > 0 && now.Sub(s.last) >= acceptQuiet {
+		s.end(log)
+	}
+	if s.refusedN == 0 {
+		s.first = now
+		var lim unix.Rlimit
+		unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
+		log.Error("out of file descriptors: handing the connections the master sends back to it until some close; "+
+			"raise the limit (ulimit -n, LimitNOFILE=) or lower --max-conns", "open_files_limit", lim.Cur)
+	}
+	s.refusedN++
+	s.last = now
+}
+
+// ok notes a connection taken; it ends an episode gone quiet.
+func (s *starvation) ok(log *slog.Logger) {
+	if s.refusedN > 0 && time.Since(s.last) >= acceptQuiet {
+		s.end(log)
+	}
+}
+
+func (s *starvation) end(log *slog.Logger) {
+	log.Warn("taking connections again after running out of file descriptors", "handed_back", s.refusedN,
+		"episode", s.last.Sub(s.first).Round(time.Millisecond).String())
+	s.refusedN = 0
 }
 
 // start counts and serves one connection.
@@ -341,6 +411,7 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 	if limit < 1 {
 		limit = 1
 	}
+	pause := acceptPause{log: w.log, addr: l.addr.String()}
 	for {
 		for w.inFlight.Load() >= limit {
 			select {
@@ -351,11 +422,12 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 		}
 		fd, err := l.accept()
 		if err != nil {
-			if !errors.Is(err, os.ErrClosed) {
-				w.log.Warn("accept failed", "err", err)
+			if errors.Is(err, os.ErrClosed) || ctx.Err() != nil || !pause.failed(ctx, err) {
+				return
 			}
-			return
+			continue
 		}
+		pause.ok()
 		w.start(ctx, h, os.NewFile(uintptr(fd), "conn"), index)
 	}
 }

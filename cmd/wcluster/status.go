@@ -42,6 +42,10 @@ func statusCommand() *cli.Command {
 				fmt.Fprintf(&buf, "%s on %v, policy %s: accepted %d, queued %d, requeued %d, queue timeouts %d, restarts %d, recycled %d, reloads %d\n",
 					name, g.Listeners, g.Sched, g.Totals.Accepted, g.Totals.Queued, g.Totals.Requeued, g.Totals.QueueTimeouts,
 					g.Totals.Restarts, g.Totals.Recycled, g.Totals.Generation)
+				if t := g.Totals; t.AcceptPauses+t.Starved+t.SpawnFailures > 0 {
+					fmt.Fprintf(&buf, "  short of descriptors: accept pauses %d, connections handed back %d, failed worker starts %d\n",
+						t.AcceptPauses, t.Starved, t.SpawnFailures)
+				}
 				fmt.Fprintf(&buf, "  %-4s %-8s %-9s %-10s %9s %9s %9s %8s %8s %9s %8s  %s\n", "id", "pid", "state", "uptime", "accepted", "inflight", "completed", "refused", "requeued", "requests", "rss", "guest memory (in use/budget, waits, refusals)")
 				for _, ws := range g.Workers {
 					fmt.Fprintf(&buf, "  %-4d %-8d %-9s %-10s %9d %9d %9d %8d %8d %9d %7dM  %s\n", ws.ID, ws.PID, ws.State, ws.Uptime,
