@@ -256,7 +256,6 @@ func serveAction(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--%w", err)
 	}
-	warnRootWorkers(log, wu)
 
 	wasm, name, err := hc.load()
 	if err != nil {
@@ -289,6 +288,7 @@ func serveAction(c *cli.Context) error {
 	return runMaster(c.Context, masterPlan{
 		groups: []dispatch.Config{group}, log: log, out: c.App.ErrWriter,
 		control: c.String("control"), admin: c.String("admin"),
+		bound:  func() { warnRootWorkers(log, wu) },
 		reload: func(ctx context.Context, cl *dispatch.Cluster) error { return reload(ctx, cl, hc, wu, log) },
 		banner: func(cl *dispatch.Cluster) string {
 			return fmt.Sprintf("serving %s on %s (policy %s, %d workers, %s, compilation cache %s, %s) in %v",
@@ -306,6 +306,9 @@ type masterPlan struct {
 	control, admin string
 	reload         func(context.Context, *dispatch.Cluster) error
 	banner         func(*dispatch.Cluster) string
+	// bound, if set, runs once the listeners are bound: warnings said
+	// there never precede a refusal to start, which stays one line.
+	bound func()
 }
 
 // runMaster binds every listener, serves the control socket and the admin
@@ -314,6 +317,9 @@ func runMaster(parent context.Context, p masterPlan) error {
 	cl, err := dispatch.NewCluster(p.log, p.groups...)
 	if err != nil {
 		return err
+	}
+	if p.bound != nil {
+		p.bound()
 	}
 	doReload := func(ctx context.Context) error { return p.reload(ctx, cl) }
 

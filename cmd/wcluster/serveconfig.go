@@ -40,7 +40,8 @@ func serveConfig(c *cli.Context, path string, start time.Time) error {
 	if err := fc.prepare(c.Context, log); err != nil {
 		return err
 	}
-	for _, g := range fc.Groups {
+	users := make([]*workerUser, len(fc.Groups))
+	for i, g := range fc.Groups {
 		wu, err := lookupUser(g.User)
 		if err == nil {
 			err = wu.checkCanSwitch()
@@ -51,12 +52,13 @@ func serveConfig(c *cli.Context, path string, start time.Time) error {
 		if err != nil {
 			return fmt.Errorf("%s: group %q: %w", path, g.Name, err)
 		}
-		warnRootWorkers(log.With("group", g.Name), wu)
+		users[i] = wu
 	}
 	groups, err := groupConfigs(fc)
 	if err != nil {
 		return err
 	}
+
 	for i := range groups {
 		groups[i].Logger = log
 	}
@@ -71,6 +73,11 @@ func serveConfig(c *cli.Context, path string, start time.Time) error {
 	current := fc
 	return runMaster(c.Context, masterPlan{
 		groups: groups, log: log, out: c.App.ErrWriter, control: control, admin: adminAddr,
+		bound: func() {
+			for i, g := range fc.Groups {
+				warnRootWorkers(log.With("group", g.Name), users[i])
+			}
+		},
 		reload: func(ctx context.Context, cl *dispatch.Cluster) error {
 			mu.Lock()
 			defer mu.Unlock()
