@@ -372,7 +372,9 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 		h.mu.Lock()
 		delete(h.conns, c)
 		h.mu.Unlock()
-		c.close()
+		if c.route == nil || !c.route.back { // else the Router takes it back
+			c.close()
+		}
 		h.stats.conns.Add(1)
 	}()
 
@@ -409,6 +411,10 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 // turn makes one call for c and reports whether to go on with the
 // connection.
 func (h *Handler) turn(c *conn) bool {
+	// On a routed listener, a new request is routed first.
+	if c.route != nil && !c.route.before(c) {
+		return false
+	}
 	flags := c.flags
 	c.flags = 0
 	if h.draining.Load() {
@@ -429,6 +435,9 @@ func (h *Handler) turn(c *conn) bool {
 		}
 	} else {
 		c.stalls = 0
+	}
+	if c.route != nil {
+		return c.route.after(c)
 	}
 	return true
 }
