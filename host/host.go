@@ -86,7 +86,7 @@ func (o *Options) defaults() {
 
 // Stats are a Handler's counters since it started.
 type Stats struct {
-	Conns      uint64 // connections served to the end
+	Conns      uint64 // connections served to the end (on a routed listener: each stay with this handler)
 	Calls      uint64 // calls into the guest
 	Traps      uint64 // calls that trapped or exited
 	Timeouts   uint64 // calls stopped at the time limit
