@@ -13,7 +13,7 @@ const maxHead = 8 << 10
 // it names, and how the body that follows is framed.
 type head struct {
 	size    int    // bytes of the head, through its empty line
-	host    string // the authority it names: an absolute-form target's, else Host's ("" for none)
+	host    []byte // the authority it names: an absolute-form target's, else Host's (empty for none); a view of the head
 	length  int64  // Content-Length (0 without one)
 	chunked bool   // Transfer-Encoding ends in chunked
 	upgrade bool   // an Upgrade request or CONNECT: the connection may leave HTTP
@@ -49,19 +49,25 @@ func parseHead(b []byte) (h head, complete bool, err *badHead) {
 	}
 	h.size = end + 4
 	lines := b[:end+2] // each line with its CRLF
-	i := bytes.Index(lines, []byte("\r\n"))
-	version, target, method, e := requestLine(lines[:i])
+	i := bytes.IndexByte(lines, '\n')
+	if i == 0 || lines[i-1] != '\r' {
+		return h, true, bad("a line ends in a bare LF")
+	}
+	version, target, method, e := requestLine(lines[:i-1])
 	if e != nil {
 		return h, true, e
 	}
-	lines = lines[i+2:]
+	lines = lines[i+1:]
 	hosts, lengths := 0, 0
 	var hostField []byte
 	var te [][]byte
 	for len(lines) > 0 {
-		i := bytes.Index(lines, []byte("\r\n"))
-		line := lines[:i]
-		lines = lines[i+2:]
+		i := bytes.IndexByte(lines, '\n')
+		if lines[i-1] != '\r' {
+			return h, true, bad("a line ends in a bare LF")
+		}
+		line := lines[:i-1]
+		lines = lines[i+1:]
 		if len(line) == 0 {
 			return h, true, bad("an empty line inside the head")
 		}
@@ -132,8 +138,8 @@ func parseHead(b []byte) (h head, complete bool, err *badHead) {
 		}
 		h.chunked = true
 	}
-	h.host = string(hostField)
-	if method == "CONNECT" {
+	h.host = hostField
+	if string(method) == "CONNECT" {
 		h.upgrade, h.connect = true, true
 	}
 	if auth, ok := absoluteAuthority(target); ok {
@@ -142,11 +148,11 @@ func parseHead(b []byte) (h head, complete bool, err *badHead) {
 		}
 		// RFC 9112 §3.2.2 has the server use the target's authority; a guest
 		// reading Host must not see another name.
-		if hosts == 1 && normalizeHost(string(auth)) != normalizeHost(h.host) {
+		if hosts == 1 && normalizeHost(string(auth)) != normalizeHost(string(h.host)) {
 			return h, true, bad("Host differs from the authority of the absolute-form target")
 		}
-		h.host = string(auth)
-	} else if target[0] != '/' && !(len(target) == 1 && target[0] == '*') && method != "CONNECT" {
+		h.host = auth
+	} else if target[0] != '/' && !(len(target) == 1 && target[0] == '*') && string(method) != "CONNECT" {
 		return h, true, bad("the request target is neither a path, an http(s) URI, nor *")
 	}
 	return h, true, nil
@@ -154,24 +160,24 @@ func parseHead(b []byte) (h head, complete bool, err *badHead) {
 
 // requestLine checks "METHOD SP TARGET SP HTTP/1.x" and returns the minor
 // version, the target and the method.
-func requestLine(line []byte) (version int, target []byte, method string, err *badHead) {
+func requestLine(line []byte) (version int, target, method []byte, err *badHead) {
 	sp := 0
 	for sp < len(line) && isTokenChar(line[sp]) {
 		sp++
 	}
 	if sp == 0 || sp == len(line) || line[sp] != ' ' {
-		return 0, nil, "", bad("a malformed request line")
+		return 0, nil, nil, bad("a malformed request line")
 	}
-	method = string(line[:sp])
+	method = line[:sp]
 	rest := line[sp+1:]
 	sp = bytes.IndexByte(rest, ' ')
 	if sp <= 0 {
-		return 0, nil, "", bad("a malformed request line")
+		return 0, nil, nil, bad("a malformed request line")
 	}
 	target, proto := rest[:sp], rest[sp+1:]
 	for _, c := range target {
 		if c <= ' ' || c == 0x7f {
-			return 0, nil, "", bad("a malformed request target")
+			return 0, nil, nil, bad("a malformed request target")
 		}
 	}
 	switch string(proto) {
@@ -180,7 +186,7 @@ func requestLine(line []byte) (version int, target []byte, method string, err *b
 	case "HTTP/1.0":
 		return 0, target, method, nil
 	}
-	return 0, nil, "", bad("not an HTTP/1.0 or HTTP/1.1 request line")
+	return 0, nil, nil, bad("not an HTTP/1.0 or HTTP/1.1 request line")
 }
 
 // absoluteAuthority returns the authority of an http or https URI.
@@ -237,7 +243,8 @@ func validAuthority(s []byte, empty bool) bool {
 		c := host[i]
 		switch {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case bytes.IndexByte([]byte("-._~!$&'()*+,;="), c) >= 0:
+		case c == '-', c == '.', c == '_', c == '~', c == '!', c == '$', c == '&', c == '\'',
+			c == '(', c == ')', c == '*', c == '+', c == ',', c == ';', c == '=':
 		case c == '%' && i+2 < len(host) && isHex(host[i+1]) && isHex(host[i+2]):
 			i += 2
 		default:
@@ -280,7 +287,11 @@ func isTokenChar(c byte) bool {
 	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
 		return true
 	}
-	return bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
+	switch c {
+	case '!', '#', '$', '%', '&', '\'', '*', '+', '-', '.', '^', '_', '`', '|', '~':
+		return true
+	}
+	return false
 }
 
 func trimOWS(b []byte) []byte {

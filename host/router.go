@@ -269,27 +269,49 @@ func (rt *routeTable) lookup(host string) *tenantState {
 // route returns the tenant a request for the normalized host goes to:
 // the most specific name claimed here or by another group (foreign), else
 // the default. With neither, t is nil and foreign false.
-func (rt *routeTable) route(host string, other *hostSet) (t *tenantState, foreign bool) {
-	if host == "" {
+func (rt *routeTable) route(host []byte, other *hostSet) (t *tenantState, foreign bool) {
+	if len(host) == 0 {
 		return rt.def, false
 	}
-	if t := rt.exact[host]; t != nil {
+	// (m[string(b)] does not copy b.)
+	if t := rt.exact[string(host)]; t != nil {
 		return t, false
 	}
-	if other.exact[host] {
+	if other.exact[string(host)] {
 		return nil, true
 	}
 	for i := 0; i < len(host); i++ {
 		if host[i] == '.' {
-			if t := rt.wild[host[i+1:]]; t != nil {
+			if t := rt.wild[string(host[i+1:])]; t != nil {
 				return t, false
 			}
-			if other.wild[host[i+1:]] {
+			if other.wild[string(host[i+1:])] {
 				return nil, true
 			}
 		}
 	}
 	return rt.def, false
+}
+
+// appendNormalHost appends h to dst as normalizeHost has it, without
+// allocating for a name that fits dst.
+func appendNormalHost(dst, h []byte) []byte {
+	h = bytes.TrimSpace(h)
+	if len(h) > 0 && h[0] == '[' {
+		if i := bytes.IndexByte(h, ']'); i > 0 {
+			h = h[1:i]
+		}
+	} else if i := bytes.LastIndexByte(h, ':'); i >= 0 && bytes.IndexByte(h, ':') == i {
+		h = h[:i]
+	}
+	h = bytes.TrimSuffix(h, []byte("."))
+	for _, c := range h {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
 }
 
 // normalizeHost lowers a host name and strips a port, IPv6 brackets and a
@@ -574,7 +596,7 @@ func (rs *routing) before(c *conn) bool {
 			case bad != nil:
 				return rs.refuse(c, bad.status, bad.reason)
 			case complete:
-				return rs.dispatch(c, &h)
+				return rs.dispatch(c, h)
 			case len(c.pending) >= maxHead:
 				return rs.refuse(c, 431, "request head larger than 8 KiB")
 			}
@@ -649,21 +671,22 @@ func (rs *routing) readMore(c *conn, deadline time.Time) error {
 }
 
 // dispatch routes a request whose head h is complete in pending.
-func (rs *routing) dispatch(c *conn, h *head) bool {
-	host := normalizeHost(h.host)
+func (rs *routing) dispatch(c *conn, h head) bool {
+	var buf [64]byte
+	host := appendNormalHost(buf[:0], h.host)
 	t, foreign := rs.rt.route(host, &rs.r.foreign)
 	switch {
 	case foreign:
-		return rs.misdirect(c, h.host, "another worker group serves it: retry on a new connection")
+		return rs.misdirect(c, string(h.host), "another worker group serves it: retry on a new connection")
 	case rs.sni != nil:
 		if t != nil && t != rs.sni {
-			return rs.misdirect(c, h.host, "this TLS connection is for "+strconv.Quote(rs.sni.Name)+": retry on a new connection")
+			return rs.misdirect(c, string(h.host), "this TLS connection is for "+strconv.Quote(rs.sni.Name)+": retry on a new connection")
 		}
 		t = rs.sni
 	case t == nil:
-		return rs.misdirect(c, h.host, "no tenant serves it here")
+		return rs.misdirect(c, string(h.host), "no tenant serves it here")
 	}
-	rs.frameRequest(c, h)
+	rs.frameRequest(c, &h)
 	if t != rs.cur {
 		rs.next, rs.back = t, true
 		return false

@@ -217,7 +217,7 @@ func TestParseHead(t *testing.T) {
 		if bad != nil {
 			status = bad.status
 		}
-		if complete != c.complete || status != c.status || status == 0 && h.host != c.host {
+		if complete != c.complete || status != c.status || status == 0 && string(h.host) != c.host {
 			t.Errorf("parseHead(%q) = host %q, complete %v, status %d (%v); want %q, %v, %d", c.in, h.host, complete, status, bad, c.host, c.complete, c.status)
 		}
 	}
@@ -231,6 +231,9 @@ func TestParseHead(t *testing.T) {
 	} {
 		if got := normalizeHost(in); got != want {
 			t.Errorf("normalizeHost(%q) = %q, want %q", in, got, want)
+		}
+		if got := string(appendNormalHost(nil, []byte(in))); got != want {
+			t.Errorf("appendNormalHost(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
