@@ -48,8 +48,8 @@ type Listener struct {
 
 // RouterOptions tune a Router; zero values take the defaults.
 type RouterOptions struct {
-	// RouteTimeout bounds the wait for the bytes that name a plaintext
-	// request's host (default 10s).
+	// RouteTimeout bounds the wait for a request head on a routed listener:
+	// a new connection's first one, and the rest of one begun (default 10s).
 	RouteTimeout time.Duration
 	// HandshakeTimeout bounds a TLS handshake (default 10s).
 	HandshakeTimeout time.Duration
@@ -89,7 +89,7 @@ type RouterOptions struct {
 // fails) and serves the plaintext with that tenant. If the listener is
 // more than one lone default tenant, it serves HTTP/1 and every request's
 // Host is checked too: one that another tenant claims (or another worker
-// group) gets 421, as RFC 9110 §7.4 has it for a reused connection.
+// group) gets 421, as RFC 9110 describes for a reused connection.
 type Router struct {
 	lis     []routeTable
 	tenants []*tenantState
