@@ -94,9 +94,11 @@ func readAnswer(t *testing.T, br *bufio.Reader) (int, string, bool) {
 	return resp.StatusCode, string(b), resp.Close
 }
 
-// expectClosed checks the server closed the connection after its answer.
-func expectClosed(t *testing.T, what string, br *bufio.Reader) {
+// expectClosed checks the server closed the connection after its answer
+// (within 10s).
+func expectClosed(t *testing.T, what string, c net.Conn, br *bufio.Reader) {
 	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if b, err := br.ReadByte(); err == nil {
 		t.Errorf("%s: connection still open (read %q), want closed", what, b)
 	}
@@ -146,7 +148,7 @@ func TestRoutingPerRequest(t *testing.T) {
 		if code, body, closed := readAnswer(t, br); code != http.StatusMisdirectedRequest || !closed {
 			t.Errorf("Host gamma.test (group gamma) on the shared port: %d %q (close %v), want 421 and close", code, body, closed)
 		}
-		expectClosed(t, "after 421", br)
+		expectClosed(t, "after 421", c, br)
 
 		c, br = dialRaw(t, shared)
 		io.WriteString(c, get("alpha.test")+get("gamma.test")+get("beta.test"))
@@ -156,7 +158,7 @@ func TestRoutingPerRequest(t *testing.T) {
 		if code, body, closed := readAnswer(t, br); code != http.StatusMisdirectedRequest || !closed {
 			t.Errorf("gamma after alpha on one connection: %d %q (close %v), want 421 and close", code, body, closed)
 		}
-		expectClosed(t, "after 421 on a kept-alive connection", br)
+		expectClosed(t, "after 421 on a kept-alive connection", c, br)
 	})
 
 	t.Run("malformed", func(t *testing.T) {
@@ -184,7 +186,7 @@ func TestRoutingPerRequest(t *testing.T) {
 			if code, body, closed := readAnswer(t, br); code != http.StatusBadRequest || !closed {
 				t.Errorf("%s: %d %q (close %v), want 400 and close", name, code, body, closed)
 			}
-			expectClosed(t, name, br)
+			expectClosed(t, name, c, br)
 		}
 	})
 
