@@ -670,3 +670,35 @@ func TestChunker(t *testing.T) {
 		}
 	}
 }
+
+// TestRoutingUpgrade: after a request's end, conn_read reports the end of
+// the stream, unless the guest answered 101 to an Upgrade (or 2xx to
+// CONNECT): then the connection leaves routing and the bytes held back are
+// the tunnel's.
+func TestRoutingUpgrade(t *testing.T) {
+	for _, c := range []struct {
+		connect bool
+		answer  string
+		tunnel  bool
+	}{
+		{false, "HTTP/1.1 101 Switching Protocols\r\n", true},
+		{false, "HTTP/1.1 200 OK\r\n", false},
+		{false, "HTTP/1.1 1", false}, // too short to tell
+		{true, "HTTP/1.1 200 Connection established\r\n", true},
+		{true, "HTTP/1.1 407 Proxy Authentication Required\r\n", false},
+	} {
+		rs := &routing{upgrade: true, connect: c.connect, frame: frameDone, held: []byte("tunnel")}
+		cn := &conn{route: rs}
+		// Written in two pieces, as a guest may.
+		rs.wrote([]byte(c.answer[:5]))
+		rs.wrote([]byte(c.answer[5:]))
+		buf := make([]byte, 16)
+		n := cn.read(buf)
+		switch {
+		case c.tunnel && (n != 6 || string(buf[:n]) != "tunnel" || cn.route != nil):
+			t.Errorf("%q: read %d %q, routed %v; want the tunnel's bytes, unrouted", c.answer, n, buf[:max(n, 0)], cn.route != nil)
+		case !c.tunnel && (n != 0 || cn.route == nil):
+			t.Errorf("%q: read %d, routed %v; want 0 (end of the request), routed", c.answer, n, cn.route != nil)
+		}
+	}
+}
