@@ -30,6 +30,9 @@ type conn struct {
 	tls *tlsState // nil for plaintext
 	id  int64
 	h   *Handler
+	// route is set on a routed listener (router.go): each request is
+	// routed by its own Host, and a call is given its own request only.
+	route *routing
 
 	pending  []byte      // bytes read ahead by park, or pushed back with conn_unread
 	lent     *[]byte     // the pooled buffer pending views, if any
@@ -170,6 +173,12 @@ func (c *conn) read(p []byte) int32 {
 	if c.ended {
 		return c.endCode
 	}
+	if c.route != nil && c.route.frame == frameDone {
+		if !c.route.past(c) {
+			return 0 // the end of this call's request
+		}
+		return c.read(p)
+	}
 	var n int
 	var err error
 	switch {
@@ -183,8 +192,11 @@ func (c *conn) read(p []byte) int32 {
 		n, err = c.f.Read(p)
 	}
 	if n > 0 {
-		c.progress = true
 		c.drained = n < len(p)
+		if c.route != nil {
+			n = c.route.cut(p[:n])
+		}
+		c.progress = true
 		return int32(n)
 	}
 	return ioCode(err)
@@ -204,17 +216,26 @@ func (c *conn) setReadDeadline() {
 // reads through a dup of f, with a poll descriptor of its own. It is made
 // on the first such read only: a request that arrives whole never needs it.
 func (c *conn) readInLoop(p []byte) (int, error) {
+	slow, err := c.slowFile()
+	if err != nil {
+		return 0, err
+	}
+	slow.SetReadDeadline(c.earliest(c.h.opts.ReadTimeout))
+	return slow.Read(p)
+}
+
+// slowFile returns the dup of f that reads in step wait on.
+func (c *conn) slowFile() (*os.File, error) {
 	if c.slow == nil {
 		var fd int
 		var derr error
 		if err := c.rc.Control(func(f uintptr) { fd, derr = unix.Dup(int(f)) }); err != nil || derr != nil {
-			return 0, net.ErrClosed // reported as ERR_CLOSED
+			return nil, net.ErrClosed // reported as ERR_CLOSED
 		}
 		unix.CloseOnExec(fd)
 		c.slow = os.NewFile(uintptr(fd), "conn") // non-blocking, as f: polled
 	}
-	c.slow.SetReadDeadline(c.earliest(c.h.opts.ReadTimeout))
-	return c.slow.Read(p)
+	return c.slow, nil
 }
 
 // write implements conn_write: all of p, or an ABI error.
@@ -226,6 +247,9 @@ func (c *conn) write(p []byte) int32 {
 		return 0
 	}
 	c.wrote = true
+	if c.route != nil && c.route.upgrade {
+		c.route.wrote(p)
+	}
 	all := int32(len(p))
 	if c.tls == nil {
 		// An answer that fits the socket's buffer, as most do, takes one
@@ -329,7 +353,7 @@ func (c *conn) peerAddr() string {
 // write per kept-alive request. rc.Read ends with an error at a deadline:
 // the idle timeout, or Drain's wake.
 func (c *conn) serveLoop() {
-	c.needRead = true
+	c.needRead = c.unseen == 0 // (a routed request read ahead comes first)
 	for {
 		err := c.rc.Read(c.stepFn)
 		c.inLoop = false
@@ -383,6 +407,9 @@ func (c *conn) step(fd uintptr) bool {
 				}
 				c.unseen += n
 				c.drained = n < len(*bp)
+				if c.route != nil {
+					c.route.arrived(c, n)
+				}
 			default:
 				// End of stream or an error: the guest is called and finds
 				// out on its next read.
@@ -654,6 +681,9 @@ func (c *conn) parkTLS() bool {
 			c.pending = append(c.pending, t.buf[:n]...)
 		}
 		c.unseen += n
+		if c.route != nil {
+			c.route.arrived(c, n)
+		}
 		return true
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {

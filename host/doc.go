@@ -14,10 +14,10 @@
 //
 // A Router serves several tenants (each a Handler with its own limits,
 // environment, config values and mount) on a worker group's listeners: it
-// picks the tenant of a connection by the HTTP Host header (peeked, so the
-// guest reads the request unchanged) or the TLS SNI, and terminates TLS
-// with the tenant's certificate, so guests see plaintext and never hold
-// keys.
+// routes each request by its HTTP Host header (parsed strictly, and framed,
+// so a guest reads its own request unchanged and nothing after it) or a
+// connection by its TLS SNI, and terminates TLS with the tenant's
+// certificate, so guests see plaintext and never hold keys.
 //
 // Guest linear memory is allocated by the host and charged to Budgets: one
 // per worker, shared by all its Handlers, and one per Handler. Growth past a

@@ -116,7 +116,7 @@ func (o *Options) defaults() {
 
 // Stats are a Handler's counters since it started.
 type Stats struct {
-	Conns      uint64 // connections served to the end
+	Conns      uint64 // connections served to the end (on a routed listener: each stay with this handler)
 	Calls      uint64 // calls into the guest
 	Traps      uint64 // calls that trapped or exited
 	Timeouts   uint64 // calls stopped at the time limit
@@ -544,7 +544,9 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 		h.mu.Lock()
 		delete(h.conns, c)
 		h.mu.Unlock()
-		c.close()
+		if c.route == nil || !c.route.back { // else the Router takes it back
+			c.close()
+		}
 		h.stats.conns.Add(1)
 	}()
 
@@ -585,6 +587,10 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 // turn makes one call for c and reports whether to go on with the
 // connection.
 func (h *Handler) turn(c *conn) bool {
+	// On a routed listener, a new request is routed first.
+	if c.route != nil && !c.route.before(c) {
+		return false
+	}
 	flags := c.flags
 	if flags&abi.FlagNew != 0 && !c.arrived() {
 		return false
@@ -608,6 +614,9 @@ func (h *Handler) turn(c *conn) bool {
 		}
 	} else {
 		c.stalls = 0
+	}
+	if c.route != nil {
+		return c.route.after(c)
 	}
 	return true
 }

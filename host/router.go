@@ -10,9 +10,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -48,43 +48,61 @@ type Listener struct {
 
 // RouterOptions tune a Router; zero values take the defaults.
 type RouterOptions struct {
-	// RouteTimeout bounds the wait for the bytes that name a plaintext
-	// request's host (default 10s).
+	// RouteTimeout bounds the wait for a request head on a routed listener:
+	// a new connection's first one, and the rest of one begun (default 10s).
 	RouteTimeout time.Duration
 	// HandshakeTimeout bounds a TLS handshake (default 10s).
 	HandshakeTimeout time.Duration
 	// Logger receives misdirected requests and failed handshakes.
 	Logger *slog.Logger
+	// ForeignHosts are host names (as Tenant.Hosts, "*.x" too) that tenants
+	// of other worker groups serve: a request naming one is answered 421,
+	// never given to a default tenant here.
+	ForeignHosts []string
 }
 
-// maxPeek is the most a Router peeks of a request to find its host.
-const maxPeek = 8 << 10
-
-// Router serves the connections of a worker group's listeners, each with
-// the handler of the tenant it is for.
+// Router serves the connections of a worker group's listeners, each
+// request with the handler of the tenant it is for.
 //
 // A listener whose only tenant is its default, without TLS, is not routed
-// at all: its connections go straight to that tenant's Handler. On a
-// shared plaintext listener the Router peeks (MSG_PEEK: the bytes stay in
-// the socket, and the guest reads them unchanged) at the request until its
-// Host header (or an absolute-form target) names the host, the headers end,
-// 8 KiB arrived or RouteTimeout passed, and picks the tenant claiming that
-// host, else the listener's default; with neither it answers
-// "421 Misdirected Request" and closes. A TLS listener completes the
-// handshake with the certificate of the tenant the SNI names (else the
-// default's; with neither the handshake fails) and hands that tenant the
-// plaintext. A kept-alive connection stays with the tenant chosen for its
-// first request: later requests on it are not routed again.
+// at all: its connections go straight to that tenant's Handler. On any
+// other plaintext listener every request is routed by its own Host (or the
+// authority of an absolute-form target): the Router reads the request's
+// head (at most 8 KiB, within RouteTimeout), parses it strictly, and hands
+// the connection to the tenant claiming that host, else the listener's
+// default. When that tenant's guest returns Keep having read the whole
+// request, the next request's head is read and routed the same way, so a
+// kept-alive connection moves between the tenants its requests name (each
+// stay counted by that tenant: its instances, limits, stats, max_conns).
+// A guest is only ever given the bytes of its own request: the host follows
+// Content-Length and chunked framing and holds back what follows.
+//
+// Answers the Router gives itself, each a complete response with
+// "Connection: close" before it closes the connection: 400 for a head
+// parsed differently by different readers (see parseHead), 431 for a head
+// over 8 KiB, 421 Misdirected Request for a host no tenant here serves (or
+// one of another worker group's: ForeignHosts), 408 for a head unfinished
+// at RouteTimeout, 503 for a tenant at its MaxConns.
+//
+// A TLS listener completes the handshake with the certificate of the
+// tenant the SNI names (else the default's; with neither the handshake
+// fails) and serves the plaintext with that tenant. If the listener is
+// more than one lone default tenant, it serves HTTP/1 and every request's
+// Host is checked too: one that another tenant claims (or another worker
+// group) gets 421, as RFC 9110 describes for a reused connection.
 type Router struct {
 	lis     []routeTable
 	tenants []*tenantState
 	log     *slog.Logger
 	opts    RouterOptions
+	foreign hostSet // names of other groups' tenants
 
-	misdirected, tlsFailures atomic.Uint64
-	// peekBufs lends serveHTTP a buffer (maxPeek) for the request head it
-	// routes by, only until it has routed.
-	peekBufs sync.Pool
+	misdirected, malformed, tlsFailures atomic.Uint64
+}
+
+// hostSet is a set of host names: exact, and "*.x" wildcards (by "x").
+type hostSet struct {
+	exact, wild map[string]bool
 }
 
 // routeTable is one listener's routing.
@@ -94,6 +112,9 @@ type routeTable struct {
 	wild   map[string]*tenantState // "example.com" for "*.example.com"
 	def    *tenantState
 	tls    *tls.Config // nil for plaintext
+	// checkHost: each request's Host is checked against the SNI's tenant
+	// (a TLS listener that is not one lone default tenant).
+	checkHost bool
 }
 
 type tenantState struct {
@@ -117,8 +138,7 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	r := &Router{log: o.Logger, opts: o}
-	r.peekBufs.New = func() any { b := make([]byte, maxPeek); return &b }
+	r := &Router{log: o.Logger, opts: o, foreign: hostSet{exact: map[string]bool{}, wild: map[string]bool{}}}
 	states := map[*Tenant]*tenantState{}
 	names := map[string]*Tenant{}
 	var errs []error
@@ -183,10 +203,26 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 		}
 		if secure {
 			rt.tls = &tls.Config{GetConfigForClient: rt.configFor, MinVersion: tls.VersionTLS12}
+			rt.checkHost = len(l.Tenants) > 1 || rt.def == nil
 		} else if len(l.Tenants) == 1 && rt.def != nil {
 			rt.direct = rt.def
 		}
 		r.lis = append(r.lis, rt)
+	}
+	for _, h := range o.ForeignHosts {
+		name, wild := normalizeHost(h), false
+		if rest, ok := strings.CutPrefix(name, "*."); ok {
+			name, wild = rest, true
+		}
+		if name == "" || strings.ContainsAny(name, "*/ ") {
+			errs = append(errs, fmt.Errorf("another group's host: bad host name %q", h))
+			continue
+		}
+		if wild {
+			r.foreign.wild[name] = true
+		} else {
+			r.foreign.exact[name] = true
+		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -228,6 +264,54 @@ func (rt *routeTable) lookup(host string) *tenantState {
 		}
 	}
 	return rt.def
+}
+
+// route returns the tenant a request for the normalized host goes to:
+// the most specific name claimed here or by another group (foreign), else
+// the default. With neither, t is nil and foreign false.
+func (rt *routeTable) route(host []byte, other *hostSet) (t *tenantState, foreign bool) {
+	if len(host) == 0 {
+		return rt.def, false
+	}
+	// (m[string(b)] does not copy b.)
+	if t := rt.exact[string(host)]; t != nil {
+		return t, false
+	}
+	if other.exact[string(host)] {
+		return nil, true
+	}
+	for i := 0; i < len(host); i++ {
+		if host[i] == '.' {
+			if t := rt.wild[string(host[i+1:])]; t != nil {
+				return t, false
+			}
+			if other.wild[string(host[i+1:])] {
+				return nil, true
+			}
+		}
+	}
+	return rt.def, false
+}
+
+// appendNormalHost appends h to dst as normalizeHost has it, without
+// allocating for a name that fits dst.
+func appendNormalHost(dst, h []byte) []byte {
+	h = bytes.TrimSpace(h)
+	if len(h) > 0 && h[0] == '[' {
+		if i := bytes.IndexByte(h, ']'); i > 0 {
+			h = h[1:i]
+		}
+	} else if i := bytes.LastIndexByte(h, ':'); i >= 0 && bytes.IndexByte(h, ':') == i {
+		h = h[:i]
+	}
+	h = bytes.TrimSuffix(h, []byte("."))
+	for _, c := range h {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
 }
 
 // normalizeHost lowers a host name and strips a port, IPv6 brackets and a
@@ -303,104 +387,6 @@ func (r *Router) refuse(t *tenantState, f *os.File, http bool) {
 	f.Close()
 }
 
-// serveHTTP routes a plaintext connection by the host its first request
-// names.
-func (r *Router) serveHTTP(ctx context.Context, rt *routeTable, f *os.File, rc syscall.RawConn) {
-	bp := r.peekBufs.Get().(*[]byte)
-	buf := *bp
-	n, eof, err := peekRequest(f, rc, buf, time.Now().Add(r.opts.RouteTimeout))
-	host, named := requestHost(buf[:n])
-	peeked := n
-	r.peekBufs.Put(bp)
-	if n == 0 && (eof || err != nil && !errors.Is(err, os.ErrDeadlineExceeded)) {
-		f.Close() // gone before saying anything
-		return
-	}
-	host = normalizeHost(host)
-	t := rt.lookup(host)
-	if t == nil {
-		r.misdirect(f, rc, peeked, host, named)
-		return
-	}
-	if t.MaxConns > 0 {
-		if !t.admit() {
-			r.discard(rc, peeked)
-			r.refuse(t, f, true)
-			return
-		}
-		defer t.open.Add(-1)
-	}
-	h := t.Handler
-	h.serve(ctx, newConnOn(f, rc, nil, h.nextConn.Add(1), h))
-}
-
-// misdirect answers a request no tenant on the listener serves.
-func (r *Router) misdirect(f *os.File, rc syscall.RawConn, peeked int, host string, named bool) {
-	r.misdirected.Add(1)
-	if !named {
-		host = "(none)"
-	}
-	r.log.Info("misdirected request: no tenant serves its host on this listener", "host", host, "peer", fileConn{f}.RemoteAddr().String())
-	body := "no tenant serves host " + strconv.Quote(host) + " here\n"
-	resp := "HTTP/1.1 421 Misdirected Request\r\nContent-Type: text/plain\r\nContent-Length: " +
-		strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body
-	// Read what was peeked, so that closing with it unread does not reset
-	// the connection before the client reads the answer.
-	r.discard(rc, peeked)
-	f.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	f.Write([]byte(resp))
-	f.Close()
-}
-
-// discard reads (without waiting) up to n bytes already in the socket.
-func (r *Router) discard(rc syscall.RawConn, n int) {
-	if n <= 0 {
-		return
-	}
-	buf := make([]byte, min(n, maxPeek))
-	rc.Control(func(fd uintptr) {
-		for n > 0 {
-			m, err := unix.Read(int(fd), buf[:min(n, len(buf))])
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil || m <= 0 {
-				return
-			}
-			n -= m
-		}
-	})
-}
-
-// serveTLS completes the handshake, choosing the tenant (and so the
-// certificate) by SNI, and serves the plaintext with that tenant.
-func (r *Router) serveTLS(ctx context.Context, rt *routeTable, f *os.File, rc syscall.RawConn) {
-	tc := tls.Server(fileConn{f}, rt.tls)
-	f.SetDeadline(time.Now().Add(r.opts.HandshakeTimeout))
-	err := tc.HandshakeContext(ctx)
-	f.SetDeadline(time.Time{})
-	if err != nil {
-		r.tlsFailures.Add(1)
-		r.log.Info("TLS handshake failed", "peer", fileConn{f}.RemoteAddr().String(), "err", err)
-		f.Close()
-		return
-	}
-	t := rt.lookup(normalizeHost(tc.ConnectionState().ServerName))
-	if t == nil { // configFor refused such a name: cannot happen
-		tc.Close()
-		return
-	}
-	if t.MaxConns > 0 {
-		if !t.admit() {
-			t.refused.Add(1)
-			tc.Close()
-			return
-		}
-		defer t.open.Add(-1)
-	}
-	t.Handler.serveTLS(ctx, f, rc, tc)
-}
-
 // Drain asks every tenant's open connections to finish; it does not wait.
 func (r *Router) Drain() {
 	for _, t := range r.tenants {
@@ -440,6 +426,8 @@ type RouterStats struct {
 	Tenants map[string]TenantStats
 	// Misdirected counts requests no tenant served (421).
 	Misdirected uint64
+	// Malformed counts request heads refused: 400, 431 and 408.
+	Malformed uint64
 	// TLSFailures counts failed TLS handshakes (including an SNI no tenant
 	// serves on a listener without a default).
 	TLSFailures uint64
@@ -448,95 +436,423 @@ type RouterStats struct {
 // Stats returns the counters of every tenant and of routing.
 func (r *Router) Stats() RouterStats {
 	s := RouterStats{Tenants: make(map[string]TenantStats, len(r.tenants)),
-		Misdirected: r.misdirected.Load(), TLSFailures: r.tlsFailures.Load()}
+		Misdirected: r.misdirected.Load(), Malformed: r.malformed.Load(), TLSFailures: r.tlsFailures.Load()}
 	for _, t := range r.tenants {
 		s.Tenants[t.Name] = TenantStats{Stats: t.Handler.Stats(), Refused: t.refused.Load()}
 	}
 	return s
 }
 
-// peekRequest peeks at the start of a request with MSG_PEEK, leaving the
-// bytes in the socket, until requestHost can tell the host, buf is full,
-// the peer closed (eof, with nothing sent) or the deadline passed.
-func peekRequest(f *os.File, rc syscall.RawConn, buf []byte, deadline time.Time) (n int, eof bool, err error) {
-	f.SetReadDeadline(deadline)
-	defer f.SetReadDeadline(time.Time{})
-	for {
-		prev, m := n, -1
-		var serr error
-		err := rc.Read(func(fd uintptr) bool {
-			for {
-				k, _, e := unix.Recvfrom(int(fd), buf, unix.MSG_PEEK|unix.MSG_DONTWAIT)
-				switch {
-				case e == unix.EINTR:
-					continue
-				case e == unix.EAGAIN:
-					return false
-				case e != nil:
-					serr = e
-				case k == prev && k > 0 && k < len(buf):
-					return false // nothing new yet: wait for more
-				default:
-					m = k
-				}
-				return true
-			}
-		})
+// serveHTTP serves a plaintext connection of a routed listener.
+func (r *Router) serveHTTP(ctx context.Context, rt *routeTable, f *os.File, rc syscall.RawConn) {
+	c := newConnOn(f, rc, nil, 0, nil)
+	c.route = &routing{r: r, rt: rt}
+	r.serveRouted(ctx, c)
+}
+
+// serveTLS completes the handshake, choosing the tenant (and so the
+// certificate) by SNI, and serves the plaintext with that tenant.
+func (r *Router) serveTLS(ctx context.Context, rt *routeTable, f *os.File, rc syscall.RawConn) {
+	tc := tls.Server(fileConn{f}, rt.tls)
+	f.SetDeadline(time.Now().Add(r.opts.HandshakeTimeout))
+	err := tc.HandshakeContext(ctx)
+	f.SetDeadline(time.Time{})
+	if err != nil {
+		r.tlsFailures.Add(1)
+		r.log.Info("TLS handshake failed", "peer", fileConn{f}.RemoteAddr().String(), "err", err)
+		f.Close()
+		return
+	}
+	t := rt.lookup(normalizeHost(tc.ConnectionState().ServerName))
+	if t == nil { // configFor refused such a name: cannot happen
+		tc.Close()
+		return
+	}
+	if rt.checkHost {
+		c := newConnOn(f, rc, &tlsState{tc: tc}, 0, nil)
+		c.route = &routing{r: r, rt: rt, sni: t}
+		r.serveRouted(ctx, c)
+		return
+	}
+	if t.MaxConns > 0 {
+		if !t.admit() {
+			t.refused.Add(1)
+			tc.Close()
+			return
+		}
+		defer t.open.Add(-1)
+	}
+	t.Handler.serveTLS(ctx, f, rc, tc)
+}
+
+// serveRouted routes c's first request, then serves c with each tenant its
+// requests name in turn: a tenant's Handler serves it until the guest
+// closes it or the next request names another tenant (or is refused).
+func (r *Router) serveRouted(ctx context.Context, c *conn) {
+	rs := c.route
+	rs.before(c) // next or reply says what now
+	for rs.next != nil {
+		t := rs.next
+		rs.next, rs.back = nil, false
+		if t.MaxConns > 0 && !t.admit() {
+			t.refused.Add(1)
+			r.log.Debug("connection refused: tenant at its max_conns", "tenant", t.Name, "max_conns", t.MaxConns)
+			rs.reply = refusal
+			break
+		}
+		rs.cur = t
+		c.h, c.id, c.stalls = t.Handler, t.Handler.nextConn.Add(1), 0
+		t.Handler.serve(ctx, c)
+		if t.MaxConns > 0 {
+			t.open.Add(-1)
+		}
+		if !rs.back {
+			return // served to its end, and closed
+		}
+	}
+	if rs.reply != nil {
+		r.answer(c, rs.reply)
+	}
+	c.close()
+}
+
+// answer writes the Router's own answer, then lingers a moment reading
+// what the client still sends: closing with unread bytes would reset the
+// connection, and the client could lose the answer.
+func (r *Router) answer(c *conn, resp []byte) {
+	c.f.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	var err error
+	if c.tls != nil {
+		if _, err = c.tls.tc.Write(resp); err == nil {
+			err = c.tls.tc.CloseWrite()
+		}
+	} else {
+		_, err = c.f.Write(resp)
+	}
+	if err != nil {
+		return
+	}
+	c.rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_WR) })
+	c.f.SetReadDeadline(time.Now().Add(2 * time.Second))
+	var buf [4096]byte
+	for total := 0; total < 64<<10; {
+		n, err := c.f.Read(buf[:])
 		if err != nil {
-			return n, false, err
+			break
 		}
-		if serr != nil {
-			return n, false, serr
+		total += n
+	}
+}
+
+// routing is a connection's state on a routed listener: which tenant
+// serves it, and the framing of the request in progress, so that a guest
+// is given its own request's bytes and no more.
+type routing struct {
+	r   *Router
+	rt  *routeTable
+	sni *tenantState // TLS: the tenant the handshake chose
+	cur *tenantState // the tenant serving the connection (nil before the first request)
+	// Set by before when the connection leaves its tenant's Handler: back
+	// tells Handler.serve to leave it open for the Router, which hands it
+	// to next, or writes reply and closes it.
+	next  *tenantState
+	reply []byte
+	back  bool
+
+	frame   frameState
+	remain  int64   // frameLength: body bytes still to come
+	chunk   chunker // frameChunked
+	upgrade bool    // an Upgrade request (or CONNECT): the guest may switch protocols
+	connect bool    // CONNECT: a 2xx answer switches
+	status  []byte  // the start of the guest's answer to an upgrade request
+	held    []byte  // bytes read past the request's end: the next request's
+}
+
+// frameState is where a routed connection is in its request stream.
+type frameState uint8
+
+const (
+	frameHead    frameState = iota // between requests: the next head is routed before a call
+	frameLength                    // in a body of known length (remain)
+	frameChunked                   // in a chunked body
+	frameDone                      // the request is all read: conn_read reports its end
+	frameLost                      // a chunked body the host cannot follow: closed after this call
+)
+
+// before readies a call: between requests, it reads the next request's
+// head (within RouteTimeout and 8 KiB), checks it and routes it. It
+// reports false when the call must not happen: the connection goes to
+// another tenant (next), is answered by the Router (reply), or is done.
+func (rs *routing) before(c *conn) bool {
+	if rs.frame != frameHead {
+		return true
+	}
+	var deadline time.Time
+	for {
+		rs.skipEmptyLines(c)
+		if len(c.pending) > 0 {
+			h, complete, bad := parseHead(c.pending)
+			switch {
+			case bad != nil:
+				return rs.refuse(c, bad.status, bad.reason)
+			case complete:
+				return rs.dispatch(c, h)
+			case len(c.pending) >= maxHead:
+				return rs.refuse(c, 431, "request head larger than 8 KiB")
+			}
 		}
-		if m == 0 {
-			return n, true, nil
+		if c.ended {
+			return false
 		}
-		n = m
-		if _, done := requestHost(buf[:n]); done || n == len(buf) {
-			return n, false, nil
+		if deadline.IsZero() {
+			deadline = time.Now().Add(rs.r.opts.RouteTimeout)
+		}
+		if err := rs.readMore(c, deadline); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && len(c.pending) > 0 {
+				return rs.refuse(c, 408, "request head unfinished after the route timeout")
+			}
+			return false // closed, or silent since its last request
 		}
 	}
 }
 
-// requestHost returns the host an HTTP/1 request names: the authority of
-// an absolute-form target ("GET http://host/ HTTP/1.1"), else its Host
-// header. done is false while more bytes could still tell; with done true
-// and host "", the request names none.
-func requestHost(b []byte) (host string, done bool) {
-	i := bytes.IndexByte(b, '\n')
-	if i < 0 {
-		return "", false
+// skipEmptyLines drops CRLFs before a request line (RFC 9112 §2.2).
+func (rs *routing) skipEmptyLines(c *conn) {
+	p := c.pending
+	for len(p) >= 2 && p[0] == '\r' && p[1] == '\n' {
+		p = p[2:]
 	}
-	line := b[:i]
-	if sp := bytes.IndexByte(line, ' '); sp >= 0 {
-		target := line[sp+1:]
-		if j := bytes.IndexByte(target, ' '); j >= 0 {
-			target = target[:j]
+	if len(p) == len(c.pending) {
+		return
+	}
+	c.pending, c.unseen = p, min(c.unseen, len(p))
+	if len(p) == 0 {
+		c.pending = nil
+		c.giveBack()
+	}
+}
+
+// readMore reads what arrives next into pending, waiting until deadline.
+func (rs *routing) readMore(c *conn, deadline time.Time) error {
+	if cap(c.pending)-len(c.pending) < 1024 {
+		nb := make([]byte, len(c.pending), max(2*len(c.pending), 4096))
+		copy(nb, c.pending)
+		c.pending = nb
+		c.giveBack()
+	}
+	buf := c.pending[len(c.pending):cap(c.pending)]
+	var n int
+	var err error
+	switch {
+	case c.inLoop: // in step, which holds f's read lock
+		var slow *os.File
+		if slow, err = c.slowFile(); err == nil {
+			slow.SetReadDeadline(deadline)
+			n, err = slow.Read(buf)
 		}
-		if k := bytes.Index(target, []byte("://")); k > 0 && k < 6 {
-			auth := target[k+3:]
-			if j := bytes.IndexAny(auth, "/?#"); j >= 0 {
-				auth = auth[:j]
-			}
-			if j := bytes.LastIndexByte(auth, '@'); j >= 0 {
-				auth = auth[j+1:]
-			}
-			return string(auth), true
+	case c.tls != nil:
+		c.f.SetReadDeadline(deadline)
+		n, err = c.tls.tc.Read(buf)
+		c.clearReadDeadline()
+	default:
+		c.f.SetReadDeadline(deadline)
+		n, err = c.f.Read(buf)
+		c.clearReadDeadline()
+	}
+	c.pending = c.pending[:len(c.pending)+n]
+	c.unseen += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.EOF
+	}
+	return err
+}
+
+// dispatch routes a request whose head h is complete in pending.
+func (rs *routing) dispatch(c *conn, h head) bool {
+	var buf [64]byte
+	host := appendNormalHost(buf[:0], h.host)
+	t, foreign := rs.rt.route(host, &rs.r.foreign)
+	switch {
+	case foreign:
+		return rs.misdirect(c, string(h.host), "another worker group serves it: retry on a new connection")
+	case rs.sni != nil:
+		if t != nil && t != rs.sni {
+			return rs.misdirect(c, string(h.host), "this TLS connection is for "+strconv.Quote(rs.sni.Name)+": retry on a new connection")
+		}
+		t = rs.sni
+	case t == nil:
+		return rs.misdirect(c, string(h.host), "no tenant serves it here")
+	}
+	rs.frameRequest(c, &h)
+	if t != rs.cur {
+		rs.next, rs.back = t, true
+		return false
+	}
+	return true
+}
+
+// frameRequest starts following the request whose head h is in pending,
+// and holds back what follows its end.
+func (rs *routing) frameRequest(c *conn, h *head) {
+	rs.upgrade, rs.connect, rs.status = h.upgrade, h.connect, rs.status[:0]
+	switch {
+	case h.chunked:
+		rs.frame, rs.chunk = frameChunked, chunker{}
+	case h.length > 0:
+		rs.frame, rs.remain = frameLength, h.length
+	default:
+		rs.frame = frameDone
+	}
+	rest := c.pending[h.size:]
+	if k := rs.take(rest); k < len(rest) {
+		rs.held = slices.Concat(rest[k:], rs.held)
+		c.pending = c.pending[:h.size+k]
+	}
+	c.unseen = len(c.pending)
+}
+
+// take follows the request's body through b, new bytes from the peer, and
+// returns how many belong to it.
+func (rs *routing) take(b []byte) int {
+	switch rs.frame {
+	case frameLength:
+		k := min(int64(len(b)), rs.remain)
+		if rs.remain -= k; rs.remain == 0 {
+			rs.frame = frameDone
+		}
+		return int(k)
+	case frameChunked:
+		k, done, bad := rs.chunk.scan(b)
+		switch {
+		case bad:
+			rs.frame = frameLost
+			return len(b)
+		case done:
+			rs.frame = frameDone
+		}
+		return k
+	case frameDone:
+		return 0
+	}
+	return len(b) // frameHead (routed before any call), frameLost
+}
+
+// arrived frames the last n bytes of pending, just read from the peer.
+func (rs *routing) arrived(c *conn, n int) {
+	if rs.frame == frameHead {
+		return
+	}
+	start := len(c.pending) - n
+	if k := rs.take(c.pending[start:]); k < n {
+		rs.held = append(rs.held, c.pending[start+k:]...)
+		c.pending = c.pending[:start+k]
+		c.unseen -= n - k
+		if len(c.pending) == 0 {
+			c.pending = nil
+			c.giveBack()
 		}
 	}
-	b = b[i+1:]
-	for {
-		i = bytes.IndexByte(b, '\n')
-		if i < 0 {
-			return "", false
-		}
-		line = bytes.TrimSuffix(b[:i], []byte("\r"))
-		if len(line) == 0 {
-			return "", true // end of the headers
-		}
-		if len(line) >= 5 && line[4] == ':' && bytes.EqualFold(line[:4], []byte("host")) {
-			return string(bytes.TrimSpace(line[5:])), true
-		}
-		b = b[i+1:]
+}
+
+// cut frames p, just read from the peer by the guest, and returns how many
+// of its bytes the guest gets.
+func (rs *routing) cut(p []byte) int {
+	k := rs.take(p)
+	if k < len(p) {
+		rs.held = append(rs.held, p[k:]...)
 	}
+	return k
+}
+
+// past is conn_read once the request is all read: it reports false (the
+// guest sees the end of the stream) unless the guest switched protocols
+// (101 to an Upgrade request, 2xx to CONNECT): then the connection leaves
+// routing for good, and what was held back is the tunnel's.
+func (rs *routing) past(c *conn) bool {
+	s := rs.status
+	if !rs.upgrade || len(s) < 12 || !bytes.HasPrefix(s, []byte("HTTP/1.")) ||
+		!(string(s[8:12]) == " 101" || rs.connect && s[8] == ' ' && s[9] == '2') {
+		return false
+	}
+	c.route = nil
+	if len(rs.held) > 0 {
+		c.pending = append(c.pending, rs.held...)
+		c.unseen = len(c.pending)
+		rs.held = nil
+	}
+	return true
+}
+
+// wrote notes the start of the guest's answer to an upgrade request.
+func (rs *routing) wrote(p []byte) {
+	if len(rs.status) < 12 {
+		rs.status = append(rs.status, p[:min(len(p), 12-len(rs.status))]...)
+	}
+}
+
+// after follows a call that returned Keep: once the guest has read the
+// whole request, the connection is between requests, and the next one's
+// bytes already read come next. It reports false to close the connection.
+func (rs *routing) after(c *conn) bool {
+	switch rs.frame {
+	case frameLost:
+		c.h.opts.Logger.Info("closing a connection whose chunked request body is malformed", "conn", c.id)
+		return false
+	case frameDone:
+		if len(c.pending) > c.unseen {
+			// Pushed back past the end of the request: the guest reads the
+			// stream otherwise than the host.
+			c.h.opts.Logger.Warn("guest pushed back bytes past the end of the request; closing the connection", "conn", c.id)
+			return false
+		}
+		if len(c.pending) > 0 {
+			return true // the rest of its request, in the next call
+		}
+		rs.frame = frameHead
+		if len(rs.held) > 0 {
+			c.pending, rs.held = rs.held, nil
+			c.unseen = len(c.pending)
+		}
+	}
+	return true
+}
+
+// misdirect answers 421: the request is for a host served elsewhere.
+func (rs *routing) misdirect(c *conn, host, why string) bool {
+	rs.r.misdirected.Add(1)
+	if host == "" {
+		host = "(none)"
+	}
+	rs.r.log.Info("misdirected request", "host", host, "why", why, "peer", fileConn{c.f}.RemoteAddr().String())
+	rs.reply = httpAnswer(421, "Misdirected Request", "host "+strconv.Quote(host)+": "+why+"\n")
+	rs.back = true
+	return false
+}
+
+// refuse answers a request the Router will not route: 400, 431 or 408.
+func (rs *routing) refuse(c *conn, status int, reason string) bool {
+	rs.r.malformed.Add(1)
+	rs.r.log.Debug("request refused", "status", status, "reason", reason, "peer", fileConn{c.f}.RemoteAddr().String())
+	rs.reply = httpAnswer(status, statusText(status), reason+"\n")
+	rs.back = true
+	return false
+}
+
+func statusText(status int) string {
+	switch status {
+	case 408:
+		return "Request Timeout"
+	case 431:
+		return "Request Header Fields Too Large"
+	}
+	return "Bad Request"
+}
+
+// httpAnswer is a complete response that closes the connection.
+func httpAnswer(status int, text, body string) []byte {
+	return []byte("HTTP/1.1 " + strconv.Itoa(status) + " " + text + "\r\nContent-Type: text/plain\r\nContent-Length: " +
+		strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body)
 }

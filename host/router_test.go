@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -162,26 +163,67 @@ func readResponse(t *testing.T, br *bufio.Reader) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func TestRequestHost(t *testing.T) {
+func TestParseHead(t *testing.T) {
 	for _, c := range []struct {
-		in   string
-		host string
-		done bool
+		in       string
+		host     string
+		complete bool
+		status   int // 0: accepted
 	}{
-		{"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example", true},
-		{"GET / HTTP/1.1\r\nUser-Agent: x\r\nhOsT:  B.example:8080 \r\n", "B.example:8080", true},
-		{"GET / HTTP/1.1\r\nHost: a.exa", "", false},
-		{"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n", "", true},
-		{"GET / HTTP/1.0\n\n", "", true},
-		{"GET http://c.example:81/x?y HTTP/1.1\r\nHost: a.example\r\n\r\n", "c.example:81", true},
-		{"GET / HTT", "", false},
-		{"", "", false},
-		{"GET / HTTP/1.1\r\nHostile: x\r\nHost: h\r\n\r\n", "h", true},
+		{"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example", true, 0},
+		{"GET / HTTP/1.1\r\nUser-Agent: x\r\nhOsT:  B.example:8080 \r\n\r\n", "B.example:8080", true, 0},
+		{"GET / HTTP/1.1\r\nHost: a.exa", "", false, 0},
+		{"GET / HTTP/1.0\r\nUser-Agent: x\r\n\r\n", "", true, 0},
+		{"GET / HTTP/1.1\r\nHost:\r\n\r\n", "", true, 0},
+		{"GET http://c.example:81/x?y HTTP/1.1\r\nHost: c.example:81\r\n\r\n", "c.example:81", true, 0},
+		{"GET HTTPS://c.example HTTP/1.1\r\nHost: C.example\r\n\r\n", "c.example", true, 0},
+		{"OPTIONS * HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", "[::1]:8080", true, 0},
+		{"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", "a.example:443", true, 0},
+		{"GET / HTT", "", false, 0},
+		{"", "", false, 0},
+		{"GET / HTTP/1.1\r\nHostile: x\r\nHost: h\r\n\r\n", "h", true, 0},
+		{"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "h", true, 0},
+		// Refused: heads different readers read differently.
+		{"GET / HTTP/1.1\r\nHost :a.example\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost\t: a.example\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nX-A: 1\r\n Host: b.example\r\nHost: a.example\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\n Host: b.example\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a.example\r\nhost: a.example\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: user@a.example\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a.example/x\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a.example:8o\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: :80\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: [zz]\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.0\n\n", "", false, 400},
+		{"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n", "", true, 400},
+		{"GET http://b.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n", "", true, 400},
+		{"GET http://u@b.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n", "", true, 400},
+		{"GET x HTTP/1.1\r\nHost: a\r\n\r\n", "", true, 400},
+		{"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", "", true, 400},
+		{"GET / HTTP/2.0\r\nHost: a\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "", true, 400},
+		{"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", "", true, 400},
 	} {
-		host, done := requestHost([]byte(c.in))
-		if host != c.host || done != c.done {
-			t.Errorf("requestHost(%q) = %q, %v; want %q, %v", c.in, host, done, c.host, c.done)
+		h, complete, bad := parseHead([]byte(c.in))
+		status := 0
+		if bad != nil {
+			status = bad.status
 		}
+		if complete != c.complete || status != c.status || status == 0 && string(h.host) != c.host {
+			t.Errorf("parseHead(%q) = host %q, complete %v, status %d (%v); want %q, %v, %d", c.in, h.host, complete, status, bad, c.host, c.complete, c.status)
+		}
+	}
+	h, _, _ := parseHead([]byte("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nUpgrade: x\r\n\r\nbody"))
+	if h.size != 60 || h.length != 12 || h.chunked || !h.upgrade {
+		t.Errorf("framing: %+v", h)
 	}
 	for in, want := range map[string]string{
 		"A.Example": "a.example", "a.example:80": "a.example", "[::1]:80": "::1", "::1": "::1",
@@ -190,12 +232,15 @@ func TestRequestHost(t *testing.T) {
 		if got := normalizeHost(in); got != want {
 			t.Errorf("normalizeHost(%q) = %q, want %q", in, got, want)
 		}
+		if got := string(appendNormalHost(nil, []byte(in))); got != want {
+			t.Errorf("appendNormalHost(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
 
 // TestRouterHost: two tenants by Host on one listener; an unknown host gets
-// 421; a kept-alive connection stays with its first tenant; pipelined
-// requests reach the guest unchanged after the peek.
+// 421; every request of a kept-alive connection, sequential or pipelined,
+// reaches the tenant it names.
 func TestRouterHost(t *testing.T) {
 	a := &Tenant{Name: "a", Handler: newProbe(t, "a", Options{}), Hosts: []string{"a.test", "*.a.test"}}
 	b := &Tenant{Name: "b", Handler: newProbe(t, "b", Options{}), Hosts: []string{"B.test"}}
@@ -221,29 +266,111 @@ func TestRouterHost(t *testing.T) {
 		t.Errorf("misdirected = %d, want 1", s.Misdirected)
 	}
 
-	// Keep-alive: the second request names b but stays with a.
+	// Keep-alive: each request goes to the tenant it names.
 	c, _ = serveOne(t, r, 0)
 	br = bufio.NewReader(c)
-	for i, host := range []string{"a.test", "b.test"} {
-		if code, body := roundTrip(t, br, c, host, "/"); code != 200 || body != "tenant a\n" {
-			t.Errorf("request %d on one connection (Host %s): %d %q, want tenant a", i, host, code, body)
+	for i, host := range []string{"a.test", "b.test", "b.test", "a.test"} {
+		if code, body := roundTrip(t, br, c, host, "/"); code != 200 || body != "tenant "+host[:1]+"\n" {
+			t.Errorf("request %d on one connection (Host %s): %d %q", i, host, code, body)
 		}
 	}
 
-	// Pipelined, in one write, split inside the Host header across two.
+	// Pipelined, in one write, split inside the Host header across two; a
+	// POST's body (by length, then chunked) is its tenant's, never routed.
 	c, _ = serveOne(t, r, 0)
 	br = bufio.NewReader(c)
-	req := "GET /config?k=name HTTP/1.1\r\nHost: b.test\r\n\r\nGET / HTTP/1.1\r\nHost: b.test\r\n\r\n"
+	req := "GET /config?k=name HTTP/1.1\r\nHost: b.test\r\n\r\nGET / HTTP/1.1\r\nHost: a.test\r\n\r\n" +
+		"GET / HTTP/1.1\r\nHost: b.test\r\n\r\n"
 	c.Write([]byte(req[:20]))
 	c.Write([]byte(req[20:]))
-	for i := 0; i < 2; i++ {
-		if code, body := readResponse(t, br); code != 200 || !strings.Contains(body, "b") {
-			t.Errorf("pipelined %d: %d %q", i, code, body)
+	for i, want := range []string{"b", "tenant a\n", "tenant b\n"} {
+		if code, body := readResponse(t, br); code != 200 || body != want {
+			t.Errorf("pipelined %d: %d %q, want %q", i, code, body, want)
 		}
 	}
 	st := r.Stats()
-	if a, b := st.Tenants["a"], st.Tenants["b"]; a.Open != 3 || a.Calls != 4 || b.Open != 2 || b.Calls != 2 {
+	if a, b := st.Tenants["a"], st.Tenants["b"]; a.Calls != 5 || b.Calls != 5 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestRouterFraming: a body is its request's tenant's, however it is
+// framed, and what follows it is routed on its own.
+func TestRouterFraming(t *testing.T) {
+	a := &Tenant{Name: "a", Handler: newProbe(t, "a", Options{}), Hosts: []string{"a.test"}}
+	b := &Tenant{Name: "b", Handler: newProbe(t, "b", Options{}), Hosts: []string{"b.test"}}
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{a, b}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The probe answers each head it finds, in the bytes it is given: a
+	// body that looks like a request for b must reach a, as part of a's
+	// request, never b; a request for b after the body reaches b.
+	smuggled := "GET / HTTP/1.1\r\nHost: b.test\r\n\r\n"
+	for _, c := range []struct {
+		framing string
+		want    []string // answers: a body, or a status
+	}{
+		{fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(smuggled), smuggled), []string{"tenant a\n", "tenant a\n", "tenant b\n"}},
+		// a reads the chunk-size line as a request line: 400, and closes.
+		{fmt.Sprintf("Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled), []string{"tenant a\n", "400"}},
+	} {
+		conn, _ := serveOne(t, r, 0)
+		br := bufio.NewReader(conn)
+		fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: a.test\r\n%s%s", c.framing, smuggled)
+		for i, want := range c.want {
+			code, body := readResponse(t, br)
+			if body != want && strconv.Itoa(code) != want {
+				t.Errorf("%.50q: answer %d: %d %q, want %q", c.framing, i, code, body, want)
+			}
+		}
+	}
+	if s := r.Stats(); s.Tenants["b"].Calls != 1 {
+		t.Errorf("b was called %d times, want 1", s.Tenants["b"].Calls)
+	}
+}
+
+// TestRouterRefusals: malformed heads get 400, an oversized one 431, a host
+// of another group 421, each as a whole answer closing the connection.
+func TestRouterRefusals(t *testing.T) {
+	a := &Tenant{Name: "a", Handler: newProbe(t, "a", Options{}), Hosts: []string{"a.test"}}
+	d := &Tenant{Name: "d", Handler: newProbe(t, "d", Options{})}
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{a, d}}}, RouterOptions{ForeignHosts: []string{"other.test", "*.far.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		req    string
+		status int
+	}{
+		{"GET / HTTP/1.1\r\nHost :a.test\r\n\r\n", 400},
+		{"GET / HTTP/1.1\r\nX: 1\r\n Host: a.test\r\nHost: x.test\r\n\r\n", 400},
+		{"GET / HTTP/1.1\r\nHost: x.test\r\nHost: a.test\r\n\r\n", 400},
+		{"GET / HTTP/1.1\r\nHost: a.test@x\r\n\r\n", 400},
+		{"GET / HTTP/1.1\r\nX: " + strings.Repeat("y", 9000) + "\r\nHost: a.test\r\n\r\n", 431},
+		{"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n", 421},
+		{"GET / HTTP/1.1\r\nHost: x.far.test\r\n\r\n", 421},
+		// After a request served, on the same connection.
+		{"GET / HTTP/1.1\r\nHost: a.test\r\n\r\nGET / HTTP/1.1\r\nHost: OTHER.test:80\r\n\r\n", 421},
+		{"GET / HTTP/1.1\r\nHost: z.test\r\n\r\nGET / HTTP/1.1\r\nHost\t: a.test\r\n\r\n", 400},
+	} {
+		conn, done := serveOne(t, r, 0)
+		br := bufio.NewReader(conn)
+		go conn.Write([]byte(c.req))
+		code, body := readResponse(t, br)
+		if strings.Count(c.req, "GET") == 2 {
+			if code != 200 {
+				t.Errorf("%.60q: first answer %d %q", c.req, code, body)
+			}
+			code, body = readResponse(t, br)
+		}
+		if code != c.status {
+			t.Errorf("%.60q: %d %q, want %d", c.req, code, body, c.status)
+		}
+		waitClosed(t, done)
+	}
+	if s := r.Stats(); s.Misdirected != 3 || s.Malformed != 6 {
+		t.Errorf("misdirected %d, malformed %d; want 3, 6", s.Misdirected, s.Malformed)
 	}
 }
 
@@ -356,6 +483,19 @@ func TestRouterTLS(t *testing.T) {
 			}
 		}
 	}
+	// A request for b on a's connection (RFC 9110 connection reuse): 421,
+	// after the answer to the one before it.
+	tc, done := dial("a.test")
+	br := bufio.NewReader(tc)
+	fmt.Fprintf(tc, "GET / HTTP/1.1\r\nHost: a.test\r\n\r\nGET / HTTP/1.1\r\nHost: b.test\r\n\r\n")
+	if code, body := readResponse(t, br); code != 200 || body != "tenant a\n" {
+		t.Errorf("SNI a.test, Host a.test: %d %q", code, body)
+	}
+	if code, body := readResponse(t, br); code != 421 {
+		t.Errorf("SNI a.test, Host b.test: %d %q, want 421", code, body)
+	}
+	waitClosed(t, done)
+
 	// Unknown SNI, no default: the handshake fails.
 	c, _ := serveOne(t, r, 0)
 	if err := tls.Client(c, &tls.Config{ServerName: "c.test", RootCAs: roots}).Handshake(); err == nil {
@@ -363,8 +503,8 @@ func TestRouterTLS(t *testing.T) {
 	}
 
 	// Drain wakes a parked TLS connection: it closes without a call.
-	tc, done := dial("a.test")
-	br := bufio.NewReader(tc)
+	tc, done = dial("a.test")
+	br = bufio.NewReader(tc)
 	roundTrip(t, br, tc, "a.test", "/")
 	waitParked(t, a.Handler)
 	r.Drain()
@@ -462,8 +602,8 @@ func TestMountSymlinks(t *testing.T) {
 }
 
 // TestRouterLimits: a tenant at MaxConns turns new connections away with
-// 503, others are unaffected; a request that never names its host is
-// answered 421 after RouteTimeout when there is no default.
+// 503, others are unaffected; a request head unfinished at RouteTimeout is
+// answered 408.
 func TestRouterLimits(t *testing.T) {
 	a := &Tenant{Name: "a", Handler: newProbe(t, "a", Options{}), Hosts: []string{"a.test"}, MaxConns: 1}
 	b := &Tenant{Name: "b", Handler: newProbe(t, "b", Options{}), Hosts: []string{"b.test"}}
@@ -504,8 +644,61 @@ func TestRouterLimits(t *testing.T) {
 
 	c, done = serveOne(t, r, 0)
 	fmt.Fprintf(c, "GET / HTTP/1.1\r\nUser-Agent: slow") // never finishes
-	if code, _ := readResponse(t, bufio.NewReader(c)); code != 421 {
-		t.Errorf("request without a host: %d, want 421", code)
+	if code, _ := readResponse(t, bufio.NewReader(c)); code != 408 {
+		t.Errorf("request head unfinished: %d, want 408", code)
 	}
 	waitClosed(t, done)
+}
+
+func TestChunker(t *testing.T) {
+	body := "5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n"
+	for split := 0; split < len(body); split++ { // in two pieces, cut anywhere
+		var k chunker
+		used, done, bad := k.scan([]byte(body[:split]))
+		if bad || done || used != split {
+			t.Fatalf("split %d: first piece: used %d done %v bad %v", split, used, done, bad)
+		}
+		used, done, bad = k.scan([]byte(body[split:] + "GET /"))
+		if bad || !done || used != len(body)-split {
+			t.Fatalf("split %d: second piece: used %d done %v bad %v", split, used, done, bad)
+		}
+	}
+	for _, in := range []string{"x\r\n", "5\r\nhelloX\r\n", "5\nhello", "\r\n", "0\r\nT\nx"} {
+		var k chunker
+		if _, _, bad := k.scan([]byte(in)); !bad {
+			t.Errorf("scan(%q) accepted", in)
+		}
+	}
+}
+
+// TestRoutingUpgrade: after a request's end, conn_read reports the end of
+// the stream, unless the guest answered 101 to an Upgrade (or 2xx to
+// CONNECT): then the connection leaves routing and the bytes held back are
+// the tunnel's.
+func TestRoutingUpgrade(t *testing.T) {
+	for _, c := range []struct {
+		connect bool
+		answer  string
+		tunnel  bool
+	}{
+		{false, "HTTP/1.1 101 Switching Protocols\r\n", true},
+		{false, "HTTP/1.1 200 OK\r\n", false},
+		{false, "HTTP/1.1 1", false}, // too short to tell
+		{true, "HTTP/1.1 200 Connection established\r\n", true},
+		{true, "HTTP/1.1 407 Proxy Authentication Required\r\n", false},
+	} {
+		rs := &routing{upgrade: true, connect: c.connect, frame: frameDone, held: []byte("tunnel")}
+		cn := &conn{route: rs}
+		// Written in two pieces, as a guest may.
+		rs.wrote([]byte(c.answer[:5]))
+		rs.wrote([]byte(c.answer[5:]))
+		buf := make([]byte, 16)
+		n := cn.read(buf)
+		switch {
+		case c.tunnel && (n != 6 || string(buf[:n]) != "tunnel" || cn.route != nil):
+			t.Errorf("%q: read %d %q, routed %v; want the tunnel's bytes, unrouted", c.answer, n, buf[:max(n, 0)], cn.route != nil)
+		case !c.tunnel && (n != 0 || cn.route == nil):
+			t.Errorf("%q: read %d, routed %v; want 0 (end of the request), routed", c.answer, n, cn.route != nil)
+		}
+	}
 }

@@ -85,6 +85,9 @@ type groupPlan struct {
 	Sandbox   sandboxPlan `json:"sandbox"`
 	User      string      `json:"-"`
 	WorkerEnv []string    `json:"-"`
+	// ForeignHosts are the hosts of other groups' tenants (none of this
+	// group's): a request naming one here is answered 421.
+	ForeignHosts []string `json:"foreign_hosts,omitempty"`
 }
 
 // listenerPlan is one listening address and the tenants on it.
@@ -240,7 +243,7 @@ func (g *groupPlan) newRouter(ctx context.Context, workerID int, budget *host.Bu
 			ls[i].Tenants = append(ls[i].Tenants, tenants[name])
 		}
 	}
-	r, err := host.NewRouter(ls, host.RouterOptions{Logger: log})
+	r, err := host.NewRouter(ls, host.RouterOptions{Logger: log, ForeignHosts: g.ForeignHosts})
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -257,7 +260,7 @@ func routerStats(r *host.Router, budget *host.Budget) map[string]any {
 		st["refused"] = t.Refused
 		tenants[name] = st
 	}
-	return withBudget(withTotals(map[string]any{"tenants": tenants, "misdirected": s.Misdirected, "tls_failures": s.TLSFailures}), budget)
+	return withBudget(withTotals(map[string]any{"tenants": tenants, "misdirected": s.Misdirected, "malformed": s.Malformed, "tls_failures": s.TLSFailures}), budget)
 }
 
 // checkConfigFile is `wcluster check --config FILE`: it loads and checks the
@@ -1153,6 +1156,23 @@ func (cr *configReader) plan(c *fileConfig) {
 			}
 		}
 		g.Listeners = append(g.Listeners, lp)
+	}
+	for i := range c.Groups {
+		g := &c.Groups[i]
+		own := map[string]bool{}
+		for _, t := range g.Tenants {
+			for _, h := range t.Hosts {
+				own[strings.ToLower(h)] = true
+			}
+		}
+		for _, t := range c.Tenants {
+			for _, h := range t.Hosts {
+				if t.Group != g.Name && !own[strings.ToLower(h)] {
+					own[strings.ToLower(h)] = true
+					g.ForeignHosts = append(g.ForeignHosts, h)
+				}
+			}
+		}
 	}
 }
 

@@ -183,6 +183,10 @@ workers = 1
 	if cp.TLSCert != filepath.Join(dir, "certs/c-cert.pem") || cp.TLSKey != filepath.Join(dir, "certs/c-key.pem") {
 		t.Errorf("tenant c: %+v", cp)
 	}
+	// Each group knows the other groups' hosts, to answer them 421.
+	if !reflect.DeepEqual(def.ForeignHosts, []string{"c.example.com"}) || !reflect.DeepEqual(iso.ForeignHosts, []string{"a.example.com", "*.a.example.com"}) {
+		t.Errorf("foreign hosts: default %q, isolated %q", def.ForeignHosts, iso.ForeignHosts)
+	}
 	// The plan reaches workers as JSON.
 	js, err := json.Marshal(iso)
 	if err != nil {
