@@ -31,6 +31,7 @@ var guestCounters = []struct{ key, name, help string }{
 	{"timeouts", "wcluster_guest_timeouts_total", "Guest calls stopped at the time limit."},
 	{"memory_limit_hits", "wcluster_guest_memory_limit_hits_total", "Guest calls that failed for want of memory."},
 	{"instances_created", "wcluster_guest_instantiations_total", "Guest instances created."},
+	{"upstream_errors", "wcluster_upstream_errors_total", "Requests an http-wasm guest passed on that its upstream failed (502/504)."},
 }
 
 func newCollector(src Source) *collector {

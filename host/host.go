@@ -61,6 +61,11 @@ type Options struct {
 	Mount string
 	// Logger receives the guest's log lines and the host's reports.
 	Logger *slog.Logger
+	// Upstream is the URL an http-wasm guest's next handler proxies to
+	// ("": next answers 404).
+	Upstream string
+	// GuestConfig is what an http-wasm guest's get_config returns.
+	GuestConfig []byte
 }
 
 // MountPoint is where the guest sees Options.Mount.
@@ -101,6 +106,9 @@ type Stats struct {
 	// one and returns Keep; for one that loops, a whole connection.
 	Latency   [latencyBuckets]uint64
 	LatencyNs uint64
+	// UpstreamErrors counts requests an http-wasm guest passed on that the
+	// upstream failed (answered 502 or 504).
+	UpstreamErrors uint64
 }
 
 // Handler serves connections with one compiled guest module.
@@ -141,6 +149,8 @@ type Handler struct {
 
 	stop chan struct{} // closed by Close: stops maintain and watch
 	done sync.WaitGroup
+
+	web *web // the HTTP server of an http-wasm guest (KindHTTP)
 }
 
 // New compiles the module (from the cache when warm), checks it can be
@@ -189,6 +199,11 @@ func (h *Handler) init(ctx context.Context) error {
 	if err := h.instantiateHostModule(ctx); err != nil {
 		return err
 	}
+	if h.info.Kind == KindHTTP {
+		if err := h.initWeb(ctx); err != nil {
+			return err
+		}
+	}
 	h.modCfg = wazero.NewModuleConfig().
 		WithName("").
 		WithSysWalltime().WithSysNanotime().WithSysNanosleep().
@@ -212,12 +227,12 @@ func (h *Handler) init(ctx context.Context) error {
 	h.sem = make(chan struct{}, h.opts.Instances)
 	h.creating = make(chan struct{}, 1)
 	h.returned = make(chan struct{}, 1)
-	if h.info.Kind == KindABI && !h.opts.Fresh {
+	if (h.info.Kind == KindABI || h.info.Kind == KindHTTP) && !h.opts.Fresh {
 		// A module that cannot even start is reported now, not per connection.
 		for range h.opts.MinInstances {
 			inst, err := h.newInstance(ctx)
 			if err != nil {
-				return err
+				return h.startErr(err)
 			}
 			h.idle = append(h.idle, inst)
 		}
@@ -265,6 +280,7 @@ func (h *Handler) Stats() Stats {
 		Instances: h.stats.instances.Load(), InstanceNs: h.stats.instanceNs.Load(),
 		Live: h.stats.live.Load(), Open: h.open(),
 		Latency: h.latency(), LatencyNs: h.stats.latencyNs.Load(),
+		UpstreamErrors: h.upstreamErrors(),
 	}
 }
 
@@ -323,6 +339,9 @@ func (h *Handler) Drain() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.draining.Store(true)
+	if h.web != nil {
+		h.web.drain()
+	}
 	for c := range h.conns {
 		c.wake()
 	}
@@ -331,6 +350,9 @@ func (h *Handler) Drain() {
 // Close releases every instance and the runtime. Call it after every
 // ServeConn has returned.
 func (h *Handler) Close(ctx context.Context) error {
+	if h.web != nil {
+		h.web.close()
+	}
 	close(h.stop)
 	h.done.Wait()
 	h.mu.Lock()
@@ -378,6 +400,10 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 
 	if h.info.Kind == KindCommand {
 		h.runCommand(ctx, c)
+		return
+	}
+	if h.web != nil {
+		h.web.serveConn(ctx, c)
 		return
 	}
 	c.ctx, c.flags = ctx, abi.FlagNew

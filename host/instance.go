@@ -41,6 +41,8 @@ type instance struct {
 	// stop is closed when a call overruns the time limit, to wake a guest
 	// asleep in the host.
 	stop chan struct{}
+
+	web *webInst // an http-wasm guest's exports and request
 }
 
 // instContext is the context of every call into an instance: host functions
@@ -165,7 +167,7 @@ func (h *Handler) newInstance(ctx context.Context) (*instance, error) {
 	begin := time.Now()
 	cfg := h.modCfg.WithStdin(stdin{inst}).WithStdout(stdout{inst}).WithStderr(logWriter{inst}).
 		WithNanosleep(inst.nanosleep)
-	mod, err := h.instantiate(ctx, inst, cfg, abi.ExportInitialize)
+	mod, err := h.instantiate(ctx, inst, cfg, h.startFunc())
 	if err != nil {
 		inst.close(ctx)
 		if errors.Is(err, errDeadline) {

@@ -30,6 +30,9 @@ type stdout struct{ inst *instance }
 
 func (s stdout) Write(p []byte) (int, error) {
 	c := s.inst.cur
+	if c == nil && s.inst.web != nil {
+		return logWriter(s).Write(p) // an http-wasm guest has no stream: its stdout is logged
+	}
 	if c == nil {
 		return len(p), nil // nothing to write to: discard, as to /dev/null
 	}

@@ -573,7 +573,7 @@ var (
 		"shutdown_timeout", "worker_timeout", "max_requests", "max_worker_memory", "cache_dir", "log_level", "log_format", "control", "admin"}
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
-		"instance_mode", "max_conns", "env", "config", "mount"}
+		"instance_mode", "max_conns", "env", "config", "mount", "upstream", "guest_config"}
 )
 
 func (cr *configReader) read(doc map[string]any) *fileConfig {
@@ -778,6 +778,13 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 		t.Env = append(t.Env, k+"="+env[k])
 	}
 	t.Config = s.stringTable("config")
+	var err error
+	if t.Upstream, err = checkUpstream(s.str("upstream", "")); err != nil {
+		s.errorf("upstream", "upstream: %v", err)
+	}
+	if t.GuestConfig, err = readGuestConfig(s.str("guest_config", ""), s.cr.dir); err != nil {
+		s.errorf("guest_config", "guest_config: %v", err)
+	}
 
 	if s.has("mount") {
 		t.Mount = s.path("mount")

@@ -67,6 +67,10 @@ type limits struct {
 	MinInstances int           `json:"instances_min"`
 	MaxReuse     int           `json:"max_reuse"`
 	Fresh        bool          `json:"fresh"`
+	// An http-wasm guest's upstream (its next handler) and the bytes its
+	// get_config returns.
+	Upstream    string `json:"upstream,omitempty"`
+	GuestConfig []byte `json:"guest_config,omitempty"`
 }
 
 // options are the host.Options of a handler with these limits.
@@ -76,7 +80,7 @@ func (l *limits) options(wasm []byte, name, cacheDir string, workerID int, log *
 		MemoryLimit: l.MemoryLimit, Timeout: l.Timeout,
 		ReadTimeout: l.ReadTimeout, WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout,
 		Instances: l.Instances, MinInstances: l.MinInstances, MaxReuse: l.MaxReuse, Fresh: l.Fresh,
-		Logger: log,
+		Logger: log, Upstream: l.Upstream, GuestConfig: l.GuestConfig,
 	}
 }
 
@@ -114,6 +118,8 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text, or json (one object per line, for log collectors)"},
 			&cli.StringFlag{Name: "control", Usage: "`PATH` of a unix socket for wcluster status, reload, scale and stop (none by default)"},
 			&cli.StringFlag{Name: "admin", Usage: "`ADDR` for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9090 (none by default)"},
+			&cli.StringFlag{Name: "upstream", Usage: "`URL` an http-wasm handler passes requests on to (its next handler; without it next answers 404)"},
+			&cli.StringFlag{Name: "guest-config", Usage: "`VALUE` an http-wasm handler's get_config returns (@FILE: the file's bytes)"},
 		},
 		Action: serveAction,
 	}
@@ -174,6 +180,12 @@ func serveAction(c *cli.Context) error {
 			MaxReuse: c.Int("max-reuse"), Fresh: mode == "fresh",
 		},
 		LogLevel: c.String("log-level"), LogFormat: format,
+	}
+	if hc.Upstream, err = checkUpstream(c.String("upstream")); err != nil {
+		return fmt.Errorf("--upstream: %w", err)
+	}
+	if hc.GuestConfig, err = readGuestConfig(c.String("guest-config"), ""); err != nil {
+		return fmt.Errorf("--guest-config: %w", err)
 	}
 	if (c.String("tls-cert") == "") != (c.String("tls-key") == "") {
 		return fmt.Errorf("--tls-cert and --tls-key go together: give both, or neither")

@@ -162,7 +162,7 @@ func handlerStats(s host.Stats) map[string]any {
 	return map[string]any{
 		"conns": s.Conns, "calls": s.Calls, "traps": s.Traps, "timeouts": s.Timeouts,
 		"memory_limit_hits": s.MemLimit, "instances_created": s.Instances, "instances_live": s.Live,
-		"instance_ns": s.InstanceNs, "open": s.Open,
+		"instance_ns": s.InstanceNs, "open": s.Open, "upstream_errors": s.UpstreamErrors,
 		"latency": s.Latency[:], "latency_ns": s.LatencyNs,
 	}
 }
