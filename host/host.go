@@ -266,7 +266,11 @@ func Prepare(ctx context.Context, opts Options) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	return inspect(cm)
+	info, err := inspect(cm)
+	if err == nil && info.Kind == KindHTTP {
+		err = startHTTP(ctx, opts)
+	}
+	return info, err
 }
 
 // mono is t on the handler's monotonic clock, in nanoseconds (> 0).

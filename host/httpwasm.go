@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -159,4 +160,19 @@ func (h *Handler) startErr(err error) error {
 		return fmt.Errorf("%w (it reads its configuration while starting, and none was given: pass it with --guest-config or the tenant's guest_config)", err)
 	}
 	return err
+}
+
+// startHTTP starts one instance of an http-wasm guest as a worker would, so
+// that a guest that cannot start (one missing its configuration, say) stops
+// the master before any worker starts.
+func startHTTP(ctx context.Context, opts Options) error {
+	opts.Instances, opts.MinInstances, opts.Fresh = 1, 1, false
+	h, err := New(ctx, opts)
+	if err != nil {
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner // New names the handler; Prepare's caller does too
+		}
+		return err
+	}
+	return h.Close(ctx)
 }

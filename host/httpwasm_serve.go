@@ -46,17 +46,25 @@ type web struct {
 	features  atomic.Uint32 // enabled outside any request (while starting)
 	served    sync.WaitGroup
 	startOnce sync.Once
+	tlsConns  sync.Map // net.Conn (a *tls.Conn) -> *tlsEnd
+	drainOnce sync.Once
+	closed    atomic.Bool
+	mu        sync.Mutex // guards late and lateLis
+	// late serves the connections handed over after drain.
+	late    *http.Server
+	lateLis *webListener
+	// shutCtx bounds the graceful shutdown drain starts; close cancels it.
+	shutCtx    context.Context
+	cancelShut context.CancelFunc
 
 	upstreamErrors atomic.Uint64
 }
 
-// webKey marks, in a connection's context, that it came over TLS.
-type webKey struct{}
-
 // initWeb readies a Handler whose guest speaks http-wasm: the host module,
 // the upstream, and the HTTP server.
 func (h *Handler) initWeb(ctx context.Context) error {
-	w := &web{h: h, lis: &webListener{conns: make(chan net.Conn), done: make(chan struct{})}}
+	w := &web{h: h, lis: newWebListener()}
+	w.shutCtx, w.cancelShut = context.WithCancel(context.Background())
 	if err := w.instantiateHostModule(ctx); err != nil {
 		return err
 	}
@@ -68,22 +76,22 @@ func (h *Handler) initWeb(ctx context.Context) error {
 		w.upstream = u.Redacted()
 		w.proxy = w.newProxy(u)
 	}
-	errLog := slog.NewLogLogger(h.opts.Logger.Handler(), slog.LevelDebug)
-	w.srv = &http.Server{
+	w.srv = w.newServer()
+	h.web = w
+	return nil
+}
+
+// newServer is the HTTP server of the handler's connections.
+func (w *web) newServer() *http.Server {
+	h := w.h
+	return &http.Server{
 		Handler:           w,
 		ReadHeaderTimeout: h.opts.ReadTimeout,
 		IdleTimeout:       h.opts.IdleTimeout,
 		MaxHeaderBytes:    webMaxHeaderBytes,
-		ErrorLog:          errLog,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if wc, ok := c.(*webConn); ok && wc.tls {
-				return context.WithValue(ctx, webKey{}, true)
-			}
-			return ctx
-		},
+		ErrorLog:          slog.NewLogLogger(h.opts.Logger.Handler(), slog.LevelDebug),
+		ConnState:         w.connState,
 	}
-	h.web = w
-	return nil
 }
 
 // start runs the server, from the first connection until close.
@@ -120,9 +128,6 @@ func (w *web) newProxy(u *url.URL) *httputil.ReverseProxy {
 				pr.Out.Header["X-Forwarded-For"] = xff // SetXForwarded appends to it
 			}
 			pr.SetXForwarded()
-			if pr.In.Context().Value(webKey{}) != nil {
-				pr.Out.Header.Set("X-Forwarded-Proto", "https")
-			}
 		},
 		Transport:    tr,
 		ErrorLog:     slog.NewLogLogger(w.h.opts.Logger.Handler(), slog.LevelDebug),
@@ -159,17 +164,13 @@ func (w *web) upstreamError(rw http.ResponseWriter, r *http.Request, err error) 
 // serveConn hands a connection to the HTTP server and returns once the
 // server is done with it (or ctx ends); the caller closes it.
 func (w *web) serveConn(ctx context.Context, c *conn) {
-	var nc net.Conn = fileConn{c.f}
-	if c.tls != nil {
-		nc = c.tls.tc
-	}
-	wc := &webConn{Conn: nc, tls: c.tls != nil, closed: make(chan struct{})}
 	w.start()
-	select {
-	case w.lis.conns <- wc:
-	case <-w.lis.done:
+	if c.tls != nil {
+		w.serveTLS(ctx, c)
 		return
-	case <-ctx.Done():
+	}
+	wc := &webConn{Conn: fileConn{c.f}, closed: make(chan struct{})}
+	if !w.hand(ctx, wc) {
 		return
 	}
 	select {
@@ -178,15 +179,116 @@ func (w *web) serveConn(ctx context.Context, c *conn) {
 	}
 }
 
-// drain makes every response from now on close its connection, and closes
-// the idle ones.
-func (w *web) drain() { w.srv.SetKeepAlivesEnabled(false) }
+// serveTLS hands the server the *tls.Conn itself, as net/http needs to see
+// it to speak HTTP/2 (ALPN h2) and fill Request.TLS; the server's
+// ConnState says when it is done with it. A connection a handler hijacked
+// (a protocol upgrade through the upstream) is that handler's to close.
+func (w *web) serveTLS(ctx context.Context, c *conn) {
+	end := &tlsEnd{done: make(chan struct{})}
+	tc := c.tls.tc
+	w.tlsConns.Store(net.Conn(tc), end)
+	defer w.tlsConns.Delete(net.Conn(tc))
+	if !w.hand(ctx, tc) {
+		return
+	}
+	select {
+	case <-end.done:
+		if end.hijacked.Load() {
+			c.tls, c.f = nil, nil // c.close leaves it alone
+		}
+	case <-ctx.Done():
+	}
+}
 
-// close stops the server; every connection is closed.
+// tlsEnd is how ConnState tells serveTLS the server is done with a
+// connection.
+type tlsEnd struct {
+	done     chan struct{}
+	once     sync.Once
+	hijacked atomic.Bool
+}
+
+// connState ends serveTLS for a TLS connection the server closed or a
+// handler hijacked.
+func (w *web) connState(nc net.Conn, state http.ConnState) {
+	if state != http.StateClosed && state != http.StateHijacked {
+		return
+	}
+	if v, ok := w.tlsConns.Load(nc); ok {
+		end := v.(*tlsEnd)
+		if state == http.StateHijacked {
+			end.hijacked.Store(true)
+		}
+		end.once.Do(func() { close(end.done) })
+	}
+}
+
+// drain shuts the server down gracefully: idle connections close, every
+// response from now on closes its connection, HTTP/2 connections get a
+// GOAWAY. A connection handed over after it is still served, by a second
+// server without keep-alive (the first one's listener is closed then).
+func (w *web) drain() {
+	w.drainOnce.Do(func() {
+		late, lateLis := w.newServer(), newWebListener()
+		late.SetKeepAlivesEnabled(false)
+		w.mu.Lock()
+		w.late, w.lateLis = late, lateLis
+		w.mu.Unlock()
+		w.served.Add(2)
+		go func() {
+			defer w.served.Done()
+			late.Serve(lateLis)
+		}()
+		go func() {
+			defer w.served.Done()
+			w.srv.Shutdown(w.shutCtx)
+		}()
+	})
+}
+
+// listener is where a connection handed over now goes.
+func (w *web) listener() *webListener {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.lateLis != nil {
+		return w.lateLis
+	}
+	return w.lis
+}
+
+// hand gives the server nc; false if it is closed (or ctx ended).
+func (w *web) hand(ctx context.Context, nc net.Conn) bool {
+	for {
+		lis := w.listener()
+		select {
+		case lis.conns <- nc:
+			return true
+		case <-lis.done:
+			if lis == w.lis && !w.closed.Load() {
+				continue // drain closed it: the late server takes nc
+			}
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// close stops the servers; every connection is closed.
 func (w *web) close() {
+	w.closed.Store(true)
 	w.startOnce.Do(func() {}) // no start after this
-	w.srv.Close()
+	w.drainOnce.Do(func() {})
+	w.cancelShut()
 	w.lis.Close()
+	w.srv.Close()
+	w.mu.Lock()
+	late, lateLis := w.late, w.lateLis
+	w.mu.Unlock()
+	if late != nil {
+		lateLis.Close()
+		late.Close()
+	}
 	w.served.Wait()
 }
 
@@ -194,7 +296,6 @@ func (w *web) close() {
 // ServeConn the server is done with it (ServeConn closes it).
 type webConn struct {
 	net.Conn
-	tls    bool
 	once   sync.Once
 	closed chan struct{}
 }
@@ -218,6 +319,10 @@ func (l *webListener) Accept() (net.Conn, error) {
 	case <-l.done:
 		return nil, net.ErrClosed
 	}
+}
+
+func newWebListener() *webListener {
+	return &webListener{conns: make(chan net.Conn), done: make(chan struct{})}
 }
 
 func (l *webListener) Close() error {

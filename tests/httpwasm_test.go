@@ -38,7 +38,7 @@ func httpWasmExample(t *testing.T, name string) string {
 
 // TestHTTPWasmTCK: the http-wasm TCK passes against wcluster serving its
 // guest with the TCK backend as the upstream, over HTTP/1.1 in plaintext and
-// over TLS.
+// over TLS, and over HTTP/2 (ALPN h2).
 func TestHTTPWasmTCK(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -67,6 +67,18 @@ func TestHTTPWasmTCK(t *testing.T) {
 		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"},
 	}}
 	t.Run("HTTP/1.1+TLS", func(t *testing.T) { tck.Run(t, client, "https://"+ts.addr) })
+	h2 := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}, ForceAttemptHTTP2: true,
+	}}
+	resp, err := h2.Get("https://" + ts.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("ALPN gave %s, want HTTP/2", resp.Proto)
+	}
+	t.Run("HTTP/2+TLS", func(t *testing.T) { tck.Run(t, h2, "https://"+ts.addr) })
 }
 
 // do sends one request and returns status, headers and body.
@@ -420,4 +432,63 @@ func TestHTTPWasmUpstream(t *testing.T) {
 		t.Fatalf("second request on the kept-alive connection: %v", err)
 	}
 	resp.Body.Close()
+}
+
+// TestHTTPWasmDrain: on reload the old worker drains its HTTP connections:
+// an idle kept-alive one is closed, one in the middle of a request gets its
+// answer with Connection: close, and new connections reach the new workers.
+func TestHTTPWasmDrain(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var once sync.Once
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-release:
+			case <-time.After(30 * time.Second):
+			}
+		}
+		fmt.Fprint(w, "up")
+	}))
+	t.Cleanup(func() { once.Do(func() { close(release) }); up.Close() })
+	s, ctl := startControlled(t, "--workers", "1", "--upstream", up.URL, httpWasmExample(t, "router"))
+
+	idle := s.dial(t)
+	fmt.Fprint(idle, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	idleR := bufio.NewReader(idle)
+	resp, err := http.ReadResponse(idleR, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first request: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	busy := s.dial(t)
+	fmt.Fprint(busy, "GET /host/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitStatus(t, ctl, "the slow request in the guest", func(st status) bool {
+		return len(st.Workers) == 1 && st.Workers[0].Handler["calls"] == 2.0
+	})
+	t0 := time.Now()
+	if out, err := run(t, "reload", "--control", ctl); err != nil {
+		t.Fatalf("reload: %v: %s", err, out)
+	}
+	t.Logf("reload took %v", time.Since(t0))
+	// The idle connection is closed by the old worker.
+	if _, err := idleR.ReadByte(); err != io.EOF {
+		t.Fatalf("idle kept-alive connection after reload: %v, want EOF", err)
+	}
+	if code, _, body := do(t, newClient(), newRequest(t, "GET", s.url(), "")); code != 200 || body != "hello world" {
+		t.Fatalf("new connection after reload: %d %q", code, body)
+	}
+	t.Logf("idle closed and new connection served %v after the reload began", time.Since(t0))
+	once.Do(func() { close(release) })
+	resp, err = http.ReadResponse(bufio.NewReader(busy), nil)
+	if err != nil {
+		t.Fatalf("request in flight across the reload: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "up" || !resp.Close {
+		t.Fatalf("request in flight across the reload: %d %q close=%v, want 200 \"up\" with Connection: close", resp.StatusCode, b, resp.Close)
+	}
 }
