@@ -30,7 +30,7 @@ type stdout struct{ inst *instance }
 
 func (s stdout) Write(p []byte) (int, error) {
 	c := s.inst.cur
-	if c == nil && s.inst.web != nil {
+	if c == nil && s.inst.h.web != nil {
 		return logWriter(s).Write(p) // an http-wasm guest has no stream: its stdout is logged
 	}
 	if c == nil {
