@@ -492,3 +492,29 @@ func TestHTTPWasmDrain(t *testing.T) {
 		t.Fatalf("request in flight across the reload: %d %q close=%v, want 200 \"up\" with Connection: close", resp.StatusCode, b, resp.Close)
 	}
 }
+
+// TestHTTPWasmGoGuest: the Go http-wasm example (guests/go/hwhello, on the
+// SDK in guests/go/httpwasm) answers /hello itself, checks its API key from
+// --guest-config, and passes other requests on with a header added.
+func TestHTTPWasmGoGuest(t *testing.T) {
+	t.Parallel()
+	wasm := filepath.Join(t.TempDir(), "go-httpwasm.wasm")
+	if err := goBuild([]string{"GOOS=wasip1", "GOARCH=wasm"}, wasm, "-buildmode=c-shared", "./guests/go/hwhello"); err != nil {
+		t.Fatal(err)
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "upstream: %s guest=%s", r.URL.Path, r.Header.Get("X-Guest"))
+	}))
+	t.Cleanup(up.Close)
+	s := start(t, "--workers", "2", "--upstream", up.URL, "--guest-config", "k1", wasm)
+	client := newClient()
+	if code, _, _ := do(t, client, newRequest(t, "GET", s.url()+"hello", "")); code != 401 {
+		t.Fatalf("without the key: %d, want 401", code)
+	}
+	if code, _, body := do(t, client, newRequest(t, "GET", s.url()+"hello", "", "X-Api-Key", "k1")); code != 200 || body != "hello world" {
+		t.Fatalf("/hello: %d %q", code, body)
+	}
+	if code, _, body := do(t, client, newRequest(t, "GET", s.url()+"other", "", "X-Api-Key", "k1")); code != 200 || body != "upstream: /other guest=go" {
+		t.Fatalf("/other: %d %q", code, body)
+	}
+}
