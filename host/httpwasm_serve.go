@@ -389,11 +389,17 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	h.stats.calls.Add(1)
 	begin := time.Now()
+	healthy := false
+	defer func() {
+		// Deferred, so that the instance goes back even if the code
+		// below panics (net/http recovers it; the worker goes on).
+		end := time.Now()
+		h.observe(end.Sub(begin))
+		h.release(inst, healthy, end)
+	}()
 	st := &webReq{w: w, rw: rw, r: r, features: w.features.Load()}
 	abort, err := w.handle(inst, st)
-	end := time.Now()
-	h.observe(end.Sub(begin))
-	h.release(inst, err == nil, end)
+	healthy = err == nil
 	if abort {
 		// The response had started: cutting the connection is the only way
 		// left to tell the client it is incomplete.
