@@ -518,3 +518,48 @@ func TestHTTPWasmGoGuest(t *testing.T) {
 		t.Fatalf("/other: %d %q", code, body)
 	}
 }
+
+// TestHTTPWasmTenant: an http-wasm tenant (the C example, guests/c) beside
+// an ABI tenant on one port, chosen by Host, with its upstream and guest
+// config from the config file; the C guest answers itself or passes /api on.
+func TestHTTPWasmTenant(t *testing.T) {
+	t.Parallel()
+	cGuest := guest(t, "c-httpwasm")
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "upstream %s guest=%s host=%s", r.URL.Path, r.Header.Get("X-Guest"), r.Host)
+	}))
+	t.Cleanup(up.Close)
+	dir := t.TempDir()
+	port := freePort(t)
+	cfg := filepath.Join(dir, "wcluster.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`[cluster]
+workers = 2
+cache_dir = %q
+
+[[tenant]]
+name = "web"
+handler = %q
+listen = ["127.0.0.1:%d"]
+hosts = ["web.test"]
+upstream = %q
+guest_config = "unused"
+
+[[tenant]]
+name = "hello"
+handler = %q
+listen = ["127.0.0.1:%d"]
+`, env.cache, cGuest, port, up.URL, guest(t, "go-hello"), port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	startConfig(t, cfg)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if code, body := mustGet(t, addr, "web.test", "/"); code != 200 || body != "hello from C" {
+		t.Fatalf("web.test /: %d %q", code, body)
+	}
+	if code, body := mustGet(t, addr, "web.test", "/api/x"); code != 200 || body != "upstream /api/x guest=c host=web.test" {
+		t.Fatalf("web.test /api/x: %d %q", code, body)
+	}
+	if code, body := mustGet(t, addr, "other.test", "/"); code != 200 || body != "hello world\n" {
+		t.Fatalf("other.test: %d %q, want the ABI tenant's hello", code, body)
+	}
+}

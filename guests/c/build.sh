@@ -1,6 +1,6 @@
 #!/bin/sh
-# Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm (ABI v1 reactors)
-# and c-cat.wasm (a plain WASI command).
+# Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm (ABI v1 reactors),
+# c-cat.wasm (a plain WASI command) and c-httpwasm.wasm (an http-wasm handler).
 #   guests/c/build.sh OUTDIR
 # CC and WASI_SYSROOT may be overridden from the environment.
 set -eu
@@ -48,5 +48,7 @@ for name in hello echo; do
 done
 # WASI command: _start, stdin/stdout are the connection.
 "$CC" $cflags -o "$out/c-cat.wasm" "$here/examples/cat.c"
+# An http-wasm handler (a reactor too).
+"$CC" $cflags -mexec-model=reactor -o "$out/c-httpwasm.wasm" "$here/examples/httpwasm.c"
 
-echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-cat.wasm"
+echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-cat.wasm $out/c-httpwasm.wasm"
