@@ -563,3 +563,41 @@ listen = ["127.0.0.1:%d"]
 		t.Fatalf("other.test: %d %q, want the ABI tenant's hello", code, body)
 	}
 }
+
+// TestHTTPWasmCheck: a module importing http_handler is checked against
+// the ABI: a wrong signature, an unknown function, a missing export are
+// refused with one line naming them, by check and by serve.
+func TestHTTPWasmCheck(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	const exports = `(memory (export "memory") 1)
+  (func (export "handle_request") (result i64) (i64.const 0))`
+	for _, tc := range []struct{ name, wat, want string }{
+		{"signature", `(import "http_handler" "get_uri" (func (param i32) (result i32))) ` + exports +
+			` (func (export "handle_response") (param i32 i32))`,
+			"imports http_handler.get_uri with signature (i32) -> (i32), but the http-wasm handler ABI defines (i32, i32) -> (i32)"},
+		{"unknown", `(import "http_handler" "get_body" (func (param i32 i32) (result i32))) ` + exports +
+			` (func (export "handle_response") (param i32 i32))`,
+			"imports http_handler.get_body, which the http-wasm handler ABI does not define"},
+		{"no-response", `(import "http_handler" "get_uri" (func (param i32 i32) (result i32))) ` + exports,
+			"exports handle_request but no handle_response"},
+		{"mixed", `(import "http_handler" "get_uri" (func (param i32 i32) (result i32)))
+  (import "wcluster" "worker_id" (func (result i32))) ` + exports + ` (func (export "handle_response") (param i32 i32))`,
+			`imports from both "http_handler" and "wcluster"`},
+	} {
+		wat := filepath.Join(dir, tc.name+".wat")
+		wasm := filepath.Join(dir, tc.name+".wasm")
+		if err := os.WriteFile(wat, []byte("(module "+tc.wat+")"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("wat2wasm", "-o", wasm, wat).CombinedOutput(); err != nil {
+			t.Fatalf("wat2wasm (wabt): %v\n%s", err, out)
+		}
+		for _, args := range [][]string{{"check", wasm}, {"serve", "--listen", "127.0.0.1:0", wasm}} {
+			out, err := run(t, args...)
+			if err == nil || !strings.Contains(out, tc.want) || strings.Count(out, "\n") != 0 {
+				t.Errorf("%s %s: %v\n%s\nwant one line with %q", args[0], tc.name, err, out, tc.want)
+			}
+		}
+	}
+}
