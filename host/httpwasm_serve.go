@@ -169,6 +169,10 @@ func (w *web) serveConn(ctx context.Context, c *conn) {
 		w.serveTLS(ctx, c)
 		return
 	}
+	if webFastPath {
+		w.serveFast(ctx, c)
+		return
+	}
 	wc := &webConn{Conn: fileConn{c.f}, closed: make(chan struct{})}
 	if !w.hand(ctx, wc) {
 		return

@@ -350,12 +350,19 @@ func TestHTTPWasmBadInput(t *testing.T) {
 	if got := raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 413") {
 		t.Errorf("100 GB body: %q, want 413", got)
 	}
-	// Pipelined requests on one connection are answered in order.
+	// Pipelined requests on one connection are answered in order, those
+	// without a body by the host's fast path, then, from the one with a
+	// body on, by net/http's server.
 	c := s.dial(t)
-	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nX-Fault: s\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nX-Fault: s\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\n"+
+		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	br := bufio.NewReader(c)
-	for i, want := range []int{200, 500, 200} {
-		resp, err := http.ReadResponse(br, nil)
+	for i, want := range []int{200, 500, 200, 200, 200} {
+		method := "GET"
+		if i == 2 {
+			method = "HEAD"
+		}
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
 		if err != nil {
 			t.Fatalf("pipelined response %d: %v", i, err)
 		}
@@ -364,6 +371,15 @@ func TestHTTPWasmBadInput(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Fatalf("pipelined response %d: %d, want %d", i, resp.StatusCode, want)
 		}
+		if i == 2 && resp.ContentLength != 2 {
+			t.Fatalf("HEAD: Content-Length %d, want 2", resp.ContentLength)
+		}
+		if i == 4 && !resp.Close {
+			t.Fatalf("last pipelined response: no Connection: close")
+		}
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after Connection: close: %v, want EOF", err)
 	}
 	ok()
 }
@@ -425,6 +441,17 @@ func TestHTTPWasmUpstream(t *testing.T) {
 	}
 	if code, _, body := do(t, client, newRequest(t, "GET", s2.url(), "")); code != 200 || body != "hello world" {
 		t.Fatalf("second connection while the first is idle: %d %q", code, body)
+	}
+	// A request without a body (the fast path) gets the upstream's
+	// streamed answer chunked, trailer included.
+	resp2, err := client.Get(s2.url() + "host/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body2, _ := io.ReadAll(resp2.Body)
+	resp2.Body.Close()
+	if resp2.StatusCode != 200 || string(body2) != "streamed" || resp2.Trailer.Get("X-Sum") != "42" || len(resp2.TransferEncoding) == 0 {
+		t.Fatalf("GET through the upstream: %d %q trailer %v encoding %v", resp2.StatusCode, body2, resp2.Trailer, resp2.TransferEncoding)
 	}
 	// The first connection is still usable.
 	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
