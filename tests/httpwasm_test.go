@@ -575,7 +575,7 @@ guest_config = "unused"
 name = "hello"
 handler = %q
 listen = ["127.0.0.1:%d"]
-`, env.cache, cGuest, port, up.URL, guest(t, "go-hello"), port)), 0o644); err != nil {
+`, env.cache, cGuest, port, up.URL, guest(t, "c-hello"), port)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	startConfig(t, cfg)
