@@ -247,14 +247,14 @@ func TestHTTPWasmExamples(t *testing.T) {
 
 // faultsWAT is an http-wasm guest that misbehaves as its x-fault header
 // asks: n a bad header name, v a header value with CR LF, s status 1000,
-// t a trap, l an endless loop, a a response change after next without
-// buffer_response; otherwise it answers "ok".
+// t a trap, l an endless loop, m memory grown to the limit, a a response
+// change after next without buffer_response; otherwise it answers "ok".
 const faultsWAT = `(module
   (import "http_handler" "get_header_values" (func $get_header_values (param i32 i32 i32 i32 i32) (result i64)))
   (import "http_handler" "set_header_value" (func $set_header_value (param i32 i32 i32 i32 i32)))
   (import "http_handler" "set_status_code" (func $set_status_code (param i32)))
   (import "http_handler" "write_body" (func $write_body (param i32 i32 i32)))
-  (memory (export "memory") 1 1)
+  (memory (export "memory") 1)
   (data (i32.const 0) "x-fault")
   (data (i32.const 16) "bad name")
   (data (i32.const 32) "a\0d\0ab")
@@ -273,6 +273,8 @@ const faultsWAT = `(module
       (then unreachable))
     (if (i32.eq (local.get $mode) (i32.const 108))
       (then (loop $spin (br $spin))))
+    (if (i32.eq (local.get $mode) (i32.const 109))
+      (then (loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) unreachable))
     (if (i32.eq (local.get $mode) (i32.const 97))
       (then (return (i64.const 1))))
     (call $write_body (i32.const 1) (i32.const 48) (i32.const 2))
@@ -296,7 +298,7 @@ func TestHTTPWasmBadInput(t *testing.T) {
 	if out, err := exec.Command("wat2wasm", "-o", wasm, wat).CombinedOutput(); err != nil {
 		t.Fatalf("wat2wasm (wabt): %v\n%s", err, out)
 	}
-	s, ctl := startControlled(t, "--workers", "1", "--timeout", "500ms", wasm)
+	s, ctl := startControlled(t, "--workers", "1", "--timeout", "500ms", "--memory-limit", "1MiB", wasm)
 	client := newClient()
 	ok := func() {
 		t.Helper()
@@ -314,6 +316,7 @@ func TestHTTPWasmBadInput(t *testing.T) {
 		{"s", `set_status_code: 1000 is not a status code`, 500},
 		{"t", `guest trapped`, 500},
 		{"l", `guest stopped at its time limit`, 500},
+		{"m", `guest ran out of memory`, 500},
 		{"a", `response went out already: enable buffer_response`, 404},
 	} {
 		code, _, body := do(t, client, newRequest(t, "GET", s.url(), "", "X-Fault", tc.fault))
@@ -323,9 +326,9 @@ func TestHTTPWasmBadInput(t *testing.T) {
 		s.waitOutput(tc.log, 30*time.Second)
 		ok()
 	}
-	st := waitStatus(t, ctl, "traps and timeouts counted", func(st status) bool {
+	st := waitStatus(t, ctl, "traps, timeouts and memory limit hits counted", func(st status) bool {
 		h := st.Workers[0].Handler
-		return h["traps"] == 5.0 && h["timeouts"] == 1.0
+		return h["traps"] == 5.0 && h["timeouts"] == 1.0 && h["memory_limit_hits"] == 1.0
 	})
 	if st.Totals.Restarts != 0 {
 		t.Fatalf("a worker restarted: %+v", st.Totals)
