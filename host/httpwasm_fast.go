@@ -140,6 +140,9 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 	b := fc.buf[fc.off:fc.n]
 	end := bytes.Index(b, []byte("\r\n\r\n"))
 	if end < 0 {
+		if bytes.Contains(b, []byte("\n\n")) {
+			return nil, len(b), false // lines ended by a bare LF: net/http's
+		}
 		return nil, 0, false
 	}
 	used = end + 4

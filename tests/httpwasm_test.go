@@ -347,6 +347,15 @@ func TestHTTPWasmBadInput(t *testing.T) {
 	if got := raw("GARBAGE\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 400") {
 		t.Errorf("malformed request line: %q, want 400", got)
 	}
+	if got := raw("GET / HTTP/1.1\nHost: x\n\n"); !strings.HasPrefix(got, "HTTP/1.1 200") {
+		t.Errorf("lines ended by bare LFs: %q, want 200", got)
+	}
+	if got := raw("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 400") {
+		t.Errorf("two Host headers: %q, want 400", got)
+	}
+	if got := raw("GET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 400") {
+		t.Errorf("a header name with a space: %q, want 400", got)
+	}
 	if got := raw("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 431") {
 		t.Errorf("100 KiB head: %q, want 431", got)
 	}
