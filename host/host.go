@@ -267,8 +267,8 @@ func Prepare(ctx context.Context, opts Options) (Info, error) {
 		return Info{}, err
 	}
 	info, err := inspect(cm)
-	if err == nil && info.Kind == KindHTTP {
-		err = startHTTP(ctx, opts)
+	if err == nil {
+		err = prepareHTTP(ctx, opts, info.Kind)
 	}
 	return info, err
 }

@@ -162,10 +162,17 @@ func (h *Handler) startErr(err error) error {
 	return err
 }
 
-// startHTTP starts one instance of an http-wasm guest as a worker would, so
-// that a guest that cannot start (one missing its configuration, say) stops
-// the master before any worker starts.
-func startHTTP(ctx context.Context, opts Options) error {
+// prepareHTTP checks what is for http-wasm guests only, and starts one
+// instance of an http-wasm guest as a worker would, so that a guest that
+// cannot start (one missing its configuration, say) stops the master
+// before any worker starts.
+func prepareHTTP(ctx context.Context, opts Options, kind Kind) error {
+	if kind != KindHTTP {
+		if opts.Upstream != "" || len(opts.GuestConfig) > 0 {
+			return fmt.Errorf("an upstream and a guest config are for http-wasm handlers, and this module is a %s: drop them, or serve an http-wasm guest", kind)
+		}
+		return nil
+	}
 	opts.Instances, opts.MinInstances, opts.Fresh = 1, 1, false
 	h, err := New(ctx, opts)
 	if err != nil {

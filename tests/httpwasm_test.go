@@ -605,9 +605,14 @@ listen = ["127.0.0.1:%d"]
 
 // TestHTTPWasmCheck: a module importing http_handler is checked against
 // the ABI: a wrong signature, an unknown function, a missing export are
-// refused with one line naming them, by check and by serve.
+// refused with one line naming them, by check and by serve; --upstream
+// for an ABI handler is refused too.
 func TestHTTPWasmCheck(t *testing.T) {
 	t.Parallel()
+	if out, err := run(t, "serve", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9", guest(t, "c-hello")); err == nil ||
+		!strings.Contains(out, "are for http-wasm handlers, and this module is a wcluster ABI handler") || strings.Count(out, "\n") != 0 {
+		t.Errorf("--upstream for an ABI handler: %v\n%s", err, out)
+	}
 	dir := t.TempDir()
 	const exports = `(memory (export "memory") 1)
   (func (export "handle_request") (result i64) (i64.const 0))`
