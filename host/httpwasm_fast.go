@@ -265,8 +265,11 @@ type fastWriter struct {
 
 func (fw *fastWriter) Header() http.Header { return fw.hdr }
 
+// WriteHeader records the status; the head goes out with the first body
+// bytes (so that a missing Content-Type is sniffed from them, as net/http
+// does), a Flush, or at the end.
 func (fw *fastWriter) WriteHeader(code int) {
-	if fw.wrote {
+	if fw.wrote || fw.status != 0 {
 		return
 	}
 	if code < 100 || code > 999 {
@@ -283,6 +286,16 @@ func (fw *fastWriter) WriteHeader(code int) {
 		return
 	}
 	fw.status = code
+}
+
+// commit writes the head, p being the first body bytes.
+func (fw *fastWriter) commit(p []byte) {
+	if fw.status == 0 {
+		fw.status = http.StatusOK
+	}
+	if _, ok := fw.hdr["Content-Type"]; !ok && len(p) > 0 && !fw.head && bodyAllowed(fw.status) {
+		fw.hdr.Set("Content-Type", http.DetectContentType(p))
+	}
 	fw.writeHead()
 }
 
@@ -358,7 +371,7 @@ func (fw *fastWriter) writeHead() {
 
 func (fw *fastWriter) Write(p []byte) (int, error) {
 	if !fw.wrote {
-		fw.WriteHeader(http.StatusOK)
+		fw.commit(p)
 	}
 	if fw.err != nil {
 		return 0, fw.err
@@ -388,7 +401,7 @@ func (fw *fastWriter) Write(p []byte) (int, error) {
 // Flush sends what is buffered (a streamed upstream response asks for it).
 func (fw *fastWriter) Flush() {
 	if !fw.wrote {
-		fw.WriteHeader(http.StatusOK)
+		fw.commit(nil)
 	}
 	fw.flushOut()
 }
@@ -415,8 +428,10 @@ func (fw *fastWriter) flushOut() {
 // chunk and trailers if chunked.
 func (fw *fastWriter) finish() error {
 	if !fw.wrote {
-		fw.hdr.Set("Content-Length", "0")
-		fw.WriteHeader(http.StatusOK)
+		if _, ok := fw.hdr["Content-Length"]; !ok && !fw.head && (fw.status == 0 || bodyAllowed(fw.status)) {
+			fw.hdr.Set("Content-Length", "0")
+		}
+		fw.commit(nil)
 	}
 	if fw.chunked {
 		out := append(fw.fc.out, "0\r\n"...)
