@@ -108,7 +108,8 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 		info.ABIVersion = n
 	}
 
-	if _, ok := exports[httpHandleRequest]; ok || importsFrom(info.Imports, httpModule) {
+	_, handles := exports[abi.ExportHandle]
+	if _, ok := exports[httpHandleRequest]; ok && !handles || importsFrom(info.Imports, httpModule) {
 		info.Kind = KindHTTP
 		if importsFrom(info.Imports, abi.HostModule) {
 			return info, fmt.Errorf("imports from both %q and %q: a guest speaks one ABI", httpModule, abi.HostModule)
