@@ -13,7 +13,7 @@
 // connection, with stdin and stdout bound to it.
 //
 // http-wasm guests (importing http_handler) are served over HTTP by the
-// host: a fast path of its own for body-less HTTP/1.1 requests on plaintext
+// host: a fast path of its own for simple HTTP/1.1 requests on plaintext
 // connections, net/http's server for everything else (HTTP/2 on TLS), a
 // pooled instance per request, and the next handler a reverse proxy to
 // Options.Upstream.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -17,10 +18,11 @@ import (
 )
 
 // The fast path serves the common request of a plaintext connection (an
-// HTTP/1.1 request without a body, upgrade or Expect) itself: one read and
+// HTTP/1.1 request without Expect or upgrade, whose body, if any, has a
+// Content-Length and fits the read buffer with its head) itself: one read and
 // one write per kept-alive request, no goroutine or deadline per request,
-// the response framed here. Anything else (a body, HTTP/1.0, a malformed
-// or oversize head, an upgrade) hands the connection, with the bytes read
+// the response framed here. Anything else (a chunked or large body,
+// HTTP/1.0, a malformed or oversize head, an upgrade) hands the connection, with the bytes read
 // so far, to net/http's server for good: it keeps its full behaviour (100
 // Continue, chunked bodies, 400/413/431).
 
@@ -155,6 +157,7 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 	}
 	hdr := make(http.Header, 8)
 	var host string
+	clen := -1
 	closeAfter := false
 	for len(rest) > 0 {
 		var l []byte
@@ -178,9 +181,13 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 			host = val
 			continue
 		case "Content-Length":
-			if val != "0" {
+			// A body that fits the buffer with its head is read here;
+			// anything else about a length is net/http's to judge.
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 0 || clen >= 0 || used+n > len(fc.buf) || val[0] == '+' {
 				return nil, used, false
 			}
+			clen = n
 		case "Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer":
 			return nil, used, false
 		case "Connection":
@@ -203,10 +210,20 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 	if err != nil {
 		return nil, used, false
 	}
+	var body io.ReadCloser = http.NoBody
+	if clen > 0 {
+		if len(b) < used+clen {
+			return nil, 0, false // the body is still coming
+		}
+		// A view of the buffer: it is not read into again before the
+		// request is answered.
+		body = io.NopCloser(bytes.NewReader(b[used : used+clen]))
+		used += clen
+	}
 	req = &http.Request{
 		Method: string(method), URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: hdr, Body: http.NoBody, Host: host, RemoteAddr: fc.remote, RequestURI: uri,
-		Close: closeAfter,
+		Header: hdr, Body: body, ContentLength: max(int64(clen), 0), Host: host, RemoteAddr: fc.remote,
+		RequestURI: uri, Close: closeAfter,
 	}
 	return req.WithContext(fc.ctx), used, true
 }

@@ -364,14 +364,15 @@ func TestHTTPWasmBadInput(t *testing.T) {
 	if got := raw("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n"); !strings.HasPrefix(got, "HTTP/1.1 413") {
 		t.Errorf("100 GB body: %q, want 413", got)
 	}
-	// Pipelined requests on one connection are answered in order, those
-	// without a body by the host's fast path, then, from the one with a
-	// body on, by net/http's server.
+	// Pipelined requests on one connection are answered in order, by the
+	// host's fast path, then, from the one with a chunked body on, by
+	// net/http's server.
 	c := s.dial(t)
 	fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nX-Fault: s\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\n"+
-		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"+
+		"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 	br := bufio.NewReader(c)
-	for i, want := range []int{200, 500, 200, 200, 200} {
+	for i, want := range []int{200, 500, 200, 200, 200, 200} {
 		method := "GET"
 		if i == 2 {
 			method = "HEAD"
@@ -388,7 +389,7 @@ func TestHTTPWasmBadInput(t *testing.T) {
 		if i == 2 && resp.ContentLength != 2 {
 			t.Fatalf("HEAD: Content-Length %d, want 2", resp.ContentLength)
 		}
-		if i == 4 && !resp.Close {
+		if i == 5 && !resp.Close {
 			t.Fatalf("last pipelined response: no Connection: close")
 		}
 	}
