@@ -40,6 +40,12 @@ type fastConn struct {
 	remote string
 	ctx    context.Context
 	out    []byte // the response being written
+
+	last    time.Time // when the last answer went out
+	idleAt  time.Time // the idle deadline set on f (zero: none yet)
+	headDL  bool      // a read timeout (for a head) is set on f instead
+	dateSec int64
+	dateBuf []byte
 }
 
 var fastBufs = sync.Pool{New: func() any { b := make([]byte, fastBuf); return &b }}
@@ -77,23 +83,19 @@ func (fc *fastConn) loop() []byte {
 		// Wait for the next request, holding no instance; Drain wakes us.
 		if fc.off == fc.n {
 			fc.off, fc.n = 0, 0
-			var until time.Time
-			if first && h.opts.ReadTimeout > 0 {
-				until = time.Now().Add(h.opts.ReadTimeout)
-			} else if !first && h.opts.IdleTimeout > 0 {
-				until = time.Now().Add(h.opts.IdleTimeout)
-			}
 			fc.c.parked.Store(true)
-			fc.f.SetReadDeadline(until)
+			fc.waitDeadline(first)
 			if fc.c.woken.Load() || (!first && h.draining.Load()) {
 				fc.c.parked.Store(false)
 				return nil
 			}
 			m, err := fc.f.Read(fc.buf)
+			for m <= 0 && errors.Is(err, os.ErrDeadlineExceeded) && !fc.c.woken.Load() && fc.rearm() {
+				m, err = fc.f.Read(fc.buf)
+			}
 			fc.c.parked.Store(false)
 			if m <= 0 {
-				_ = err // closed, idle, woken or failed: done
-				return nil
+				return nil // closed, idle, woken or failed: done
 			}
 			fc.n = m
 		}
@@ -111,6 +113,7 @@ func (fc *fastConn) loop() []byte {
 			}
 			if h.opts.ReadTimeout > 0 {
 				fc.f.SetReadDeadline(time.Now().Add(h.opts.ReadTimeout))
+				fc.headDL, fc.idleAt = true, time.Time{} // the idle deadline is replaced
 			}
 			m, _ := fc.f.Read(fc.buf[fc.n:])
 			if m <= 0 {
@@ -126,7 +129,55 @@ func (fc *fastConn) loop() []byte {
 		if !fc.serve(req) {
 			return nil
 		}
+		fc.last = time.Now()
 	}
+}
+
+// waitDeadline sets the deadline of the wait for a request: the read
+// timeout for the first, else the idle timeout after the last answer. The
+// idle deadline is moved only once it has passed (rearm), not per request:
+// a deadline change costs more than the check.
+func (fc *fastConn) waitDeadline(first bool) {
+	h := fc.w.h
+	switch {
+	case first:
+		if h.opts.ReadTimeout > 0 {
+			fc.f.SetReadDeadline(time.Now().Add(h.opts.ReadTimeout))
+			fc.headDL = true
+		}
+	case h.opts.IdleTimeout <= 0:
+		if fc.headDL {
+			fc.f.SetReadDeadline(time.Time{})
+			fc.headDL = false
+		}
+	case fc.headDL || fc.idleAt.IsZero():
+		fc.idleAt = fc.last.Add(h.opts.IdleTimeout)
+		fc.f.SetReadDeadline(fc.idleAt)
+		fc.headDL = false
+	}
+}
+
+// rearm moves the idle deadline after it passed, if the connection was
+// busy since it was set; false: idle for the whole timeout.
+func (fc *fastConn) rearm() bool {
+	idle := fc.w.h.opts.IdleTimeout
+	until := fc.last.Add(idle)
+	if idle <= 0 || fc.last.IsZero() || !time.Now().Before(until) {
+		return false
+	}
+	fc.idleAt = until
+	fc.f.SetReadDeadline(until)
+	return true
+}
+
+// date is the Date header's value, formatted once a second.
+func (fc *fastConn) date() []byte {
+	now := time.Now()
+	if sec := now.Unix(); sec != fc.dateSec {
+		fc.dateSec = sec
+		fc.dateBuf = now.UTC().AppendFormat(fc.dateBuf[:0], http.TimeFormat)
+	}
+	return fc.dateBuf
 }
 
 // rest is what net/http gets: the unparsed bytes.
@@ -370,7 +421,7 @@ func (fw *fastWriter) writeHead() {
 	out := appendStatus(fw.fc.out[:0], code)
 	if _, ok := hdr["Date"]; !ok {
 		out = append(out, "Date: "...)
-		out = time.Now().UTC().AppendFormat(out, http.TimeFormat)
+		out = append(out, fw.fc.date()...)
 		out = append(out, "\r\n"...)
 	}
 	out = appendHeaders(out, hdr)

@@ -384,7 +384,9 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, "request body too large", http.StatusRequestEntityTooLarge)
 		return
 	}
-	r.Body = http.MaxBytesReader(rw, r.Body, webMaxBody)
+	if r.Body != http.NoBody {
+		r.Body = http.MaxBytesReader(rw, r.Body, webMaxBody)
+	}
 	inst, err := h.acquire(r.Context())
 	if err != nil {
 		h.opts.Logger.Warn("no instance for request", "err", err)
