@@ -24,8 +24,8 @@ go-guests:
 	$(GOWASM_NAMED) -buildmode=c-shared -o $(OUT)/go-faults.wasm ./guests/go/faults
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-spin.wasm ./guests/go/spin
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-probe.wasm ./guests/go/probe
-	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-httphello.wasm ./guests/go/httphello
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-greet.wasm ./guests/go/greet
+	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-httpwasm.wasm ./guests/go/hwhello
 	$(GOWASM) -o $(OUT)/go-cat.wasm ./guests/go/catcmd
 
 # The default handler embedded in the binary (a test checks it is current).

@@ -35,6 +35,7 @@ var guestCounters = []struct{ key, name, help string }{
 	{"first_byte_timeouts", "wcluster_first_byte_timeouts_total", "New connections closed for sending nothing within first_byte_timeout."},
 	{"first_byte_shed", "wcluster_first_byte_shed_total", "Connections waiting for their first byte closed to keep first_byte_limit."},
 	{"partial_timeouts", "wcluster_partial_timeouts_total", "Connections closed with an incomplete request at partial_timeout."},
+	{"upstream_errors", "wcluster_upstream_errors_total", "Requests an http-wasm guest passed on that its upstream failed (502/504)."},
 }
 
 func newCollector(src Source) *collector {

@@ -23,6 +23,9 @@ const (
 	// KindCommand is a plain WASI command exporting _start: one instance per
 	// connection, stdin and stdout bound to it.
 	KindCommand
+	// KindHTTP is an http-wasm guest (imports http_handler): the host speaks
+	// HTTP and lends it a pooled instance per request.
+	KindHTTP
 )
 
 func (k Kind) String() string {
@@ -31,6 +34,8 @@ func (k Kind) String() string {
 		return "wcluster ABI handler"
 	case KindCommand:
 		return "WASI command"
+	case KindHTTP:
+		return "http-wasm handler ABI"
 	}
 	return "unknown"
 }
@@ -77,6 +82,10 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 		info.Imports = append(info.Imports, mod+"."+name)
 		switch mod {
 		case wasiModule:
+		case httpModule:
+			if err := checkHTTPImport(def); err != nil {
+				return info, err
+			}
 		case abi.HostModule:
 			sig, ok := hostSignatures[name]
 			if !ok {
@@ -88,7 +97,7 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 					mod, name, signature(def.ParamTypes(), def.ResultTypes()), abi.Version, signature(sig[0], sig[1]))
 			}
 		default:
-			return info, fmt.Errorf("imports %s.%s: only %q and %q are provided to guests", mod, name, abi.HostModule, wasiModule)
+			return info, fmt.Errorf("imports %s.%s: only %q, %q and %q are provided to guests", mod, name, abi.HostModule, httpModule, wasiModule)
 		}
 	}
 
@@ -104,6 +113,14 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 		info.ABIVersion = n
 	}
 
+	_, handles := exports[abi.ExportHandle]
+	if _, ok := exports[httpHandleRequest]; ok && !handles || importsFrom(info.Imports, httpModule) {
+		info.Kind = KindHTTP
+		if importsFrom(info.Imports, abi.HostModule) {
+			return info, fmt.Errorf("imports from both %q and %q: a guest speaks one ABI", httpModule, abi.HostModule)
+		}
+		return info, checkHTTPExports(m)
+	}
 	if h, ok := exports[abi.ExportHandle]; ok {
 		info.Kind = KindABI
 		if info.ABIVersion == 0 {
@@ -132,6 +149,16 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 		return info, nil
 	}
 	return info, errors.New("exports neither wcluster_handle nor _start: build it with a wcluster SDK (a reactor) or as a WASI command")
+}
+
+// importsFrom reports whether imports ("module.name") has one from mod.
+func importsFrom(imports []string, mod string) bool {
+	for _, imp := range imports {
+		if strings.HasPrefix(imp, mod+".") {
+			return true
+		}
+	}
+	return false
 }
 
 func sameTypes(a, b []api.ValueType) bool {

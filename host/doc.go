@@ -12,6 +12,12 @@
 // Plain WASI command modules (exporting _start) get a fresh instance per
 // connection, with stdin and stdout bound to it.
 //
+// http-wasm guests (importing http_handler) are served over HTTP by the
+// host: a fast path of its own for simple HTTP/1.1 requests on plaintext
+// connections, net/http's server for everything else (HTTP/2 on TLS), a
+// pooled instance per request, and the next handler a reverse proxy to
+// Options.Upstream.
+//
 // A Router serves several tenants (each a Handler with its own limits,
 // environment, config values and mount) on a worker group's listeners: it
 // routes each request by its HTTP Host header (parsed strictly, and framed,

@@ -88,6 +88,11 @@ type Options struct {
 	Budget       *Budget
 	MemoryBudget uint64
 	MemoryWait   time.Duration
+	// Upstream is the URL an http-wasm guest's next handler proxies to
+	// ("": next answers 404).
+	Upstream string
+	// GuestConfig is what an http-wasm guest's get_config returns.
+	GuestConfig []byte
 }
 
 // MountPoint is where the guest sees Options.Mount.
@@ -143,6 +148,9 @@ type Stats struct {
 	// one and returns Keep; for one that loops, a whole connection.
 	Latency   [latencyBuckets]uint64
 	LatencyNs uint64
+	// UpstreamErrors counts requests an http-wasm guest passed on that the
+	// upstream failed (answered 502 or 504).
+	UpstreamErrors uint64
 }
 
 // Handler serves connections with one compiled guest module.
@@ -198,6 +206,7 @@ type Handler struct {
 
 	budget   *Budget       // this Handler's own (Options.MemoryBudget)
 	startMem atomic.Uint64 // what a new instance is reserved: see reserveStart
+	web      *web          // the HTTP server of an http-wasm guest (KindHTTP)
 }
 
 // New compiles the module (from the cache when warm), checks it can be
@@ -260,6 +269,11 @@ func (h *Handler) init(ctx context.Context) error {
 	if err := h.instantiateHostModule(ctx); err != nil {
 		return err
 	}
+	if h.info.Kind == KindHTTP {
+		if err := h.initWeb(ctx); err != nil {
+			return err
+		}
+	}
 	h.modCfg = wazero.NewModuleConfig().
 		WithName("").
 		WithSysWalltime().WithSysNanotime().WithSysNanosleep().
@@ -283,7 +297,7 @@ func (h *Handler) init(ctx context.Context) error {
 	h.sem = make(chan struct{}, h.opts.Instances)
 	h.creating = make(chan struct{}, 1)
 	h.returned = make(chan struct{}, 1)
-	if h.info.Kind == KindABI && !h.opts.Fresh {
+	if (h.info.Kind == KindABI || h.info.Kind == KindHTTP) && !h.opts.Fresh {
 		// A module that cannot even start is reported now, not per connection.
 		for i := range h.opts.MinInstances {
 			// Warm instances only as far as the budgets allow, but the
@@ -298,7 +312,7 @@ func (h *Handler) init(ctx context.Context) error {
 			}
 			inst, err := h.newInstance(ctx, n)
 			if err != nil {
-				return err
+				return h.startErr(err)
 			}
 			h.idle = append(h.idle, inst)
 		}
@@ -345,6 +359,9 @@ func Prepare(ctx context.Context, opts Options) (Info, error) {
 		}
 		inst.close(ctx)
 	}
+	if h.info.Kind != KindHTTP && (opts.Upstream != "" || len(opts.GuestConfig) > 0) {
+		return h.info, fmt.Errorf("an upstream and a guest config are for http-wasm handlers, and this module is a %s: drop them, or serve an http-wasm guest", h.info.Kind)
+	}
 	return h.info, nil
 }
 
@@ -361,7 +378,8 @@ func (h *Handler) Stats() Stats {
 		FirstByteTimeouts: h.stats.firstByteTimeouts.Load(), FirstByteShed: h.stats.firstByteShed.Load(),
 		PartialTimeouts: h.stats.partialTimeouts.Load(), AwaitingFirst: h.nAwaiting.Load(),
 		Latency: h.latency(), LatencyNs: h.stats.latencyNs.Load(),
-		Memory: h.budget.Stats(),
+		Memory:         h.budget.Stats(),
+		UpstreamErrors: h.upstreamErrors(),
 	}
 }
 
@@ -423,6 +441,9 @@ func (h *Handler) Drain() {
 	defer h.mu.Unlock()
 	h.drainBy.Store(time.Now().Add(h.opts.DrainGrace).UnixNano())
 	h.draining.Store(true)
+	if h.web != nil {
+		h.web.drain()
+	}
 	for c := range h.conns {
 		c.wake()
 	}
@@ -481,6 +502,9 @@ func (h *Handler) shed(c *conn) {
 // ServeConn has returned.
 func (h *Handler) Close(ctx context.Context) error {
 	h.opts.Budget.join(h, false)
+	if h.web != nil {
+		h.web.close()
+	}
 	close(h.stop)
 	h.done.Wait()
 	h.mu.Lock()
@@ -555,6 +579,10 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 			return
 		}
 		h.runCommand(ctx, c)
+		return
+	}
+	if h.web != nil {
+		h.web.serveConn(ctx, c)
 		return
 	}
 	c.ctx, c.flags = ctx, abi.FlagNew

@@ -49,6 +49,7 @@ type instance struct {
 	lm      *linearMemory
 	prepaid uint64
 	refused bool
+	web     *webInst // an http-wasm guest's exports and request
 }
 
 // instContext is the context of every call into an instance: host functions
@@ -176,7 +177,7 @@ func (h *Handler) newInstance(ctx context.Context, prepaid uint64) (*instance, e
 	// stdio never reaches the connection: see stdio.go.
 	cfg := h.modCfg.WithStdin(noInput{}).WithStdout(logWriter{inst, inst.output.stdout}).WithStderr(logWriter{inst, inst.output.stderr}).
 		WithNanosleep(inst.nanosleep)
-	mod, err := h.instantiate(ctx, inst, cfg, abi.ExportInitialize)
+	mod, err := h.instantiate(ctx, inst, cfg, h.startFunc())
 	if err != nil {
 		inst.close(ctx)
 		if errors.Is(err, errDeadline) {

@@ -168,6 +168,10 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 				st = &tenantState{Tenant: t}
 				if t.Cert != nil {
 					st.tls = tenantTLS(t.Cert)
+					if t.Handler.Info().Kind == KindHTTP {
+						// The host speaks HTTP for it: HTTP/2 too.
+						st.tls.NextProtos = []string{"h2", "http/1.1"}
+					}
 				}
 				states[t] = st
 				r.tenants = append(r.tenants, st)

@@ -21,6 +21,7 @@ func checkCommand() *cli.Command {
 			&cli.StringFlag{Name: "config", Usage: "check a config file: every problem with FILE:LINE, and every tenant's module with its limits"},
 			&cli.StringFlag{Name: "memory-limit", Value: "128MiB", Usage: "linear memory per guest instance, as serve's"},
 			&cli.DurationFlag{Name: "timeout", Value: 30 * time.Second, Usage: "wall-clock limit per guest call (and start function), as serve's"},
+			&cli.StringFlag{Name: "guest-config", Usage: "`VALUE` an http-wasm handler's get_config returns while it starts (@FILE: the file's bytes)"},
 			&cli.StringFlag{Name: "cache-dir", Value: defaultCacheDir(), Usage: "compilation cache, as serve's (\"\" disables it)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -55,14 +56,36 @@ func checkCommand() *cli.Command {
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			w := c.App.Writer
-			fmt.Fprintf(w, "%s: ok, a %s", name, info.Kind)
+			if info.Kind == host.KindHTTP {
+				fmt.Fprintf(w, "%s: ok, speaks the %s", name, info.Kind)
+			} else {
+				fmt.Fprintf(w, "%s: ok, a %s", name, info.Kind)
+			}
 			if info.ABIVersion > 0 {
 				fmt.Fprintf(w, " speaking wcluster ABI v%d", info.ABIVersion)
 			}
 			fmt.Fprintf(w, "; instantiated within --memory-limit %s and --timeout %v\n", c.String("memory-limit"), c.Duration("timeout"))
 			fmt.Fprintf(w, "exports: %s\n", strings.Join(info.Exports, ", "))
 			fmt.Fprintf(w, "imports: %s\n", strings.Join(info.Imports, ", "))
+			if info.Kind == host.KindHTTP {
+				cfg, err := readGuestConfig(c.String("guest-config"), "")
+				if err != nil {
+					return fmt.Errorf("--guest-config: %w", err)
+				}
+				features, err := host.HTTPFeatures(c.Context, wasm, cfg)
+				if err != nil {
+					return fmt.Errorf("%s: %w", name, err)
+				}
+				fmt.Fprintf(w, "features enabled at start: %s\n", orNone(features))
+			}
 			return nil
 		},
 	}
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
 }

@@ -653,7 +653,7 @@ var (
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
 		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget",
-		"first_byte_timeout", "first_byte_limit", "partial_timeout", "drain_grace", "user"}
+		"first_byte_timeout", "first_byte_limit", "partial_timeout", "drain_grace", "user", "upstream", "guest_config"}
 )
 
 func (cr *configReader) read(doc map[string]any) *fileConfig {
@@ -889,6 +889,13 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 	if _, err := lookupUser(t.User); err != nil {
 		s.errorf("user", "%v", err)
 	}
+	var err error
+	if t.Upstream, err = checkUpstream(s.str("upstream", "")); err != nil {
+		s.errorf("upstream", "upstream: %v", err)
+	}
+	if t.GuestConfig, err = readGuestConfig(s.str("guest_config", ""), s.cr.dir); err != nil {
+		s.errorf("guest_config", "guest_config: %v", err)
+	}
 
 	if s.has("mount") {
 		t.Mount = s.path("mount")
@@ -1094,6 +1101,7 @@ func (cr *configReader) plan(c *fileConfig) {
 		t := &c.Tenants[i]
 		g := byGroup[t.Group]
 		g.Tenants = append(g.Tenants, *t)
+		g.Sandbox.allowUpstream(t.Upstream)
 		if t.Mount != "" {
 			g.Sandbox.ReadPaths = append(g.Sandbox.ReadPaths, t.Mount)
 		}

@@ -386,3 +386,59 @@ listen = ["127.0.0.2:0"]`, 1)
 		t.Errorf("prepare: %v", err)
 	}
 }
+
+// TestConfigHTTPWasmKeys: a tenant's upstream and guest_config (a value, or
+// @FILE relative to the config file) reach its handler options; bad ones
+// are reported at their line.
+func TestConfigHTTPWasmKeys(t *testing.T) {
+	dir := writeFiles(t, map[string]string{
+		"a.wasm": wasmMagic, "secret.txt": "open sesame",
+		"wcluster.toml": `[[tenant]]
+name = "a"
+handler = "a.wasm"
+listen = ["127.0.0.1:8080"]
+hosts = ["a.test"]
+upstream = "http://127.0.0.1:9000"
+guest_config = "@secret.txt"
+
+[[tenant]]
+name = "b"
+handler = "a.wasm"
+listen = ["127.0.0.1:8080"]
+guest_config = "plain"
+`})
+	c, err := loadConfig(filepath.Join(dir, "wcluster.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]tenantPlan{}
+	for _, g := range c.Groups {
+		for _, tp := range g.Tenants {
+			got[tp.Name] = tp
+		}
+	}
+	if a := got["a"]; a.Upstream != "http://127.0.0.1:9000" || string(a.GuestConfig) != "open sesame" {
+		t.Errorf("tenant a: upstream %q guest_config %q", a.Upstream, a.GuestConfig)
+	}
+	if b := got["b"]; b.Upstream != "" || string(b.GuestConfig) != "plain" {
+		t.Errorf("tenant b: upstream %q guest_config %q", b.Upstream, b.GuestConfig)
+	}
+
+	bad := writeFiles(t, map[string]string{"a.wasm": wasmMagic, "bad.toml": `[[tenant]]
+name = "a"
+handler = "a.wasm"
+listen = ["127.0.0.1:8080"]
+upstream = "127.0.0.1:9000"
+guest_config = "@missing"
+`})
+	_, err = loadConfig(filepath.Join(bad, "bad.toml"))
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	for _, want := range []string{`bad.toml:5: tenant "a": upstream: "127.0.0.1:9000" is not an http:// or https:// URL`,
+		`bad.toml:6: tenant "a": guest_config: ` + filepath.Join(bad, "missing") + `: no such file`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("errors lack %q:\n%v", want, err)
+		}
+	}
+}

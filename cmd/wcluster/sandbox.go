@@ -12,9 +12,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,6 +64,32 @@ type sandboxPlan struct {
 	// ReadPaths are all it may open, read-only: the compilation cache and
 	// the tenants' mounts.
 	ReadPaths []string `json:"read_paths,omitempty"`
+	// ConnectTCP are the ports of the tenants' upstreams (http-wasm), and
+	// Resolve says some are named by host name: the only connections a
+	// worker may open.
+	ConnectTCP []uint16 `json:"connect_tcp,omitempty"`
+	Resolve    bool     `json:"resolve,omitempty"`
+}
+
+// allowUpstream lets the workers reach an http-wasm tenant's upstream.
+func (p *sandboxPlan) allowUpstream(upstream string) {
+	if upstream == "" {
+		return
+	}
+	u, err := url.Parse(upstream)
+	if err != nil {
+		return // checked when the configuration was read
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err == nil && !slices.Contains(p.ConnectTCP, uint16(n)) {
+		p.ConnectTCP = append(p.ConnectTCP, uint16(n))
+	}
+	if net.ParseIP(u.Hostname()) == nil {
+		p.Resolve = true
+	}
 }
 
 // applySandbox sandboxes the worker unless the plan says off.
@@ -76,7 +104,7 @@ func applySandbox(p sandboxPlan, w *dispatch.Worker, log *slog.Logger) error {
 			paths = append(paths, path)
 		}
 	}
-	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: w.BindPorts()})
+	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: w.BindPorts(), ConnectTCP: p.ConnectTCP, Resolve: p.Resolve})
 	if err != nil {
 		return fmt.Errorf("%w (--worker-sandbox=off serves without the process sandbox; see docs/security.md)", err)
 	}

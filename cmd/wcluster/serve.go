@@ -90,6 +90,10 @@ type limits struct {
 	FirstByteLimit   int           `json:"first_byte_limit"`
 	PartialTimeout   time.Duration `json:"partial_timeout"`
 	DrainGrace       time.Duration `json:"drain_grace"`
+	// An http-wasm guest's upstream (its next handler) and the bytes its
+	// get_config returns.
+	Upstream    string `json:"upstream,omitempty"`
+	GuestConfig []byte `json:"guest_config,omitempty"`
 }
 
 // options are the host.Options of a handler with these limits.
@@ -101,7 +105,7 @@ func (l *limits) options(wasm []byte, name, cacheDir string, workerID int, log *
 		FirstByteTimeout: l.FirstByteTimeout, FirstByteLimit: l.FirstByteLimit,
 		PartialTimeout: l.PartialTimeout, DrainGrace: l.DrainGrace,
 		Instances: l.Instances, MinInstances: l.MinInstances, MaxReuse: l.MaxReuse, Fresh: l.Fresh,
-		MemoryBudget: l.MemoryBudget, Logger: log,
+		MemoryBudget: l.MemoryBudget, Logger: log, Upstream: l.Upstream, GuestConfig: l.GuestConfig,
 	}
 }
 
@@ -147,6 +151,8 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "user", Usage: "run the workers as `USER[:GROUP]` with no capabilities (the master must be root)"},
 			&cli.StringSliceFlag{Name: "worker-env", Usage: "pass the master's environment variable `NAME` on to the workers (repeatable); they get none of it otherwise"},
 			&cli.StringFlag{Name: "worker-sandbox", Value: "on", Usage: "on: workers run with no_new_privs, a seccomp allowlist and Landlock; off: without (for debugging)"},
+			&cli.StringFlag{Name: "upstream", Usage: "`URL` an http-wasm handler passes requests on to (its next handler; without it next answers 404)"},
+			&cli.StringFlag{Name: "guest-config", Usage: "`VALUE` an http-wasm handler's get_config returns (@FILE: the file's bytes)"},
 		},
 		Action: serveAction,
 	}
@@ -225,6 +231,12 @@ func serveAction(c *cli.Context) error {
 		// queue: the same bound.
 		GuestMemoryBudget: budget.PerWorker, MemoryWait: c.Duration("queue-timeout"),
 	}
+	if hc.Upstream, err = checkUpstream(c.String("upstream")); err != nil {
+		return fmt.Errorf("--upstream: %w", err)
+	}
+	if hc.GuestConfig, err = readGuestConfig(c.String("guest-config"), ""); err != nil {
+		return fmt.Errorf("--guest-config: %w", err)
+	}
 	if (c.String("tls-cert") == "") != (c.String("tls-key") == "") {
 		return fmt.Errorf("--tls-cert and --tls-key go together: give both, or neither")
 	}
@@ -246,6 +258,7 @@ func serveAction(c *cli.Context) error {
 		return err
 	}
 	hc.Sandbox = sandboxPlan{Off: sandboxOff, ReadPaths: []string{hc.CacheDir}}
+	hc.Sandbox.allowUpstream(hc.Upstream)
 	wu, err := lookupUser(c.String("user"))
 	if err == nil {
 		err = wu.checkCanSwitch()

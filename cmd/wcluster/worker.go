@@ -186,7 +186,7 @@ func handlerStats(s host.Stats) map[string]any {
 	return map[string]any{
 		"conns": s.Conns, "calls": s.Calls, "traps": s.Traps, "timeouts": s.Timeouts,
 		"memory_limit_hits": s.MemLimit, "instances_created": s.Instances, "instances_live": s.Live,
-		"instance_ns": s.InstanceNs, "open": s.Open, "log_lines_dropped": s.LogDropped,
+		"instance_ns": s.InstanceNs, "open": s.Open, "log_lines_dropped": s.LogDropped, "upstream_errors": s.UpstreamErrors,
 		"first_byte_timeouts": s.FirstByteTimeouts, "first_byte_shed": s.FirstByteShed,
 		"partial_timeouts": s.PartialTimeouts, "awaiting_first_byte": s.AwaitingFirst,
 		"latency": s.Latency[:], "latency_ns": s.LatencyNs,

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm, c-trace.wasm
-# (ABI v1 reactors), c-httphello.wasm (an http-wasm handler) and c-cat.wasm
+# (ABI v1 reactors), c-httpwasm.wasm (an http-wasm handler) and c-cat.wasm
 # (a plain WASI command).
 #   guests/c/build.sh OUTDIR
 # CC and WASI_SYSROOT may be overridden from the environment.
@@ -47,9 +47,6 @@ for name in hello echo; do
 	"$CC" $cflags -mexec-model=reactor -I "$here/sdk" \
 		-o "$out/c-$name.wasm" "$here/examples/$name.c"
 done
-# http-wasm handler (import module http_handler): a reactor too.
-"$CC" $cflags -mexec-model=reactor -I "$here/sdk" \
-	-o "$out/c-httphello.wasm" "$here/examples/http_hello.c"
 # trace keeps its name section, so that a trap's wasm stack names functions:
 # linked without --strip-all, and without -O, which would run wasm-opt (it
 # drops the section) after the link.
@@ -60,5 +57,7 @@ done
 rm "$out/c-trace.o"
 # WASI command: _start, stdin/stdout are the connection.
 "$CC" $cflags -o "$out/c-cat.wasm" "$here/examples/cat.c"
+# An http-wasm handler (import module http_handler): a reactor too.
+"$CC" $cflags -mexec-model=reactor -I "$here/sdk" -o "$out/c-httpwasm.wasm" "$here/examples/httpwasm.c"
 
-echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-trace.wasm $out/c-httphello.wasm $out/c-cat.wasm"
+echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-trace.wasm $out/c-httpwasm.wasm $out/c-cat.wasm"

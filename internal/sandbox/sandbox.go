@@ -30,8 +30,31 @@ type Policy struct {
 	// everything under them); nothing else can be opened.
 	ReadPaths []string
 	// BindTCP are the TCP ports it may bind (reuseport workers listen on
-	// their own sockets); it may connect nowhere.
+	// their own sockets).
 	BindTCP []uint16
+	// ConnectTCP are the TCP ports it may connect to (the upstreams of its
+	// http-wasm tenants); with none it may connect nowhere.
+	ConnectTCP []uint16
+	// Resolve lets it look up host names: read the resolver's files and
+	// ask a DNS server (port 53), for upstreams named by host name.
+	Resolve bool
+}
+
+// resolverFiles are what Go's resolver reads.
+var resolverFiles = []string{"/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf"}
+
+// withResolver adds what looking names up needs.
+func (p Policy) withResolver() Policy {
+	if !p.Resolve {
+		return p
+	}
+	for _, f := range resolverFiles {
+		if _, err := os.Stat(f); err == nil {
+			p.ReadPaths = append(slices.Clone(p.ReadPaths), f)
+		}
+	}
+	p.ConnectTCP = append(slices.Clone(p.ConnectTCP), 53) // DNS over TCP, after a truncated answer
+	return p
 }
 
 // Applied says what Apply put in place, for a debug log line.
@@ -55,6 +78,7 @@ func Apply(p Policy) (Applied, error) {
 	// The local time zone is read lazily from /etc/localtime (or TZ):
 	// load it now, while files can still be opened.
 	time.Now().Zone()
+	p = p.withResolver()
 
 	ll, err := restrictLandlock(p)
 	if err != nil {
@@ -63,6 +87,10 @@ func Apply(p Policy) (Applied, error) {
 	a.Landlock = ll
 
 	names := allowed()
+	if len(p.ConnectTCP) > 0 {
+		// Landlock limits the ports; without it (an older kernel) any.
+		names = append(names, "connect")
+	}
 	f := seccomp.Filter{
 		NoNewPrivs: true,
 		Flag:       seccomp.FilterFlagTSync,
@@ -125,6 +153,9 @@ func restrictLandlock(p Policy) (string, error) {
 	for _, port := range p.BindTCP {
 		rules = append(rules, landlock.BindTCP(port))
 	}
+	for _, port := range p.ConnectTCP {
+		rules = append(rules, landlock.ConnectTCP(port))
+	}
 	if err := landlock.V7.BestEffort().Restrict(rules...); err != nil {
 		return "", err
 	}
@@ -135,7 +166,7 @@ func restrictLandlock(p Policy) (string, error) {
 	if abi >= 6 {
 		what += ", signals and abstract sockets"
 	}
-	return fmt.Sprintf("ABI %d (%s; read-only: %s; bind: %v)", abi, what, strings.Join(paths, " "), p.BindTCP), nil
+	return fmt.Sprintf("ABI %d (%s; read-only: %s; bind: %v; connect: %v)", abi, what, strings.Join(paths, " "), p.BindTCP, p.ConnectTCP), nil
 }
 
 // allowlist holds the system calls a worker makes: the Go runtime

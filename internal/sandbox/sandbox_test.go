@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,10 +37,10 @@ func TestMain(m *testing.M) {
 
 // runChild runs the child in mode with dir as its one readable directory
 // and returns its stdout, stderr and exit error.
-func runChild(t *testing.T, mode, dir string) (string, string, error) {
+func runChild(t *testing.T, mode, dir string, env ...string) (string, string, error) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+mode, "SANDBOX_DIR="+dir)
+	cmd.Env = append(append(os.Environ(), childEnv+"="+mode, "SANDBOX_DIR="+dir), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	done := make(chan error, 1)
@@ -87,7 +88,15 @@ func child(mode string) error {
 	}
 	port := uint16(l.Addr().(*net.TCPAddr).Port)
 	l.Close()
-	a, err := Apply(Policy{ReadPaths: []string{dir}, BindTCP: []uint16{port}})
+	pol := Policy{ReadPaths: []string{dir}, BindTCP: []uint16{port}}
+	var upstream, other string // SANDBOX_CONNECT: the allowed and another listener
+	if c := os.Getenv("SANDBOX_CONNECT"); c != "" {
+		upstream, other, _ = strings.Cut(c, ",")
+		_, p, _ := net.SplitHostPort(upstream)
+		n, _ := strconv.Atoi(p)
+		pol.ConnectTCP = []uint16{uint16(n)}
+	}
+	a, err := Apply(pol)
 	if err != nil {
 		return err
 	}
@@ -151,6 +160,17 @@ func child(mode string) error {
 			return fmt.Errorf("bind to a port not allowed: want EACCES, got %v", err)
 		}
 
+		fmt.Println("ok")
+	case "connect":
+		// An upstream's port is reachable; any other is not.
+		c, err := net.DialTimeout("tcp", upstream, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("connect to the allowed port: %w", err)
+		}
+		c.Close()
+		if _, err := net.DialTimeout("tcp", other, 10*time.Second); !errors.Is(err, unix.EACCES) {
+			return fmt.Errorf("connect to a port not allowed: want EACCES, got %v", err)
+		}
 		fmt.Println("ok")
 	case "forbidden":
 		// ptrace is no worker's business: the filter must end the process,
@@ -221,6 +241,25 @@ func TestLandlockConfinesFiles(t *testing.T) {
 	}
 	if !strings.Contains(out, "landlock=ABI") {
 		t.Errorf("Landlock was not applied (this kernel has it): %s", out)
+	}
+}
+
+// TestConnectOnlyToUpstreams: a sandboxed process given an upstream's
+// port connects to it, and to no other port.
+func TestConnectOnlyToUpstreams(t *testing.T) {
+	t.Parallel()
+	var addrs []string
+	for range 2 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	out, errOut, err := runChild(t, "connect", sandboxDir(t), "SANDBOX_CONNECT="+strings.Join(addrs, ","))
+	if err != nil || !strings.Contains(out, "ok") {
+		t.Fatalf("child: %v\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
 	}
 }
 

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# http-wasm throughput on loopback, unpinned, wrk -t1 -cCONNS keep-alive for
+# DURATION per measurement, ROUNDS interleaved rounds (order rotated per
+# round), all servers running at once:
+#
+#   wcluster-router   wcluster serve EXAMPLE.wasm, 2 workers (rr)
+#   ref-router        the same guest on http-wasm-host-go's net/http middleware,
+#                     one process (bench/httpwasmref, its own module)
+#   nethttp           bench/nethttp: plain Go net/http hello, no wasm
+#
+# EXAMPLE is the router example of the http-wasm module ("hello world" for
+# any path not under /host). Prints raw rows, per-round ratios of
+# wcluster-router to the others, and their medians.
+#
+#   bench/httpwasm.sh                     # ROUNDS=3 DURATION=5s
+#   ROUNDS=1 DURATION=2s bench/httpwasm.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-64}
+WORKERS=${WORKERS:-2}
+PORT_BASE=${PORT_BASE:-19300}
+
+command -v wrk >/dev/null || { echo "bench: wrk is missing: apt-get install -y wrk" >&2; exit 3; }
+out=$(mktemp -d)
+pids=()
+cleanup() {
+	local p
+	for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+	rm -rf "$out"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+go build -o "$out/wcluster" ./cmd/wcluster
+go build -o "$out/nethttp" ./bench/nethttp
+(cd bench/httpwasmref && go build -o "$out/httpwasmref" .)
+example=$(go list -m -f '{{.Dir}}' github.com/http-wasm/http-wasm-host-go)/examples/router.wasm
+
+start() { # NAME PORT CMD...
+	local name=$1
+	shift 2
+	setsid "$@" </dev/null >>"$out/$name.log" 2>&1 &
+	pids+=("$!")
+}
+declare -A port
+port[wcluster-router]=$((PORT_BASE + 1))
+port[ref-router]=$((PORT_BASE + 2))
+port[nethttp]=$((PORT_BASE + 3))
+start wcluster-router "${port[wcluster-router]}" "$out/wcluster" serve --listen "127.0.0.1:${port[wcluster-router]}" \
+	--workers "$WORKERS" --cache-dir "$out/cache" "$example"
+start ref-router "${port[ref-router]}" "$out/httpwasmref" -listen "127.0.0.1:${port[ref-router]}" -guest "$example"
+start nethttp "${port[nethttp]}" "$out/nethttp" -listen "127.0.0.1:${port[nethttp]}"
+for name in wcluster-router ref-router nethttp; do
+	for _ in $(seq 1 600); do
+		curl -s -m 2 -o /dev/null "http://127.0.0.1:${port[$name]}/" && break
+		sleep 0.05 # poll interval, not a synchronisation
+	done
+	curl -s -m 2 "http://127.0.0.1:${port[$name]}/" | grep -q 'hello world' || { echo "bench: $name not serving" >&2; cat "$out/$name.log" >&2; exit 1; }
+done
+
+servers=(wcluster-router ref-router nethttp)
+declare -A rps
+echo "round server req/s p99 load1"
+for r in $(seq 1 "$ROUNDS"); do
+	for i in 0 1 2; do
+		name=${servers[$(((i + r) % 3))]}
+		res=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:${port[$name]}/")
+		v=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
+		p99=$(awk '$1=="99%" {print $2}' <<<"$res")
+		rps[$r.$name]=$v
+		echo "$r $name $v $p99 $(cut -d' ' -f1 /proc/loadavg)"
+	done
+done
+echo "round wcluster/ref wcluster/nethttp"
+ratios_ref=() ratios_net=()
+for r in $(seq 1 "$ROUNDS"); do
+	a=$(awk -v x="${rps[$r.wcluster-router]}" -v y="${rps[$r.ref-router]}" 'BEGIN {printf "%.2f", x/y}')
+	b=$(awk -v x="${rps[$r.wcluster-router]}" -v y="${rps[$r.nethttp]}" 'BEGIN {printf "%.2f", x/y}')
+	ratios_ref+=("$a") ratios_net+=("$b")
+	echo "$r $a $b"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+echo "median wcluster/ref $(median "${ratios_ref[@]}")x, wcluster/nethttp $(median "${ratios_net[@]}")x"

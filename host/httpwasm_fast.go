@@ -1,0 +1,554 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The fast path serves the common request of a plaintext connection (an
+// HTTP/1.1 request without Expect or upgrade, whose body, if any, has a
+// Content-Length and fits the read buffer with its head) itself: one read and
+// one write per kept-alive request, no goroutine or deadline per request,
+// the response framed here. Anything else (a chunked or large body,
+// HTTP/1.0, a malformed or oversize head, an upgrade) hands the connection, with the bytes read
+// so far, to net/http's server for good: it keeps its full behaviour (100
+// Continue, chunked bodies, 400/413/431).
+
+// fastBuf is the read buffer of a connection on the fast path: a head that
+// does not fit goes to net/http.
+const fastBuf = 8 << 10
+
+// fastConn is a plaintext connection on the fast path.
+type fastConn struct {
+	w      *web
+	c      *conn
+	f      *os.File
+	buf    []byte // read, not yet parsed: buf[off:n]
+	off, n int
+	remote string
+	ctx    context.Context
+	out    []byte // the response being written
+
+	last    time.Time // when the last answer went out
+	idleAt  time.Time // the idle deadline set on f (zero: none yet)
+	headDL  bool      // a read timeout (for a head) is set on f instead
+	dateSec int64
+	dateBuf []byte
+}
+
+var fastBufs = sync.Pool{New: func() any { b := make([]byte, fastBuf); return &b }}
+
+// serveFast serves c on the fast path until it closes, or hands it to
+// net/http.
+func (w *web) serveFast(ctx context.Context, c *conn) {
+	bp := fastBufs.Get().(*[]byte)
+	fc := &fastConn{w: w, c: c, f: c.f, buf: *bp, remote: c.peerAddr()}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fc.ctx = ctx
+	handoff := fc.loop()
+	if handoff == nil {
+		fastBufs.Put(bp)
+		return
+	}
+	// net/http reads what was read ahead first.
+	wc := &webConn{Conn: &prefixConn{Conn: fileConn{c.f}, prefix: handoff}, closed: make(chan struct{})}
+	if !w.hand(ctx, wc) {
+		return
+	}
+	select {
+	case <-wc.closed:
+	case <-ctx.Done():
+	}
+}
+
+// loop serves requests; it returns the bytes to hand to net/http with the
+// connection, or nil when the connection is done.
+func (fc *fastConn) loop() []byte {
+	h := fc.w.h
+	first := true
+	for {
+		// Wait for the next request, holding no instance; Drain wakes us.
+		if fc.off == fc.n {
+			fc.off, fc.n = 0, 0
+			fc.c.parked.Store(true)
+			fc.waitDeadline(first)
+			if fc.c.woken.Load() || (!first && h.draining.Load()) {
+				fc.c.parked.Store(false)
+				return nil
+			}
+			m, err := fc.f.Read(fc.buf)
+			for m <= 0 && errors.Is(err, os.ErrDeadlineExceeded) && !fc.c.woken.Load() && fc.rearm() {
+				m, err = fc.f.Read(fc.buf)
+			}
+			fc.c.parked.Store(false)
+			if m <= 0 {
+				return nil // closed, idle, woken or failed: done
+			}
+			fc.n = m
+		}
+		first = false
+		// A whole head, parsed; else more bytes, or net/http.
+		req, used, ok := fc.parse()
+		for !ok && used == 0 {
+			if fc.n == len(fc.buf) {
+				if fc.off == 0 {
+					return fc.rest() // a head larger than the buffer
+				}
+				copy(fc.buf, fc.buf[fc.off:fc.n])
+				fc.n -= fc.off
+				fc.off = 0
+			}
+			if h.opts.ReadTimeout > 0 {
+				fc.f.SetReadDeadline(time.Now().Add(h.opts.ReadTimeout))
+				fc.headDL, fc.idleAt = true, time.Time{} // the idle deadline is replaced
+			}
+			m, _ := fc.f.Read(fc.buf[fc.n:])
+			if m <= 0 {
+				return nil
+			}
+			fc.n += m
+			req, used, ok = fc.parse()
+		}
+		if !ok {
+			return fc.rest() // not for the fast path: net/http answers it
+		}
+		fc.off += used
+		if !fc.serve(req) {
+			return nil
+		}
+		fc.last = time.Now()
+	}
+}
+
+// waitDeadline sets the deadline of the wait for a request: the read
+// timeout for the first, else the idle timeout after the last answer. The
+// idle deadline is moved only once it has passed (rearm), not per request:
+// a deadline change costs more than the check.
+func (fc *fastConn) waitDeadline(first bool) {
+	h := fc.w.h
+	switch {
+	case first:
+		if h.opts.ReadTimeout > 0 {
+			fc.f.SetReadDeadline(time.Now().Add(h.opts.ReadTimeout))
+			fc.headDL = true
+		}
+	case h.opts.IdleTimeout <= 0:
+		if fc.headDL {
+			fc.f.SetReadDeadline(time.Time{})
+			fc.headDL = false
+		}
+	case fc.headDL || fc.idleAt.IsZero():
+		fc.idleAt = fc.last.Add(h.opts.IdleTimeout)
+		fc.f.SetReadDeadline(fc.idleAt)
+		fc.headDL = false
+	}
+}
+
+// rearm moves the idle deadline after it passed, if the connection was
+// busy since it was set; false: idle for the whole timeout.
+func (fc *fastConn) rearm() bool {
+	idle := fc.w.h.opts.IdleTimeout
+	until := fc.last.Add(idle)
+	if idle <= 0 || fc.last.IsZero() || !time.Now().Before(until) {
+		return false
+	}
+	fc.idleAt = until
+	fc.f.SetReadDeadline(until)
+	return true
+}
+
+// date is the Date header's value, formatted once a second.
+func (fc *fastConn) date() []byte {
+	now := time.Now()
+	if sec := now.Unix(); sec != fc.dateSec {
+		fc.dateSec = sec
+		fc.dateBuf = now.UTC().AppendFormat(fc.dateBuf[:0], http.TimeFormat)
+	}
+	return fc.dateBuf
+}
+
+// rest is what net/http gets: the unparsed bytes.
+func (fc *fastConn) rest() []byte {
+	fc.f.SetReadDeadline(time.Time{})
+	return slices.Clone(fc.buf[fc.off:fc.n])
+}
+
+// parse reads one request head from buf[off:n]. ok: a request for the fast
+// path, used bytes long; !ok with used 0: the head is incomplete; !ok with
+// used > 0: one for net/http.
+func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
+	b := fc.buf[fc.off:fc.n]
+	end := bytes.Index(b, []byte("\r\n\r\n"))
+	if end < 0 {
+		if bytes.Contains(b, []byte("\n\n")) {
+			return nil, len(b), false // lines ended by a bare LF: net/http's
+		}
+		return nil, 0, false
+	}
+	used = end + 4
+	head := b[:end]
+	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	method, line, ok1 := bytes.Cut(line, []byte(" "))
+	target, proto, ok2 := bytes.Cut(line, []byte(" "))
+	if !ok1 || !ok2 || string(proto) != "HTTP/1.1" || len(target) == 0 || target[0] != '/' || !validToken(string(method)) {
+		return nil, used, false
+	}
+	hdr := make(http.Header, 8)
+	var host string
+	clen := -1
+	closeAfter := false
+	for len(rest) > 0 {
+		var l []byte
+		l, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		k, v, found := bytes.Cut(l, []byte(":"))
+		if !found || !validToken(string(k)) {
+			return nil, used, false
+		}
+		val := string(bytes.Trim(v, " \t"))
+		for i := 0; i < len(val); i++ {
+			if c := val[i]; c < ' ' && c != '\t' || c == 0x7f {
+				return nil, used, false
+			}
+		}
+		key := textproto.CanonicalMIMEHeaderKey(string(k))
+		switch key {
+		case "Host":
+			if host != "" {
+				return nil, used, false
+			}
+			host = val
+			continue
+		case "Content-Length":
+			// A body that fits the buffer with its head is read here;
+			// anything else about a length is net/http's to judge.
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 0 || clen >= 0 || used+n > len(fc.buf) || val[0] == '+' {
+				return nil, used, false
+			}
+			clen = n
+		case "Transfer-Encoding", "Expect", "Upgrade", "Te", "Trailer":
+			return nil, used, false
+		case "Connection":
+			for _, t := range strings.Split(val, ",") {
+				switch strings.ToLower(strings.TrimSpace(t)) {
+				case "close":
+					closeAfter = true
+				case "upgrade":
+					return nil, used, false
+				}
+			}
+		}
+		hdr[key] = append(hdr[key], val)
+	}
+	if host == "" {
+		return nil, used, false
+	}
+	uri := string(target)
+	u, err := url.ParseRequestURI(uri)
+	if err != nil {
+		return nil, used, false
+	}
+	var body io.ReadCloser = http.NoBody
+	if clen > 0 {
+		if len(b) < used+clen {
+			return nil, 0, false // the body is still coming
+		}
+		// A view of the buffer: it is not read into again before the
+		// request is answered.
+		body = io.NopCloser(bytes.NewReader(b[used : used+clen]))
+		used += clen
+	}
+	req = &http.Request{
+		Method: string(method), URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: hdr, Body: body, ContentLength: max(int64(clen), 0), Host: host, RemoteAddr: fc.remote,
+		RequestURI: uri, Close: closeAfter,
+	}
+	return req.WithContext(fc.ctx), used, true
+}
+
+// serve answers one request and reports whether the connection goes on.
+func (fc *fastConn) serve(req *http.Request) (keep bool) {
+	fw := &fastWriter{fc: fc, hdr: make(http.Header, 4), head: req.Method == http.MethodHead}
+	fw.close = req.Close || fc.w.h.draining.Load()
+	defer func() {
+		if v := recover(); v != nil {
+			if v != http.ErrAbortHandler {
+				fc.w.h.opts.Logger.Error("http-wasm request panicked", "err", v)
+			}
+			keep = false
+		}
+	}()
+	fc.w.ServeHTTP(fw, req)
+	if err := fw.finish(); err != nil {
+		return false
+	}
+	return !fw.close
+}
+
+// prefixConn reads prefix before the connection.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// fastWriter frames a response on the fast path: with Content-Length when
+// known (always, for a response the guest made), else chunked.
+type fastWriter struct {
+	fc      *fastConn
+	hdr     http.Header
+	status  int
+	wrote   bool // the head is in out
+	chunked bool
+	head    bool // a HEAD request: no body
+	nobody  bool // 1xx, 204, 304 or HEAD
+	close   bool
+	err     error
+	sent    []string // header names sent in the head
+	// clen is the declared Content-Length (-1: none); written counts the
+	// body bytes, which must not pass it.
+	clen, written int64
+}
+
+func (fw *fastWriter) Header() http.Header { return fw.hdr }
+
+// WriteHeader records the status; the head goes out with the first body
+// bytes (so that a missing Content-Type is sniffed from them, as net/http
+// does), a Flush, or at the end.
+func (fw *fastWriter) WriteHeader(code int) {
+	if fw.wrote || fw.status != 0 {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic("invalid WriteHeader code " + strconv.Itoa(code))
+	}
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		// Informational: out at once, the real status follows.
+		out := fw.fc.out[:0]
+		out = appendStatus(out, code)
+		out = appendHeaders(out, fw.hdr)
+		out = append(out, "\r\n"...)
+		fw.fc.out = out
+		fw.flushOut()
+		return
+	}
+	fw.status = code
+}
+
+// commit writes the head, p being the first body bytes.
+func (fw *fastWriter) commit(p []byte) {
+	if fw.status == 0 {
+		fw.status = http.StatusOK
+	}
+	if _, ok := fw.hdr["Content-Type"]; !ok && len(p) > 0 && !fw.head && bodyAllowed(fw.status) {
+		fw.hdr.Set("Content-Type", http.DetectContentType(p))
+	}
+	fw.writeHead()
+}
+
+func appendStatus(out []byte, code int) []byte {
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(code), 10)
+	out = append(out, ' ')
+	out = append(out, http.StatusText(code)...)
+	return append(out, "\r\n"...)
+}
+
+// appendHeaders writes hdr (trailer-prefixed keys left out).
+func appendHeaders(out []byte, hdr http.Header) []byte {
+	for k, vs := range hdr {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			continue
+		}
+		for _, v := range vs {
+			out = append(out, k...)
+			out = append(out, ": "...)
+			out = append(out, v...)
+			out = append(out, "\r\n"...)
+		}
+	}
+	return out
+}
+
+func (fw *fastWriter) writeHead() {
+	fw.wrote = true
+	code := fw.status
+	fw.nobody = fw.head || code < 200 || code == http.StatusNoContent || code == http.StatusNotModified
+	hdr := fw.hdr
+	if code == http.StatusNoContent || code == http.StatusNotModified || code < 200 {
+		hdr.Del("Content-Length")
+		hdr.Del("Transfer-Encoding")
+	} else if hdr.Get("Content-Length") == "" && !fw.head {
+		fw.chunked = true
+		hdr.Del("Transfer-Encoding")
+	}
+	fw.clen = -1
+	if v := hdr.Get("Content-Length"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			// Not a length the client can frame by: close to end it.
+			hdr.Del("Content-Length")
+			fw.close = true
+		} else {
+			fw.clen = n
+		}
+	}
+	hdr.Del("Connection")
+	if fw.fc.w.h.draining.Load() {
+		fw.close = true // draining: this is the connection's last response
+	}
+	out := appendStatus(fw.fc.out[:0], code)
+	if _, ok := hdr["Date"]; !ok {
+		out = append(out, "Date: "...)
+		out = append(out, fw.fc.date()...)
+		out = append(out, "\r\n"...)
+	}
+	out = appendHeaders(out, hdr)
+	for k := range hdr {
+		fw.sent = append(fw.sent, k)
+	}
+	if fw.chunked {
+		out = append(out, "Transfer-Encoding: chunked\r\n"...)
+	}
+	if fw.close {
+		out = append(out, "Connection: close\r\n"...)
+	}
+	fw.fc.out = append(out, "\r\n"...)
+}
+
+func (fw *fastWriter) Write(p []byte) (int, error) {
+	if !fw.wrote {
+		fw.commit(p)
+	}
+	if fw.err != nil {
+		return 0, fw.err
+	}
+	if fw.nobody || len(p) == 0 {
+		return len(p), nil
+	}
+	if fw.clen >= 0 && fw.written+int64(len(p)) > fw.clen {
+		fw.err = http.ErrContentLength
+		return 0, fw.err
+	}
+	fw.written += int64(len(p))
+	if fw.chunked {
+		fw.fc.out = strconv.AppendInt(fw.fc.out, int64(len(p)), 16)
+		fw.fc.out = append(fw.fc.out, "\r\n"...)
+	}
+	fw.fc.out = append(fw.fc.out, p...)
+	if fw.chunked {
+		fw.fc.out = append(fw.fc.out, "\r\n"...)
+	}
+	if len(fw.fc.out) >= 64<<10 {
+		fw.flushOut()
+	}
+	return len(p), fw.err
+}
+
+// Flush sends what is buffered (a streamed upstream response asks for it).
+func (fw *fastWriter) Flush() {
+	if !fw.wrote {
+		fw.commit(nil)
+	}
+	fw.flushOut()
+}
+
+func (fw *fastWriter) flushOut() {
+	if len(fw.fc.out) == 0 || fw.err != nil {
+		return
+	}
+	h := fw.fc.w.h
+	if h.opts.WriteTimeout > 0 {
+		fw.fc.f.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
+		defer fw.fc.f.SetWriteDeadline(time.Time{})
+	}
+	if _, err := fw.fc.f.Write(fw.fc.out); err != nil {
+		fw.err = err
+	}
+	fw.fc.out = fw.fc.out[:0]
+	if cap(fw.fc.out) > 256<<10 {
+		fw.fc.out = nil
+	}
+}
+
+// finish ends the response: the head if nothing was written, the last
+// chunk and trailers if chunked.
+func (fw *fastWriter) finish() error {
+	if !fw.wrote {
+		if _, ok := fw.hdr["Content-Length"]; !ok && !fw.head && (fw.status == 0 || bodyAllowed(fw.status)) {
+			fw.hdr.Set("Content-Length", "0")
+		}
+		fw.commit(nil)
+	}
+	if fw.chunked {
+		out := append(fw.fc.out, "0\r\n"...)
+		for k, vs := range fw.hdr {
+			name, ok := strings.CutPrefix(k, http.TrailerPrefix)
+			if !ok {
+				continue
+			}
+			for _, v := range vs {
+				out = append(out, name...)
+				out = append(out, ": "...)
+				out = append(out, v...)
+				out = append(out, "\r\n"...)
+			}
+		}
+		// Trailers declared in the head are set without the prefix after
+		// it (httputil.ReverseProxy does so).
+		for _, decl := range fw.hdr.Values("Trailer") {
+			for _, name := range strings.Split(decl, ",") {
+				name = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name))
+				for _, v := range fw.declared(name) {
+					out = append(out, name...)
+					out = append(out, ": "...)
+					out = append(out, v...)
+					out = append(out, "\r\n"...)
+				}
+			}
+		}
+		fw.fc.out = append(out, "\r\n"...)
+	}
+	fw.flushOut()
+	if fw.err != nil {
+		return fw.err
+	}
+	if !fw.nobody && fw.clen >= 0 && fw.written < fw.clen {
+		return errShortBody // the client waits for the rest: only a close ends it
+	}
+	return nil
+}
+
+var errShortBody = errors.New("response body shorter than its Content-Length")
+
+// declared returns the values of a declared trailer set after the head.
+func (fw *fastWriter) declared(name string) []string {
+	if slices.Contains(fw.sent, name) {
+		return nil
+	}
+	return fw.hdr[name]
+}
+
+// webFastPath turns the fast path on (off: net/http serves every request).
+const webFastPath = true
