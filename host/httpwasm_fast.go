@@ -52,9 +52,10 @@ var fastBufs = sync.Pool{New: func() any { b := make([]byte, fastBuf); return &b
 
 // serveFast serves c on the fast path until it closes, or hands it to
 // net/http.
-func (w *web) serveFast(ctx context.Context, c *conn) {
+func (w *web) serveFast(ctx context.Context, c *conn, read []byte) {
 	bp := fastBufs.Get().(*[]byte)
 	fc := &fastConn{w: w, c: c, f: c.f, buf: *bp, remote: c.peerAddr()}
+	fc.n = copy(fc.buf, read) // the caller made sure it fits
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	fc.ctx = ctx
@@ -180,10 +181,26 @@ func (fc *fastConn) date() []byte {
 	return fc.dateBuf
 }
 
-// rest is what net/http gets: the unparsed bytes.
+// rest is what net/http gets: the unparsed bytes (on a routed connection,
+// its one request, to be answered with Connection: close).
 func (fc *fastConn) rest() []byte {
 	fc.f.SetReadDeadline(time.Time{})
-	return slices.Clone(fc.buf[fc.off:fc.n])
+	b := slices.Clone(fc.buf[fc.off:fc.n])
+	if fc.c.route != nil {
+		b = lastRequest(b)
+	}
+	return b
+}
+
+// lastRequest adds "Connection: close" to the request head at the start of
+// b, so net/http answers that request only and closes the connection. It
+// is added first, as net/http reads the first Connection field.
+func lastRequest(b []byte) []byte {
+	i := bytes.Index(b, []byte("\r\n"))
+	if i < 0 {
+		return b
+	}
+	return slices.Concat(b[:i+2], []byte("Connection: close\r\n"), b[i+2:])
 }
 
 // parse reads one request head from buf[off:n]. ok: a request for the fast
@@ -282,7 +299,8 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 // serve answers one request and reports whether the connection goes on.
 func (fc *fastConn) serve(req *http.Request) (keep bool) {
 	fw := &fastWriter{fc: fc, hdr: make(http.Header, 4), head: req.Method == http.MethodHead}
-	fw.close = req.Close || fc.w.h.draining.Load()
+	// A routed connection's request is its last here: see serveRouted.
+	fw.close = req.Close || fc.w.h.draining.Load() || fc.c.route != nil
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -165,15 +166,47 @@ func (w *web) upstreamError(rw http.ResponseWriter, r *http.Request, err error) 
 // server is done with it (or ctx ends); the caller closes it.
 func (w *web) serveConn(ctx context.Context, c *conn) {
 	w.start()
+	if c.route != nil {
+		w.serveRouted(ctx, c)
+		return
+	}
 	if c.tls != nil {
 		w.serveTLS(ctx, c)
 		return
 	}
 	if webFastPath {
-		w.serveFast(ctx, c)
+		w.serveFast(ctx, c, nil)
 		return
 	}
 	wc := &webConn{Conn: fileConn{c.f}, closed: make(chan struct{})}
+	if !w.hand(ctx, wc) {
+		return
+	}
+	select {
+	case <-wc.closed:
+	case <-ctx.Done():
+	}
+}
+
+// serveRouted serves a connection of a listener shared by several tenants:
+// the Router has read the head of the request it routed here (in pending).
+// That request is answered with "Connection: close" and the connection
+// ends: the next request on it may be another tenant's, and this server
+// reads ahead where the Router could not route it. (ABI handlers follow a
+// connection from tenant to tenant; see router.go.)
+func (w *web) serveRouted(ctx context.Context, c *conn) {
+	read := slices.Clone(c.pending)
+	c.pending, c.unseen = nil, 0
+	c.giveBack()
+	if c.tls == nil && webFastPath && len(read) <= fastBuf {
+		w.serveFast(ctx, c, read)
+		return
+	}
+	var nc net.Conn = fileConn{c.f}
+	if c.tls != nil {
+		nc = c.tls.tc
+	}
+	wc := &webConn{Conn: &prefixConn{Conn: nc, prefix: lastRequest(read)}, closed: make(chan struct{})}
 	if !w.hand(ctx, wc) {
 		return
 	}

@@ -43,8 +43,12 @@ func checkCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("--memory-limit: %w", err)
 			}
+			guestConfig, err := readGuestConfig(c.String("guest-config"), "")
+			if err != nil {
+				return fmt.Errorf("--guest-config: %w", err)
+			}
 			hc := handlerConfig{Path: c.Args().First(), CacheDir: c.String("cache-dir"),
-				limits: limits{MemoryLimit: mem, Timeout: c.Duration("timeout")}}
+				limits: limits{MemoryLimit: mem, Timeout: c.Duration("timeout"), GuestConfig: guestConfig}}
 			wasm, name, err := hc.load()
 			if err != nil {
 				return err
@@ -68,11 +72,7 @@ func checkCommand() *cli.Command {
 			fmt.Fprintf(w, "exports: %s\n", strings.Join(info.Exports, ", "))
 			fmt.Fprintf(w, "imports: %s\n", strings.Join(info.Imports, ", "))
 			if info.Kind == host.KindHTTP {
-				cfg, err := readGuestConfig(c.String("guest-config"), "")
-				if err != nil {
-					return fmt.Errorf("--guest-config: %w", err)
-				}
-				features, err := host.HTTPFeatures(c.Context, wasm, cfg)
+				features, err := host.HTTPFeatures(c.Context, wasm, guestConfig)
 				if err != nil {
 					return fmt.Errorf("%s: %w", name, err)
 				}
