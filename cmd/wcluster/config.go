@@ -251,18 +251,6 @@ func (g *groupPlan) newRouter(ctx context.Context, workerID int, budget *host.Bu
 	return r, nil
 }
 
-// routerStats are a worker's heartbeat counters: per tenant, and routing.
-func routerStats(r *host.Router, budget *host.Budget) map[string]any {
-	s := r.Stats()
-	tenants := map[string]any{}
-	for name, t := range s.Tenants {
-		st := handlerStats(t.Stats)
-		st["refused"] = t.Refused
-		tenants[name] = st
-	}
-	return withBudget(withTotals(map[string]any{"tenants": tenants, "misdirected": s.Misdirected, "malformed": s.Malformed, "tls_failures": s.TLSFailures}), budget)
-}
-
 // checkConfigFile is `wcluster check --config FILE`: it loads and checks the
 // file, compiles every tenant's module, and describes what would be served.
 func checkConfigFile(ctx context.Context, path string, w io.Writer) error {
