@@ -32,12 +32,12 @@ func TestIdleTimeout(t *testing.T) {
 	br := bufio.NewReader(c)
 	start := time.Now()
 	n := 0
-	var last time.Time
+	var last time.Time // when the last request was sent: its call ended after
 	for time.Since(start) < 3*idle {
+		last = time.Now()
 		if code, _ := roundTrip(t, br, c, "x", "/"); code != 200 {
 			t.Fatalf("request %d: status %d", n, code)
 		}
-		last = time.Now()
 		n++
 		time.Sleep(idle / 10)
 	}
