@@ -34,7 +34,9 @@ func TestInstrumentGuests(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	rt := wazero.NewRuntime(ctx)
+	// The interpreter validates a module as fully as the compiler, at a
+	// fraction of the cost (the end-to-end tests compile them for real).
+	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigInterpreter())
 	defer rt.Close(ctx)
 	for name, wasm := range mods {
 		out, err := instrument(wasm)
