@@ -46,16 +46,26 @@ type fastConn struct {
 	headDL  bool      // a read timeout (for a head) is set on f instead
 	dateSec int64
 	dateBuf []byte
+
+	// On a shared listener (c.route set): routed says the request at off
+	// was routed already; rbuf is the Router's view of the next head.
+	routed bool
+	rbuf   []byte
 }
 
 var fastBufs = sync.Pool{New: func() any { b := make([]byte, fastBuf); return &b }}
 
-// serveFast serves c on the fast path until it closes, or hands it to
-// net/http.
-func (w *web) serveFast(ctx context.Context, c *conn, read []byte) {
+// serveFast serves c on the fast path until it closes, hands it to
+// net/http, or (on a shared listener) leaves it to the Router for a request
+// of another tenant. read is what was read ahead of the connection; routed
+// says its first request was routed here.
+func (w *web) serveFast(ctx context.Context, c *conn, read []byte, routed bool) {
 	bp := fastBufs.Get().(*[]byte)
-	fc := &fastConn{w: w, c: c, f: c.f, buf: *bp, remote: c.peerAddr()}
-	fc.n = copy(fc.buf, read) // the caller made sure it fits
+	fc := &fastConn{w: w, c: c, f: c.f, buf: *bp, remote: c.peerAddr(), routed: routed}
+	if len(read) > len(fc.buf) { // pipelined requests behind a routed one
+		fc.buf = make([]byte, len(read)+fastBuf)
+	}
+	fc.n = copy(fc.buf, read)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	fc.ctx = ctx
@@ -101,6 +111,10 @@ func (fc *fastConn) loop() []byte {
 			fc.n = m
 		}
 		first = false
+		if fc.c.route != nil && !fc.routed && !fc.route() {
+			return nil // another tenant's, refused, or ended: the Router's
+		}
+		fc.routed = false
 		// A whole head, parsed; else more bytes, or net/http.
 		req, used, ok := fc.parse()
 		for !ok && used == 0 {
@@ -168,6 +182,38 @@ func (fc *fastConn) rearm() bool {
 	}
 	fc.idleAt = until
 	fc.f.SetReadDeadline(until)
+	return true
+}
+
+// route routes the request at off by its own Host, as the Router does
+// between the requests of ABI handlers (routing.before, with its strict
+// head checks, 421, 400/431/408): a request for this tenant is served on
+// here; else it reports false, and the connection, with the bytes read
+// ahead in c.pending and the routing state, goes back to the Router, which
+// hands it to the next tenant or answers and closes it.
+func (fc *fastConn) route() bool {
+	c, rs := fc.c, fc.c.route
+	c.giveBack()
+	c.pending = append(fc.rbuf[:0], fc.buf[fc.off:fc.n]...)
+	c.unseen = len(c.pending)
+	fc.off, fc.n = 0, 0
+	rs.frame = frameHead
+	ok := rs.before(c)
+	// The deadlines set here or there are dropped: the next tenant, or
+	// waitDeadline, sets its own.
+	c.clearReadDeadline()
+	fc.idleAt, fc.headDL = time.Time{}, false
+	if !ok {
+		return false
+	}
+	fc.rbuf = c.pending[:0]
+	if need := len(c.pending) + len(rs.held); need > len(fc.buf) {
+		fc.buf = make([]byte, need+fastBuf)
+	}
+	fc.n = copy(fc.buf, c.pending)
+	fc.n += copy(fc.buf[fc.n:], rs.held)
+	// The fast path frames the request itself.
+	c.pending, c.unseen, rs.held, rs.frame = nil, 0, nil, frameHead
 	return true
 }
 
@@ -299,8 +345,7 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 // serve answers one request and reports whether the connection goes on.
 func (fc *fastConn) serve(req *http.Request) (keep bool) {
 	fw := &fastWriter{fc: fc, hdr: make(http.Header, 4), head: req.Method == http.MethodHead}
-	// A routed connection's request is its last here: see serveRouted.
-	fw.close = req.Close || fc.w.h.draining.Load() || fc.c.route != nil
+	fw.close = req.Close || fc.w.h.draining.Load()
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {

@@ -175,7 +175,7 @@ func (w *web) serveConn(ctx context.Context, c *conn) {
 		return
 	}
 	if webFastPath {
-		w.serveFast(ctx, c, nil)
+		w.serveFast(ctx, c, nil, false)
 		return
 	}
 	wc := &webConn{Conn: fileConn{c.f}, closed: make(chan struct{})}
@@ -189,19 +189,28 @@ func (w *web) serveConn(ctx context.Context, c *conn) {
 }
 
 // serveRouted serves a connection of a listener shared by several tenants:
-// the Router has read the head of the request it routed here (in pending).
-// That request is answered with "Connection: close" and the connection
-// ends: the next request on it may be another tenant's, and this server
-// reads ahead where the Router could not route it. (ABI handlers follow a
-// connection from tenant to tenant; see router.go.)
+// the Router has read the head of the request it routed here (in pending,
+// what follows it in route.held). In plaintext the fast path serves it and
+// routes each next request by its own Host, as the Router does for ABI
+// handlers: the connection stays open from tenant to tenant. A request the
+// fast path leaves to net/http (a chunked or large body, Expect, an
+// upgrade), and any request over TLS, is answered with "Connection: close"
+// and ends the connection: net/http reads ahead where the Router could not
+// route what it reads.
 func (w *web) serveRouted(ctx context.Context, c *conn) {
-	read := slices.Clone(c.pending)
-	c.pending, c.unseen = nil, 0
+	rs := c.route
+	read := slices.Concat(c.pending, rs.held)
+	first := len(c.pending)
+	c.pending, c.unseen, rs.held, rs.frame = nil, 0, nil, frameHead
 	c.giveBack()
-	if c.tls == nil && webFastPath && len(read) <= fastBuf {
-		w.serveFast(ctx, c, read)
+	if c.tls == nil && webFastPath {
+		if c.rdl { // set by the tenant before
+			c.clearReadDeadline()
+		}
+		w.serveFast(ctx, c, read, true)
 		return
 	}
+	read = read[:first]
 	var nc net.Conn = fileConn{c.f}
 	if c.tls != nil {
 		nc = c.tls.tc
