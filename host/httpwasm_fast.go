@@ -51,7 +51,37 @@ type fastConn struct {
 	// was routed already; rbuf is the Router's view of the next head.
 	routed bool
 	rbuf   []byte
+
+	// Reused from request to request (each is answered before the next is
+	// parsed, and nothing keeps them past the answer): the request, its
+	// header map and values, its body reader, the parsed URI of the last
+	// target, the response writer and its header map.
+	blank    *http.Request // carries ctx
+	req      http.Request
+	hdr      http.Header
+	vals     []string
+	body     fastBody
+	uri      string
+	url      url.URL // parsed from uri, unchanged: req.URL is a copy
+	reqURL   url.URL
+	fw       fastWriter
+	respHdr  http.Header
+	respVals []string // respHdr's values set by the guest
+	strTable          // the client's header names and values
 }
+
+// setResp is respHdr.Set(key, value) for a canonical key, the value's slice
+// from respVals, reused once the response is out.
+func (fc *fastConn) setResp(key, value string) {
+	k := len(fc.respVals)
+	fc.respVals = append(fc.respVals, value)
+	fc.respHdr[key] = fc.respVals[k : k+1 : k+1]
+}
+
+// fastBody is a request body in the read buffer.
+type fastBody struct{ bytes.Reader }
+
+func (*fastBody) Close() error { return nil }
 
 var fastBufs = sync.Pool{New: func() any { b := make([]byte, fastBuf); return &b }}
 
@@ -69,6 +99,8 @@ func (w *web) serveFast(ctx context.Context, c *conn, read []byte, routed bool) 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	fc.ctx = ctx
+	fc.blank = (&http.Request{}).WithContext(ctx)
+	fc.hdr, fc.respHdr = make(http.Header, 8), make(http.Header, 4)
 	handoff := fc.loop()
 	if handoff == nil {
 		fastBufs.Put(bp)
@@ -269,7 +301,9 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 	if !ok1 || !ok2 || string(proto) != "HTTP/1.1" || len(target) == 0 || target[0] != '/' || !validToken(string(method)) {
 		return nil, used, false
 	}
-	hdr := make(http.Header, 8)
+	hdr := fc.hdr
+	clear(hdr)
+	fc.vals = fc.vals[:0]
 	var host string
 	clen := -1
 	closeAfter := false
@@ -280,13 +314,13 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 		if !found || !validToken(string(k)) {
 			return nil, used, false
 		}
-		val := string(bytes.Trim(v, " \t"))
+		val := fc.str(bytes.Trim(v, " \t"))
 		for i := 0; i < len(val); i++ {
 			if c := val[i]; c < ' ' && c != '\t' || c == 0x7f {
 				return nil, used, false
 			}
 		}
-		key := textproto.CanonicalMIMEHeaderKey(string(k))
+		key := fc.canonical(k)
 		switch key {
 		case "Host":
 			if host != "" {
@@ -314,16 +348,25 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 				}
 			}
 		}
-		hdr[key] = append(hdr[key], val)
+		if vs, ok := hdr[key]; ok {
+			hdr[key] = append(vs, val)
+		} else {
+			k := len(fc.vals)
+			fc.vals = append(fc.vals, val)
+			hdr[key] = fc.vals[k : k+1 : k+1]
+		}
 	}
 	if host == "" {
 		return nil, used, false
 	}
-	uri := string(target)
-	u, err := url.ParseRequestURI(uri)
-	if err != nil {
-		return nil, used, false
+	if string(target) != fc.uri || fc.uri == "" {
+		u, err := url.ParseRequestURI(string(target))
+		if err != nil {
+			return nil, used, false
+		}
+		fc.uri, fc.url = string(target), *u
 	}
+	fc.reqURL = fc.url // the guest may change it (set_uri)
 	var body io.ReadCloser = http.NoBody
 	if clen > 0 {
 		if len(b) < used+clen {
@@ -331,20 +374,40 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 		}
 		// A view of the buffer: it is not read into again before the
 		// request is answered.
-		body = io.NopCloser(bytes.NewReader(b[used : used+clen]))
+		fc.body.Reset(b[used : used+clen])
+		body = &fc.body
 		used += clen
 	}
-	req = &http.Request{
-		Method: string(method), URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: hdr, Body: body, ContentLength: max(int64(clen), 0), Host: host, RemoteAddr: fc.remote,
-		RequestURI: uri, Close: closeAfter,
+	req = &fc.req
+	*req = *fc.blank
+	req.Method, req.URL, req.Proto, req.ProtoMajor, req.ProtoMinor = methodString(method), &fc.reqURL, "HTTP/1.1", 1, 1
+	req.Header, req.Body, req.ContentLength, req.Host, req.RemoteAddr = hdr, body, max(int64(clen), 0), host, fc.remote
+	req.RequestURI, req.Close = fc.uri, closeAfter
+	return req, used, true
+}
+
+// methodString is the method's name, without an allocation for the common ones.
+func methodString(m []byte) string {
+	switch string(m) {
+	case http.MethodGet:
+		return http.MethodGet
+	case http.MethodPost:
+		return http.MethodPost
+	case http.MethodHead:
+		return http.MethodHead
+	case http.MethodPut:
+		return http.MethodPut
 	}
-	return req.WithContext(fc.ctx), used, true
+	return string(m)
 }
 
 // serve answers one request and reports whether the connection goes on.
 func (fc *fastConn) serve(req *http.Request) (keep bool) {
-	fw := &fastWriter{fc: fc, hdr: make(http.Header, 4), head: req.Method == http.MethodHead}
+	clear(fc.respHdr)
+	clear(fc.respVals)
+	fc.respVals = fc.respVals[:0]
+	fw := &fc.fw
+	*fw = fastWriter{fc: fc, hdr: fc.respHdr, head: req.Method == http.MethodHead, sent: fw.sent[:0]}
 	fw.close = req.Close || fc.w.h.draining.Load()
 	defer func() {
 		if v := recover(); v != nil {
@@ -425,7 +488,7 @@ func (fw *fastWriter) commit(p []byte) {
 		fw.status = http.StatusOK
 	}
 	if _, ok := fw.hdr["Content-Type"]; !ok && len(p) > 0 && !fw.head && bodyAllowed(fw.status) {
-		fw.hdr.Set("Content-Type", http.DetectContentType(p))
+		fw.fc.setResp("Content-Type", http.DetectContentType(p))
 	}
 	fw.writeHead()
 }
@@ -560,7 +623,7 @@ func (fw *fastWriter) flushOut() {
 func (fw *fastWriter) finish() error {
 	if !fw.wrote {
 		if _, ok := fw.hdr["Content-Length"]; !ok && !fw.head && (fw.status == 0 || bodyAllowed(fw.status)) {
-			fw.hdr.Set("Content-Length", "0")
+			fw.fc.setResp("Content-Length", "0")
 		}
 		fw.commit(nil)
 	}

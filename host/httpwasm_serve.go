@@ -384,6 +384,8 @@ type webInst struct {
 	req, resp api.Function
 	stack     [2]uint64
 	cur       *webReq
+	st        webReq // cur's storage
+	strTable
 }
 
 // webReq is one request's state while the guest handles it.
@@ -393,6 +395,8 @@ type webReq struct {
 	r         *http.Request
 	features  uint32
 	afterNext bool
+	wi        *webInst
+	fast      *fastConn // the connection, on the fast path
 
 	// The guest's own response (before next): status 0 is 200; started
 	// once it outgrew webStreamAt and is being sent.
@@ -445,14 +449,36 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		h.observe(end.Sub(begin))
 		h.release(inst, healthy, end)
 	}()
-	st := &webReq{w: w, rw: rw, r: r, features: w.features.Load()}
-	abort, err := w.handle(inst, st)
+	abort, err := w.handle(inst, w.newReq(inst, rw, r))
 	healthy = err == nil
 	if abort {
 		// The response had started: cutting the connection is the only way
 		// left to tell the client it is incomplete.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// newReq readies the request state kept with inst (reused, as an
+// instance serves one request at a time).
+func (w *web) newReq(inst *instance, rw http.ResponseWriter, r *http.Request) *webReq {
+	if inst.web == nil {
+		inst.web = &webInst{req: inst.mod.ExportedFunction(httpHandleRequest), resp: inst.mod.ExportedFunction(httpHandleResponse)}
+	}
+	st := &inst.web.st
+	body, kept := st.body, st.reqKept
+	body.Reset()
+	kept.Reset()
+	if body.Cap() > 64<<10 {
+		body = bytes.Buffer{}
+	}
+	if kept.Cap() > 64<<10 {
+		kept = bytes.Buffer{}
+	}
+	*st = webReq{w: w, rw: rw, r: r, wi: inst.web, features: w.features.Load(), body: body, reqKept: kept}
+	if fw, ok := rw.(*fastWriter); ok {
+		st.fast = fw.fc
+	}
+	return st
 }
 
 // handle runs the guest on st and answers; err is the guest's failure (the
@@ -617,7 +643,7 @@ func (st *webReq) finish() bool {
 		}
 		hdr.Del("Content-Length")
 		if bodyAllowed(status) && !hasTrailers(hdr) {
-			hdr.Set("Content-Length", strconv.Itoa(nw.body.Len()))
+			st.setResp("Content-Length", strconv.Itoa(nw.body.Len()))
 		}
 		rw.WriteHeader(status)
 		rw.Write(nw.body.Bytes())
@@ -631,7 +657,7 @@ func (st *webReq) finish() bool {
 		status = http.StatusOK
 	}
 	if _, ok := hdr["Content-Length"]; !ok && bodyAllowed(status) && !hasTrailers(hdr) {
-		hdr.Set("Content-Length", strconv.Itoa(st.body.Len()))
+		st.setResp("Content-Length", strconv.Itoa(st.body.Len()))
 	}
 	rw.WriteHeader(status)
 	rw.Write(st.body.Bytes())
