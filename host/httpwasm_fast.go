@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The fast path serves the common request of a plaintext connection (an
@@ -604,13 +606,34 @@ func (fw *fastWriter) flushOut() {
 	if len(fw.fc.out) == 0 || fw.err != nil {
 		return
 	}
-	h := fw.fc.w.h
-	if h.opts.WriteTimeout > 0 {
-		fw.fc.f.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
-		defer fw.fc.f.SetWriteDeadline(time.Time{})
-	}
-	if _, err := fw.fc.f.Write(fw.fc.out); err != nil {
+	fc := fw.fc
+	// One write without waiting, as conn_write does: the usual answer
+	// fits the socket's buffer, and needs no deadline (two changes of it
+	// per request otherwise). What is left waits, within WriteTimeout.
+	out := fc.out
+	c := fc.c
+	c.ioBuf = out
+	err := c.rc.Write(c.writeFn)
+	c.ioBuf = nil
+	switch n, werr := c.ioN, c.ioErr; {
+	case err != nil:
 		fw.err = err
+	case werr == nil && n == len(out):
+		out = nil
+	case werr != nil && werr != unix.EAGAIN && werr != unix.EINTR:
+		fw.err = werr
+	case n > 0:
+		out = out[n:]
+	}
+	if len(out) > 0 && fw.err == nil {
+		h := fc.w.h
+		if h.opts.WriteTimeout > 0 {
+			fc.f.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
+			defer fc.f.SetWriteDeadline(time.Time{})
+		}
+		if _, err := fc.f.Write(out); err != nil {
+			fw.err = err
+		}
 	}
 	fw.fc.out = fw.fc.out[:0]
 	if cap(fw.fc.out) > 256<<10 {
