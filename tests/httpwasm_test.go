@@ -561,6 +561,40 @@ func TestHTTPWasmGoGuest(t *testing.T) {
 	}
 }
 
+// TestHTTPWasmRustGuest: the Rust http-wasm example (guests/rust/examples/
+// hwhello, on the SDK crate guests/rust/httpwasm, built by `make guests`)
+// checks its API key from --guest-config, answers /hello itself, and passes
+// other requests on with a header added; its response function sees the
+// upstream's answer go out unchanged.
+func TestHTTPWasmRustGuest(t *testing.T) {
+	t.Parallel()
+	wasm := guest(t, "rust-httpwasm")
+	if out, err := run(t, "check", wasm); err != nil || !strings.Contains(out, "http-wasm handler ABI") {
+		t.Fatalf("check rust-httpwasm: %v\n%s", err, out)
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream", "1")
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, "upstream: %s %s guest=%s", r.Method, r.URL.RequestURI(), r.Header.Get("X-Guest"))
+	}))
+	t.Cleanup(up.Close)
+	s := start(t, "--workers", "2", "--upstream", up.URL, "--guest-config", "k1", wasm)
+	client := newClient()
+	if code, _, body := do(t, client, newRequest(t, "GET", s.url()+"hello", "")); code != 401 || body != "missing or wrong X-Api-Key\n" {
+		t.Fatalf("without the key: %d %q, want 401", code, body)
+	}
+	if code, _, _ := do(t, client, newRequest(t, "GET", s.url()+"hello", "", "X-Api-Key", "k2")); code != 401 {
+		t.Fatalf("with a wrong key: %d, want 401", code)
+	}
+	if code, hdr, body := do(t, client, newRequest(t, "GET", s.url()+"hello", "", "X-Api-Key", "k1")); code != 200 || body != "hello world" || hdr.Get("Content-Type") != "text/plain" {
+		t.Fatalf("/hello: %d %q %v", code, body, hdr)
+	}
+	code, hdr, body := do(t, client, newRequest(t, "POST", s.url()+"other?q=1", "data", "X-Api-Key", "k1"))
+	if code != http.StatusAccepted || body != "upstream: POST /other?q=1 guest=rust" || hdr.Get("X-Upstream") != "1" {
+		t.Fatalf("/other: %d %q %v", code, body, hdr)
+	}
+}
+
 // TestHTTPWasmTenant: an http-wasm tenant (the C example, guests/c) beside
 // an ABI tenant on one port, chosen by Host, with its upstream and guest
 // config from the config file; the C guest answers itself or passes /api on.
