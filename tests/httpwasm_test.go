@@ -715,11 +715,11 @@ name = "abi"
 handler = %q
 listen = ["127.0.0.1:%d"]
 hosts = ["abi.test"]
-config = { name = "abi" }
-`, env.cache, guest(t, "c-httpwasm"), port, httpWasmExample(t, "router"), port, probeGuest(t), port))
+`, env.cache, guest(t, "c-httpwasm"), port, httpWasmExample(t, "router"), port, guest(t, "c-hello"), port))
 	startConfig(t, cfg)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	want := map[string]string{"web.test": "hello from C", "router.test": "hello world", "abi.test": "tenant abi\n"}
+	// (The router example answers "hello world", the C ABI hello "hello world\n".)
+	want := map[string]string{"web.test": "hello from C", "router.test": "hello world", "abi.test": "hello world\n"}
 	get := func(host string) string { return "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n" }
 	post := "POST / HTTP/1.1\r\nHost: router.test\r\nContent-Length: 5\r\n\r\nhello"
 	hosts := []string{"web.test", "abi.test", "router.test", "web.test", "router.test", "router.test", "abi.test", "web.test"}
