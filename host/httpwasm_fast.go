@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The fast path serves the common request of a plaintext connection (an
@@ -46,19 +48,61 @@ type fastConn struct {
 	headDL  bool      // a read timeout (for a head) is set on f instead
 	dateSec int64
 	dateBuf []byte
+
+	// On a shared listener (c.route set): routed says the request at off
+	// was routed already; rbuf is the Router's view of the next head.
+	routed bool
+	rbuf   []byte
+
+	// Reused from request to request (each is answered before the next is
+	// parsed, and nothing keeps them past the answer): the request, its
+	// header map and values, its body reader, the parsed URI of the last
+	// target, the response writer and its header map.
+	blank    *http.Request // carries ctx
+	req      http.Request
+	hdr      http.Header
+	vals     []string
+	body     fastBody
+	uri      string
+	url      url.URL // parsed from uri, unchanged: req.URL is a copy
+	reqURL   url.URL
+	fw       fastWriter
+	respHdr  http.Header
+	respVals []string // respHdr's values set by the guest
+	strTable          // the client's header names and values
 }
+
+// setResp is respHdr.Set(key, value) for a canonical key, the value's slice
+// from respVals, reused once the response is out.
+func (fc *fastConn) setResp(key, value string) {
+	k := len(fc.respVals)
+	fc.respVals = append(fc.respVals, value)
+	fc.respHdr[key] = fc.respVals[k : k+1 : k+1]
+}
+
+// fastBody is a request body in the read buffer.
+type fastBody struct{ bytes.Reader }
+
+func (*fastBody) Close() error { return nil }
 
 var fastBufs = sync.Pool{New: func() any { b := make([]byte, fastBuf); return &b }}
 
-// serveFast serves c on the fast path until it closes, or hands it to
-// net/http.
-func (w *web) serveFast(ctx context.Context, c *conn, read []byte) {
+// serveFast serves c on the fast path until it closes, hands it to
+// net/http, or (on a shared listener) leaves it to the Router for a request
+// of another tenant. read is what was read ahead of the connection; routed
+// says its first request was routed here.
+func (w *web) serveFast(ctx context.Context, c *conn, read []byte, routed bool) {
 	bp := fastBufs.Get().(*[]byte)
-	fc := &fastConn{w: w, c: c, f: c.f, buf: *bp, remote: c.peerAddr()}
-	fc.n = copy(fc.buf, read) // the caller made sure it fits
+	fc := &fastConn{w: w, c: c, f: c.f, buf: *bp, remote: c.peerAddr(), routed: routed}
+	if len(read) > len(fc.buf) { // pipelined requests behind a routed one
+		fc.buf = make([]byte, len(read)+fastBuf)
+	}
+	fc.n = copy(fc.buf, read)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	fc.ctx = ctx
+	fc.blank = (&http.Request{}).WithContext(ctx)
+	fc.hdr, fc.respHdr = make(http.Header, 8), make(http.Header, 4)
 	handoff := fc.loop()
 	if handoff == nil {
 		fastBufs.Put(bp)
@@ -101,6 +145,10 @@ func (fc *fastConn) loop() []byte {
 			fc.n = m
 		}
 		first = false
+		if fc.c.route != nil && !fc.routed && !fc.route() {
+			return nil // another tenant's, refused, or ended: the Router's
+		}
+		fc.routed = false
 		// A whole head, parsed; else more bytes, or net/http.
 		req, used, ok := fc.parse()
 		for !ok && used == 0 {
@@ -171,6 +219,38 @@ func (fc *fastConn) rearm() bool {
 	return true
 }
 
+// route routes the request at off by its own Host, as the Router does
+// between the requests of ABI handlers (routing.before, with its strict
+// head checks, 421, 400/431/408): a request for this tenant is served on
+// here; else it reports false, and the connection, with the bytes read
+// ahead in c.pending and the routing state, goes back to the Router, which
+// hands it to the next tenant or answers and closes it.
+func (fc *fastConn) route() bool {
+	c, rs := fc.c, fc.c.route
+	c.giveBack()
+	c.pending = append(fc.rbuf[:0], fc.buf[fc.off:fc.n]...)
+	c.unseen = len(c.pending)
+	fc.off, fc.n = 0, 0
+	rs.frame = frameHead
+	ok := rs.before(c)
+	// The deadlines set here or there are dropped: the next tenant, or
+	// waitDeadline, sets its own.
+	c.clearReadDeadline()
+	fc.idleAt, fc.headDL = time.Time{}, false
+	if !ok {
+		return false
+	}
+	fc.rbuf = c.pending[:0]
+	if need := len(c.pending) + len(rs.held); need > len(fc.buf) {
+		fc.buf = make([]byte, need+fastBuf)
+	}
+	fc.n = copy(fc.buf, c.pending)
+	fc.n += copy(fc.buf[fc.n:], rs.held)
+	// The fast path frames the request itself.
+	c.pending, c.unseen, rs.held, rs.frame = nil, 0, nil, frameHead
+	return true
+}
+
 // date is the Date header's value, formatted once a second.
 func (fc *fastConn) date() []byte {
 	now := time.Now()
@@ -223,7 +303,9 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 	if !ok1 || !ok2 || string(proto) != "HTTP/1.1" || len(target) == 0 || target[0] != '/' || !validToken(string(method)) {
 		return nil, used, false
 	}
-	hdr := make(http.Header, 8)
+	hdr := fc.hdr
+	clear(hdr)
+	fc.vals = fc.vals[:0]
 	var host string
 	clen := -1
 	closeAfter := false
@@ -234,13 +316,13 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 		if !found || !validToken(string(k)) {
 			return nil, used, false
 		}
-		val := string(bytes.Trim(v, " \t"))
+		val := fc.str(bytes.Trim(v, " \t"))
 		for i := 0; i < len(val); i++ {
 			if c := val[i]; c < ' ' && c != '\t' || c == 0x7f {
 				return nil, used, false
 			}
 		}
-		key := textproto.CanonicalMIMEHeaderKey(string(k))
+		key := fc.canonical(k)
 		switch key {
 		case "Host":
 			if host != "" {
@@ -268,16 +350,25 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 				}
 			}
 		}
-		hdr[key] = append(hdr[key], val)
+		if vs, ok := hdr[key]; ok {
+			hdr[key] = append(vs, val)
+		} else {
+			k := len(fc.vals)
+			fc.vals = append(fc.vals, val)
+			hdr[key] = fc.vals[k : k+1 : k+1]
+		}
 	}
 	if host == "" {
 		return nil, used, false
 	}
-	uri := string(target)
-	u, err := url.ParseRequestURI(uri)
-	if err != nil {
-		return nil, used, false
+	if string(target) != fc.uri || fc.uri == "" {
+		u, err := url.ParseRequestURI(string(target))
+		if err != nil {
+			return nil, used, false
+		}
+		fc.uri, fc.url = string(target), *u
 	}
+	fc.reqURL = fc.url // the guest may change it (set_uri)
 	var body io.ReadCloser = http.NoBody
 	if clen > 0 {
 		if len(b) < used+clen {
@@ -285,22 +376,41 @@ func (fc *fastConn) parse() (req *http.Request, used int, ok bool) {
 		}
 		// A view of the buffer: it is not read into again before the
 		// request is answered.
-		body = io.NopCloser(bytes.NewReader(b[used : used+clen]))
+		fc.body.Reset(b[used : used+clen])
+		body = &fc.body
 		used += clen
 	}
-	req = &http.Request{
-		Method: string(method), URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: hdr, Body: body, ContentLength: max(int64(clen), 0), Host: host, RemoteAddr: fc.remote,
-		RequestURI: uri, Close: closeAfter,
+	req = &fc.req
+	*req = *fc.blank
+	req.Method, req.URL, req.Proto, req.ProtoMajor, req.ProtoMinor = methodString(method), &fc.reqURL, "HTTP/1.1", 1, 1
+	req.Header, req.Body, req.ContentLength, req.Host, req.RemoteAddr = hdr, body, max(int64(clen), 0), host, fc.remote
+	req.RequestURI, req.Close = fc.uri, closeAfter
+	return req, used, true
+}
+
+// methodString is the method's name, without an allocation for the common ones.
+func methodString(m []byte) string {
+	switch string(m) {
+	case http.MethodGet:
+		return http.MethodGet
+	case http.MethodPost:
+		return http.MethodPost
+	case http.MethodHead:
+		return http.MethodHead
+	case http.MethodPut:
+		return http.MethodPut
 	}
-	return req.WithContext(fc.ctx), used, true
+	return string(m)
 }
 
 // serve answers one request and reports whether the connection goes on.
 func (fc *fastConn) serve(req *http.Request) (keep bool) {
-	fw := &fastWriter{fc: fc, hdr: make(http.Header, 4), head: req.Method == http.MethodHead}
-	// A routed connection's request is its last here: see serveRouted.
-	fw.close = req.Close || fc.w.h.draining.Load() || fc.c.route != nil
+	clear(fc.respHdr)
+	clear(fc.respVals)
+	fc.respVals = fc.respVals[:0]
+	fw := &fc.fw
+	*fw = fastWriter{fc: fc, hdr: fc.respHdr, head: req.Method == http.MethodHead, sent: fw.sent[:0]}
+	fw.close = req.Close || fc.w.h.draining.Load()
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {
@@ -380,7 +490,7 @@ func (fw *fastWriter) commit(p []byte) {
 		fw.status = http.StatusOK
 	}
 	if _, ok := fw.hdr["Content-Type"]; !ok && len(p) > 0 && !fw.head && bodyAllowed(fw.status) {
-		fw.hdr.Set("Content-Type", http.DetectContentType(p))
+		fw.fc.setResp("Content-Type", http.DetectContentType(p))
 	}
 	fw.writeHead()
 }
@@ -496,13 +606,34 @@ func (fw *fastWriter) flushOut() {
 	if len(fw.fc.out) == 0 || fw.err != nil {
 		return
 	}
-	h := fw.fc.w.h
-	if h.opts.WriteTimeout > 0 {
-		fw.fc.f.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
-		defer fw.fc.f.SetWriteDeadline(time.Time{})
-	}
-	if _, err := fw.fc.f.Write(fw.fc.out); err != nil {
+	fc := fw.fc
+	// One write without waiting, as conn_write does: the usual answer
+	// fits the socket's buffer, and needs no deadline (two changes of it
+	// per request otherwise). What is left waits, within WriteTimeout.
+	out := fc.out
+	c := fc.c
+	c.ioBuf = out
+	err := c.rc.Write(c.writeFn)
+	c.ioBuf = nil
+	switch n, werr := c.ioN, c.ioErr; {
+	case err != nil:
 		fw.err = err
+	case werr == nil && n == len(out):
+		out = nil
+	case werr != nil && werr != unix.EAGAIN && werr != unix.EINTR:
+		fw.err = werr
+	case n > 0:
+		out = out[n:]
+	}
+	if len(out) > 0 && fw.err == nil {
+		h := fc.w.h
+		if h.opts.WriteTimeout > 0 {
+			fc.f.SetWriteDeadline(time.Now().Add(h.opts.WriteTimeout))
+			defer fc.f.SetWriteDeadline(time.Time{})
+		}
+		if _, err := fc.f.Write(out); err != nil {
+			fw.err = err
+		}
 	}
 	fw.fc.out = fw.fc.out[:0]
 	if cap(fw.fc.out) > 256<<10 {
@@ -515,7 +646,7 @@ func (fw *fastWriter) flushOut() {
 func (fw *fastWriter) finish() error {
 	if !fw.wrote {
 		if _, ok := fw.hdr["Content-Length"]; !ok && !fw.head && (fw.status == 0 || bodyAllowed(fw.status)) {
-			fw.hdr.Set("Content-Length", "0")
+			fw.fc.setResp("Content-Length", "0")
 		}
 		fw.commit(nil)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"slices"
 	"strings"
@@ -296,8 +297,8 @@ func (w *web) getHeaderNames(ctx context.Context, mod api.Module, stack []uint64
 }
 
 // headerName reads and checks a header name from guest memory.
-func headerName(mod api.Module, ptr, n uint32, fn string) string {
-	name := string(mem(mod, ptr, n, fn))
+func headerName(st *webReq, mod api.Module, ptr, n uint32, fn string) string {
+	name := st.wi.str(mem(mod, ptr, n, fn))
 	if !validToken(name) {
 		trap("%s: %q is not a header name", fn, name)
 	}
@@ -308,7 +309,7 @@ func (w *web) getHeaderValues(ctx context.Context, mod api.Module, stack []uint6
 	st := cur(ctx, "get_header_values")
 	kind := uint32(stack[0])
 	hdr, prefix := st.headers(kind, "get_header_values")
-	name := headerName(mod, uint32(stack[1]), uint32(stack[2]), "get_header_values")
+	name := headerName(st, mod, uint32(stack[1]), uint32(stack[2]), "get_header_values")
 	var vs []string
 	if kind == kindRequest && strings.EqualFold(name, "host") {
 		if st.r.Host != "" {
@@ -321,8 +322,8 @@ func (w *web) getHeaderValues(ctx context.Context, mod api.Module, stack []uint6
 }
 
 // headerValue reads and checks a header value from guest memory.
-func headerValue(mod api.Module, ptr, n uint32, fn string) string {
-	v := string(mem(mod, ptr, n, fn))
+func headerValue(st *webReq, mod api.Module, ptr, n uint32, fn string) string {
+	v := st.wi.str(mem(mod, ptr, n, fn))
 	for i := 0; i < len(v); i++ {
 		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
 			trap("%s: the value %q holds a control character", fn, v)
@@ -344,15 +345,21 @@ func (w *web) changeHeader(ctx context.Context, mod api.Module, stack []uint64, 
 	kind := uint32(stack[0])
 	hdr, prefix := st.headers(kind, fn)
 	st.mutable(kind, fn)
-	name := headerName(mod, uint32(stack[1]), uint32(stack[2]), fn)
-	value := headerValue(mod, uint32(stack[3]), uint32(stack[4]), fn)
+	name := headerName(st, mod, uint32(stack[1]), uint32(stack[2]), fn)
+	value := headerValue(st, mod, uint32(stack[3]), uint32(stack[4]), fn)
 	if kind == kindRequest && strings.EqualFold(name, "host") {
 		st.r.Host = value
 		return
 	}
-	if add {
+	switch {
+	case add:
 		hdr.Add(prefix+name, value)
-	} else {
+	case kind == kindResponse && st.fast != nil:
+		// hdr.Set without its allocations: the key made canonical once per
+		// instance, the value's slice from the connection's, reused once
+		// this response is out.
+		st.fast.setResp(st.wi.canonical([]byte(name)), value)
+	default:
 		hdr.Set(prefix+name, value)
 	}
 }
@@ -362,7 +369,7 @@ func (w *web) removeHeader(ctx context.Context, mod api.Module, stack []uint64) 
 	kind := uint32(stack[0])
 	hdr, prefix := st.headers(kind, "remove_header")
 	st.mutable(kind, "remove_header")
-	name := headerName(mod, uint32(stack[1]), uint32(stack[2]), "remove_header")
+	name := headerName(st, mod, uint32(stack[1]), uint32(stack[2]), "remove_header")
 	if kind == kindRequest && strings.EqualFold(name, "host") {
 		st.r.Host = ""
 		return
@@ -561,4 +568,54 @@ func validToken(s string) bool {
 		}
 	}
 	return true
+}
+
+// strTable keeps the strings (header names and values) that an instance's
+// guest, or a connection's client, sends again and again, so that most
+// requests make none. It is bounded: webStrs strings of webStrLen bytes.
+type strTable struct {
+	strs map[string]string
+	keys map[string]string // name as sent: canonical name
+}
+
+const webStrs, webStrLen = 64, 96
+
+// str is b as a string, from the table when b is in it.
+func (t *strTable) str(b []byte) string {
+	if s, ok := t.strs[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(t.strs) < webStrs && len(s) <= webStrLen {
+		if t.strs == nil {
+			t.strs = make(map[string]string)
+		}
+		t.strs[s] = s
+	}
+	return s
+}
+
+// canonical is textproto.CanonicalMIMEHeaderKey(string(name)).
+func (t *strTable) canonical(name []byte) string {
+	if k, ok := t.keys[string(name)]; ok {
+		return k
+	}
+	k := textproto.CanonicalMIMEHeaderKey(string(name))
+	if len(t.keys) < webStrs && len(name) <= webStrLen {
+		if t.keys == nil {
+			t.keys = make(map[string]string)
+		}
+		t.keys[string(name)] = k
+	}
+	return k
+}
+
+// setResp is rw.Header().Set(key, value) for a canonical key: on the fast
+// path without an allocation.
+func (st *webReq) setResp(key, value string) {
+	if st.fast != nil {
+		st.fast.setResp(key, value)
+		return
+	}
+	st.rw.Header().Set(key, value)
 }

@@ -175,7 +175,7 @@ func (w *web) serveConn(ctx context.Context, c *conn) {
 		return
 	}
 	if webFastPath {
-		w.serveFast(ctx, c, nil)
+		w.serveFast(ctx, c, nil, false)
 		return
 	}
 	wc := &webConn{Conn: fileConn{c.f}, closed: make(chan struct{})}
@@ -189,19 +189,28 @@ func (w *web) serveConn(ctx context.Context, c *conn) {
 }
 
 // serveRouted serves a connection of a listener shared by several tenants:
-// the Router has read the head of the request it routed here (in pending).
-// That request is answered with "Connection: close" and the connection
-// ends: the next request on it may be another tenant's, and this server
-// reads ahead where the Router could not route it. (ABI handlers follow a
-// connection from tenant to tenant; see router.go.)
+// the Router has read the head of the request it routed here (in pending,
+// what follows it in route.held). In plaintext the fast path serves it and
+// routes each next request by its own Host, as the Router does for ABI
+// handlers: the connection stays open from tenant to tenant. A request the
+// fast path leaves to net/http (a chunked or large body, Expect, an
+// upgrade), and any request over TLS, is answered with "Connection: close"
+// and ends the connection: net/http reads ahead where the Router could not
+// route what it reads.
 func (w *web) serveRouted(ctx context.Context, c *conn) {
-	read := slices.Clone(c.pending)
-	c.pending, c.unseen = nil, 0
+	rs := c.route
+	read := slices.Concat(c.pending, rs.held)
+	first := len(c.pending)
+	c.pending, c.unseen, rs.held, rs.frame = nil, 0, nil, frameHead
 	c.giveBack()
-	if c.tls == nil && webFastPath && len(read) <= fastBuf {
-		w.serveFast(ctx, c, read)
+	if c.tls == nil && webFastPath {
+		if c.rdl { // set by the tenant before
+			c.clearReadDeadline()
+		}
+		w.serveFast(ctx, c, read, true)
 		return
 	}
+	read = read[:first]
 	var nc net.Conn = fileConn{c.f}
 	if c.tls != nil {
 		nc = c.tls.tc
@@ -375,6 +384,8 @@ type webInst struct {
 	req, resp api.Function
 	stack     [2]uint64
 	cur       *webReq
+	st        webReq // cur's storage
+	strTable
 }
 
 // webReq is one request's state while the guest handles it.
@@ -384,6 +395,8 @@ type webReq struct {
 	r         *http.Request
 	features  uint32
 	afterNext bool
+	wi        *webInst
+	fast      *fastConn // the connection, on the fast path
 
 	// The guest's own response (before next): status 0 is 200; started
 	// once it outgrew webStreamAt and is being sent.
@@ -436,14 +449,36 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		h.observe(end.Sub(begin))
 		h.release(inst, healthy, end)
 	}()
-	st := &webReq{w: w, rw: rw, r: r, features: w.features.Load()}
-	abort, err := w.handle(inst, st)
+	abort, err := w.handle(inst, w.newReq(inst, rw, r))
 	healthy = err == nil
 	if abort {
 		// The response had started: cutting the connection is the only way
 		// left to tell the client it is incomplete.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// newReq readies the request state kept with inst (reused, as an
+// instance serves one request at a time).
+func (w *web) newReq(inst *instance, rw http.ResponseWriter, r *http.Request) *webReq {
+	if inst.web == nil {
+		inst.web = &webInst{req: inst.mod.ExportedFunction(httpHandleRequest), resp: inst.mod.ExportedFunction(httpHandleResponse)}
+	}
+	st := &inst.web.st
+	body, kept := st.body, st.reqKept
+	body.Reset()
+	kept.Reset()
+	if body.Cap() > 64<<10 {
+		body = bytes.Buffer{}
+	}
+	if kept.Cap() > 64<<10 {
+		kept = bytes.Buffer{}
+	}
+	*st = webReq{w: w, rw: rw, r: r, wi: inst.web, features: w.features.Load(), body: body, reqKept: kept}
+	if fw, ok := rw.(*fastWriter); ok {
+		st.fast = fw.fc
+	}
+	return st
 }
 
 // handle runs the guest on st and answers; err is the guest's failure (the
@@ -608,7 +643,7 @@ func (st *webReq) finish() bool {
 		}
 		hdr.Del("Content-Length")
 		if bodyAllowed(status) && !hasTrailers(hdr) {
-			hdr.Set("Content-Length", strconv.Itoa(nw.body.Len()))
+			st.setResp("Content-Length", strconv.Itoa(nw.body.Len()))
 		}
 		rw.WriteHeader(status)
 		rw.Write(nw.body.Bytes())
@@ -622,7 +657,7 @@ func (st *webReq) finish() bool {
 		status = http.StatusOK
 	}
 	if _, ok := hdr["Content-Length"]; !ok && bodyAllowed(status) && !hasTrailers(hdr) {
-		hdr.Set("Content-Length", strconv.Itoa(st.body.Len()))
+		st.setResp("Content-Length", strconv.Itoa(st.body.Len()))
 	}
 	rw.WriteHeader(status)
 	rw.Write(st.body.Bytes())

@@ -599,10 +599,11 @@ func (rs *routing) before(c *conn) bool {
 			switch {
 			case bad != nil:
 				return rs.refuse(c, bad.status, bad.reason)
+			case complete && h.size > maxHead, len(c.pending) >= maxHead && !complete:
+				// (A whole head read at once is bounded too.)
+				return rs.refuse(c, 431, "request head larger than 8 KiB")
 			case complete:
 				return rs.dispatch(c, h)
-			case len(c.pending) >= maxHead:
-				return rs.refuse(c, 431, "request head larger than 8 KiB")
 			}
 		}
 		if c.ended {

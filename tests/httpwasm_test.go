@@ -561,6 +561,40 @@ func TestHTTPWasmGoGuest(t *testing.T) {
 	}
 }
 
+// TestHTTPWasmRustGuest: the Rust http-wasm example (guests/rust/examples/
+// hwhello, on the SDK crate guests/rust/httpwasm, built by `make guests`)
+// checks its API key from --guest-config, answers /hello itself, and passes
+// other requests on with a header added; its response function sees the
+// upstream's answer go out unchanged.
+func TestHTTPWasmRustGuest(t *testing.T) {
+	t.Parallel()
+	wasm := guest(t, "rust-httpwasm")
+	if out, err := run(t, "check", wasm); err != nil || !strings.Contains(out, "http-wasm handler ABI") {
+		t.Fatalf("check rust-httpwasm: %v\n%s", err, out)
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream", "1")
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, "upstream: %s %s guest=%s", r.Method, r.URL.RequestURI(), r.Header.Get("X-Guest"))
+	}))
+	t.Cleanup(up.Close)
+	s := start(t, "--workers", "2", "--upstream", up.URL, "--guest-config", "k1", wasm)
+	client := newClient()
+	if code, _, body := do(t, client, newRequest(t, "GET", s.url()+"hello", "")); code != 401 || body != "missing or wrong X-Api-Key\n" {
+		t.Fatalf("without the key: %d %q, want 401", code, body)
+	}
+	if code, _, _ := do(t, client, newRequest(t, "GET", s.url()+"hello", "", "X-Api-Key", "k2")); code != 401 {
+		t.Fatalf("with a wrong key: %d, want 401", code)
+	}
+	if code, hdr, body := do(t, client, newRequest(t, "GET", s.url()+"hello", "", "X-Api-Key", "k1")); code != 200 || body != "hello world" || hdr.Get("Content-Type") != "text/plain" {
+		t.Fatalf("/hello: %d %q %v", code, body, hdr)
+	}
+	code, hdr, body := do(t, client, newRequest(t, "POST", s.url()+"other?q=1", "data", "X-Api-Key", "k1"))
+	if code != http.StatusAccepted || body != "upstream: POST /other?q=1 guest=rust" || hdr.Get("X-Upstream") != "1" {
+		t.Fatalf("/other: %d %q %v", code, body, hdr)
+	}
+}
+
 // TestHTTPWasmTenant: an http-wasm tenant (the C example, guests/c) beside
 // an ABI tenant on one port, chosen by Host, with its upstream and guest
 // config from the config file; the C guest answers itself or passes /api on.
@@ -647,4 +681,120 @@ func TestHTTPWasmCheck(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestHTTPWasmSharedKeepAlive: on a listener shared by two http-wasm
+// tenants and an ABI one, sequential and pipelined requests alternating
+// hosts on one kept-alive connection each reach their own tenant, and the
+// connection stays open between them; a bad head or an unknown host after
+// an http-wasm answer gets the Router's 400 or 421 and the close; a request
+// the fast path leaves to net/http (a chunked body) is answered and closes.
+func TestHTTPWasmSharedKeepAlive(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	cfg := filepath.Join(dir, "wcluster.toml")
+	writeConfig(t, cfg, fmt.Sprintf(`[cluster]
+workers = 2
+cache_dir = %q
+
+[[tenant]]
+name = "web"
+handler = %q
+listen = ["127.0.0.1:%d"]
+hosts = ["web.test"]
+
+[[tenant]]
+name = "router"
+handler = %q
+listen = ["127.0.0.1:%d"]
+hosts = ["router.test"]
+
+[[tenant]]
+name = "abi"
+handler = %q
+listen = ["127.0.0.1:%d"]
+hosts = ["abi.test"]
+`, env.cache, guest(t, "c-httpwasm"), port, httpWasmExample(t, "router"), port, guest(t, "c-hello"), port))
+	startConfig(t, cfg)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	// (The router example answers "hello world", the C ABI hello "hello world\n".)
+	want := map[string]string{"web.test": "hello from C", "router.test": "hello world", "abi.test": "hello world\n"}
+	get := func(host string) string { return "GET / HTTP/1.1\r\nHost: " + host + "\r\n\r\n" }
+	post := "POST / HTTP/1.1\r\nHost: router.test\r\nContent-Length: 5\r\n\r\nhello"
+	hosts := []string{"web.test", "abi.test", "router.test", "web.test", "router.test", "router.test", "abi.test", "web.test"}
+
+	t.Run("sequential", func(t *testing.T) {
+		c, br := dialRaw(t, addr)
+		for i, h := range append(hosts, "router.test (POST)", "web.test") {
+			req := get(h)
+			if h == "router.test (POST)" {
+				req, h = post, "router.test"
+			}
+			if _, err := io.WriteString(c, req); err != nil {
+				t.Fatalf("request %d (Host %s): the connection was closed: %v", i, h, err)
+			}
+			if code, body, closed := readAnswer(t, br); code != 200 || body != want[h] || closed {
+				t.Errorf("request %d (Host %s) on one connection: %d %q (close %v), want 200 %q, kept alive", i, h, code, body, closed, want[h])
+			}
+		}
+	})
+
+	t.Run("pipelined", func(t *testing.T) {
+		c, br := dialRaw(t, addr)
+		var all strings.Builder
+		for _, h := range hosts {
+			all.WriteString(get(h))
+			if h == "web.test" {
+				all.WriteString(post)
+			}
+		}
+		io.WriteString(c, all.String())
+		for i, h := range hosts {
+			for _, h := range []string{h, "router.test"}[:1+strings.Count(h, "web")] {
+				if code, body, closed := readAnswer(t, br); code != 200 || body != want[h] || closed {
+					t.Errorf("pipelined request %d (Host %s): %d %q (close %v), want 200 %q, kept alive", i, h, code, body, closed, want[h])
+				}
+			}
+		}
+		// Still open: one more request on it is answered.
+		io.WriteString(c, get("web.test"))
+		if code, body, closed := readAnswer(t, br); code != 200 || body != want["web.test"] || closed {
+			t.Errorf("after the pipelined ones: %d %q (close %v)", code, body, closed)
+		}
+	})
+
+	t.Run("refused after an http-wasm answer", func(t *testing.T) {
+		for name, tc := range map[string]struct {
+			req  string
+			code int
+		}{
+			"space before colon": {"GET / HTTP/1.1\r\nHost :abi.test\r\n\r\n", http.StatusBadRequest},
+			"duplicate Host":     {"GET / HTTP/1.1\r\nHost: web.test\r\nHost: abi.test\r\n\r\n", http.StatusBadRequest},
+			"unknown host":       {get("nobody.test"), http.StatusMisdirectedRequest},
+			"oversized head":     {"GET / HTTP/1.1\r\nCookie: " + strings.Repeat("s", 9<<10) + "\r\nHost: web.test\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+		} {
+			c, br := dialRaw(t, addr)
+			go io.WriteString(c, get("web.test")+tc.req)
+			if code, body, _ := readAnswer(t, br); code != 200 || body != want["web.test"] {
+				t.Errorf("%s: first answer %d %q", name, code, body)
+			}
+			if code, body, closed := readAnswer(t, br); code != tc.code || !closed {
+				t.Errorf("%s: %d %q (close %v), want %d and close", name, code, body, closed, tc.code)
+			}
+			expectClosed(t, name, c, br)
+		}
+	})
+
+	t.Run("chunked body goes to net/http and closes", func(t *testing.T) {
+		c, br := dialRaw(t, addr)
+		io.WriteString(c, get("abi.test")+"POST / HTTP/1.1\r\nHost: router.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+		if code, body, _ := readAnswer(t, br); code != 200 || body != want["abi.test"] {
+			t.Errorf("abi.test first: %d %q", code, body)
+		}
+		if code, body, closed := readAnswer(t, br); code != 200 || body != want["router.test"] || !closed {
+			t.Errorf("chunked POST to router.test: %d %q (close %v), want 200 %q and close", code, body, closed, want["router.test"])
+		}
+		expectClosed(t, "after the chunked request", c, br)
+	})
 }

@@ -3,6 +3,7 @@
 #   rust-hello.wasm  (ABI v1 reactor, HTTP hello)
 #   rust-echo.wasm   (ABI v1 reactor, raw echo)
 #   rust-cat.wasm    (plain WASI command, stdin -> stdout)
+#   rust-httpwasm.wasm (http-wasm handler, on the httpwasm SDK crate)
 # Uses Debian's rustc/cargo by full path (rustup's cannot target wasm here),
 # target wasm32-wasi, offline; the flags are in Cargo.toml [profile.release]:
 # opt-level "s", lto, panic=abort, strip, codegen-units 1.
@@ -36,10 +37,11 @@ fi
 target="$here/target"
 (cd "$here" && RUSTC="$RUSTC" CARGO_TARGET_DIR="$target" \
 	"$CARGO" build --offline --release --target wasm32-wasi --quiet \
-	-p rust-hello -p rust-echo -p rust-cat)
+	-p rust-hello -p rust-echo -p rust-cat -p rust-httpwasm)
 
 mkdir -p "$out"
 rel="$target/wasm32-wasi/release"
 cp "$rel/rust_hello.wasm" "$out/rust-hello.wasm"
 cp "$rel/rust_echo.wasm" "$out/rust-echo.wasm"
 cp "$rel/rust-cat.wasm" "$out/rust-cat.wasm"
+cp "$rel/rust_httpwasm.wasm" "$out/rust-httpwasm.wasm"
