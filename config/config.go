@@ -588,12 +588,16 @@ func (cr *configReader) readCluster(top *section) Cluster {
 	if cl.LogFormat != "text" && cl.LogFormat != "json" {
 		s.errorf("log_format", "log_format = %q: use \"text\" or \"json\"", cl.LogFormat)
 	}
-	cl.Control = s.path("control")
-	cl.User = s.str("user", "")
+	if s.has("control") {
+		cl.Control = s.path("control")
+	}
+	cl.User = s.str("user", cl.User)
 	if _, err := LookupUser(cl.User); err != nil {
 		s.errorf("user", "%v", err)
 	}
-	cl.WorkerEnv = s.strings("worker_env")
+	if s.has("worker_env") {
+		cl.WorkerEnv = s.strings("worker_env")
+	}
 	for _, name := range cl.WorkerEnv {
 		if !envKeyRE.MatchString(name) {
 			s.errorf("worker_env", "worker_env %q is not a variable name: list names, e.g. [\"HTTP_PROXY\"]", name)
@@ -606,7 +610,7 @@ func (cr *configReader) readCluster(top *section) Cluster {
 		}
 		cl.SandboxOff = isBool && !on
 	}
-	if cl.Admin = s.str("admin", ""); cl.Admin != "" {
+	if cl.Admin = s.str("admin", cl.Admin); cl.Admin != "" {
 		if err := checkAddr(cl.Admin); err != nil {
 			s.errorf("admin", "admin %q: %v", cl.Admin, err)
 		}

@@ -22,6 +22,7 @@ import (
 	"syscall"
 
 	"github.com/wcluster/wcluster/dispatch"
+	"github.com/wcluster/wcluster/internal/sandbox"
 )
 
 // Files carries file contents from the master to its workers.
@@ -89,6 +90,27 @@ func (p *Sandbox) AllowUpstream(upstream string) {
 	if net.ParseIP(u.Hostname()) == nil {
 		p.Resolve = true
 	}
+}
+
+// Apply sandboxes the calling worker as p says (bind: the ports it binds
+// itself, under reuseport), unless p is off.
+func (p Sandbox) Apply(bind []uint16, log *slog.Logger) error {
+	if p.Off {
+		log.Debug("worker sandbox off (--worker-sandbox=off)")
+		return nil
+	}
+	var paths []string
+	for _, path := range p.ReadPaths {
+		if path != "" {
+			paths = append(paths, path)
+		}
+	}
+	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: bind, ConnectTCP: p.ConnectTCP, Resolve: p.Resolve})
+	if err != nil {
+		return fmt.Errorf("%w (--worker-sandbox=off serves without the process sandbox; see docs/security.md)", err)
+	}
+	log.Debug("worker sandbox applied", "no_new_privs", a.NoNewPrivs, "seccomp_syscalls", a.Seccomp, "landlock", a.Landlock)
+	return nil
 }
 
 // ParseSandbox reads --worker-sandbox / worker_sandbox.

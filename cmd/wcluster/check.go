@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -46,11 +43,12 @@ func checkCommand() *cli.Command {
 }
 
 // checkFlags are serve's flags that check takes: the limits a module starts
-// within, where it compiles to, and an http-wasm guest's configuration.
+// within, where it compiles to, an http-wasm guest's configuration, and
+// (with --config) the listen address of tenants without one.
 func checkFlags() []cli.Flag {
 	var flags []cli.Flag
 	for _, f := range config.Flags() {
-		if slices.Contains([]string{"memory-limit", "timeout", "cache-dir", "guest-config"}, f.Name) {
+		if slices.Contains([]string{"listen", "memory-limit", "timeout", "cache-dir", "guest-config"}, f.Name) {
 			flags = append(flags, cliFlag(f))
 		}
 	}
@@ -58,23 +56,16 @@ func checkFlags() []cli.Flag {
 }
 
 func checkHandler(c *cli.Context, d config.Defaults) error {
-	t := config.Tenant{Handler: c.Args().First(), Name: filepath.Base(c.Args().First()), Limits: d.Limits}
-	var err error
-	if t.GuestConfig, err = config.ReadGuestConfig(c.String("guest-config"), ""); err != nil {
-		return fmt.Errorf("--guest-config: %w", err)
-	}
-	wasm, err := t.ReadWasm()
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("%s: no such file: pass the path of a .wasm handler (or none for the default)", t.Handler)
-	} else if err != nil {
-		return errors.New(config.HandlerError(t.Handler, err))
+	cfg, err := config.Single(config.HandlerFlags{Handler: c.Args().First(), GuestConfig: c.String("guest-config")}, d)
+	if err != nil {
+		return err
 	}
 	// The guest's own output while it starts is not check's to show.
-	log := slog.New(slog.DiscardHandler)
-	info, err := host.Prepare(c.Context, options(&t, wasm, d.Cluster.CacheDir, 0, log))
+	infos, err := prepare(c.Context, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
-		return fmt.Errorf("%s: %w", t.Name, err)
+		return err
 	}
+	t, info := &cfg.Tenants[0], infos[0]
 	w := c.App.Writer
 	if info.Kind == host.KindHTTP {
 		fmt.Fprintf(w, "%s: ok, speaks the %s", t.Name, info.Kind)
@@ -88,6 +79,10 @@ func checkHandler(c *cli.Context, d config.Defaults) error {
 	fmt.Fprintf(w, "exports: %s\n", strings.Join(info.Exports, ", "))
 	fmt.Fprintf(w, "imports: %s\n", strings.Join(info.Imports, ", "))
 	if info.Kind == host.KindHTTP {
+		wasm, err := t.ReadWasm()
+		if err != nil {
+			return err
+		}
 		features, err := host.HTTPFeatures(c.Context, wasm, t.GuestConfig)
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.Name, err)
@@ -107,32 +102,7 @@ func checkConfigFile(ctx context.Context, path string, d config.Defaults, w io.W
 	if _, err := prepare(ctx, c, slog.New(slog.DiscardHandler)); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "%s: ok, %d tenants in %d worker groups\n", path, len(c.Tenants), len(c.Groups))
-	for _, g := range c.Groups {
-		fmt.Fprintf(w, "group %s: %d workers, %s\n", g.Name, g.Workers, g.BudgetText)
-		for _, l := range g.Listeners {
-			kind := "http"
-			if l.TLS {
-				kind = "tls"
-			}
-			var ts []string
-			for _, name := range l.Tenants {
-				for _, t := range g.Tenants {
-					if t.Name == name {
-						hosts := "default"
-						if len(t.Hosts) > 0 {
-							hosts = strings.Join(t.Hosts, ",")
-						}
-						ts = append(ts, fmt.Sprintf("%s (%s)", name, hosts))
-					}
-				}
-			}
-			fmt.Fprintf(w, "  %s %s: %s\n", kind, l.Addr, strings.Join(ts, ", "))
-		}
-		for _, t := range g.Tenants {
-			fmt.Fprintf(w, "  tenant %s: %s\n", t.Name, t.LimitsText())
-		}
-	}
+	c.Describe(w)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,7 +14,6 @@ import (
 	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
-	"github.com/wcluster/wcluster/internal/sandbox"
 )
 
 // runWorker is the worker process: it builds its group's tenants from the
@@ -23,7 +23,7 @@ func runWorker(stderr io.Writer) int {
 	// The terminal's signals reach the whole process group; only the master
 	// decides when workers stop (it closes their channel).
 	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGQUIT, syscall.SIGTTIN, syscall.SIGTTOU)
-	bootLog := newLogger(stderr, slog.LevelInfo, "text")
+	bootLog := config.NewLogger(stderr, slog.LevelInfo, "text")
 	w, err := dispatch.NewWorker(bootLog)
 	if err != nil {
 		bootLog.Error("worker cannot start", "err", err)
@@ -35,10 +35,10 @@ func runWorker(stderr io.Writer) int {
 		return 1
 	}
 	level, _ := config.ParseLevel(g.LogLevel)
-	log := newLogger(stderr, level, g.LogFormat).With("proc", "worker", "worker", w.ID(), "pid", os.Getpid())
+	log := config.NewLogger(stderr, level, g.LogFormat).With("proc", "worker", "worker", w.ID(), "pid", os.Getpid())
 	// The sandbox goes on before the handlers are built: a guest's start
 	// functions already run under it.
-	if err := applySandbox(g.Sandbox, w, log); err != nil {
+	if err := g.Sandbox.Apply(w.BindPorts(), log); err != nil {
 		w.Fatal(err)
 		return 1
 	}
@@ -68,34 +68,34 @@ func runWorker(stderr io.Writer) int {
 // served by it directly, unrouted.
 func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.Budget, log *slog.Logger) (*host.Router, error) {
 	tenants := map[string]*host.Tenant{}
-	closeAll := func() {
+	var err error
+	defer func() { // on an error, close what was built
 		for _, t := range tenants {
-			t.Handler.Close(ctx)
+			if err != nil && t.Handler != nil {
+				t.Handler.Close(ctx)
+			}
 		}
-	}
+	}()
 	for i := range g.Tenants {
 		tp := &g.Tenants[i]
-		wasm, err := tp.ReadWasm()
-		if err != nil {
-			closeAll()
+		var wasm []byte
+		if wasm, err = tp.ReadWasm(); err != nil {
 			return nil, fmt.Errorf("tenant %q: handler %s", tp.Name, config.HandlerError(tp.Handler, err))
 		}
 		t := &host.Tenant{Name: tp.Name, Hosts: tp.Hosts, MaxConns: tp.MaxConns}
 		if tp.TLSCert != "" {
-			cert, err := tp.KeyPair(tp.TLSCert, tp.TLSKey)
-			if err != nil {
-				closeAll()
+			var cert tls.Certificate
+			if cert, err = tp.KeyPair(tp.TLSCert, tp.TLSKey); err != nil {
 				return nil, fmt.Errorf("tenant %q: tls: %w", tp.Name, err)
 			}
 			t.Cert = &cert
 		}
-		o := options(tp, wasm, g.CacheDir, workerID, log)
+		o := tp.Options(wasm, g.CacheDir, workerID, log)
 		o.Budget, o.MemoryWait = budget, g.MemoryWait
+		tenants[tp.Name] = t
 		if t.Handler, err = host.New(ctx, o); err != nil {
-			closeAll()
 			return nil, fmt.Errorf("tenant %q: %w", tp.Name, err)
 		}
-		tenants[tp.Name] = t
 	}
 	ls := make([]host.Listener, len(g.Listeners))
 	for i, l := range g.Listeners {
@@ -103,30 +103,7 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.
 			ls[i].Tenants = append(ls[i].Tenants, tenants[name])
 		}
 	}
-	r, err := host.NewRouter(ls, host.RouterOptions{Logger: log, ForeignHosts: g.ForeignHosts})
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	return r, nil
-}
-
-// applySandbox sandboxes the worker unless the plan says off.
-func applySandbox(p config.Sandbox, w *dispatch.Worker, log *slog.Logger) error {
-	if p.Off {
-		log.Debug("worker sandbox off (--worker-sandbox=off)")
-		return nil
-	}
-	var paths []string
-	for _, path := range p.ReadPaths {
-		if path != "" {
-			paths = append(paths, path)
-		}
-	}
-	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: w.BindPorts(), ConnectTCP: p.ConnectTCP, Resolve: p.Resolve})
-	if err != nil {
-		return fmt.Errorf("%w (--worker-sandbox=off serves without the process sandbox; see docs/security.md)", err)
-	}
-	log.Debug("worker sandbox applied", "no_new_privs", a.NoNewPrivs, "seccomp_syscalls", a.Seccomp, "landlock", a.Landlock)
-	return nil
+	var r *host.Router
+	r, err = host.NewRouter(ls, host.RouterOptions{Logger: log, ForeignHosts: g.ForeignHosts})
+	return r, err
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"encoding/json"
@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/wcluster/wcluster/config"
 )
 
 // TestGroupConfigsOwnTenantsOnly: a group's workers receive their own
@@ -41,14 +39,14 @@ user = "root"
 env = { B_ENV = "b-env-secret" }
 config = { k = "b-config-secret" }
 `})
-	c, err := config.Load(filepath.Join(dir, "wcluster.toml"), config.Default())
+	c, err := Load(filepath.Join(dir, "wcluster.toml"), Default())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if os.Geteuid() == 0 {
 		// Under a 0700 directory the mount is out of nobody's reach: said
 		// at start, with the directory to fix.
-		_, err := groupConfigs(c)
+		_, err := c.Masters()
 		if err == nil || !strings.Contains(err.Error(), "cannot read the mount") {
 			t.Fatalf("unreachable mount: want a one-line error, got %v", err)
 		}
@@ -56,7 +54,7 @@ config = { k = "b-config-secret" }
 			os.Chmod(d, 0o755)
 		}
 	}
-	dcs, err := groupConfigs(c)
+	dcs, err := c.Masters()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +75,7 @@ config = { k = "b-config-secret" }
 		if !strings.Contains(s, own+"-config-secret") {
 			t.Errorf("group %s's worker config lacks its own values", dc.Name)
 		}
-		var wc config.Group
+		var wc Group
 		if err := json.Unmarshal(dc.WorkerConfig, &wc); err != nil {
 			t.Fatal(err)
 		}
