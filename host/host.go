@@ -62,7 +62,8 @@ type Options struct {
 	// Instances caps the guest instances alive at once in this worker, and so
 	// the calls running at once (default 64). Connections wait for one.
 	Instances int
-	// MinInstances are created at start and kept warm (default 1).
+	// MinInstances are created at start and kept warm (default 2, as
+	// config.Default; at most Instances).
 	MinInstances int
 	// MaxReuse retires an instance after this many calls (0: never).
 	MaxReuse int
@@ -103,7 +104,7 @@ func (o *Options) defaults() {
 		o.Instances = 64
 	}
 	if o.MinInstances <= 0 {
-		o.MinInstances = 1
+		o.MinInstances = 2
 	}
 	if o.MinInstances > o.Instances {
 		o.MinInstances = o.Instances

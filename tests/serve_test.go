@@ -200,7 +200,7 @@ func TestBadInput(t *testing.T) {
 		{"bad size", []string{"serve", "--memory-limit", "12 parsecs"}, "--memory-limit"},
 		{"check not wasm", []string{"check", notWasm}, "not a WebAssembly module"},
 		{"check abi mismatch", []string{"check", v2}, "ABI v2"},
-		{"flag with config", []string{"serve", "--config", write("c.toml", []byte("")), "--workers", "3"}, "--workers does not apply with --config"},
+		{"handler flag with config", []string{"serve", "--config", write("c.toml", []byte("")), "--tls-cert", notWasm}, "--tls-cert does not apply with --config"},
 		{"handler and config", []string{"serve", "--config", write("d.toml", []byte("")), notWasm}, "a handler or --config, not both"},
 		{"tls cert alone", []string{"serve", "--tls-cert", notWasm}, "--tls-cert and --tls-key go together"},
 		{"missing config", []string{"serve", "--config", filepath.Join(dir, "none.toml")}, "no such file"},

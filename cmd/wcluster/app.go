@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/dispatch"
 )
 
@@ -39,4 +39,5 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func defaultWorkers() int { return runtime.NumCPU() }
+// sizeText is config.SizeText, for status.
+func sizeText(n uint64) string { return config.SizeText(n) }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,150 +11,99 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
 )
 
-// workerConfig is what the master passes each worker through dispatch
-// (opaque to it): one handler (serve HANDLER.wasm) or a group of tenants
-// (serve --config FILE).
-type workerConfig struct {
-	Handler *handlerConfig `json:"handler,omitempty"`
-	Group   *groupPlan     `json:"group,omitempty"`
-}
-
-// sandbox is the worker's sandbox plan and its log settings.
-func (wc *workerConfig) sandbox() (sandboxPlan, string, string) {
-	if wc.Handler != nil {
-		return wc.Handler.Sandbox, wc.Handler.LogLevel, wc.Handler.LogFormat
-	}
-	return wc.Group.Sandbox, wc.Group.LogLevel, wc.Group.LogFormat
-}
-
-// runWorker is the worker process: it builds the handler(s) from the config
-// the master passed and serves what dispatch hands it.
+// runWorker is the worker process: it builds its group's tenants from the
+// config.Group the master passed (through dispatch, opaque to it) and
+// serves what dispatch hands it.
 func runWorker(stderr io.Writer) int {
 	// The terminal's signals reach the whole process group; only the master
 	// decides when workers stop (it closes their channel).
 	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGQUIT, syscall.SIGTTIN, syscall.SIGTTOU)
-	bootLog := newLogger(stderr, slog.LevelInfo, "text")
+	bootLog := config.NewLogger(stderr, slog.LevelInfo, "text")
 	w, err := dispatch.NewWorker(bootLog)
 	if err != nil {
 		bootLog.Error("worker cannot start", "err", err)
 		return 1
 	}
-	var wc workerConfig
-	if err := json.Unmarshal(w.Config(), &wc); err != nil || (wc.Handler == nil) == (wc.Group == nil) {
+	var g config.Group
+	if err := json.Unmarshal(w.Config(), &g); err != nil || len(g.Tenants) == 0 {
 		w.Fatal(fmt.Errorf("bad worker config from the master: %v", err))
 		return 1
 	}
+	level, _ := config.ParseLevel(g.LogLevel)
+	log := config.NewLogger(stderr, level, g.LogFormat).With("proc", "worker", "worker", w.ID(), "pid", os.Getpid())
 	// The sandbox goes on before the handlers are built: a guest's start
 	// functions already run under it.
-	plan, level, format := wc.sandbox()
-	if err := applySandbox(plan, w, workerLog(stderr, level, format, w.ID())); err != nil {
+	if err := g.Sandbox.Apply(w.BindPorts(), log); err != nil {
 		w.Fatal(err)
 		return 1
 	}
-	ctx := context.Background()
-	var h handler
-	var log *slog.Logger
-	if wc.Handler != nil {
-		h, log, err = singleHandler(ctx, wc.Handler, w.ID(), stderr)
-	} else {
-		h, log, err = groupHandler(ctx, wc.Group, w.ID(), stderr)
+	if g.Name != "" {
+		log = log.With("group", g.Name)
 	}
+	ctx := context.Background()
+	// One budget for the worker, shared by every tenant's Handler.
+	budget := host.NewBudget(g.MemoryBudget)
+	r, err := newRouter(ctx, &g, w.ID(), budget, log)
 	if err != nil {
 		w.Fatal(err)
 		return 1
 	}
-	defer h.Close(ctx)
-	if err := w.Serve(ctx, h, h.stats); err != nil {
+	defer r.Close(ctx)
+	if err := w.Serve(ctx, r, func() map[string]any { return routerStats(r, budget) }); err != nil {
 		log.Warn("worker stopped", "err", err)
 		return 1
 	}
 	return 0
 }
 
-// handler is what a worker serves: dispatch's Handler, plus counters for
-// the heartbeat and a Close.
-type handler interface {
-	dispatch.Handler
-	dispatch.RequestCounter
-	stats() map[string]any
-	Close(context.Context) error
-}
-
-func workerLog(stderr io.Writer, level, format string, id int) *slog.Logger {
-	l, _ := parseLevel(level)
-	return newLogger(stderr, l, format).With("proc", "worker", "worker", id, "pid", os.Getpid())
-}
-
-func singleHandler(ctx context.Context, hc *handlerConfig, id int, stderr io.Writer) (handler, *slog.Logger, error) {
-	log := workerLog(stderr, hc.LogLevel, hc.LogFormat, id)
-	wasm, name, err := hc.load()
-	if err != nil {
-		return nil, log, err
+// newRouter builds, in a worker, the Handler of each of the group's tenants
+// and the Router over its listeners, from the handler, certificate and key
+// bytes the master read (through the worker's configuration descriptor,
+// never the environment). A listener with one plaintext default tenant is
+// served by it directly, unrouted.
+func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.Budget, log *slog.Logger) (*host.Router, error) {
+	tenants := map[string]*host.Tenant{}
+	var err error
+	defer func() { // on an error, close what was built
+		for _, t := range tenants {
+			if err != nil && t.Handler != nil {
+				t.Handler.Close(ctx)
+			}
+		}
+	}()
+	for i := range g.Tenants {
+		tp := &g.Tenants[i]
+		var wasm []byte
+		if wasm, err = tp.ReadWasm(); err != nil {
+			return nil, fmt.Errorf("tenant %q: handler %s", tp.Name, config.HandlerError(tp.Handler, err))
+		}
+		t := &host.Tenant{Name: tp.Name, Hosts: tp.Hosts, MaxConns: tp.MaxConns}
+		if tp.TLSCert != "" {
+			var cert tls.Certificate
+			if cert, err = tp.KeyPair(tp.TLSCert, tp.TLSKey); err != nil {
+				return nil, fmt.Errorf("tenant %q: tls: %w", tp.Name, err)
+			}
+			t.Cert = &cert
+		}
+		o := tp.Options(wasm, g.CacheDir, workerID, log)
+		o.Budget, o.MemoryWait = budget, g.MemoryWait
+		tenants[tp.Name] = t
+		if t.Handler, err = host.New(ctx, o); err != nil {
+			return nil, fmt.Errorf("tenant %q: %w", tp.Name, err)
+		}
 	}
-	budget := host.NewBudget(hc.GuestMemoryBudget)
-	o := hc.options(wasm, name, id, log)
-	o.Budget, o.MemoryWait = budget, hc.MemoryWait
-	h, err := host.New(ctx, o)
-	if err != nil {
-		return nil, log, err
+	ls := make([]host.Listener, len(g.Listeners))
+	for i, l := range g.Listeners {
+		for _, name := range l.Tenants {
+			ls[i].Tenants = append(ls[i].Tenants, tenants[name])
+		}
 	}
-	if hc.TLSCert == "" {
-		return single{h, name, budget}, log, nil
-	}
-	// TLS: the router terminates it in front of the one handler.
-	cert, err := hc.keyPair(hc.TLSCert, hc.TLSKey)
-	if err != nil {
-		h.Close(ctx)
-		return nil, log, fmt.Errorf("--tls-cert/--tls-key: %w", err)
-	}
-	t := &host.Tenant{Name: name, Handler: h, Cert: &cert}
-	r, err := host.NewRouter([]host.Listener{{Tenants: []*host.Tenant{t}}}, host.RouterOptions{Logger: log})
-	if err != nil {
-		h.Close(ctx)
-		return nil, log, err
-	}
-	return tenants{r, budget}, log, nil
+	var r *host.Router
+	r, err = host.NewRouter(ls, host.RouterOptions{Logger: log, ForeignHosts: g.ForeignHosts})
+	return r, err
 }
-
-func groupHandler(ctx context.Context, g *groupPlan, id int, stderr io.Writer) (handler, *slog.Logger, error) {
-	log := workerLog(stderr, g.LogLevel, g.LogFormat, id).With("group", g.Name)
-	// One budget for the worker, shared by every tenant's Handler.
-	budget := host.NewBudget(g.MemoryBudget)
-	r, err := g.newRouter(ctx, id, budget, log)
-	if err != nil {
-		return nil, log, err
-	}
-	return tenants{r, budget}, log, nil
-}
-
-// single serves every listener with one handler.
-type single struct {
-	h      *host.Handler
-	name   string
-	budget *host.Budget
-}
-
-func (s single) ServeConn(ctx context.Context, f *os.File, _ int) { s.h.ServeConn(ctx, f) }
-func (s single) Drain()                                           { s.h.Drain() }
-func (s single) Requests() uint64                                 { return s.h.Stats().Calls }
-func (s single) Close(ctx context.Context) error                  { return s.h.Close(ctx) }
-func (s single) stats() map[string]any {
-	st := withTotals(map[string]any{"tenants": map[string]any{s.name: handlerStats(s.h.Stats())}})
-	return withBudget(st, s.budget)
-}
-
-// tenants serves a group's tenants through the host's router.
-type tenants struct {
-	r      *host.Router
-	budget *host.Budget
-}
-
-func (t tenants) ServeConn(ctx context.Context, f *os.File, l int) { t.r.ServeConn(ctx, f, l) }
-func (t tenants) Drain()                                           { t.r.Drain() }
-func (t tenants) Requests() uint64                                 { return t.r.Requests() }
-func (t tenants) Close(ctx context.Context) error                  { return t.r.Close(ctx) }
-func (t tenants) stats() map[string]any                            { return routerStats(t.r, t.budget) }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"fmt"
@@ -6,9 +6,9 @@ import (
 	"strings"
 )
 
-// parseSize reads a byte size: a number with an optional unit (B, KB, KiB,
+// ParseSize reads a byte size: a number with an optional unit (B, KB, KiB,
 // MB, MiB, GB, GiB; case-insensitive).
-func parseSize(s string) (uint64, error) {
+func ParseSize(s string) (uint64, error) {
 	t := strings.TrimSpace(s)
 	i := len(t)
 	for i > 0 && (t[i-1] < '0' || t[i-1] > '9') {

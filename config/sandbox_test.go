@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"encoding/json"
@@ -39,14 +39,14 @@ user = "root"
 env = { B_ENV = "b-env-secret" }
 config = { k = "b-config-secret" }
 `})
-	c, err := loadConfig(filepath.Join(dir, "wcluster.toml"))
+	c, err := Load(filepath.Join(dir, "wcluster.toml"), Default())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if os.Geteuid() == 0 {
 		// Under a 0700 directory the mount is out of nobody's reach: said
 		// at start, with the directory to fix.
-		_, err := groupConfigs(c)
+		_, err := c.Masters()
 		if err == nil || !strings.Contains(err.Error(), "cannot read the mount") {
 			t.Fatalf("unreachable mount: want a one-line error, got %v", err)
 		}
@@ -54,7 +54,7 @@ config = { k = "b-config-secret" }
 			os.Chmod(d, 0o755)
 		}
 	}
-	dcs, err := groupConfigs(c)
+	dcs, err := c.Masters()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,15 +75,15 @@ config = { k = "b-config-secret" }
 		if !strings.Contains(s, own+"-config-secret") {
 			t.Errorf("group %s's worker config lacks its own values", dc.Name)
 		}
-		var wc workerConfig
+		var wc Group
 		if err := json.Unmarshal(dc.WorkerConfig, &wc); err != nil {
 			t.Fatal(err)
 		}
-		if len(wc.Group.Tenants) != 1 || string(wc.Group.Tenants[0].Wasm) != wasmMagic+strings.Repeat(strings.ToUpper(own), 4) {
-			t.Errorf("group %s: handler bytes not passed: %+v", dc.Name, wc.Group.Tenants)
+		if len(wc.Tenants) != 1 || string(wc.Tenants[0].Wasm) != wasmMagic+strings.Repeat(strings.ToUpper(own), 4) {
+			t.Errorf("group %s: handler bytes not passed: %+v", dc.Name, wc.Tenants)
 		}
-		if want := 1 + map[string]int{"a": 1, "b": 0}[own]; len(wc.Group.Sandbox.ReadPaths) != want {
-			t.Errorf("group %s: sandbox read paths %v", dc.Name, wc.Group.Sandbox.ReadPaths)
+		if want := 1 + map[string]int{"a": 1, "b": 0}[own]; len(wc.Sandbox.ReadPaths) != want {
+			t.Errorf("group %s: sandbox read paths %v", dc.Name, wc.Sandbox.ReadPaths)
 		}
 		if len(dc.WorkerEnv) != 1 || dc.WorkerEnv[0] != "HTTP_PROXY" || (dc.Credential == nil) != (os.Geteuid() != 0) {
 			t.Errorf("group %s: worker env %v, credential %v (a root master sets one, another none)", dc.Name, dc.WorkerEnv, dc.Credential)

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"bufio"
@@ -28,45 +28,45 @@ const (
 	minWorkerBudget = 32 << 20
 )
 
-// guestBudget is the guest memory budget of each worker, and what it comes
+// GuestBudget is the guest memory budget of each worker, and what it comes
 // from (for the banner and check).
-type guestBudget struct {
+type GuestBudget struct {
 	PerWorker uint64 // 0: none
 	Why       string // "set", "none", or how the default was made
 }
 
-// parseGuestBudget reads --guest-memory-budget: "auto", "0" (none) or a
+// ParseGuestBudget reads --guest-memory-budget: "auto", "0" (none) or a
 // size per worker. workers is how many workers share the default.
-func parseGuestBudget(s string, workers int) (guestBudget, error) {
+func ParseGuestBudget(s string, workers int) (GuestBudget, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "", "auto":
 		return defaultGuestBudget(workers), nil
 	case "0", "off", "none":
-		return guestBudget{0, "none"}, nil
+		return GuestBudget{0, "none"}, nil
 	}
-	n, err := parseSize(s)
+	n, err := ParseSize(s)
 	if err != nil {
-		return guestBudget{}, err
+		return GuestBudget{}, err
 	}
 	if n < 1<<20 {
-		return guestBudget{}, fmt.Errorf("%d bytes is too small: give at least 1MiB per worker (or 0 for none)", n)
+		return GuestBudget{}, fmt.Errorf("%d bytes is too small: give at least 1MiB per worker (or 0 for none)", n)
 	}
-	return guestBudget{n, "set"}, nil
+	return GuestBudget{n, "set"}, nil
 }
 
 // defaultGuestBudget shares the default among workers.
-func defaultGuestBudget(workers int) guestBudget {
+func defaultGuestBudget(workers int) GuestBudget {
 	phys := physicalMemory()
-	total, why := phys/physicalShare, fmt.Sprintf("1/%d of %s of memory", physicalShare, sizeText(phys))
+	total, why := phys/physicalShare, fmt.Sprintf("1/%d of %s of memory", physicalShare, SizeText(phys))
 	if cg := cgroupMemoryMax(); cg > 0 && cg/cgroupShare < total {
-		total, why = cg/cgroupShare, fmt.Sprintf("1/%d of the cgroup's %s memory.max", cgroupShare, sizeText(cg))
+		total, why = cg/cgroupShare, fmt.Sprintf("1/%d of the cgroup's %s memory.max", cgroupShare, SizeText(cg))
 	}
 	if total == 0 {
 		// Memory unknown (no /proc): a budget that still bounds a flood.
 		total, why = 2<<30, "2GiB: physical memory unknown"
 	}
 	per := max(total/uint64(max(workers, 1)), minWorkerBudget)
-	return guestBudget{per, fmt.Sprintf("auto: %s, over %d workers", why, workers)}
+	return GuestBudget{per, fmt.Sprintf("auto: %s, over %d workers", why, workers)}
 }
 
 // physicalMemory is MemTotal from /proc/meminfo (0 if unknown).
@@ -130,8 +130,8 @@ func cgroupMemoryMax() uint64 {
 	return 0
 }
 
-// sizeText writes a byte count the way the flags take it.
-func sizeText(n uint64) string {
+// SizeText writes a byte count the way the flags take it.
+func SizeText(n uint64) string {
 	switch {
 	case n == 0:
 		return "0"
@@ -147,11 +147,11 @@ func sizeText(n uint64) string {
 }
 
 // String says what the budget is, for the banner and check.
-func (b guestBudget) String() string {
+func (b GuestBudget) String() string {
 	if b.PerWorker == 0 {
 		return "guest memory budget none"
 	}
-	s := "guest memory budget " + sizeText(b.PerWorker) + " per worker"
+	s := "guest memory budget " + SizeText(b.PerWorker) + " per worker"
 	if b.Why != "set" {
 		s += " (" + b.Why + ")"
 	}

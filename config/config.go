@@ -1,19 +1,17 @@
-package main
-
-// The --config file: a TOML document of a [cluster] table and [[tenant]]
-// entries (see docs/config.md). loadConfig parses and checks it, reporting
-// every problem at once as FILE:LINE: tenant "NAME": what is wrong and what
-// to do; groups() then gives, per worker group, what the master needs to
-// start it (groupPlan) and what each of its workers needs to build its
-// host.Router (groupPlan.newRouter).
+// Package config owns wcluster's configuration: every default (Default),
+// the command line's flags as defaults (Defaults.Set), the TOML file
+// (Load) and the one-handler configuration built from flags alone (Single),
+// their checks with FILE:LINE errors, and the plan both give: worker groups,
+// their listeners and tenants, each tenant's limits. It also owns what the
+// master reads for its workers (handler files, certificates) and checks
+// about them (the workers' user, the guest memory budget). cmd/wcluster
+// wires a Config to dispatch (the master) and host (the workers).
+package config
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -29,18 +27,19 @@ import (
 
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
+	"github.com/wcluster/wcluster/internal/tomlpos"
 )
 
-// fileConfig is a checked config file.
-type fileConfig struct {
-	Path    string
-	Cluster clusterConfig
-	Tenants []tenantPlan // in file order
-	Groups  []groupPlan  // in order of first appearance; "default" among them
+// Config is a checked configuration: a file's, or one handler's from flags.
+type Config struct {
+	Path    string // the file ("": built from flags by Single)
+	Cluster Cluster
+	Tenants []Tenant // in file order
+	Groups  []Group  // in order of first appearance; "default" among them
 }
 
-// clusterConfig is the [cluster] table, defaults filled in.
-type clusterConfig struct {
+// Cluster is the [cluster] table (or serve's flags), defaults filled in.
+type Cluster struct {
 	Workers         int
 	Sched           dispatch.Sched
 	Backlog         int
@@ -64,87 +63,97 @@ type clusterConfig struct {
 	SandboxOff bool
 }
 
-// groupPlan is one worker group: its own worker processes serving its own
+// Group is one worker group: its own worker processes serving its own
 // listeners. The master starts Workers workers listening on Addrs(); it
-// passes the plan (as JSON) to each, which builds its Router with newRouter.
-type groupPlan struct {
-	Name      string         `json:"name"`
-	Workers   int            `json:"workers"`
-	Listeners []listenerPlan `json:"listeners"` // in config order: ServeConn's listener index
-	Tenants   []tenantPlan   `json:"tenants"`   // every tenant of the group, in config order
-	CacheDir  string         `json:"cache_dir"`
-	LogLevel  string         `json:"log_level"`
-	LogFormat string         `json:"log_format"`
+// passes the group (as JSON) to each, which builds its host.Router from it.
+type Group struct {
+	Name      string     `json:"name"` // "" for the one group of a configuration from flags
+	Workers   int        `json:"workers"`
+	Listeners []Listener `json:"listeners"` // in config order: ServeConn's listener index
+	Tenants   []Tenant   `json:"tenants"`   // every tenant of the group, in config order
+	CacheDir  string     `json:"cache_dir"`
+	LogLevel  string     `json:"log_level"`
+	LogFormat string     `json:"log_format"`
 	// MemoryBudget bounds the linear memory of all instances of one of the
 	// group's workers (0: none); a call waits at most MemoryWait for room.
 	MemoryBudget uint64        `json:"memory_budget"`
 	MemoryWait   time.Duration `json:"memory_wait"`
-	budgetWhy    string        // for check and the banner
+	BudgetText   string        `json:"-"` // for check and the banner
 	// Sandbox is what its workers apply to themselves; User, WorkerEnv:
 	// who they run as and what of the master's environment they get.
-	Sandbox   sandboxPlan `json:"sandbox"`
-	User      string      `json:"-"`
-	WorkerEnv []string    `json:"-"`
+	Sandbox   Sandbox  `json:"sandbox"`
+	User      string   `json:"-"`
+	WorkerEnv []string `json:"-"`
 	// ForeignHosts are the hosts of other groups' tenants (none of this
 	// group's): a request naming one here is answered 421.
 	ForeignHosts []string `json:"foreign_hosts,omitempty"`
 }
 
-// listenerPlan is one listening address and the tenants on it.
-type listenerPlan struct {
+// Listener is one listening address and the tenants on it.
+type Listener struct {
 	Addr    string   `json:"addr"`
 	TLS     bool     `json:"tls"`     // some tenant on it has a certificate (then all have)
 	Tenants []string `json:"tenants"` // names, in config order
 }
 
-// tenantPlan is one [[tenant]], checked, paths absolute, defaults filled in.
-type tenantPlan struct {
+// Tenant is one [[tenant]] (or serve's handler), checked, defaults filled in.
+type Tenant struct {
 	Name    string   `json:"name"`
 	Group   string   `json:"group"`
-	Handler string   `json:"handler"`
+	Handler string   `json:"handler"` // "" is the embedded default handler
 	Listen  []string `json:"listen"`
 	Hosts   []string `json:"hosts,omitempty"`
 	TLSCert string   `json:"tls_cert,omitempty"`
 	TLSKey  string   `json:"tls_key,omitempty"`
-	limits
+	Limits
 	MaxConns int               `json:"max_conns"`
 	Env      []string          `json:"env,omitempty"` // KEY=value, sorted
 	Config   map[string]string `json:"config,omitempty"`
 	Mount    string            `json:"mount,omitempty"`
 	User     string            `json:"-"` // the group's worker user, USER[:GROUP]
-	files                      // read by the master for the workers
+	Files                      // read by the master for the workers
+	// HandlerLine is the line of its handler key, for messages about the
+	// module (0 without a file).
+	HandlerLine int `json:"-"`
 
-	who               string // `tenant "NAME"` (or `tenant #N` without a name) in messages
-	line, handlerLine int    // where it is in the file, for prepare's messages
-	workersSet        bool
-	workers           int
-	groupBudget       string // group_memory_budget ("": not set)
+	who         string // `tenant "NAME"` (or `tenant #N` without a name) in messages
+	line        int
+	workersSet  bool
+	workers     int
+	groupBudget string // group_memory_budget ("": not set)
 }
 
-// Defaults of a tenant's keys: the same as serve's flags.
-const (
-	defMemoryLimit  = 128 << 20
-	defTimeout      = 30 * time.Second
-	defReadTimeout  = 30 * time.Second
-	defWriteTimeout = 30 * time.Second
-	defIdleTimeout  = 60 * time.Second
-	defInstances    = 64
-	defMinInstances = 2
-	defaultGroup    = "default"
-)
+// Limits are a tenant's guest limits (host.Options): from its keys, else
+// from serve's flags, else from Default.
+type Limits struct {
+	MemoryLimit  uint64        `json:"memory_limit"`
+	Timeout      time.Duration `json:"timeout"`
+	ReadTimeout  time.Duration `json:"read_timeout"`
+	WriteTimeout time.Duration `json:"write_timeout"`
+	IdleTimeout  time.Duration `json:"idle_timeout"`
+	Instances    int           `json:"instances"`
+	MinInstances int           `json:"instances_min"`
+	MaxReuse     int           `json:"max_reuse"`
+	Fresh        bool          `json:"fresh"`
+	MemoryBudget uint64        `json:"memory_budget,omitempty"` // the tenant's guest memory budget
 
-// A new connection's wait for its first byte, and the bound on how many wait
-// at once per worker; an incomplete message's wait for its rest; a draining
-// worker's wait for a kept-alive client's next request.
-const (
-	defFirstByteTimeout = 20 * time.Second
-	defFirstByteLimit   = 8192
-	defPartialTimeout   = 30 * time.Second
-	defDrainGrace       = time.Second
-)
+	// FirstByteTimeout and FirstByteLimit bound new connections waiting for
+	// their first byte, PartialTimeout an incomplete message, DrainGrace a
+	// draining worker's idle connections (host.Options).
+	FirstByteTimeout time.Duration `json:"first_byte_timeout"`
+	FirstByteLimit   int           `json:"first_byte_limit"`
+	PartialTimeout   time.Duration `json:"partial_timeout"`
+	DrainGrace       time.Duration `json:"drain_grace"`
+	// An http-wasm guest's upstream (its next handler) and the bytes its
+	// get_config returns.
+	Upstream    string `json:"upstream,omitempty"`
+	GuestConfig []byte `json:"guest_config,omitempty"`
+}
+
+const defaultGroup = "default"
 
 // Addrs are the group's listening addresses, in listener-index order.
-func (g *groupPlan) Addrs() []string {
+func (g *Group) Addrs() []string {
 	addrs := make([]string, len(g.Listeners))
 	for i, l := range g.Listeners {
 		addrs[i] = l.Addr
@@ -152,161 +161,10 @@ func (g *groupPlan) Addrs() []string {
 	return addrs
 }
 
-// groups returns the plan of every worker group.
-func (c *fileConfig) groups() []groupPlan { return c.Groups }
-
-// dispatchConfig is the master's configuration of group g; the caller sets
-// WorkerConfig (g as JSON, or a wrapper holding it) and Logger.
-func (c *fileConfig) dispatchConfig(g *groupPlan) dispatch.Config {
-	cl := c.Cluster
-	return dispatch.Config{
-		Name: g.Name, Listen: g.Addrs(), Workers: g.Workers, Sched: cl.Sched,
-		Backlog: cl.Backlog, MaxConns: cl.MaxConns, QueueSize: cl.QueueSize, QueueTimeout: cl.QueueTimeout,
-		ShutdownTimeout: cl.ShutdownTimeout, WorkerTimeout: cl.WorkerTimeout,
-		MaxRequests: cl.MaxRequests, MaxMemory: cl.MaxWorkerMemory,
-	}
-}
-
-// options are the host.Options of tenant t in a worker.
-func (t *tenantPlan) options(wasm []byte, cacheDir string, workerID int, log *slog.Logger) host.Options {
-	o := t.limits.options(wasm, t.Name, cacheDir, workerID, log.With("tenant", t.Name))
-	o.Env, o.Config, o.Mount = t.Env, t.Config, t.Mount
-	return o
-}
-
-// prepare compiles every tenant's module as the workers will (filling the
-// compilation cache) and checks it can be served; the error names each
-// tenant whose module cannot, one per line. The master calls it before
-// starting workers, and on reload before replacing them.
-func (c *fileConfig) prepare(ctx context.Context, log *slog.Logger) error {
-	var errs []string
-	for i := range c.Tenants {
-		t := &c.Tenants[i]
-		wasm, err := readHandler(t.Handler)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s:%d: tenant %q: handler %s", c.Path, t.handlerLine, t.Name, handlerError(t.Handler, err)))
-			continue
-		}
-		if _, err = host.Prepare(ctx, t.options(wasm, c.Cluster.CacheDir, 0, log)); err != nil {
-			errs = append(errs, fmt.Sprintf("%s:%d: tenant %q: handler %s: %v", c.Path, t.handlerLine, t.Name, t.Handler, err))
-		}
-	}
-	if len(errs) > 0 {
-		return errors.New(strings.Join(errs, "\n"))
-	}
-	return nil
-}
-
-// newRouter builds, in a worker, the Handler of each of the group's tenants
-// and the Router over its listeners, from the handler, certificate and key
-// bytes the master read (through the worker's configuration descriptor,
-// never the environment).
-func (g *groupPlan) newRouter(ctx context.Context, workerID int, budget *host.Budget, log *slog.Logger) (*host.Router, error) {
-	tenants := map[string]*host.Tenant{}
-	closeAll := func() {
-		for _, t := range tenants {
-			t.Handler.Close(ctx)
-		}
-	}
-	for i := range g.Tenants {
-		tp := &g.Tenants[i]
-		wasm := tp.Wasm // read by the master
-		if len(wasm) == 0 {
-			var err error
-			if wasm, err = readHandler(tp.Handler); err != nil {
-				closeAll()
-				return nil, fmt.Errorf("tenant %q: handler %s", tp.Name, handlerError(tp.Handler, err))
-			}
-		}
-		t := &host.Tenant{Name: tp.Name, Hosts: tp.Hosts, MaxConns: tp.MaxConns}
-		if tp.TLSCert != "" {
-			cert, err := tp.keyPair(tp.TLSCert, tp.TLSKey)
-			if err != nil {
-				closeAll()
-				return nil, fmt.Errorf("tenant %q: tls: %w", tp.Name, err)
-			}
-			t.Cert = &cert
-		}
-		o := tp.options(wasm, g.CacheDir, workerID, log)
-		o.Budget, o.MemoryWait = budget, g.MemoryWait
-		h, err := host.New(ctx, o)
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("tenant %q: %w", tp.Name, err)
-		}
-		t.Handler = h
-		tenants[tp.Name] = t
-	}
-	ls := make([]host.Listener, len(g.Listeners))
-	for i, l := range g.Listeners {
-		for _, name := range l.Tenants {
-			ls[i].Tenants = append(ls[i].Tenants, tenants[name])
-		}
-	}
-	r, err := host.NewRouter(ls, host.RouterOptions{Logger: log, ForeignHosts: g.ForeignHosts})
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	return r, nil
-}
-
-// checkConfigFile is `wcluster check --config FILE`: it loads and checks the
-// file, compiles every tenant's module, and describes what would be served.
-func checkConfigFile(ctx context.Context, path string, w io.Writer) error {
-	c, err := loadConfig(path)
-	if err != nil {
-		return err
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if err := c.prepare(ctx, log); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "%s: ok, %d tenants in %d worker groups\n", path, len(c.Tenants), len(c.Groups))
-	for _, g := range c.Groups {
-		fmt.Fprintf(w, "group %s: %d workers, %s\n", g.Name, g.Workers, g.budgetWhy)
-		for _, l := range g.Listeners {
-			kind := "http"
-			if l.TLS {
-				kind = "tls"
-			}
-			var ts []string
-			for _, name := range l.Tenants {
-				for _, t := range g.Tenants {
-					if t.Name == name {
-						hosts := "default"
-						if len(t.Hosts) > 0 {
-							hosts = strings.Join(t.Hosts, ",")
-						}
-						ts = append(ts, fmt.Sprintf("%s (%s)", name, hosts))
-					}
-				}
-			}
-			fmt.Fprintf(w, "  %s %s: %s\n", kind, l.Addr, strings.Join(ts, ", "))
-		}
-		for _, t := range g.Tenants {
-			fmt.Fprintf(w, "  tenant %s: %s\n", t.Name, t.limitsText())
-		}
-	}
-	return nil
-}
-
-// limitsText says a tenant's time and memory limits, for check.
-func (t *tenantPlan) limitsText() string {
-	timeout := "no time limit"
-	if t.Timeout > 0 {
-		timeout = "time limit " + t.Timeout.String()
-	}
-	budget := "no guest memory budget of its own (the worker's applies)"
-	if t.MemoryBudget > 0 {
-		budget = "guest memory budget " + sizeText(t.MemoryBudget) + " per worker"
-	}
-	return fmt.Sprintf("%s, memory limit %s per instance, %s", timeout, sizeText(t.MemoryLimit), budget)
-}
-
-// loadConfig reads and checks a config file. The error, if any, lists every
-// problem found, one per line, each as FILE:LINE: what is wrong.
-func loadConfig(path string) (*fileConfig, error) {
+// Load reads and checks a config file; d gives what the file does not set.
+// The error, if any, lists every problem found, one per line, each as
+// FILE:LINE: what is wrong.
+func Load(path string, d Defaults) (*Config, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -326,7 +184,7 @@ func loadConfig(path string) (*fileConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	cr := &configReader{file: path, dir: filepath.Dir(abs), lines: keyLines(string(src))}
+	cr := &configReader{file: path, dir: filepath.Dir(abs), lines: tomlpos.Lines(string(src)), def: d}
 	c := cr.read(doc)
 	if len(cr.errs) > 0 {
 		return nil, cr.err()
@@ -335,13 +193,14 @@ func loadConfig(path string) (*fileConfig, error) {
 	return c, nil
 }
 
-// configReader turns the decoded document into a fileConfig, collecting
+// configReader turns the decoded document into a Config, collecting
 // every problem with its line.
 type configReader struct {
 	file  string
 	dir   string // the config file's directory: relative paths start here
 	lines map[string]int
 	errs  []configError
+	def   Defaults // what the file does not set
 }
 
 type configError struct {
@@ -365,7 +224,7 @@ func (cr *configReader) err() error {
 	return errors.New(b.String())
 }
 
-// line is where path (as keyLines names it) is defined, or its nearest
+// line is where path (as tomlpos.Lines names it) is defined, or its nearest
 // ancestor.
 func (cr *configReader) line(path string) int {
 	for path != "" {
@@ -385,7 +244,7 @@ func (cr *configReader) line(path string) int {
 // messages.
 type section struct {
 	cr     *configReader
-	at     string // keyLines path: "cluster", "tenant.1"
+	at     string // tomlpos.Lines path: "cluster", "tenant.1"
 	who    string // `[cluster]`, `tenant "shop"`
 	values map[string]any
 }
@@ -516,10 +375,10 @@ func (s *section) duration(key string, def time.Duration) time.Duration {
 }
 
 // budget reads a guest memory budget per worker: "auto", 0 or a size.
-func (s *section) budget(key string) string {
+func (s *section) budget(key, def string) string {
 	v, ok := s.values[key]
 	if !ok {
-		return ""
+		return def
 	}
 	var spec string
 	switch x := v.(type) {
@@ -529,11 +388,11 @@ func (s *section) budget(key string) string {
 		spec = x
 	default:
 		s.errorf(key, "%s must be a size such as \"1GiB\", \"auto\" or 0 (none), not %s", key, tomlType(v))
-		return ""
+		return def
 	}
-	if _, err := parseGuestBudget(spec, 1); err != nil {
+	if _, err := ParseGuestBudget(spec, 1); err != nil {
 		s.errorf(key, "%s: %v", key, err)
-		return ""
+		return def
 	}
 	return spec
 }
@@ -551,7 +410,7 @@ func (s *section) size(key string, def uint64) uint64 {
 		}
 		return uint64(x)
 	case string:
-		n, err := parseSize(x)
+		n, err := ParseSize(x)
 		if err != nil {
 			s.errorf(key, "%s: %v", key, err)
 			return def
@@ -644,8 +503,8 @@ var (
 		"first_byte_timeout", "first_byte_limit", "partial_timeout", "drain_grace", "user", "upstream", "guest_config"}
 )
 
-func (cr *configReader) read(doc map[string]any) *fileConfig {
-	c := &fileConfig{}
+func (cr *configReader) read(doc map[string]any) *Config {
+	c := &Config{}
 	top := &section{cr: cr, at: "", who: "top level", values: doc}
 	for _, k := range slices.Sorted(maps.Keys(doc)) {
 		if k != "cluster" && k != "tenant" {
@@ -686,12 +545,9 @@ func (cr *configReader) read(doc map[string]any) *fileConfig {
 	return c
 }
 
-func (cr *configReader) readCluster(top *section) clusterConfig {
-	cl := clusterConfig{
-		Workers: defaultWorkers(), Sched: dispatch.SchedRR, Backlog: 511, MaxConns: 10000,
-		QueueTimeout: 10 * time.Second, ShutdownTimeout: 10 * time.Second, WorkerTimeout: 30 * time.Second,
-		CacheDir: defaultCacheDir(), LogLevel: "info", LogFormat: "text",
-	}
+func (cr *configReader) readCluster(top *section) Cluster {
+	cl := cr.def.Cluster
+	cl.WorkerEnv = slices.Clone(cl.WorkerEnv)
 	v, ok := top.values["cluster"]
 	if !ok {
 		return cl
@@ -718,26 +574,30 @@ func (cr *configReader) readCluster(top *section) clusterConfig {
 	cl.QueueTimeout = s.duration("queue_timeout", cl.QueueTimeout)
 	cl.ShutdownTimeout = s.duration("shutdown_timeout", cl.ShutdownTimeout)
 	cl.WorkerTimeout = s.duration("worker_timeout", cl.WorkerTimeout)
-	cl.MaxRequests = s.int("max_requests", 0, 0)
-	cl.MaxWorkerMemory = s.size("max_worker_memory", 0)
-	cl.GuestBudget = s.budget("guest_memory_budget")
+	cl.MaxRequests = s.int("max_requests", cl.MaxRequests, 0)
+	cl.MaxWorkerMemory = s.size("max_worker_memory", cl.MaxWorkerMemory)
+	cl.GuestBudget = s.budget("guest_memory_budget", cl.GuestBudget)
 	if s.has("cache_dir") {
 		cl.CacheDir = s.path("cache_dir") // "" disables the cache
 	}
 	cl.LogLevel = s.str("log_level", cl.LogLevel)
-	if _, err := parseLevel(cl.LogLevel); err != nil {
+	if _, err := ParseLevel(cl.LogLevel); err != nil {
 		s.errorf("log_level", "log_level = %q: use \"debug\", \"info\", \"warn\" or \"error\"", cl.LogLevel)
 	}
 	cl.LogFormat = s.str("log_format", cl.LogFormat)
 	if cl.LogFormat != "text" && cl.LogFormat != "json" {
 		s.errorf("log_format", "log_format = %q: use \"text\" or \"json\"", cl.LogFormat)
 	}
-	cl.Control = s.path("control")
-	cl.User = s.str("user", "")
-	if _, err := lookupUser(cl.User); err != nil {
+	if s.has("control") {
+		cl.Control = s.path("control")
+	}
+	cl.User = s.str("user", cl.User)
+	if _, err := LookupUser(cl.User); err != nil {
 		s.errorf("user", "%v", err)
 	}
-	cl.WorkerEnv = s.strings("worker_env")
+	if s.has("worker_env") {
+		cl.WorkerEnv = s.strings("worker_env")
+	}
 	for _, name := range cl.WorkerEnv {
 		if !envKeyRE.MatchString(name) {
 			s.errorf("worker_env", "worker_env %q is not a variable name: list names, e.g. [\"HTTP_PROXY\"]", name)
@@ -750,7 +610,7 @@ func (cr *configReader) readCluster(top *section) clusterConfig {
 		}
 		cl.SandboxOff = isBool && !on
 	}
-	if cl.Admin = s.str("admin", ""); cl.Admin != "" {
+	if cl.Admin = s.str("admin", cl.Admin); cl.Admin != "" {
 		if err := checkAddr(cl.Admin); err != nil {
 			s.errorf("admin", "admin %q: %v", cl.Admin, err)
 		}
@@ -758,9 +618,9 @@ func (cr *configReader) readCluster(top *section) clusterConfig {
 	return cl
 }
 
-func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
+func (cr *configReader) readTenant(i int, m map[string]any) Tenant {
 	s := &section{cr: cr, at: fmt.Sprintf("tenant.%d", i), values: m}
-	t := tenantPlan{line: cr.line(s.at)}
+	t := Tenant{line: cr.line(s.at)}
 	t.Name = s.str("name", "")
 	switch {
 	case !s.has("name"):
@@ -775,7 +635,7 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 	t.who = s.who
 	s.unknown(tenantKeys...)
 
-	t.handlerLine = cr.line(s.at + ".handler")
+	t.HandlerLine = cr.line(s.at + ".handler")
 	t.Handler = s.path("handler")
 	if !s.has("handler") {
 		s.errorf("", "no handler: give the path of its .wasm module with handler = \"...\" (relative to this file's directory)")
@@ -784,6 +644,9 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 	}
 
 	t.Listen = s.strings("listen")
+	if !s.has("listen") && cr.def.Listen != "" {
+		t.Listen = []string{cr.def.Listen} // serve --listen
+	}
 	if len(t.Listen) == 0 && !s.has("listen") {
 		s.errorf("", "no listen address: add listen = [\"host:port\"]")
 	} else if len(t.Listen) == 0 {
@@ -832,26 +695,28 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 	t.workersSet = s.has("workers")
 	t.workers = s.int("workers", 0, 1)
 
-	t.MemoryLimit = s.size("memory_limit", defMemoryLimit)
+	dl := cr.def.Limits
+	t.MemoryLimit = s.size("memory_limit", dl.MemoryLimit)
 	if t.MemoryLimit < 64<<10 || t.MemoryLimit > 4<<30 {
 		s.errorf("memory_limit", "memory_limit must be between 64KiB and 4GiB (one WebAssembly page to the whole 32-bit space)")
 	}
-	t.Timeout = s.duration("timeout", defTimeout)
-	t.ReadTimeout = s.duration("read_timeout", defReadTimeout)
-	t.WriteTimeout = s.duration("write_timeout", defWriteTimeout)
-	t.IdleTimeout = s.duration("idle_timeout", defIdleTimeout)
-	t.FirstByteTimeout = s.duration("first_byte_timeout", defFirstByteTimeout)
-	t.FirstByteLimit = s.int("first_byte_limit", defFirstByteLimit, 0)
-	t.PartialTimeout = s.duration("partial_timeout", defPartialTimeout)
-	t.DrainGrace = s.duration("drain_grace", defDrainGrace)
-	t.Instances = s.int("instances", defInstances, 1)
-	t.MinInstances = s.int("instances_min", min(defMinInstances, t.Instances), 0)
+	t.Timeout = s.duration("timeout", dl.Timeout)
+	t.ReadTimeout = s.duration("read_timeout", dl.ReadTimeout)
+	t.WriteTimeout = s.duration("write_timeout", dl.WriteTimeout)
+	t.IdleTimeout = s.duration("idle_timeout", dl.IdleTimeout)
+	t.FirstByteTimeout = s.duration("first_byte_timeout", dl.FirstByteTimeout)
+	t.FirstByteLimit = s.int("first_byte_limit", dl.FirstByteLimit, 0)
+	t.PartialTimeout = s.duration("partial_timeout", dl.PartialTimeout)
+	t.DrainGrace = s.duration("drain_grace", dl.DrainGrace)
+	t.Instances = s.int("instances", dl.Instances, 1)
+	t.MinInstances = s.int("instances_min", min(dl.MinInstances, t.Instances), 0)
 	if t.MinInstances > t.Instances {
 		s.errorf("instances_min", "instances_min = %d is above instances = %d: lower it, or raise instances", t.MinInstances, t.Instances)
 	}
-	t.MaxReuse = s.int("max_reuse", 0, 0)
-	switch mode := s.str("instance_mode", "pooled"); mode {
+	t.MaxReuse = s.int("max_reuse", dl.MaxReuse, 0)
+	switch mode := s.str("instance_mode", map[bool]string{false: "pooled", true: "fresh"}[dl.Fresh]); mode {
 	case "pooled":
+		t.Fresh = false
 	case "fresh":
 		t.Fresh = true
 	default:
@@ -862,7 +727,7 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 	if t.MemoryBudget > 0 && t.MemoryBudget < 1<<20 {
 		s.errorf("guest_memory_budget", "guest_memory_budget = %d bytes is too small: give at least \"1MiB\" (or leave it out for none)", t.MemoryBudget)
 	}
-	t.groupBudget = s.budget("group_memory_budget")
+	t.groupBudget = s.budget("group_memory_budget", "")
 
 	env := s.stringTable("env")
 	for _, k := range slices.Sorted(maps.Keys(env)) {
@@ -874,14 +739,14 @@ func (cr *configReader) readTenant(i int, m map[string]any) tenantPlan {
 	}
 	t.Config = s.stringTable("config")
 	t.User = s.str("user", "")
-	if _, err := lookupUser(t.User); err != nil {
+	if _, err := LookupUser(t.User); err != nil {
 		s.errorf("user", "%v", err)
 	}
 	var err error
-	if t.Upstream, err = checkUpstream(s.str("upstream", "")); err != nil {
+	if t.Upstream, err = CheckUpstream(s.str("upstream", "")); err != nil {
 		s.errorf("upstream", "upstream: %v", err)
 	}
-	if t.GuestConfig, err = readGuestConfig(s.str("guest_config", ""), s.cr.dir); err != nil {
+	if t.GuestConfig, err = ReadGuestConfig(s.str("guest_config", ""), s.cr.dir); err != nil {
 		s.errorf("guest_config", "guest_config: %v", err)
 	}
 
@@ -909,12 +774,12 @@ func errText(err error) string {
 }
 
 func checkHandlerFile(s *section, path string) {
-	wasm, err := readHandler(path)
+	wasm, err := ReadHandler(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		s.errorf("handler", "handler %s: no such file: build it, or fix the path (relative to this file's directory)", path)
 	case err != nil:
-		s.errorf("handler", "handler %s", handlerError(path, err))
+		s.errorf("handler", "handler %s", HandlerError(path, err))
 	case len(wasm) < 4 || string(wasm[:4]) != "\x00asm":
 		s.errorf("handler", "handler %s is not a WebAssembly module (no \\0asm magic): give a .wasm file", path)
 	}
@@ -978,10 +843,10 @@ func certNames(c tls.Certificate) string {
 // listener, one group per listener, a certificate for every tenant of a
 // TLS listener, one worker count per group, no two listeners binding the
 // same port.
-func (cr *configReader) plan(c *fileConfig) {
+func (cr *configReader) plan(c *Config) {
 	type listener struct {
 		addr    string
-		tenants []*tenantPlan
+		tenants []*Tenant
 		line    int // of the first tenant's listen
 	}
 	var order []string
@@ -998,7 +863,7 @@ func (cr *configReader) plan(c *fileConfig) {
 			l.tenants = append(l.tenants, t)
 		}
 	}
-	lineOf := func(t *tenantPlan, key string) int {
+	lineOf := func(t *Tenant, key string) int {
 		for i := range c.Tenants {
 			if &c.Tenants[i] == t {
 				return cr.line(fmt.Sprintf("tenant.%d.%s", i, key))
@@ -1006,16 +871,16 @@ func (cr *configReader) plan(c *fileConfig) {
 		}
 		return 0
 	}
-	errAt := func(t *tenantPlan, key, format string, args ...any) {
+	errAt := func(t *Tenant, key, format string, args ...any) {
 		cr.errs = append(cr.errs, configError{lineOf(t, key), t.who + ": " + fmt.Sprintf(format, args...)})
 	}
 
 	listenerGroup := map[string]string{}
 	for _, a := range order {
 		l := byAddr[a]
-		var def *tenantPlan
-		hosts := map[string]*tenantPlan{}
-		secure := slices.ContainsFunc(l.tenants, func(t *tenantPlan) bool { return t.TLSCert != "" })
+		var def *Tenant
+		hosts := map[string]*Tenant{}
+		secure := slices.ContainsFunc(l.tenants, func(t *Tenant) bool { return t.TLSCert != "" })
 		first := l.tenants[0]
 		listenerGroup[a] = first.Group
 		for _, t := range l.tenants {
@@ -1065,31 +930,31 @@ func (cr *configReader) plan(c *fileConfig) {
 	}
 
 	// Groups, in order of first appearance.
-	byGroup := map[string]*groupPlan{}
+	byGroup := map[string]*Group{}
 	for i := range c.Tenants {
 		t := &c.Tenants[i]
 		g := byGroup[t.Group]
 		if g == nil {
-			c.Groups = append(c.Groups, groupPlan{Name: t.Group, Workers: c.Cluster.Workers,
+			c.Groups = append(c.Groups, Group{Name: t.Group, Workers: c.Cluster.Workers,
 				CacheDir: c.Cluster.CacheDir, LogLevel: c.Cluster.LogLevel, LogFormat: c.Cluster.LogFormat,
 				User: c.Cluster.User, WorkerEnv: c.Cluster.WorkerEnv,
-				Sandbox: sandboxPlan{Off: c.Cluster.SandboxOff, ReadPaths: []string{c.Cluster.CacheDir}}})
+				Sandbox: Sandbox{Off: c.Cluster.SandboxOff, ReadPaths: []string{c.Cluster.CacheDir}}})
 			g = &c.Groups[len(c.Groups)-1]
 			byGroup[t.Group] = g
 		}
 	}
 	// byGroup's pointers are stale once c.Groups grew: index by name again.
-	byGroup = map[string]*groupPlan{}
+	byGroup = map[string]*Group{}
 	for i := range c.Groups {
 		byGroup[c.Groups[i].Name] = &c.Groups[i]
 	}
-	workersFrom := map[string]*tenantPlan{}
-	userFrom := map[string]*tenantPlan{}
+	workersFrom := map[string]*Tenant{}
+	userFrom := map[string]*Tenant{}
 	for i := range c.Tenants {
 		t := &c.Tenants[i]
 		g := byGroup[t.Group]
 		g.Tenants = append(g.Tenants, *t)
-		g.Sandbox.allowUpstream(t.Upstream)
+		g.Sandbox.AllowUpstream(t.Upstream)
 		if t.Mount != "" {
 			g.Sandbox.ReadPaths = append(g.Sandbox.ReadPaths, t.Mount)
 		}
@@ -1119,7 +984,7 @@ func (cr *configReader) plan(c *fileConfig) {
 	for i := range c.Groups {
 		total += c.Groups[i].Workers
 	}
-	budgetFrom := map[string]*tenantPlan{}
+	budgetFrom := map[string]*Tenant{}
 	for i := range c.Tenants {
 		t := &c.Tenants[i]
 		if t.groupBudget == "" {
@@ -1138,13 +1003,13 @@ func (cr *configReader) plan(c *fileConfig) {
 		if t := budgetFrom[g.Name]; t != nil {
 			spec = t.groupBudget
 		}
-		b, _ := parseGuestBudget(spec, total) // checked when read
-		g.MemoryBudget, g.budgetWhy, g.MemoryWait = b.PerWorker, b.String(), c.Cluster.QueueTimeout
+		b, _ := ParseGuestBudget(spec, total) // checked when read
+		g.MemoryBudget, g.BudgetText, g.MemoryWait = b.PerWorker, b.String(), c.Cluster.QueueTimeout
 	}
 	for _, a := range order {
 		l := byAddr[a]
 		g := byGroup[listenerGroup[a]]
-		lp := listenerPlan{Addr: a}
+		lp := Listener{Addr: a}
 		for _, t := range l.tenants {
 			if t.Group == g.Name {
 				lp.Tenants = append(lp.Tenants, t.Name)
@@ -1174,262 +1039,15 @@ func (cr *configReader) plan(c *fileConfig) {
 
 func isWildcard(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
 
-// keyLines maps every key and table header of a TOML document to the line
-// defining it. Elements of arrays of tables are numbered from 0: the name of
-// the second [[tenant]] is "tenant.1.name"; keys in an inline table are
-// found under their table ("tenant.0.tls.cert"). The document must be valid
-// TOML (the decoder checked it first); the scan only tracks strings,
-// comments, brackets and headers.
-func keyLines(src string) map[string]int {
-	sc := &tomlScanner{s: src, line: 1, lines: map[string]int{}, arrays: map[string]int{}}
-	sc.run()
-	return sc.lines
-}
-
-type tomlScanner struct {
-	s      string
-	i      int
-	line   int
-	lines  map[string]int
-	arrays map[string]int // header path without indices -> elements so far
-}
-
-func (sc *tomlScanner) peek(k int) byte {
-	if sc.i+k < len(sc.s) {
-		return sc.s[sc.i+k]
+// LimitsText says a tenant's time and memory limits, for check.
+func (t *Tenant) LimitsText() string {
+	timeout := "no time limit"
+	if t.Timeout > 0 {
+		timeout = "time limit " + t.Timeout.String()
 	}
-	return 0
-}
-
-func (sc *tomlScanner) advance() {
-	if sc.s[sc.i] == '\n' {
-		sc.line++
+	budget := "no guest memory budget of its own (the worker's applies)"
+	if t.MemoryBudget > 0 {
+		budget = "guest memory budget " + SizeText(t.MemoryBudget) + " per worker"
 	}
-	sc.i++
-}
-
-// blank skips spaces and tabs, and with newlines also line ends and comments.
-func (sc *tomlScanner) blank(newlines bool) {
-	for sc.i < len(sc.s) {
-		switch c := sc.s[sc.i]; {
-		case c == ' ' || c == '\t' || c == '\r':
-			sc.advance()
-		case c == '#':
-			for sc.i < len(sc.s) && sc.s[sc.i] != '\n' {
-				sc.i++
-			}
-		case c == '\n' && newlines:
-			sc.advance()
-		default:
-			return
-		}
-	}
-}
-
-func (sc *tomlScanner) record(path []string, line int) {
-	for k := 1; k <= len(path); k++ {
-		p := strings.Join(path[:k], ".")
-		if _, ok := sc.lines[p]; !ok {
-			sc.lines[p] = line
-		}
-	}
-}
-
-func (sc *tomlScanner) run() {
-	var table []string
-	for {
-		sc.blank(true)
-		if sc.i >= len(sc.s) {
-			return
-		}
-		line := sc.line
-		if sc.s[sc.i] == '[' {
-			array := sc.peek(1) == '['
-			sc.i++
-			if array {
-				sc.i++
-			}
-			sc.blank(false)
-			keys := sc.key()
-			table = sc.resolve(keys, array)
-			sc.lines[strings.Join(table, ".")] = line
-			sc.record(table, line)
-			sc.restOfLine()
-			continue
-		}
-		start := sc.i
-		keys := sc.key()
-		sc.blank(false)
-		if sc.i < len(sc.s) && sc.s[sc.i] == '=' {
-			sc.i++
-		}
-		path := append(slices.Clone(table), keys...)
-		sc.record(path, line)
-		sc.blank(false)
-		sc.value(path)
-		if sc.i == start {
-			sc.advance() // not TOML: never loop in place
-		}
-		sc.restOfLine()
-	}
-}
-
-func (sc *tomlScanner) restOfLine() {
-	for sc.i < len(sc.s) && sc.s[sc.i] != '\n' {
-		sc.advance()
-	}
-}
-
-// resolve turns a header's keys into an indexed path: each prefix that is
-// an array of tables refers to its latest element; a [[header]] adds one.
-func (sc *tomlScanner) resolve(keys []string, array bool) []string {
-	var out []string
-	for k := range keys {
-		raw := strings.Join(keys[:k+1], ".")
-		out = append(out, keys[k])
-		if array && k == len(keys)-1 {
-			out = append(out, strconv.Itoa(sc.arrays[raw]))
-			sc.arrays[raw]++
-		} else if n := sc.arrays[raw]; n > 0 {
-			out = append(out, strconv.Itoa(n-1))
-		}
-	}
-	return out
-}
-
-// key reads a dotted key: bare or quoted parts separated by dots.
-func (sc *tomlScanner) key() []string {
-	var parts []string
-	for sc.i < len(sc.s) {
-		sc.blank(false)
-		if sc.i >= len(sc.s) {
-			break
-		}
-		switch c := sc.s[sc.i]; {
-		case c == '"' || c == '\'':
-			parts = append(parts, sc.str())
-		default:
-			start := sc.i
-			for sc.i < len(sc.s) && isBareKey(sc.s[sc.i]) {
-				sc.i++
-			}
-			if sc.i == start {
-				return parts
-			}
-			parts = append(parts, sc.s[start:sc.i])
-		}
-		sc.blank(false)
-		if sc.i < len(sc.s) && sc.s[sc.i] == '.' {
-			sc.i++
-			continue
-		}
-		break
-	}
-	return parts
-}
-
-func isBareKey(c byte) bool {
-	return c == '_' || c == '-' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
-}
-
-// str reads a string of any of TOML's four kinds and returns its text
-// (escapes undone only as far as keys need: \" and \\).
-func (sc *tomlScanner) str() string {
-	q := sc.s[sc.i]
-	multi := sc.peek(1) == q && sc.peek(2) == q
-	if multi {
-		sc.i += 3
-	} else {
-		sc.i++
-	}
-	var b strings.Builder
-	for sc.i < len(sc.s) {
-		c := sc.s[sc.i]
-		switch {
-		case c == '\\' && q == '"' && sc.i+1 < len(sc.s):
-			sc.i++
-			b.WriteByte(sc.s[sc.i])
-			sc.advance()
-			continue
-		case c == q && !multi:
-			sc.i++
-			return b.String()
-		case c == q && multi && sc.peek(1) == q && sc.peek(2) == q:
-			sc.i += 3
-			for sc.i < len(sc.s) && sc.s[sc.i] == q { // up to two quotes end the content
-				sc.i++
-			}
-			return b.String()
-		case c == '\n' && !multi:
-			return b.String()
-		}
-		b.WriteByte(c)
-		sc.advance()
-	}
-	return b.String()
-}
-
-// value skips one value, recording the keys of inline tables under path
-// (and elements of arrays under path.N).
-func (sc *tomlScanner) value(path []string) {
-	if sc.i >= len(sc.s) {
-		return
-	}
-	switch c := sc.s[sc.i]; c {
-	case '"', '\'':
-		sc.str()
-	case '[':
-		sc.i++
-		for n := 0; ; n++ {
-			sc.blank(true)
-			if sc.i >= len(sc.s) {
-				return
-			}
-			if sc.s[sc.i] == ']' {
-				sc.i++
-				return
-			}
-			start := sc.i
-			sc.value(append(slices.Clone(path), strconv.Itoa(n)))
-			sc.blank(true)
-			if sc.i < len(sc.s) && sc.s[sc.i] == ',' {
-				sc.i++
-			} else if sc.i == start {
-				sc.advance()
-			}
-		}
-	case '{':
-		sc.i++
-		for {
-			sc.blank(false)
-			if sc.i >= len(sc.s) || sc.s[sc.i] == '\n' {
-				return
-			}
-			if sc.s[sc.i] == '}' {
-				sc.i++
-				return
-			}
-			line := sc.line
-			start := sc.i
-			keys := sc.key()
-			sc.blank(false)
-			if sc.i < len(sc.s) && sc.s[sc.i] == '=' {
-				sc.i++
-			}
-			sub := append(slices.Clone(path), keys...)
-			sc.record(sub, line)
-			sc.blank(false)
-			sc.value(sub)
-			sc.blank(false)
-			if sc.i < len(sc.s) && sc.s[sc.i] == ',' {
-				sc.i++
-			} else if sc.i == start {
-				sc.advance()
-			}
-		}
-	default:
-		for sc.i < len(sc.s) && !strings.ContainsRune(",]}\n#", rune(sc.s[sc.i])) {
-			sc.i++
-		}
-	}
+	return fmt.Sprintf("%s, memory limit %s per instance, %s", timeout, SizeText(t.MemoryLimit), budget)
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -17,10 +17,10 @@ func TestReadHandler(t *testing.T) {
 	dir := t.TempDir()
 	ok := filepath.Join(dir, "ok.wasm")
 	os.WriteFile(ok, []byte("\x00asm\x01\x00\x00\x00"), 0o644)
-	if b, err := readHandler(ok); err != nil || len(b) != 8 {
+	if b, err := ReadHandler(ok); err != nil || len(b) != 8 {
 		t.Fatalf("regular file: %d bytes, %v", len(b), err)
 	}
-	if _, err := readHandler(filepath.Join(dir, "none.wasm")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := ReadHandler(filepath.Join(dir, "none.wasm")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: %v", err)
 	}
 	fifo := filepath.Join(dir, "fifo.wasm")
@@ -40,7 +40,7 @@ func TestReadHandler(t *testing.T) {
 		dir:         "is a directory, not a regular file",
 		big:         "is larger than 256 MiB",
 	} {
-		if _, err := readHandler(path); err == nil || !strings.Contains(handlerError(path, err), path+" "+want) {
+		if _, err := ReadHandler(path); err == nil || !strings.Contains(HandlerError(path, err), path+" "+want) {
 			t.Errorf("%s: %v, want %q", path, err, want)
 		}
 	}

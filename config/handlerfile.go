@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"syscall"
+
+	"github.com/wcluster/wcluster/guests/embedded"
 )
 
 // maxHandlerSize caps a handler file. Real modules are far smaller (the Go
@@ -14,12 +16,12 @@ import (
 // cap keeps a wrong path (a log, a device) from filling memory.
 const maxHandlerSize = 256 << 20
 
-// readHandler reads a handler file: a regular file of at most
+// ReadHandler reads a handler file: a regular file of at most
 // maxHandlerSize bytes. Every place that reads a handler (serve, check,
 // reload, a config's tenants, the workers) reads it here. An error is a
 // phrase to follow the path ("is a directory, ..."), except for a missing
 // file: an os.ErrNotExist, for the caller's own advice.
-func readHandler(path string) ([]byte, error) {
+func ReadHandler(path string) ([]byte, error) {
 	// Non-blocking, so that opening a FIFO does not wait for a writer; it
 	// changes nothing for a regular file.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
@@ -52,8 +54,8 @@ func readHandler(path string) ([]byte, error) {
 	return b, nil
 }
 
-// handlerError is "PATH" and what readHandler found wrong with it.
-func handlerError(path string, err error) string {
+// HandlerError is "PATH" and what ReadHandler found wrong with it.
+func HandlerError(path string, err error) string {
 	if errors.Is(err, os.ErrNotExist) {
 		return path + ": no such file"
 	}
@@ -74,4 +76,17 @@ func fileKind(m fs.FileMode) string {
 		return "a device"
 	}
 	return "a special file"
+}
+
+// ReadWasm is the tenant's module: the bytes the master read for a worker,
+// else its handler file (the embedded default for none). A missing file is
+// an os.ErrNotExist; other errors are HandlerError's phrase.
+func (t *Tenant) ReadWasm() ([]byte, error) {
+	if len(t.Wasm) > 0 {
+		return t.Wasm, nil
+	}
+	if t.Handler == "" {
+		return embedded.Hello, nil
+	}
+	return ReadHandler(t.Handler)
 }

@@ -1,9 +1,9 @@
-package main
+package config
 
-// The workers' process sandbox as the CLI sets it up: what the master
-// reads for them (handler, certificate and key bytes), who they run as
-// (--user), what of the environment they get (--worker-env), and what the
-// worker applies to itself (internal/sandbox) unless --worker-sandbox=off.
+// The workers' process sandbox as configured: what the master reads for
+// them (handler, certificate and key bytes), who they run as (--user), and
+// what the worker applies to itself (Sandbox, through internal/sandbox)
+// unless --worker-sandbox=off.
 
 import (
 	"crypto/tls"
@@ -25,16 +25,16 @@ import (
 	"github.com/wcluster/wcluster/internal/sandbox"
 )
 
-// files carries file contents from the master to its workers.
-type files struct {
+// Files carries file contents from the master to its workers.
+type Files struct {
 	Wasm    []byte `json:"wasm,omitempty"`
 	CertPEM []byte `json:"cert_pem,omitempty"`
 	KeyPEM  []byte `json:"key_pem,omitempty"`
 }
 
-// readFiles reads what a worker needs of a handler and its certificate.
-func readFiles(wasm []byte, cert, key string) (files, error) {
-	f := files{Wasm: wasm}
+// ReadFiles reads what a worker needs of a handler and its certificate.
+func ReadFiles(wasm []byte, cert, key string) (Files, error) {
+	f := Files{Wasm: wasm}
 	if cert == "" {
 		return f, nil
 	}
@@ -48,18 +48,18 @@ func readFiles(wasm []byte, cert, key string) (files, error) {
 	return f, nil
 }
 
-// keyPair is the certificate a worker serves: from the bytes the master
+// KeyPair is the certificate a worker serves: from the bytes the master
 // passed, else (an older master) from the files.
-func (f *files) keyPair(cert, key string) (tls.Certificate, error) {
+func (f *Files) KeyPair(cert, key string) (tls.Certificate, error) {
 	if len(f.CertPEM) > 0 {
 		return tls.X509KeyPair(f.CertPEM, f.KeyPEM)
 	}
 	return tls.LoadX509KeyPair(cert, key)
 }
 
-// sandboxPlan is what a worker applies to itself before building its
+// Sandbox is what a worker applies to itself before building its
 // handlers, so before any guest code runs.
-type sandboxPlan struct {
+type Sandbox struct {
 	Off bool `json:"off,omitempty"`
 	// ReadPaths are all it may open, read-only: the compilation cache and
 	// the tenants' mounts.
@@ -71,8 +71,8 @@ type sandboxPlan struct {
 	Resolve    bool     `json:"resolve,omitempty"`
 }
 
-// allowUpstream lets the workers reach an http-wasm tenant's upstream.
-func (p *sandboxPlan) allowUpstream(upstream string) {
+// AllowUpstream lets the workers reach an http-wasm tenant's upstream.
+func (p *Sandbox) AllowUpstream(upstream string) {
 	if upstream == "" {
 		return
 	}
@@ -92,8 +92,9 @@ func (p *sandboxPlan) allowUpstream(upstream string) {
 	}
 }
 
-// applySandbox sandboxes the worker unless the plan says off.
-func applySandbox(p sandboxPlan, w *dispatch.Worker, log *slog.Logger) error {
+// Apply sandboxes the calling worker as p says (bind: the ports it binds
+// itself, under reuseport), unless p is off.
+func (p Sandbox) Apply(bind []uint16, log *slog.Logger) error {
 	if p.Off {
 		log.Debug("worker sandbox off (--worker-sandbox=off)")
 		return nil
@@ -104,7 +105,7 @@ func applySandbox(p sandboxPlan, w *dispatch.Worker, log *slog.Logger) error {
 			paths = append(paths, path)
 		}
 	}
-	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: w.BindPorts(), ConnectTCP: p.ConnectTCP, Resolve: p.Resolve})
+	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: bind, ConnectTCP: p.ConnectTCP, Resolve: p.Resolve})
 	if err != nil {
 		return fmt.Errorf("%w (--worker-sandbox=off serves without the process sandbox; see docs/security.md)", err)
 	}
@@ -112,8 +113,8 @@ func applySandbox(p sandboxPlan, w *dispatch.Worker, log *slog.Logger) error {
 	return nil
 }
 
-// parseSandbox reads --worker-sandbox / worker_sandbox.
-func parseSandbox(s string) (off bool, err error) {
+// ParseSandbox reads --worker-sandbox / worker_sandbox.
+func ParseSandbox(s string) (off bool, err error) {
 	switch strings.ToLower(s) {
 	case "on", "true", "":
 		return false, nil
@@ -123,15 +124,15 @@ func parseSandbox(s string) (off bool, err error) {
 	return false, fmt.Errorf("--worker-sandbox %q: use on or off", s)
 }
 
-// workerUser is a --user USER[:GROUP] resolved.
-type workerUser struct {
+// User is a --user USER[:GROUP] resolved.
+type User struct {
 	spec string
 	cred *syscall.Credential
 }
 
-// lookupUser resolves USER[:GROUP] (names or numbers); without GROUP the
+// LookupUser resolves USER[:GROUP] (names or numbers); without GROUP the
 // user's primary group.
-func lookupUser(spec string) (*workerUser, error) {
+func LookupUser(spec string) (*User, error) {
 	if spec == "" {
 		return nil, nil
 	}
@@ -157,12 +158,12 @@ func lookupUser(spec string) (*workerUser, error) {
 	if err1 != nil || err2 != nil {
 		return nil, fmt.Errorf("user %q: uid %s or gid %s is not a number", spec, u.Uid, gid)
 	}
-	return &workerUser{spec: spec, cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(g)}}, nil
+	return &User{spec: spec, cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(g)}}, nil
 }
 
-// checkCanSwitch says why workers cannot run as u: the master must be
+// CheckCanSwitch says why workers cannot run as u: the master must be
 // root to start them as another user.
-func (u *workerUser) checkCanSwitch() error {
+func (u *User) CheckCanSwitch() error {
 	if u == nil {
 		return nil
 	}
@@ -179,11 +180,11 @@ func (u *workerUser) checkCanSwitch() error {
 	return nil
 }
 
-// shareCache lets workers running as u read the compilation cache the
+// ShareCache lets workers running as u read the compilation cache the
 // master filled (wazero writes it for its own user only): the tree's group
 // becomes u's group, readable by it, never writable. Every directory above
 // it must let them pass, or this says which one does not.
-func (u *workerUser) shareCache(dir string) error {
+func (u *User) ShareCache(dir string) error {
 	if u == nil || dir == "" {
 		return nil
 	}
@@ -220,9 +221,9 @@ func (u *workerUser) shareCache(dir string) error {
 	})
 }
 
-// checkMount says why workers running as u could not read mount (a
+// CheckMount says why workers running as u could not read mount (a
 // tenant's directory, which they open for the guest).
-func (u *workerUser) checkMount(mount string) error {
+func (u *User) CheckMount(mount string) error {
 	if u == nil || mount == "" {
 		return nil
 	}
@@ -244,7 +245,7 @@ func (u *workerUser) checkMount(mount string) error {
 }
 
 // reachable checks that every directory from / to path is searchable by u.
-func (u *workerUser) reachable(path string) error {
+func (u *User) reachable(path string) error {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return err
@@ -264,34 +265,34 @@ func (u *workerUser) reachable(path string) error {
 	}
 }
 
-// credential is what dispatch runs the workers as (nil: the master's user).
-func (u *workerUser) credential() *syscall.Credential {
+// Credential is what dispatch runs the workers as (nil: the master's user).
+func (u *User) Credential() *syscall.Credential {
 	if u == nil || os.Geteuid() != 0 {
-		return nil // not root: checkCanSwitch allowed only the master's own user
+		return nil // not root: CheckCanSwitch allowed only the master's own user
 	}
 	return u.cred
 }
 
-// handlerBytes is what the master passes of a handler: its bytes, or none
+// HandlerBytes is what the master passes of a handler: its bytes, or none
 // for the embedded default, which the worker has.
-func handlerBytes(path string, wasm []byte) []byte {
+func HandlerBytes(path string, wasm []byte) []byte {
 	if path == "" {
 		return nil
 	}
 	return wasm
 }
 
-// warnRootWorkers says, once at start, that a root master without --user
+// WarnRootWorkers says, once at start, that a root master without --user
 // runs its workers as root.
-func warnRootWorkers(log *slog.Logger, u *workerUser) {
+func WarnRootWorkers(log *slog.Logger, u *User) {
 	if u == nil && os.Geteuid() == 0 {
 		log.Warn("workers run as root, with root's capabilities (seccomp and Landlock still apply): give --user (user in the config) to run them unprivileged; see docs/security.md")
 	}
 }
 
-// checkReuseport says why workers running as u could not bind addrs
+// CheckReuseport says why workers running as u could not bind addrs
 // themselves (policy reuseport): ports below 1024 need root.
-func (u *workerUser) checkReuseport(sched dispatch.Sched, addrs []string) error {
+func (u *User) CheckReuseport(sched dispatch.Sched, addrs []string) error {
 	if u == nil || sched != dispatch.SchedReusePort || u.cred.Uid == 0 {
 		return nil
 	}

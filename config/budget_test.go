@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"os"
@@ -12,10 +12,10 @@ import (
 // budget reaches its limits; "auto" shares the default over every worker.
 func TestGuestBudgetConfig(t *testing.T) {
 	dir := writeFiles(t, map[string]string{"h.wasm": wasmMagic})
-	load := func(src string) (*fileConfig, error) {
+	load := func(src string) (*Config, error) {
 		p := filepath.Join(dir, "c.toml")
 		os.WriteFile(p, []byte(src), 0o644)
-		return loadConfig(p)
+		return load(p)
 	}
 	c, err := load(`[cluster]
 workers = 2
@@ -50,8 +50,8 @@ group_memory_budget = "1GiB"
 	}
 	want := defaultGuestBudget(4)
 	for _, g := range c.Groups {
-		if g.MemoryBudget != want.PerWorker || !strings.Contains(g.budgetWhy, "over 4 workers") {
-			t.Errorf("group %s: default %d (%s), want %d shared over the 4 workers of both groups", g.Name, g.MemoryBudget, g.budgetWhy, want.PerWorker)
+		if g.MemoryBudget != want.PerWorker || !strings.Contains(g.BudgetText, "over 4 workers") {
+			t.Errorf("group %s: default %d (%s), want %d shared over the 4 workers of both groups", g.Name, g.MemoryBudget, g.BudgetText, want.PerWorker)
 		}
 	}
 
@@ -95,13 +95,13 @@ func TestDefaultGuestBudget(t *testing.T) {
 			t.Errorf("%d workers: %q does not say where the default comes from", w, b)
 		}
 	}
-	if b, err := parseGuestBudget("512MiB", 2); err != nil || b.PerWorker != 512<<20 || b.String() != "guest memory budget 512MiB per worker" {
+	if b, err := ParseGuestBudget("512MiB", 2); err != nil || b.PerWorker != 512<<20 || b.String() != "guest memory budget 512MiB per worker" {
 		t.Errorf("512MiB: %+v %v", b, err)
 	}
-	if b, err := parseGuestBudget("0", 2); err != nil || b.PerWorker != 0 {
+	if b, err := ParseGuestBudget("0", 2); err != nil || b.PerWorker != 0 {
 		t.Errorf("0: %+v %v", b, err)
 	}
-	if _, err := parseGuestBudget("12", 2); err == nil {
+	if _, err := ParseGuestBudget("12", 2); err == nil {
 		t.Error("12 bytes accepted")
 	}
 }

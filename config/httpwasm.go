@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -9,8 +9,8 @@ import (
 	"strings"
 )
 
-// checkUpstream checks an http-wasm handler's upstream URL ("" is none).
-func checkUpstream(s string) (string, error) {
+// CheckUpstream checks an http-wasm handler's upstream URL ("" is none).
+func CheckUpstream(s string) (string, error) {
 	if s == "" {
 		return "", nil
 	}
@@ -21,10 +21,10 @@ func checkUpstream(s string) (string, error) {
 	return s, nil
 }
 
-// readGuestConfig reads what an http-wasm guest's get_config returns: the
+// ReadGuestConfig reads what an http-wasm guest's get_config returns: the
 // value itself, or with a leading @ the bytes of that file (relative to dir
 // when dir is set).
-func readGuestConfig(v, dir string) ([]byte, error) {
+func ReadGuestConfig(v, dir string) ([]byte, error) {
 	path, ok := strings.CutPrefix(v, "@")
 	if !ok {
 		if v == "" {

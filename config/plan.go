@@ -1,0 +1,253 @@
+package config
+
+// What the master does with a plan before starting workers: their users
+// checked, their configurations (with the files they need) made, and the
+// words for the banner, check and reloads.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/wcluster/wcluster/dispatch"
+	"github.com/wcluster/wcluster/host"
+)
+
+// Options are the host.Options of tenant t (in a worker, or compiled by
+// the master as its workers will).
+func (t *Tenant) Options(wasm []byte, cacheDir string, workerID int, log *slog.Logger) host.Options {
+	l := &t.Limits
+	return host.Options{
+		Wasm: wasm, Name: t.Name, CacheDir: cacheDir, WorkerID: workerID,
+		MemoryLimit: l.MemoryLimit, Timeout: l.Timeout,
+		ReadTimeout: l.ReadTimeout, WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout,
+		FirstByteTimeout: l.FirstByteTimeout, FirstByteLimit: l.FirstByteLimit,
+		PartialTimeout: l.PartialTimeout, DrainGrace: l.DrainGrace,
+		// host reads 0 as its default; 0 here has always meant 1.
+		Instances: l.Instances, MinInstances: max(l.MinInstances, 1), MaxReuse: l.MaxReuse, Fresh: l.Fresh,
+		MemoryBudget: l.MemoryBudget, Logger: log.With("tenant", t.Name), Upstream: l.Upstream, GuestConfig: l.GuestConfig,
+		Env: t.Env, Config: t.Config, Mount: t.Mount,
+	}
+}
+
+// in names where err is: the file and group, or for flags the flag.
+func (c *Config) in(group string, err error) error {
+	if c.Path == "" {
+		return fmt.Errorf("--%w", err)
+	}
+	return fmt.Errorf("%s: group %q: %w", c.Path, group, err)
+}
+
+// Users are the workers' users of every group (nil: the master's own),
+// checked: the master can start them, and bind for them under reuseport.
+func (c *Config) Users() ([]*User, error) {
+	users := make([]*User, len(c.Groups))
+	for i, g := range c.Groups {
+		u, err := LookupUser(g.User)
+		if err == nil {
+			err = u.CheckCanSwitch()
+		}
+		if err == nil {
+			err = u.CheckReuseport(c.Cluster.Sched, g.Addrs())
+		}
+		if err != nil {
+			return nil, c.in(g.Name, err)
+		}
+		users[i] = u
+	}
+	return users, nil
+}
+
+// ModuleError says what is wrong with tenant t's module: err from
+// ReadWasm, or (compiling) from host.Prepare.
+func (c *Config) ModuleError(t *Tenant, err error, compiling bool) string {
+	switch {
+	case c.Path != "" && compiling:
+		return fmt.Sprintf("%s:%d: tenant %q: handler %s: %v", c.Path, t.HandlerLine, t.Name, t.Handler, err)
+	case c.Path != "":
+		return fmt.Sprintf("%s:%d: tenant %q: handler %s", c.Path, t.HandlerLine, t.Name, HandlerError(t.Handler, err))
+	case compiling:
+		return fmt.Sprintf("%s: %v", t.Name, err)
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Sprintf("%s: no such file: pass the path of a .wasm handler (or none for the default)", t.Handler)
+	}
+	return HandlerError(t.Handler, err)
+}
+
+// Masters are dispatch's configurations of every group (the caller sets
+// Logger), each passing its workers the group: its own tenants only, with
+// the bytes of their handlers, certificates and keys, which the workers'
+// user or sandbox may not let them read.
+func (c *Config) Masters() ([]dispatch.Config, error) {
+	var out []dispatch.Config
+	cl := c.Cluster
+	for i := range c.Groups {
+		g := c.Groups[i] // a copy: the files read stay out of c
+		u, err := LookupUser(g.User)
+		if err != nil {
+			return nil, c.in(g.Name, err)
+		}
+		if err := u.ShareCache(g.CacheDir); err != nil {
+			return nil, err
+		}
+		g.Tenants = slices.Clone(g.Tenants)
+		for j := range g.Tenants {
+			t := &g.Tenants[j]
+			where := t.Name
+			if c.Path != "" {
+				where = fmt.Sprintf("%s: tenant %q", c.Path, t.Name)
+			}
+			if err := u.CheckMount(t.Mount); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+			wasm, err := t.ReadWasm()
+			if err != nil {
+				return nil, fmt.Errorf("%s: handler %s", where, HandlerError(t.Handler, err))
+			}
+			if t.Files, err = ReadFiles(HandlerBytes(t.Handler, wasm), t.TLSCert, t.TLSKey); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+		}
+		wc, err := json.Marshal(&g)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, dispatch.Config{
+			Name: g.Name, Listen: g.Addrs(), Workers: g.Workers, Sched: cl.Sched,
+			Backlog: cl.Backlog, MaxConns: cl.MaxConns, QueueSize: cl.QueueSize, QueueTimeout: cl.QueueTimeout,
+			ShutdownTimeout: cl.ShutdownTimeout, WorkerTimeout: cl.WorkerTimeout,
+			MaxRequests: cl.MaxRequests, MaxMemory: cl.MaxWorkerMemory,
+			WorkerConfig: wc, WorkerEnv: g.WorkerEnv, Credential: u.Credential(),
+		})
+	}
+	return out, nil
+}
+
+// SameShape refuses a reload to next that changes what the master binds or
+// forks: groups, their listeners, their worker counts. Those need a restart
+// (or `wcluster scale` for the counts); everything a worker builds
+// (handlers, hosts, limits, env, config, mounts, certificates) reloads.
+func (c *Config) SameShape(next *Config) error {
+	if len(c.Groups) != len(next.Groups) {
+		return fmt.Errorf("%s: the worker groups changed (%d → %d): restart wcluster to apply that", next.Path, len(c.Groups), len(next.Groups))
+	}
+	for i := range c.Groups {
+		ga, gb := &c.Groups[i], &next.Groups[i]
+		if ga.Name != gb.Name || !slices.Equal(ga.Addrs(), gb.Addrs()) {
+			return fmt.Errorf("%s: group %q's listeners changed (%v → %v): restart wcluster to apply that", next.Path, ga.Name, ga.Addrs(), gb.Addrs())
+		}
+		if ga.User != gb.User || !slices.Equal(ga.WorkerEnv, gb.WorkerEnv) {
+			return fmt.Errorf("%s: group %q's worker user or worker_env changed: restart wcluster to apply that", next.Path, ga.Name)
+		}
+		if ga.Workers != gb.Workers {
+			return fmt.Errorf("%s: group %q's workers changed (%d → %d): use `wcluster scale --group %s` or restart", next.Path, ga.Name, ga.Workers, gb.Workers, ga.Name)
+		}
+	}
+	return nil
+}
+
+// Banner says what is served, once bound on addr (the first listener's):
+// for one handler also what its module is (info) and whether the
+// compilation cache held it.
+func (c *Config) Banner(addr string, info host.Info, cache string) string {
+	if c.Path == "" {
+		module := info.Kind.String()
+		if info.Kind == host.KindABI {
+			module = fmt.Sprintf("wcluster ABI v%d", info.ABIVersion)
+		}
+		if info.SpeaksFirst {
+			module += ", speaks first"
+		}
+		g := c.Groups[0]
+		return fmt.Sprintf("serving %s on %s (policy %s, %d workers, %s, compilation cache %s, %s)",
+			c.Tenants[0].Name, addr, c.Cluster.Sched, g.Workers, module, cache, g.BudgetText)
+	}
+	var names, budgets []string
+	workers := 0
+	for _, t := range c.Tenants {
+		names = append(names, t.Name)
+	}
+	for _, g := range c.Groups {
+		workers += g.Workers
+		if len(c.Groups) == 1 {
+			budgets = append(budgets, g.BudgetText)
+		} else {
+			budgets = append(budgets, "group "+g.Name+" "+g.BudgetText)
+		}
+	}
+	return fmt.Sprintf("serving %d tenants (%s) from %s on %s (policy %s, %d workers in %d groups, %s)",
+		len(c.Tenants), strings.Join(names, ", "), c.Path, addr, c.Cluster.Sched, workers, len(c.Groups), strings.Join(budgets, "; "))
+}
+
+// Describe writes what would be served, for check.
+func (c *Config) Describe(w io.Writer) {
+	fmt.Fprintf(w, "%s: ok, %d tenants in %d worker groups\n", c.Path, len(c.Tenants), len(c.Groups))
+	for _, g := range c.Groups {
+		fmt.Fprintf(w, "group %s: %d workers, %s\n", g.Name, g.Workers, g.BudgetText)
+		for _, l := range g.Listeners {
+			kind := "http"
+			if l.TLS {
+				kind = "tls"
+			}
+			var ts []string
+			for _, name := range l.Tenants {
+				for _, t := range g.Tenants {
+					if t.Name == name {
+						hosts := "default"
+						if len(t.Hosts) > 0 {
+							hosts = strings.Join(t.Hosts, ",")
+						}
+						ts = append(ts, fmt.Sprintf("%s (%s)", name, hosts))
+					}
+				}
+			}
+			fmt.Fprintf(w, "  %s %s: %s\n", kind, l.Addr, strings.Join(ts, ", "))
+		}
+		for _, t := range g.Tenants {
+			fmt.Fprintf(w, "  tenant %s: %s\n", t.Name, t.LimitsText())
+		}
+	}
+}
+
+// CacheEntries counts the files under the compilation cache dir (wazero
+// writes one per module).
+func CacheEntries(dir string) int {
+	n := 0
+	if dir != "" {
+		filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				n++
+			}
+			return nil
+		})
+	}
+	return n
+}
+
+// CacheState says, for the banner, whether the compilation cache already
+// held the modules (hit: no entries added since it held before) or not.
+func CacheState(dir string, before int) string {
+	if dir == "" {
+		return "off"
+	}
+	if CacheEntries(dir) == before && before > 0 {
+		return "hit"
+	}
+	return "miss"
+}
+
+// NewLogger is a logger at level writing format ("text" or "json") to w.
+func NewLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
