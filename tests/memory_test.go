@@ -349,7 +349,7 @@ guest_memory_budget = "64MiB"
 // a quarter of the machine's memory; the banner says what the default is.
 func TestMemoryDefaultBudget(t *testing.T) {
 	s, ctl := startControlled(t, "--workers", "2", warmProbe(t))
-	banner := s.waitOutput(`guest memory budget \S+ per worker \(auto: [^)]*\)`, 5*time.Second)
+	banner := s.waitOutput(`guest memory budget \S+ per worker \(auto: [^)]*\)`, 5*time.Second)[0]
 	waitStatus(t, ctl, "both workers ready", func(st status) bool { return len(st.Workers) == 2 && st.Workers[1].State == "ready" })
 	res := memoryFlood(t, s, "bomb", 64, 10*time.Second)
 	total := memTotal(t)

@@ -13,7 +13,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -93,9 +92,7 @@ func writeTestCert(t *testing.T, dir, name string, names ...string) (cert, key s
 // environment and waits (at most a minute) for its "serving" line.
 func startConfig(t *testing.T, cfg string, extraEnv ...string) *server {
 	t.Helper()
-	cmd := exec.Command(env.bin, "serve", "--config", cfg)
-	cmd.Env = append(os.Environ(), extraEnv...)
-	s, err := launch(t, cmd)
+	s, err := launch(t, exec.Command(env.bin, "serve", "--config", cfg), withEnv(extraEnv...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,10 +185,7 @@ workers = 1
 	}
 
 	// TLS: the certificate and the tenant follow SNI; the guest saw plaintext.
-	pool := x509.NewCertPool()
-	pemBytes, _ := os.ReadFile(cert)
-	pool.AppendCertsFromPEM(pemBytes)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "gamma.test"}}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: certPool(t, cert), ServerName: "gamma.test"}}
 	client := &http.Client{Timeout: 30 * time.Second, Transport: tr}
 	for i := 0; i < 5; i++ { // one kept-alive connection: parked between requests
 		resp, err := client.Get("https://" + secureAddr + "/config?k=name")
@@ -566,12 +560,8 @@ func quietLoad(t *testing.T, addr string, n, perClient int) loadResult {
 // groupWorkerPIDs asks the master (`wcluster status --json`) for the pids
 // of the workers of group; none when the status does not tell groups apart.
 func groupWorkerPIDs(t *testing.T, ctl, group string) []int {
-	out, err := run(t, "status", "--json", "--control", ctl)
-	if err != nil {
-		return nil
-	}
 	var doc any
-	if json.Unmarshal([]byte(out), &doc) != nil {
+	if tryReadStatus(t, ctl, &doc) != nil {
 		return nil
 	}
 	var pids []int
