@@ -30,8 +30,9 @@ var env struct {
 	root   string // repository root
 	dir    string // temp dir holding the binary and guests
 	bin    string
-	cache  string // compilation cache shared by the tests' servers
-	guests string // folder of built .wasm guests
+	cache  string   // compilation cache shared by the tests' servers
+	guests string   // folder of built .wasm guests
+	warmed sync.Map // guest path → *sync.Once of its warm-up (see warm)
 }
 
 // Tests that measure timing (respawn, hang detection, recycling, limits,
@@ -116,7 +117,22 @@ func guest(t testing.TB, name string) string {
 	if !exists(p) {
 		t.Fatalf("guest %s not built (run `make guests`, or set WCLUSTER_GUESTS)", p)
 	}
+	warm(p)
 	return p
+}
+
+// warm fills the tests' compilation cache with the guest at path, once per
+// path for the whole run, so that the servers tests start in parallel load
+// it instead of each compiling it: under the race detector on a loaded
+// machine that compilation can take longer than a start's minute, hence the
+// generous bound here. What `check` refuses is left to the server to report.
+func warm(path string) {
+	once, _ := env.warmed.LoadOrStore(path, new(sync.Once))
+	once.(*sync.Once).Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		exec.CommandContext(ctx, env.bin, "check", "--cache-dir", env.cache, path).Run()
+	})
 }
 
 // server is a running wcluster master (or another process the tests
@@ -146,6 +162,9 @@ func start(t testing.TB, args ...string) *server {
 }
 
 func tryStart(t testing.TB, args ...string) (*server, error) {
+	if len(args) == 0 || !strings.HasSuffix(args[len(args)-1], ".wasm") {
+		warm(filepath.Join(env.root, "guests", "embedded", "hello.wasm")) // what serve runs without a handler
+	}
 	full := append([]string{"serve", "--listen", "127.0.0.1:0", "--cache-dir", env.cache}, args...)
 	return launch(t, exec.Command(env.bin, full...))
 }

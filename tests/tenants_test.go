@@ -48,6 +48,7 @@ func probeGuest(t *testing.T) string {
 	if probeBuildErr != nil {
 		t.Fatal(probeBuildErr)
 	}
+	warm(p)
 	return p
 }
 

@@ -933,6 +933,9 @@ func TestDeploySystemdUnits(t *testing.T) {
 		paths[h] = helloGuest(t)
 	}
 	argv = rewriteArgs(argv, map[string]string{"listen": "127.0.0.1:0"}, paths)
+	if dir, ok := flagValue(argv, "cache-dir"); ok && strings.HasSuffix(argv[len(argv)-1], ".wasm") {
+		warm(t, dir, argv[len(argv)-1])
+	}
 	if _, ok := flagValue(argv, "listen"); !ok {
 		// Ignored under socket activation; should that fail, the master
 		// binds loopback rather than every address.

@@ -106,6 +106,19 @@ func helloGuest(t *testing.T) string {
 	return helloBuild.path
 }
 
+// warm compiles handler into the compilation cache dir, so that the
+// master started on it loads it: compiling a Go guest under the race
+// detector on a loaded machine can take longer than the wait for its
+// banner, hence the generous bound here.
+func warm(t *testing.T, dir, handler string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, env.bin, "check", "--cache-dir", dir, handler).CombinedOutput(); err != nil {
+		t.Fatalf("wcluster check %s: %v\n%s", handler, err, out)
+	}
+}
+
 // run runs the binary to completion (bounded) and returns combined output.
 func run(t testing.TB, args ...string) (string, error) {
 	t.Helper()
