@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -47,14 +46,8 @@ func startControlled(t *testing.T, args ...string) (*server, string) {
 
 func getStatus(t *testing.T, ctl string) status {
 	t.Helper()
-	out, err := run(t, "status", "--json", "--control", ctl)
-	if err != nil {
-		t.Fatalf("status: %v: %s", err, out)
-	}
 	var s status
-	if err := json.Unmarshal([]byte(out), &s); err != nil {
-		t.Fatalf("status: %v: %s", err, out)
-	}
+	readStatus(t, ctl, &s)
 	return s
 }
 

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -133,10 +132,7 @@ func TestFDFloodMasterSurvives(t *testing.T) {
 			Starved       uint64 `json:"starved"`
 		} `json:"totals"`
 	}
-	raw, err := run(t, "status", "--json", "--control", ctl)
-	if err != nil || json.Unmarshal([]byte(raw), &extra) != nil {
-		t.Fatalf("status: %v: %s", err, raw)
-	}
+	readStatus(t, ctl, &extra)
 	t.Logf("status: %+v", extra.Totals)
 	if table, err := run(t, "status", "--control", ctl); err != nil || !strings.Contains(table, "short of descriptors: accept pauses") {
 		t.Errorf("status table does not show the shortage: %v\n%s", err, table)
@@ -286,10 +282,7 @@ func masterSpawnFailures(t *testing.T, ctl string) uint64 {
 			SpawnFailures uint64 `json:"spawn_failures"`
 		} `json:"totals"`
 	}
-	raw, err := run(t, "status", "--json", "--control", ctl)
-	if err != nil || json.Unmarshal([]byte(raw), &st) != nil {
-		t.Fatalf("status: %v: %s", err, raw)
-	}
+	readStatus(t, ctl, &st)
 	return st.Totals.SpawnFailures
 }
 

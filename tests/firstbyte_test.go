@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -351,13 +350,7 @@ func TestSilentConnsHoldNoInstance(t *testing.T) {
 		t.Parallel()
 		cert, key := writeTestCert(t, t.TempDir(), "one", "localhost")
 		s := start(t, "--workers", "1", "--instances", "1", "--tls-cert", cert, "--tls-key", key)
-		pem, err := os.ReadFile(cert)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(pem)
-		cfg := &tls.Config{RootCAs: pool, ServerName: "localhost"}
+		cfg := &tls.Config{RootCAs: certPool(t, cert), ServerName: "localhost"}
 		dial := func() *tls.Conn {
 			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", s.addr, cfg)
 			if err != nil {

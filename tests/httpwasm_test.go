@@ -3,7 +3,6 @@ package tests
 import (
 	"bufio"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -57,12 +56,7 @@ func TestHTTPWasmTCK(t *testing.T) {
 
 	cert, key := writeTestCert(t, dir, "tck", "localhost")
 	ts := start(t, "--workers", "2", "--upstream", backend.URL, "--tls-cert", cert, "--tls-key", key, wasm)
-	pem, err := os.ReadFile(cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
+	pool := certPool(t, cert)
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"},
 	}}

@@ -98,7 +98,7 @@ func TestIdleKeepAliveConnections(t *testing.T) {
 		calls, _ := s.Workers[0].Handler["calls"].(float64)
 		return calls >= idleWarm
 	})
-	before := procStatus(t, worker)
+	before := procKiB(t, worker)
 	liveBefore := instancesLive(st)
 
 	start := time.Now()
@@ -112,7 +112,7 @@ func TestIdleKeepAliveConnections(t *testing.T) {
 		t.Fatalf("%d of %d connections served, then: %v", len(conns), idleConns, err)
 	}
 	opened := time.Since(start)
-	after := procStatus(t, worker)
+	after := procKiB(t, worker)
 	st = getStatus(t, ctl)
 	if st.Workers[0].PID != worker {
 		t.Fatalf("the worker was replaced (pid %d, now %d)", worker, st.Workers[0].PID)
@@ -239,24 +239,6 @@ func raceBuild(t *testing.T, bin string) bool {
 		}
 	}
 	return false
-}
-
-// procStatus reads the KiB fields of /proc/PID/status.
-func procStatus(t *testing.T, pid int) map[string]int64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := map[string]int64{}
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 3 && f[2] == "kB" {
-			v, _ := strconv.ParseInt(f[1], 10, 64)
-			m[strings.TrimSuffix(f[0], ":")] = v
-		}
-	}
-	return m
 }
 
 func instancesLive(s status) string {

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -65,40 +64,6 @@ func treeRSS(pid int) uint64 {
 	}
 	return sum
 }
-
-// warmProbe fills the tests' compilation cache with the probe guest, with
-// a bound generous enough for a race build on a loaded machine (compiling
-// it there can take longer than a start's minute), so the floods' servers
-// start warm.
-func warmProbe(t *testing.T) string {
-	t.Helper()
-	probe := probeGuest(t)
-	probeWarm.Do(func() {
-		dir, err := os.MkdirTemp("", "wcluster-warm-")
-		if err != nil {
-			probeWarmErr = err
-			return
-		}
-		defer os.RemoveAll(dir)
-		cfg := filepath.Join(dir, "warm.toml")
-		os.WriteFile(cfg, []byte(fmt.Sprintf("[cluster]\ncache_dir = %q\n[[tenant]]\nname = \"warm\"\nhandler = %q\nlisten = [\"127.0.0.1:1\"]\n",
-			env.cache, probe)), 0o644)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		if out, err := exec.CommandContext(ctx, env.bin, "check", "--config", cfg).CombinedOutput(); err != nil {
-			probeWarmErr = fmt.Errorf("check --config: %v: %s", err, out)
-		}
-	})
-	if probeWarmErr != nil {
-		t.Fatal(probeWarmErr)
-	}
-	return probe
-}
-
-var (
-	probeWarm    sync.Once
-	probeWarmErr error
-)
 
 // memTotal is the machine's memory (MemTotal of /proc/meminfo).
 func memTotal(t *testing.T) uint64 {
@@ -198,7 +163,7 @@ func memoryFlood(t *testing.T, s *server, host string, conns int, d time.Duratio
 // few bombs run at once on a slow machine, and without it one bomb per
 // worker would pass the bound.
 func TestMemoryBudgetFlood(t *testing.T) {
-	s, ctl := startControlled(t, "--workers", "2", "--guest-memory-budget", "512MiB", "--memory-limit", "1GiB", warmProbe(t))
+	s, ctl := startControlled(t, "--workers", "2", "--guest-memory-budget", "512MiB", "--memory-limit", "1GiB", probeGuest(t))
 	s.waitOutput(`guest memory budget 512MiB per worker`, 5*time.Second)
 	waitStatus(t, ctl, "both workers ready", func(st status) bool { return len(st.Workers) == 2 && st.Workers[1].State == "ready" })
 	before := treeRSS(s.cmd.Process.Pid)
@@ -246,7 +211,7 @@ func TestMemoryBudgetFlood(t *testing.T) {
 // `check --config` show the budgets.
 func TestMemoryBudgetNeighbour(t *testing.T) {
 	dir := t.TempDir()
-	probe := warmProbe(t)
+	probe := probeGuest(t)
 	port := freePort(t)
 	ctl := filepath.Join(dir, "ctl.sock")
 	cfg := filepath.Join(dir, "wcluster.toml")
@@ -348,8 +313,8 @@ guest_memory_budget = "64MiB"
 // TestMemoryDefaultBudget: with default flags the same flood stays within
 // a quarter of the machine's memory; the banner says what the default is.
 func TestMemoryDefaultBudget(t *testing.T) {
-	s, ctl := startControlled(t, "--workers", "2", warmProbe(t))
-	banner := s.waitOutput(`guest memory budget \S+ per worker \(auto: [^)]*\)`, 5*time.Second)
+	s, ctl := startControlled(t, "--workers", "2", probeGuest(t))
+	banner := s.waitOutput(`guest memory budget \S+ per worker \(auto: [^)]*\)`, 5*time.Second)[0]
 	waitStatus(t, ctl, "both workers ready", func(st status) bool { return len(st.Workers) == 2 && st.Workers[1].State == "ready" })
 	res := memoryFlood(t, s, "bomb", 64, 10*time.Second)
 	total := memTotal(t)

@@ -17,7 +17,7 @@ import (
 // adminAddr reads the admin endpoint's address from the server's log.
 func adminAddr(t *testing.T, s *server) string {
 	t.Helper()
-	line := s.waitOutput(`admin endpoint.* addr=\S+`, 10*time.Second)
+	line := s.waitOutput(`admin endpoint.* addr=\S+`, 10*time.Second)[0]
 	return regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(line)[1]
 }
 

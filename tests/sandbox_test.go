@@ -7,26 +7,9 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 )
-
-// procFields reads /proc/PID/status as name → value.
-func procFields(t *testing.T, pid int) map[string]string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok {
-			m[k] = strings.TrimSpace(v)
-		}
-	}
-	return m
-}
 
 // startSandboxed runs `wcluster serve` with a control socket, extra
 // environment and args, and returns it with its worker pids.
@@ -38,9 +21,7 @@ func startSandboxed(t *testing.T, extraEnv []string, args ...string) (*server, [
 		full = append(full, "--cache-dir", env.cache)
 	}
 	full = append(full, args...)
-	cmd := exec.Command(env.bin, full...)
-	cmd.Env = append(os.Environ(), extraEnv...)
-	s, err := launch(t, cmd)
+	s, err := launch(t, exec.Command(env.bin, full...), withEnv(extraEnv...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +59,7 @@ func TestWorkerSandbox(t *testing.T) {
 				"--workers", "2", "--sched", sched, "--worker-env", "WCLUSTER_TEST_PASSED", guest(t, "go-hello"))
 			mustHello(t, s)
 			for _, pid := range pids {
-				st := procFields(t, pid)
+				st := procStatus(t, pid)
 				if st["NoNewPrivs"] != "1" || st["Seccomp"] != "2" {
 					t.Errorf("worker %d: NoNewPrivs %q Seccomp %q, want 1 and 2", pid, st["NoNewPrivs"], st["Seccomp"])
 				}
@@ -100,7 +81,7 @@ func TestWorkerSandboxOff(t *testing.T) {
 	t.Parallel()
 	s, pids := startSandboxed(t, nil, "--workers", "1", "--worker-sandbox=off", guest(t, "go-hello"))
 	mustHello(t, s)
-	if st := procFields(t, pids[0]); st["NoNewPrivs"] != "0" || st["Seccomp"] != "0" {
+	if st := procStatus(t, pids[0]); st["NoNewPrivs"] != "0" || st["Seccomp"] != "0" {
 		t.Errorf("sandbox off: NoNewPrivs %q Seccomp %q, want 0 and 0", st["NoNewPrivs"], st["Seccomp"])
 	}
 	if out, err := tryStart(t, "--worker-sandbox", "maybe"); err == nil || !strings.Contains(fmt.Sprint(err), "--worker-sandbox \"maybe\": use on or off") {
@@ -139,16 +120,13 @@ config = { secret = "config-value-a" }
 	}
 	st := activatedStatusOf(t, ctl)
 	for _, w := range st.Workers {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(w.PID) + "/environ")
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := strings.Join(environOf(t, w.PID), "\n")
 		for _, secret := range []string{"env-value-a", "config-value-a", "host-secret"} {
-			if strings.Contains(string(b), secret) {
+			if strings.Contains(b, secret) {
 				t.Errorf("worker %d's environment holds %q: %q", w.PID, secret, b)
 			}
 		}
-		if st := procFields(t, w.PID); st["Seccomp"] != "2" {
+		if st := procStatus(t, w.PID); st["Seccomp"] != "2" {
 			t.Errorf("config-file worker %d: Seccomp %q", w.PID, st["Seccomp"])
 		}
 	}
@@ -177,7 +155,7 @@ func TestWorkerUser(t *testing.T) {
 	s, pids := startSandboxed(t, nil, "--workers", "2", "--user", "nobody", guest(t, "go-hello"))
 	mustHello(t, s)
 	for _, pid := range pids {
-		st := procFields(t, pid)
+		st := procStatus(t, pid)
 		uid := strings.Fields(st["Uid"])
 		gid := strings.Fields(st["Gid"])
 		if len(uid) != 4 || uid[0] != nobody.Uid || uid[1] != nobody.Uid || uid[2] != nobody.Uid || gid[0] != nobody.Gid {
@@ -193,7 +171,7 @@ func TestWorkerUser(t *testing.T) {
 			t.Errorf("worker %d: NoNewPrivs %q Seccomp %q", pid, st["NoNewPrivs"], st["Seccomp"])
 		}
 	}
-	if st := procFields(t, s.cmd.Process.Pid); strings.Fields(st["Uid"])[0] != "0" {
+	if st := procStatus(t, s.cmd.Process.Pid); strings.Fields(st["Uid"])[0] != "0" {
 		t.Errorf("master: Uid %q, want root kept", st["Uid"])
 	}
 

@@ -170,7 +170,7 @@ func TestCrashLoopStopsMaster(t *testing.T) {
 	if err == nil {
 		t.Fatal("master exited 0 after a crash loop")
 	}
-	line := s.waitOutput(`workers crashed 5 times in .*stopping`, 5*time.Second)
+	line := s.waitOutput(`workers crashed 5 times in .*stopping`, 5*time.Second)[0]
 	t.Logf("master: %s (%v)", line, err)
 }
 

@@ -1,19 +1,14 @@
 package tests
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,94 +19,11 @@ import (
 // package, does what a .socket unit does), and with NOTIFY_SOCKET set to a
 // socket the test reads, as Type=notify does.
 
-// watched is a process whose output the test waits on, line by line,
-// without polling.
-type watched struct {
-	*server
-	lmu     sync.Mutex
-	changed chan struct{} // closed and replaced at every new line
-}
-
-// launchWatched starts cmd (stdout and stderr collected) without waiting for
-// anything; it is stopped at cleanup like a server from start.
-func launchWatched(t *testing.T, cmd *exec.Cmd) *watched {
-	t.Helper()
-	w := &watched{server: &server{t: t, cmd: cmd, done: make(chan struct{})}, changed: make(chan struct{})}
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			w.mu.Lock()
-			w.out.WriteString(sc.Text() + "\n")
-			w.mu.Unlock()
-			w.lmu.Lock()
-			close(w.changed)
-			w.changed = make(chan struct{})
-			w.lmu.Unlock()
-		}
-	}()
-	go func() {
-		w.err = cmd.Wait()
-		pw.Close()
-		close(w.done)
-	}()
-	t.Cleanup(func() {
-		w.stop()
-		if strings.Contains(w.output(), "DATA RACE") {
-			t.Errorf("the race detector reported a data race in wcluster")
-		}
-		if t.Failed() {
-			t.Logf("%s output:\n%s", filepath.Base(cmd.Path), w.output())
-		}
-	})
-	return w
-}
-
-// await waits (at most d) until the output matches re and returns the
-// submatches; it fails the test if the process exits first.
-func (w *watched) await(re string, d time.Duration) []string {
-	w.t.Helper()
-	m, err := w.tryAwait(re, d)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return m
-}
-
-func (w *watched) tryAwait(re string, d time.Duration) ([]string, error) {
-	rx := regexp.MustCompile(re)
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	for {
-		w.lmu.Lock()
-		changed := w.changed
-		w.lmu.Unlock()
-		if m := rx.FindStringSubmatch(w.output()); m != nil {
-			return m, nil
-		}
-		select {
-		case <-changed:
-		case <-w.done:
-			if m := rx.FindStringSubmatch(w.output()); m != nil {
-				return m, nil
-			}
-			return nil, fmt.Errorf("exited (%v) before printing %q", w.err, re)
-		case <-timer.C:
-			return nil, fmt.Errorf("no output matching %q within %v", re, d)
-		}
-	}
-}
-
 // socketActivated runs `systemd-socket-activate -l 127.0.0.1:PORT [extra]
 // argv...` and waits until it listens; it returns the process and the
 // address. The activator execs argv in place on the first connection, so
 // LISTEN_PID is the pid of the process started here.
-func socketActivated(t *testing.T, extra []string, argv ...string) (*watched, string) {
+func socketActivated(t *testing.T, extra []string, argv ...string) (*server, string) {
 	t.Helper()
 	tool, err := exec.LookPath("systemd-socket-activate")
 	if err != nil {
@@ -120,8 +32,11 @@ func socketActivated(t *testing.T, extra []string, argv ...string) (*watched, st
 	for try := 0; ; try++ {
 		addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 		args := append([]string{"-l", addr}, extra...)
-		w := launchWatched(t, exec.Command(tool, append(args, argv...)...))
-		_, err := w.tryAwait(`Listening on `+regexp.QuoteMeta(addr)+` as 3\.`, 30*time.Second)
+		w, err := launch(t, exec.Command(tool, append(args, argv...)...), noWait())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = w.tryWaitOutput(`Listening on `+regexp.QuoteMeta(addr)+` as 3\.`, 30*time.Second)
 		if err == nil {
 			return w, addr
 		}
@@ -146,25 +61,9 @@ type activatedStatus struct {
 
 func activatedStatusOf(t *testing.T, ctl string) activatedStatus {
 	t.Helper()
-	out, err := run(t, "status", "--json", "--control", ctl)
-	if err != nil {
-		t.Fatalf("wcluster status: %v: %s", err, out)
-	}
 	var s activatedStatus
-	if err := json.Unmarshal([]byte(out), &s); err != nil {
-		t.Fatalf("wcluster status: %v: %s", err, out)
-	}
+	readStatus(t, ctl, &s)
 	return s
-}
-
-// environOf reads a process's environment.
-func environOf(t *testing.T, pid int) []string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 }
 
 // TestSystemdSocketActivation: under systemd-socket-activate the master
@@ -194,14 +93,14 @@ func TestSystemdSocketActivation(t *testing.T) {
 				}
 				first <- err
 			}()
-			banner := w.await(`serving .* on (\S+) \(`, 90*time.Second)
+			banner := w.waitOutput(`serving .* on (\S+) \(`, 90*time.Second)
 			if banner[1] != addr {
 				t.Fatalf("master serves %s, want the activated socket %s", banner[1], addr)
 			}
 			if err := <-first; err != nil {
 				t.Fatalf("first request through the activated socket: %v", err)
 			}
-			w.await(`socket activation`, 10*time.Second)
+			w.waitOutput(`socket activation`, 10*time.Second)
 
 			seen := map[string]int{}
 			for i := 0; i < 200; i++ {
@@ -238,13 +137,8 @@ func TestSystemdSocketActivation(t *testing.T) {
 			}
 
 			w.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-w.done:
-				if w.err != nil {
-					t.Fatalf("exit after SIGTERM: %v", w.err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("still running 30s after SIGTERM")
+			if err := w.waitExit(30 * time.Second); err != nil {
+				t.Fatalf("exit after SIGTERM: %v", err)
 			}
 		})
 	}
@@ -282,7 +176,7 @@ func sdNotifySocket(t *testing.T) *sdNotifications {
 
 // next returns the next notification, within d; it fails if w exits first
 // and nothing is left to read.
-func (n *sdNotifications) next(w *watched, d time.Duration) string {
+func (n *sdNotifications) next(w *server, d time.Duration) string {
 	n.t.Helper()
 	timer := time.NewTimer(d)
 	defer timer.Stop()
@@ -304,7 +198,7 @@ func (n *sdNotifications) next(w *watched, d time.Duration) string {
 
 // expect returns the next notification that has a line key=...; lines
 // before it may only be STATUS=.
-func (n *sdNotifications) expect(w *watched, key string, d time.Duration) string {
+func (n *sdNotifications) expect(w *server, key string, d time.Duration) string {
 	n.t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -338,11 +232,13 @@ func TestSystemdNotify(t *testing.T) {
 	ctl := filepath.Join(t.TempDir(), "ctl.sock")
 	cmd := exec.Command(env.bin, "serve", "--listen", "127.0.0.1:0", "--workers", "2",
 		"--cache-dir", env.cache, "--control", ctl)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path)
-	w := launchWatched(t, cmd)
+	w, err := launch(t, cmd, withEnv("NOTIFY_SOCKET="+n.path), noWait())
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// The banner is printed once every worker is ready; READY=1 follows.
-	w.await(`serving .* on `, 90*time.Second)
+	w.waitOutput(`serving .* on `, 90*time.Second)
 	msg := n.expect(w, "READY", 15*time.Second)
 	if !strings.Contains(msg, "READY=1") {
 		t.Fatalf("got %q, want READY=1", msg)
@@ -360,7 +256,7 @@ func TestSystemdNotify(t *testing.T) {
 	if st.PID != cmd.Process.Pid {
 		t.Fatalf("status pid %d, want %d", st.PID, cmd.Process.Pid)
 	}
-	w.await(`serving .* on `+regexp.QuoteMeta(st.Listen), 10*time.Second)
+	w.waitOutput(`serving .* on `+regexp.QuoteMeta(st.Listen), 10*time.Second)
 	body, _, err := get(context.Background(), newClient(), "http://"+st.Listen+"/", true)
 	if err != nil || body != "hello world\n" {
 		t.Fatalf("request after READY=1: %q %v", body, err)
@@ -387,13 +283,8 @@ func TestSystemdNotify(t *testing.T) {
 	// Stop: STOPPING=1, then a clean exit.
 	w.cmd.Process.Signal(syscall.SIGTERM)
 	n.expect(w, "STOPPING", 30*time.Second)
-	select {
-	case <-w.done:
-		if w.err != nil {
-			t.Fatalf("exit after SIGTERM: %v", w.err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("still running 30s after SIGTERM")
+	if err := w.waitExit(30 * time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 	select {
 	case msg, ok := <-n.ch:

@@ -2,10 +2,8 @@ package tests
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -19,12 +17,7 @@ func TestSingleHandlerTLS(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := writeTestCert(t, dir, "one", "localhost")
 	s := start(t, "--workers", "2", "--tls-cert", cert, "--tls-key", key)
-	pem, err := os.ReadFile(cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
+	pool := certPool(t, cert)
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"},
 	}}

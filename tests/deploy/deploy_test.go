@@ -1,4 +1,4 @@
-package tests
+package deploy
 
 import (
 	"bufio"
@@ -684,8 +684,8 @@ func TestDeployEntrypoint(t *testing.T) {
 	for _, e := range c.Env {
 		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
 	}
-	w := launchWatched(t, cmd)
-	banner := w.await(`serving .* on (\S+) \(`, 90*time.Second)
+	w := launch(t, cmd)
+	banner := w.waitOutput(`serving .* on (\S+) \(`, 90*time.Second)
 	if banner[1] != httpAddr {
 		t.Fatalf("serving on %s, want %s", banner[1], httpAddr)
 	}
@@ -749,7 +749,7 @@ func TestDeployEntrypoint(t *testing.T) {
 	probe("livenessProbe", c.LivenessProbe)
 	probe("readinessProbe", c.ReadinessProbe)
 
-	body, _, err := get(context.Background(), newClient(), "http://"+httpAddr+"/", true)
+	body, err := fetch(context.Background(), "http://"+httpAddr+"/")
 	if err != nil || body != "hello world\n" {
 		t.Fatalf("request: %q %v", body, err)
 	}
@@ -895,7 +895,7 @@ func TestDeploySystemdUnits(t *testing.T) {
 	// systemd-analyze verify, on copies whose ExecStart names our binary
 	// (it checks the command exists).
 	if analyze, err := exec.LookPath("systemd-analyze"); err != nil {
-		t.Log("systemd-analyze not installed: units not verified")
+		t.Error("systemd-analyze not installed (Debian package systemd; `make deps` installs it): units not verified")
 	} else {
 		vdir := t.TempDir()
 		for _, name := range []string{"wcluster.service", "wcluster.socket"} {
@@ -930,9 +930,12 @@ func TestDeploySystemdUnits(t *testing.T) {
 		os.MkdirAll(filepath.Join(tmp, "run"), 0o755)
 	}
 	if h := argv[len(argv)-1]; strings.HasSuffix(h, ".wasm") {
-		paths[h] = guest(t, "go-hello")
+		paths[h] = helloGuest(t)
 	}
 	argv = rewriteArgs(argv, map[string]string{"listen": "127.0.0.1:0"}, paths)
+	if dir, ok := flagValue(argv, "cache-dir"); ok && strings.HasSuffix(argv[len(argv)-1], ".wasm") {
+		warm(t, dir, argv[len(argv)-1])
+	}
 	if _, ok := flagValue(argv, "listen"); !ok {
 		// Ignored under socket activation; should that fail, the master
 		// binds loopback rather than every address.
@@ -947,10 +950,10 @@ func TestDeploySystemdUnits(t *testing.T) {
 	defer cancel()
 	first := make(chan error, 1)
 	go func() {
-		_, _, err := get(ctx, newClient(), "http://"+addr+"/", true)
+		_, err := fetch(ctx, "http://"+addr+"/")
 		first <- err
 	}()
-	if banner := w.await(`serving .* on (\S+) \(`, 90*time.Second); banner[1] != addr {
+	if banner := w.waitOutput(`serving .* on (\S+) \(`, 90*time.Second); banner[1] != addr {
 		t.Fatalf("serving %s, want the socket's %s", banner[1], addr)
 	}
 	n.expect(w, "READY", 15*time.Second)
