@@ -13,8 +13,8 @@ import (
 	"os"
 
 	"github.com/http-wasm/http-wasm-host-go/handler"
-	"github.com/tetratelabs/wazero"
 	wasm "github.com/http-wasm/http-wasm-host-go/handler/nethttp"
+	"github.com/tetratelabs/wazero"
 )
 
 func main() {
