@@ -26,6 +26,7 @@ go-guests:
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-probe.wasm ./guests/go/probe
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-greet.wasm ./guests/go/greet
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-httpwasm.wasm ./guests/go/hwhello
+	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-waf.wasm ./guests/go/waf
 	$(GOWASM) -o $(OUT)/go-cat.wasm ./guests/go/catcmd
 
 # The default handler embedded in the binary (a test checks it is current).

@@ -17,6 +17,13 @@
 #   bench/httpwasm.sh                     # ROUNDS=3 DURATION=5s
 #   ROUNDS=1 DURATION=2s bench/httpwasm.sh
 #   BASE=17c3e6e ROUNDS=5 bench/httpwasm.sh   # also against an older build
+#
+# GUEST=FILE.wasm serves another guest instead of the router example (Go
+# reactors get their _initialize called on the reference host too), with
+# GUEST_CONFIG (its get_config), TARGET (the request path, default /) and
+# EXPECT (what a ready server's answer contains, default "hello world"):
+#   GUEST=out/guests/go-waf.wasm GUEST_CONFIG=terminal EXPECT=passed \
+#     TARGET='/search?q=wasm+cluster&page=2' bench/httpwasm.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -44,7 +51,10 @@ if [ -n "${BASE:-}" ]; then
 	git archive "$BASE" | tar -x -C "$out/base"
 	(cd "$out/base" && go build -o "$out/wcluster-base" ./cmd/wcluster)
 fi
-example=$(go list -m -f '{{.Dir}}' github.com/http-wasm/http-wasm-host-go)/examples/router.wasm
+example=${GUEST:-$(go list -m -f '{{.Dir}}' github.com/http-wasm/http-wasm-host-go)/examples/router.wasm}
+GUEST_CONFIG=${GUEST_CONFIG:-}
+TARGET=${TARGET:-/}
+EXPECT=${EXPECT:-hello world}
 
 start() { # NAME PORT CMD...
 	local name=$1
@@ -58,21 +68,22 @@ port[ref-router]=$((PORT_BASE + 2))
 port[nethttp]=$((PORT_BASE + 3))
 port[wcluster-base]=$((PORT_BASE + 4))
 start wcluster-router "${port[wcluster-router]}" "$out/wcluster" serve --listen "127.0.0.1:${port[wcluster-router]}" \
-	--workers "$WORKERS" --cache-dir "$out/cache" "$example"
-start ref-router "${port[ref-router]}" "$out/httpwasmref" -listen "127.0.0.1:${port[ref-router]}" -guest "$example"
+	--workers "$WORKERS" --cache-dir "$out/cache" ${GUEST_CONFIG:+--guest-config "$GUEST_CONFIG"} "$example"
+start ref-router "${port[ref-router]}" "$out/httpwasmref" -listen "127.0.0.1:${port[ref-router]}" -guest "$example" \
+	-initialize -guest-config "$GUEST_CONFIG"
 start nethttp "${port[nethttp]}" "$out/nethttp" -listen "127.0.0.1:${port[nethttp]}"
 servers=(wcluster-router ref-router nethttp)
 if [ -n "${BASE:-}" ]; then
 	start wcluster-base "${port[wcluster-base]}" "$out/wcluster-base" serve --listen "127.0.0.1:${port[wcluster-base]}" \
-		--workers "$WORKERS" --cache-dir "$out/cache-base" "$example"
+		--workers "$WORKERS" --cache-dir "$out/cache-base" ${GUEST_CONFIG:+--guest-config "$GUEST_CONFIG"} "$example"
 	servers+=(wcluster-base)
 fi
 for name in "${servers[@]}"; do
 	for _ in $(seq 1 600); do
-		curl -s -m 2 -o /dev/null "http://127.0.0.1:${port[$name]}/" && break
+		curl -s -m 2 -o /dev/null "http://127.0.0.1:${port[$name]}$TARGET" && break
 		sleep 0.05 # poll interval, not a synchronisation
 	done
-	curl -s -m 2 "http://127.0.0.1:${port[$name]}/" | grep -q 'hello world' || { echo "bench: $name not serving" >&2; cat "$out/$name.log" >&2; exit 1; }
+	[ "$name" = nethttp ] || curl -s -m 2 "http://127.0.0.1:${port[$name]}$TARGET" | grep -q "$EXPECT" || { echo "bench: $name not serving" >&2; cat "$out/$name.log" >&2; exit 1; }
 done
 
 declare -A rps
@@ -80,7 +91,7 @@ echo "round server req/s p99 load1"
 for r in $(seq 1 "$ROUNDS"); do
 	for i in "${!servers[@]}"; do
 		name=${servers[$(((i + r) % ${#servers[@]}))]}
-		res=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:${port[$name]}/")
+		res=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:${port[$name]}$TARGET")
 		v=$(awk '/Requests\/sec/ {print $2}' <<<"$res")
 		p99=$(awk '$1=="99%" {print $2}' <<<"$res")
 		rps[$r.$name]=$v

