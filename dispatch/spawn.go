@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -89,7 +90,7 @@ func sealedMemfd(name string, b []byte) (*os.File, error) {
 
 // workerCommand builds the command of worker id. The caller closes boot
 // once the worker started, and crash once it exited (see crashCause).
-func (m *Master) workerCommand(id int, workerConfig []byte, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
+func (m *Group) workerCommand(id int, workerConfig []byte, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
 	addrs := make([]string, len(m.lis))
 	for i, l := range m.lis {
 		addrs[i] = l.addr.String()
@@ -196,4 +197,69 @@ func reportCrashes() {
 	}
 	debug.SetCrashOutput(f, debug.CrashOptions{})
 	f.Close() // SetCrashOutput keeps its own duplicate
+}
+
+// spawn starts worker id in its slot.
+func (m *Group) spawn(id int) error {
+	_, err := m.start(id, m.workerConfig(), true)
+	return err
+}
+
+func (m *Group) workerConfig() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg.WorkerConfig
+}
+
+// start starts a worker process for slot id with the given handler config.
+// With install it takes the slot at once; a reload installs it later.
+func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) {
+	ch, child, err := socketPair()
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
+	}
+	defer child.Close()
+	cmd, boot, crash, err := m.workerCommand(id, workerConfig, child)
+	if err != nil {
+		ch.close()
+		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
+	}
+	defer boot.Close()
+	if err := cmd.Start(); err != nil {
+		ch.close()
+		crash.Close()
+		return nil, fmt.Errorf("dispatch: start worker %d: %w", id, err)
+	}
+	now := time.Now()
+	p := &proc{
+		id: id, pid: cmd.Process.Pid, cmd: cmd, ch: ch, state: stateStarting,
+		started: now, lastBeat: now, pending: map[uint64]sent{}, exited: make(chan struct{}),
+		ready: make(chan struct{}), maxServed: m.requestLimit(),
+	}
+	if install {
+		m.mu.Lock()
+		if m.slotLocked(id) == nil && id <= len(m.procs) {
+			m.procs[id-1] = p
+		} else {
+			// Scaled down (or filled) since the caller looked: not needed.
+			p.retired = true
+			ch.closeWrite()
+		}
+		m.mu.Unlock()
+	}
+	m.wg.Add(2)
+	go func() { defer m.wg.Done(); m.readWorker(p) }()
+	go func() {
+		defer m.wg.Done()
+		p.waitErr = cmd.Wait()
+		if cause := crashCause(crash); cause != "" {
+			m.mu.Lock()
+			p.fatal = cause
+			m.mu.Unlock()
+		}
+		crash.Close()
+		close(p.exited)
+		m.emit(procEvent{evExit, p})
+	}()
+	return p, nil
 }

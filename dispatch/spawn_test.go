@@ -131,7 +131,7 @@ func (s *syncBuffer) String() string {
 // logged by the master with the system call's name, and replaced.
 func TestSeccompKillIsNamedAndReplaced(t *testing.T) {
 	var logs syncBuffer
-	m, err := New(Config{
+	m, err := NewGroup(Config{
 		Listen: []string{"127.0.0.1:0"}, Workers: 1, Executable: os.Args[0],
 		KeepOnCrashLoop: true, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 	})
