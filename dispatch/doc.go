@@ -11,10 +11,10 @@
 // Policies:
 //   - rr: the master accepts (raw accept4) and sends each connection's fd to
 //     the least-loaded ready worker, round-robin among equals, with a newconn
-//     message; the worker answers accepted, refused, or starved (its copy
-//     of the fd did not arrive: it is out of descriptors). The master keeps
-//     its copy of the fd until the answer, so a connection refused, or sent
-//     to a worker that dies before answering, goes to another worker. The
+//     message; the worker answers accepted, or starved (its copy of the fd
+//     did not arrive: it is out of descriptors). The master keeps its copy
+//     of the fd until the answer, so a connection handed back, or sent to
+//     a worker that dies before answering, goes to another worker. The
 //     master never waits on a channel: one that is full (a hung worker) or
 //     short of buffers caps that worker at what it holds. Answers go
 //     in batches (msgAcks: the newconns waiting on the channel, and the

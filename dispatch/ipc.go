@@ -12,30 +12,40 @@ import (
 
 // Message types on a worker's channel; the first byte of every message.
 const (
-	msgNewConn   byte = 1 // master→worker: seq u64, listener u8, with one fd
-	msgAck       byte = 2 // worker→master: seq u64, answer u8 (ackAccepted...)
+	msgNewConn byte = 1 // master→worker: seq u64, listener u8, with one fd
+	// 2 is unused (a single ack once; msgAcks answers every newconn).
 	msgDone      byte = 3 // worker→master: count u32 connections finished
 	msgReady     byte = 4 // worker→master: serving
 	msgHeartbeat byte = 5 // worker→master: JSON workerReport
 	msgFatal     byte = 6 // worker→master: the reason it cannot serve, text
 	// msgAcks answers several newconns at once and carries the connections
 	// finished since the last report: done u32, then seq u64 and answer
-	// u8 per newconn. (msgAck and msgDone stay understood.)
+	// u8 per newconn. msgDone carries the connections finished between
+	// batches.
 	msgAcks byte = 7
 )
 
 // maxAcks bounds the newconns one msgAcks answers.
 const maxAcks = 64
 
-// A worker's answer to one newconn (the byte after its seq).
+// A worker's answer to one newconn (the byte after its seq). A worker takes
+// every connection whose fd arrives; the only other answer is starved.
 const (
-	ackRefused  byte = 0 // not taken: the master gives it to another worker
 	ackAccepted byte = 1 // taken: the master closes its copy
 	// ackStarved: its fd did not arrive (the worker is out of
 	// descriptors); the master gives it to another worker, or holds it,
 	// and sends this one nothing more until it has room again.
 	ackStarved byte = 2
 )
+
+// newConnMsg is the newconn message for connection seq from listener lis.
+func newConnMsg(seq uint64, lis int) [10]byte {
+	var msg [10]byte
+	msg[0] = msgNewConn
+	binary.LittleEndian.PutUint64(msg[1:], seq)
+	msg[9] = byte(lis)
+	return msg
+}
 
 // appendAck appends one newconn's answer to a msgAcks message.
 func appendAck(b []byte, seq uint64, answer byte) []byte {
@@ -195,8 +205,3 @@ func closeAll(fds []int) {
 func (ch *channel) closeWrite() error { return ch.c.CloseWrite() }
 
 func (ch *channel) close() error { return ch.c.Close() }
-
-func putSeq(b []byte, typ byte, seq uint64) []byte {
-	b = append(b[:0], typ)
-	return binary.LittleEndian.AppendUint64(b, seq)
-}

@@ -48,11 +48,6 @@ func (m *Group) readWorker(p *proc) {
 			}
 			m.emit(procEvent{evReady, p})
 			m.signalCapacity()
-		case msgAck:
-			if len(msg) < 10 {
-				continue
-			}
-			m.ack(p, binary.LittleEndian.Uint64(msg[1:9]), msg[9])
 		case msgAcks:
 			if len(msg) < 5 {
 				continue

@@ -58,8 +58,9 @@ type proc struct {
 	pending  map[uint64]sent // fds sent, not yet acknowledged, by seq
 	inFlight int64           // sent and not yet done
 	accepted uint64
-	refused  uint64
-	requeued uint64
+	// handedBack counts newconns answered ackStarved.
+	handedBack uint64
+	requeued   uint64
 }
 
 func (p *proc) kill(sig syscall.Signal) { p.cmd.Process.Signal(sig) }

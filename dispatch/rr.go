@@ -2,7 +2,6 @@ package dispatch
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"os"
 	"time"
@@ -151,10 +150,7 @@ func (m *Group) placeExcept(fd, lis int, since time.Time, skip *proc) {
 		p.inFlight++
 		m.mu.Unlock()
 
-		var msg [10]byte
-		msg[0] = msgNewConn
-		binary.LittleEndian.PutUint64(msg[1:], seq)
-		msg[9] = byte(lis)
+		msg := newConnMsg(seq, lis)
 		err := p.ch.sendNow(msg[:], fd)
 		if err == nil {
 			return
@@ -187,8 +183,8 @@ func (m *Group) placeExcept(fd, lis int, since time.Time, skip *proc) {
 }
 
 // ack handles a worker's answer to newconn. Accepted: the master closes its
-// copy. Refused: the connection goes to another worker. Starved: the same,
-// and the worker gets nothing more until it has room again.
+// copy. Starved (the worker could not receive the fd): the connection goes
+// to another worker, and this one gets nothing more until it has room again.
 func (m *Group) ack(p *proc, seq uint64, answer byte) {
 	m.mu.Lock()
 	c, ok := p.pending[seq]
@@ -202,13 +198,10 @@ func (m *Group) ack(p *proc, seq uint64, answer byte) {
 					p.capped = false
 				}
 			}
-		case ackStarved:
-			p.refused++
+		default: // ackStarved
+			p.handedBack++
 			p.inFlight--
 			m.capLocked(p, false)
-		default:
-			p.refused++
-			p.inFlight--
 		}
 	}
 	m.mu.Unlock()

@@ -45,7 +45,7 @@ type Status struct {
 }
 
 // WorkerStatus is one worker's counters. For rr, Accepted, InFlight,
-// Refused and Requeued are the master's own counts; Completed and the
+// HandedBack and Requeued are the master's own counts; Completed and the
 // handler's counters come from the worker's last heartbeat.
 type WorkerStatus struct {
 	Group     string `json:"group,omitempty"`
@@ -56,12 +56,14 @@ type WorkerStatus struct {
 	Accepted  uint64 `json:"accepted"`
 	InFlight  int64  `json:"in_flight"`
 	Completed uint64 `json:"completed"`
-	Refused   uint64 `json:"refused"`
-	Requeued  uint64 `json:"requeued"`
-	Unacked   int    `json:"unacked"`
-	Requests  uint64 `json:"requests"`
-	RSS       uint64 `json:"rss_bytes"`
-	BeatAge   string `json:"heartbeat_age"`
+	// HandedBack counts connections the worker could not take for lack
+	// of descriptors (rr); the master placed them elsewhere.
+	HandedBack uint64 `json:"handed_back"`
+	Requeued   uint64 `json:"requeued"`
+	Unacked    int    `json:"unacked"`
+	Requests   uint64 `json:"requests"`
+	RSS        uint64 `json:"rss_bytes"`
+	BeatAge    string `json:"heartbeat_age"`
 	// Age is BeatAge as a duration, for in-process readers (metrics).
 	Age     time.Duration  `json:"-"`
 	Handler map[string]any `json:"handler,omitempty"`
@@ -102,7 +104,7 @@ func (m *Group) Status() Status {
 		ws := WorkerStatus{
 			Group: m.cfg.Name, ID: p.id, PID: p.pid, State: p.state.String(),
 			Uptime:   now.Sub(p.started).Round(time.Millisecond).String(),
-			Accepted: p.accepted, InFlight: p.inFlight, Refused: p.refused, Requeued: p.requeued,
+			Accepted: p.accepted, InFlight: p.inFlight, HandedBack: p.handedBack, Requeued: p.requeued,
 			Unacked:   len(p.pending),
 			Completed: p.report.Completed, Handler: p.report.Handler,
 			Requests: p.report.served(), RSS: p.report.RSS,

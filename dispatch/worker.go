@@ -301,7 +301,7 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 // whose fd did not arrive (truncated: this worker is out of descriptors)
 // is answered ackStarved: the master kept its copy and places it elsewhere.
 func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, truncated bool, acks []byte, starved *starvation) []byte {
-	if len(msg) < 10 || msg[0] != msgNewConn {
+	if len(msg) < len(newConnMsg(0, 0)) || msg[0] != msgNewConn {
 		closeAll(fds)
 		w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))
 		return acks
@@ -309,13 +309,16 @@ func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, tru
 	seq := binary.LittleEndian.Uint64(msg[1:9])
 	if truncated {
 		closeAll(fds)
-		starved.refused(w.log)
+		starved.handBack(w.log)
 		return appendAck(acks, seq, ackStarved)
 	}
 	if len(fds) != 1 {
+		// The master sends one fd with each newconn, and the kernel
+		// delivers it or truncates: this is not a wcluster master. Hand it
+		// back rather than guess.
 		closeAll(fds)
-		w.log.Warn("newconn from master without exactly one fd; refused", "fds", len(fds))
-		return appendAck(acks, seq, ackRefused)
+		w.log.Warn("newconn from master without exactly one fd; handed back", "fds", len(fds))
+		return appendAck(acks, seq, ackStarved)
 	}
 	starved.ok(w.log)
 	w.start(ctx, h, os.NewFile(uintptr(fds[0]), "conn"), int(msg[9]))
@@ -323,41 +326,41 @@ func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, tru
 }
 
 // starvation is an episode of newconns whose fds could not be received:
-// logged when it begins and when it ends (acceptQuiet without a refusal,
+// logged when it begins and when it ends (acceptQuiet without a connection handed back,
 // as for acceptPause), with the count, however many connections it costs.
 // Its owner is readLoop.
 type starvation struct {
-	refusedN    int
+	handedBack  int
 	first, last time.Time
 }
 
-func (s *starvation) refused(log *slog.Logger) {
+func (s *starvation) handBack(log *slog.Logger) {
 	now := time.Now()
-	if s.refusedN > 0 && now.Sub(s.last) >= acceptQuiet {
+	if s.handedBack > 0 && now.Sub(s.last) >= acceptQuiet {
 		s.end(log)
 	}
-	if s.refusedN == 0 {
+	if s.handedBack == 0 {
 		s.first = now
 		var lim unix.Rlimit
 		unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
 		log.Error("out of file descriptors: handing the connections the master sends back to it until some close; "+
 			"raise the limit (ulimit -n, LimitNOFILE=) or lower --max-conns", "open_files_limit", lim.Cur)
 	}
-	s.refusedN++
+	s.handedBack++
 	s.last = now
 }
 
 // ok notes a connection taken; it ends an episode gone quiet.
 func (s *starvation) ok(log *slog.Logger) {
-	if s.refusedN > 0 && time.Since(s.last) >= acceptQuiet {
+	if s.handedBack > 0 && time.Since(s.last) >= acceptQuiet {
 		s.end(log)
 	}
 }
 
 func (s *starvation) end(log *slog.Logger) {
-	log.Warn("taking connections again after running out of file descriptors", "handed_back", s.refusedN,
+	log.Warn("taking connections again after running out of file descriptors", "handed_back", s.handedBack,
 		"episode", s.last.Sub(s.first).Round(time.Millisecond).String())
-	s.refusedN = 0
+	s.handedBack = 0
 }
 
 // start counts and serves one connection.
