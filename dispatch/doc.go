@@ -1,6 +1,7 @@
 // Package dispatch owns the master process and the dispatch half of each
 // worker: the listening socket, the policies that hand connections to
-// workers, worker lifecycle and supervision, and the IPC between them.
+// workers, worker lifecycle and supervision, and what the messages between
+// them mean (their framing is internal/ipc's).
 //
 // The master binds the listener once and keeps it for its whole life. It
 // starts N workers by re-executing its own binary with WCLUSTER_WORKER_ID set
@@ -17,7 +18,7 @@
 //     a worker that dies before answering, goes to another worker. The
 //     master never waits on a channel: one that is full (a hung worker) or
 //     short of buffers caps that worker at what it holds. Answers go
-//     in batches (msgAcks: the newconns waiting on the channel, and the
+//     in batches (ipc.MsgAcks: the newconns waiting on the channel, and the
 //     connections finished since the last report). When every
 //     worker is at MaxConns the master stops accepting and the kernel backlog
 //     holds the surplus.

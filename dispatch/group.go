@@ -235,7 +235,7 @@ func (m *Group) stopAll() {
 	m.mu.Unlock()
 	for _, p := range live {
 		p.retired = true
-		p.ch.closeWrite()
+		p.ch.CloseWrite()
 	}
 	grace := m.cfg.ShutdownTimeout + time.Second
 	if m.immediate.Load() {

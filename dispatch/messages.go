@@ -8,6 +8,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/wcluster/wcluster/internal/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,15 +29,15 @@ func (m *Group) readWorker(p *proc) {
 	buf := make([]byte, 64<<10)
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	for {
-		msg, fds, err := p.ch.recv(buf, oob)
-		closeAll(fds) // workers send no fds
-		if err != nil && !errors.Is(err, errTruncated) {
+		msg, fds, err := p.ch.Recv(buf, oob)
+		ipc.CloseAll(fds) // workers send no fds
+		if err != nil && !errors.Is(err, ipc.ErrTruncated) {
 			return
 		}
-		// errTruncated: fds the master does not want were lost; the
+		// ipc.ErrTruncated: fds the master does not want were lost; the
 		// message is whole.
 		switch msg[0] {
-		case msgReady:
+		case ipc.MsgReady:
 			m.mu.Lock()
 			first := p.state == stateStarting
 			if first {
@@ -48,7 +49,7 @@ func (m *Group) readWorker(p *proc) {
 			}
 			m.emit(procEvent{evReady, p})
 			m.signalCapacity()
-		case msgAcks:
+		case ipc.MsgAcks:
 			if len(msg) < 5 {
 				continue
 			}
@@ -60,12 +61,12 @@ func (m *Group) readWorker(p *proc) {
 			for rec := msg[5:]; len(rec) >= 9; rec = rec[9:] {
 				m.ack(p, binary.LittleEndian.Uint64(rec), rec[8])
 			}
-		case msgDone:
+		case ipc.MsgDone:
 			if len(msg) < 5 {
 				continue
 			}
 			m.finished(p, int64(binary.LittleEndian.Uint32(msg[1:5])))
-		case msgHeartbeat:
+		case ipc.MsgHeartbeat:
 			var r workerReport
 			if json.Unmarshal(msg[1:], &r) != nil {
 				continue
@@ -98,7 +99,7 @@ func (m *Group) readWorker(p *proc) {
 			if lifted {
 				m.signalCapacity()
 			}
-		case msgFatal:
+		case ipc.MsgFatal:
 			m.mu.Lock()
 			p.fatal = string(msg[1:])
 			m.mu.Unlock()

@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"syscall"
 	"time"
+
+	"github.com/wcluster/wcluster/internal/ipc"
 )
 
 type procState int
@@ -33,7 +35,7 @@ func (s procState) String() string {
 type proc struct {
 	id, pid int
 	cmd     *exec.Cmd
-	ch      *channel
+	ch      *ipc.Channel
 	started time.Time
 	exited  chan struct{} // closed when the process has exited
 	ready   chan struct{} // closed when it said ready
@@ -58,7 +60,7 @@ type proc struct {
 	pending  map[uint64]sent // fds sent, not yet acknowledged, by seq
 	inFlight int64           // sent and not yet done
 	accepted uint64
-	// handedBack counts newconns answered ackStarved.
+	// handedBack counts newconns answered ipc.AckStarved.
 	handedBack uint64
 	requeued   uint64
 }

@@ -56,7 +56,7 @@ func (m *Group) recycle(p *proc, cause string) {
 		m.mu.Lock()
 		np.retired = true
 		m.mu.Unlock()
-		np.ch.closeWrite()
+		np.ch.CloseWrite()
 		m.log.Error("recycle: replacement did not start; the worker keeps serving", "worker", p.id, "why", why)
 		m.endRecycle(p)
 	}
@@ -76,7 +76,7 @@ func (m *Group) recycle(p *proc, cause string) {
 	m.mu.Unlock()
 	m.signalCapacity()
 	// p reads every connection already sent, then end of stream: it drains.
-	p.ch.closeWrite()
+	p.ch.CloseWrite()
 	m.log.Info("recycled worker", "worker", p.id, "old_pid", p.pid, "new_pid", np.pid, "took", time.Since(start).Round(time.Millisecond))
 }
 

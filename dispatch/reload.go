@@ -23,7 +23,7 @@ func (m *Group) Reload(ctx context.Context, workerConfig []byte) error {
 	abort := func(err error) error {
 		for _, p := range fresh {
 			p.retired = true
-			p.ch.closeWrite()
+			p.ch.CloseWrite()
 		}
 		for _, p := range fresh {
 			select {
@@ -67,7 +67,7 @@ func (m *Group) Reload(ctx context.Context, workerConfig []byte) error {
 	// Old workers read every connection already sent to them, then end of
 	// stream: they drain and exit; supervise ignores their exits.
 	for _, p := range old {
-		p.ch.closeWrite()
+		p.ch.CloseWrite()
 	}
 	m.log.Info("reload complete", "generation", gen, "workers", len(fresh), "took", time.Since(start).Round(time.Millisecond))
 	return nil

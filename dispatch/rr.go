@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/wcluster/wcluster/internal/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -150,8 +151,8 @@ func (m *Group) placeExcept(fd, lis int, since time.Time, skip *proc) {
 		p.inFlight++
 		m.mu.Unlock()
 
-		msg := newConnMsg(seq, lis)
-		err := p.ch.sendNow(msg[:], fd)
+		msg := ipc.NewConnMsg(seq, lis)
+		err := p.ch.SendNow(msg[:], fd)
 		if err == nil {
 			return
 		}
@@ -191,14 +192,14 @@ func (m *Group) ack(p *proc, seq uint64, answer byte) {
 	if ok {
 		delete(p.pending, seq)
 		switch answer {
-		case ackAccepted:
+		case ipc.AckAccepted:
 			p.accepted++
 			if p.capped && p.inFlight >= p.fdCap {
 				if p.fdCap++; p.fdCap >= int64(m.cfg.MaxConns) {
 					p.capped = false
 				}
 			}
-		default: // ackStarved
+		default: // ipc.AckStarved
 			p.handedBack++
 			p.inFlight--
 			m.capLocked(p, false)
@@ -208,7 +209,7 @@ func (m *Group) ack(p *proc, seq uint64, answer byte) {
 	if !ok {
 		return
 	}
-	if answer == ackAccepted {
+	if answer == ipc.AckAccepted {
 		unix.Close(c.fd)
 		return
 	}

@@ -47,7 +47,7 @@ func (m *Group) Scale(ctx context.Context, n int) error {
 		m.mu.Unlock()
 		for _, p := range surplus {
 			if p != nil {
-				p.ch.closeWrite()
+				p.ch.CloseWrite()
 			}
 		}
 		m.log.Info("scaled down", "from", old, "to", n)

@@ -172,7 +172,7 @@ func (m *Group) reap(p *proc) {
 	p.requeued += uint64(len(orphans))
 	m.stats.Requeued += uint64(len(orphans))
 	m.mu.Unlock()
-	p.ch.close()
+	p.ch.Close()
 	for _, c := range orphans {
 		m.place(c.fd, c.lis, c.since)
 	}

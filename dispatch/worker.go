@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wcluster/wcluster/internal/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -78,7 +79,7 @@ type Worker struct {
 	id     int
 	params workerParams
 	config []byte
-	ch     *channel
+	ch     *ipc.Channel
 	log    *slog.Logger
 
 	inFlight  atomic.Int64
@@ -107,7 +108,7 @@ func NewWorker(log *slog.Logger) (*Worker, error) {
 		return nil, fmt.Errorf("dispatch: bad %s=%q", EnvWorkerID, os.Getenv(EnvWorkerID))
 	}
 	w := &Worker{id: id, log: log, freed: make(chan struct{}, 1), doneSignal: make(chan struct{}, 1)}
-	ch, err := newChannel(os.NewFile(fdChannel, "channel"))
+	ch, err := ipc.NewChannel(os.NewFile(fdChannel, "channel"))
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
 	}
@@ -116,7 +117,7 @@ func NewWorker(log *slog.Logger) (*Worker, error) {
 	if err != nil {
 		err = fmt.Errorf("dispatch: worker %d: %w", id, err)
 		w.Fatal(err)
-		ch.close()
+		ch.Close()
 		return nil, err
 	}
 	w.params, w.config = bc.Dispatch, bc.Config
@@ -148,7 +149,7 @@ func (w *Worker) Config() []byte { return w.config }
 
 // Fatal tells the master why this worker cannot serve; the master shows it.
 func (w *Worker) Fatal(err error) {
-	w.send(append([]byte{msgFatal}, err.Error()...), -1)
+	w.send(append([]byte{ipc.MsgFatal}, err.Error()...), -1)
 }
 
 // send sends one message to the master. A shortage of buffers or memory
@@ -161,7 +162,7 @@ func (w *Worker) send(msg []byte, fd int) error {
 	wait := 5 * time.Millisecond
 	deadline := time.Now().Add(sendPatience)
 	for {
-		err := w.ch.send(msg, fd)
+		err := w.ch.Send(msg, fd)
 		if err == nil || !resourceErr(err) || time.Now().After(deadline) {
 			return err
 		}
@@ -227,7 +228,7 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 		}()
 	}
 
-	if err := w.send([]byte{msgReady}, -1); err != nil {
+	if err := w.send([]byte{ipc.MsgReady}, -1); err != nil {
 		cancel()
 		bg.Wait()
 		return fmt.Errorf("dispatch: worker %d: tell master ready: %w", w.id, err)
@@ -252,33 +253,33 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 	}
 	cancel()
 	bg.Wait()
-	w.ch.close()
+	w.ch.Close()
 	return err
 }
 
 // readLoop takes the master's newconns until it shuts the channel. It
 // answers them in batches: after one arrives, it takes those already
-// waiting too (up to maxAcks) and acknowledges them all in one message,
+// waiting too (up to ipc.MaxAcks) and acknowledges them all in one message,
 // with the count of connections finished since the last report: under a
 // stream of new connections, one message each way per batch rather than
 // two per connection.
 func (w *Worker) readLoop(ctx context.Context, h Handler) {
 	buf := make([]byte, 64)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	acks := make([]byte, 0, 5+maxAcks*9)
+	acks := make([]byte, 0, 5+ipc.MaxAcks*9)
 	var starved starvation
 	for {
-		// A message comes with err nil, or errTruncated (its fd is lost);
+		// A message comes with err nil, or ipc.ErrTruncated (its fd is lost);
 		// any other error ends the channel.
-		msg, fds, err := w.ch.recv(buf, oob)
-		acks = append(acks[:0], msgAcks, 0, 0, 0, 0)
+		msg, fds, err := w.ch.Recv(buf, oob)
+		acks = append(acks[:0], ipc.MsgAcks, 0, 0, 0, 0)
 		for n := 1; msg != nil; n++ {
-			acks = w.take(ctx, h, msg, fds, errors.Is(err, errTruncated), acks, &starved)
+			acks = w.take(ctx, h, msg, fds, errors.Is(err, ipc.ErrTruncated), acks, &starved)
 			err = nil
-			if n == maxAcks {
+			if n == ipc.MaxAcks {
 				break
 			}
-			msg, fds, _, err = w.ch.tryRecv(buf, oob)
+			msg, fds, _, err = w.ch.TryRecv(buf, oob)
 		}
 		if len(acks) > 5 {
 			binary.LittleEndian.PutUint32(acks[1:5], w.done.Swap(0))
@@ -289,7 +290,7 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 			}
 		}
 		if err != nil {
-			if !errors.Is(err, errEOF) {
+			if !errors.Is(err, ipc.ErrEOF) {
 				w.log.Debug("channel closed", "err", err)
 			}
 			return
@@ -299,30 +300,30 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 
 // take starts serving one newconn and appends its answer to acks. One
 // whose fd did not arrive (truncated: this worker is out of descriptors)
-// is answered ackStarved: the master kept its copy and places it elsewhere.
+// is answered ipc.AckStarved: the master kept its copy and places it elsewhere.
 func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, truncated bool, acks []byte, starved *starvation) []byte {
-	if len(msg) < len(newConnMsg(0, 0)) || msg[0] != msgNewConn {
-		closeAll(fds)
+	if len(msg) < len(ipc.NewConnMsg(0, 0)) || msg[0] != ipc.MsgNewConn {
+		ipc.CloseAll(fds)
 		w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))
 		return acks
 	}
 	seq := binary.LittleEndian.Uint64(msg[1:9])
 	if truncated {
-		closeAll(fds)
+		ipc.CloseAll(fds)
 		starved.handBack(w.log)
-		return appendAck(acks, seq, ackStarved)
+		return ipc.AppendAck(acks, seq, ipc.AckStarved)
 	}
 	if len(fds) != 1 {
 		// The master sends one fd with each newconn, and the kernel
 		// delivers it or truncates: this is not a wcluster master. Hand it
 		// back rather than guess.
-		closeAll(fds)
+		ipc.CloseAll(fds)
 		w.log.Warn("newconn from master without exactly one fd; handed back", "fds", len(fds))
-		return appendAck(acks, seq, ackStarved)
+		return ipc.AppendAck(acks, seq, ipc.AckStarved)
 	}
 	starved.ok(w.log)
 	w.start(ctx, h, os.NewFile(uintptr(fds[0]), "conn"), int(msg[9]))
-	return appendAck(acks, seq, ackAccepted)
+	return ipc.AppendAck(acks, seq, ipc.AckAccepted)
 }
 
 // starvation is an episode of newconns whose fds could not be received:
@@ -399,7 +400,7 @@ func (w *Worker) flushDone(ctx context.Context) {
 		}
 		if n := w.done.Swap(0); n > 0 {
 			var msg [5]byte
-			msg[0] = msgDone
+			msg[0] = ipc.MsgDone
 			binary.LittleEndian.PutUint32(msg[1:], n)
 			w.send(msg[:], -1)
 		}
@@ -457,7 +458,7 @@ func (w *Worker) heartbeat(ctx context.Context, h Handler, stats func() map[stri
 			r.Handler = stats()
 		}
 		b, _ := json.Marshal(r)
-		if err := w.send(append([]byte{msgHeartbeat}, b...), -1); err != nil {
+		if err := w.send(append([]byte{ipc.MsgHeartbeat}, b...), -1); err != nil {
 			return
 		}
 	}
