@@ -6,6 +6,8 @@ import (
 	"os"
 	"runtime"
 	"time"
+
+	"github.com/wcluster/wcluster/internal/stats"
 )
 
 // Totals are the master's own counters.
@@ -65,8 +67,10 @@ type WorkerStatus struct {
 	RSS        uint64 `json:"rss_bytes"`
 	BeatAge    string `json:"heartbeat_age"`
 	// Age is BeatAge as a duration, for in-process readers (metrics).
-	Age     time.Duration  `json:"-"`
-	Handler map[string]any `json:"handler,omitempty"`
+	Age time.Duration `json:"-"`
+	// Handler is the handler's counters from the last heartbeat (Version
+	// 0: none yet).
+	Handler stats.Worker `json:"handler"`
 }
 
 // Ready reports whether every worker slot holds a ready worker and the
@@ -106,10 +110,13 @@ func (m *Group) Status() Status {
 			Uptime:   now.Sub(p.started).Round(time.Millisecond).String(),
 			Accepted: p.accepted, InFlight: p.inFlight, HandedBack: p.handedBack, Requeued: p.requeued,
 			Unacked:   len(p.pending),
-			Completed: p.report.Completed, Handler: p.report.Handler,
-			Requests: p.report.served(), RSS: p.report.RSS,
+			Completed: p.report.Completed,
+			Requests:  p.report.served(), RSS: p.report.RSS,
 			BeatAge: now.Sub(p.lastBeat).Round(time.Millisecond).String(),
 			Age:     now.Sub(p.lastBeat),
+		}
+		if h := p.report.Handler; h != nil {
+			ws.Handler = *h
 		}
 		if m.cfg.Sched != SchedRR {
 			ws.Accepted, ws.InFlight = p.report.Accepted, p.report.InFlight

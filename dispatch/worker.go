@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/wcluster/wcluster/internal/ipc"
+	"github.com/wcluster/wcluster/internal/stats"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,12 +55,12 @@ type workerParams struct {
 // workerReport is a worker's heartbeat: its own view of its load and the
 // handler's counters.
 type workerReport struct {
-	InFlight  int64          `json:"in_flight"`
-	Accepted  uint64         `json:"accepted"`
-	Completed uint64         `json:"completed"`
-	Requests  uint64         `json:"requests,omitempty"` // from a RequestCounter
-	RSS       uint64         `json:"rss"`                // resident bytes
-	Handler   map[string]any `json:"handler,omitempty"`
+	InFlight  int64         `json:"in_flight"`
+	Accepted  uint64        `json:"accepted"`
+	Completed uint64        `json:"completed"`
+	Requests  uint64        `json:"requests,omitempty"` // from a RequestCounter
+	RSS       uint64        `json:"rss"`                // resident bytes
+	Handler   *stats.Worker `json:"handler,omitempty"`
 }
 
 // served is what MaxRequests counts: requests when the handler counts them,
@@ -177,9 +178,9 @@ const sendPatience = 5 * time.Second
 // Serve takes connections as the policy says and hands each to h on its own
 // goroutine, until the master shuts the channel (or dies). It then stops
 // taking connections, drains h, waits for open connections up to the
-// shutdown timeout, and returns. stats, if not nil, adds the handler's
+// shutdown timeout, and returns. handlerStats, if not nil, adds the handler's
 // counters to each heartbeat.
-func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]any) error {
+func (w *Worker) Serve(ctx context.Context, h Handler, handlerStats func() *stats.Worker) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -218,7 +219,7 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 	bg.Add(1)
 	go func() {
 		defer bg.Done()
-		w.heartbeat(ctx, h, stats)
+		w.heartbeat(ctx, h, handlerStats)
 	}()
 	if w.params.Sched == SchedRR {
 		bg.Add(1)
@@ -436,7 +437,7 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 	}
 }
 
-func (w *Worker) heartbeat(ctx context.Context, h Handler, stats func() map[string]any) {
+func (w *Worker) heartbeat(ctx context.Context, h Handler, handlerStats func() *stats.Worker) {
 	rc, _ := h.(RequestCounter)
 	every := w.params.Heartbeat
 	if every <= 0 {
@@ -454,8 +455,8 @@ func (w *Worker) heartbeat(ctx context.Context, h Handler, stats func() map[stri
 		if rc != nil {
 			r.Requests = rc.Requests()
 		}
-		if stats != nil {
-			r.Handler = stats()
+		if handlerStats != nil {
+			r.Handler = handlerStats()
 		}
 		b, _ := json.Marshal(r)
 		if err := w.send(append([]byte{ipc.MsgHeartbeat}, b...), -1); err != nil {

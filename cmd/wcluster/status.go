@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/wcluster/wcluster/dispatch"
+	"github.com/wcluster/wcluster/internal/stats"
 )
 
 var controlFlag = &cli.StringFlag{Name: "control", Required: true, Usage: "the master's --control socket"}
@@ -31,6 +32,11 @@ func statusCommand() *cli.Command {
 			var s dispatch.ClusterStatus
 			if err := json.Unmarshal(b, &s); err != nil {
 				return fmt.Errorf("bad reply from master: %w", err)
+			}
+			for _, ws := range s.Workers {
+				if v := ws.Handler.Version; v != 0 && v != stats.Version {
+					return fmt.Errorf("the master reports worker counters of version %d, this binary reads version %d: run the status command of the binary the master runs (or use --json)", v, stats.Version)
+				}
 			}
 			var buf bytes.Buffer
 			fmt.Fprintf(&buf, "master pid %d: %d fds, %d goroutines\n", s.PID, s.FDs, s.Goroutines)
@@ -60,17 +66,16 @@ func statusCommand() *cli.Command {
 
 // guestMemoryText is a worker's guest memory from its heartbeat: in use of
 // the budget, and the waits and refusals for memory.
-func guestMemoryText(h map[string]any) string {
-	num := func(k string) uint64 { v, _ := h[k].(float64); return uint64(v) }
-	if _, ok := h["guest_memory_budget"]; !ok {
+func guestMemoryText(h stats.Worker) string {
+	if !h.Reported() {
 		return "-"
 	}
 	budget := "none"
-	if b := num("guest_memory_budget"); b > 0 {
+	if b := h.GuestMemoryBudget; b > 0 {
 		budget = sizeText(b)
 	}
-	return fmt.Sprintf("%dM/%s, %d waits, %d refusals", num("guest_memory_in_use")>>20, budget,
-		num("guest_memory_waits"), num("guest_memory_refusals"))
+	return fmt.Sprintf("%dM/%s, %d waits, %d refusals", h.GuestMemoryInUse>>20, budget,
+		h.GuestMemoryWaits, h.GuestMemoryRefusals)
 }
 
 func reloadCommand() *cli.Command {

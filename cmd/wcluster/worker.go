@@ -12,6 +12,7 @@ import (
 
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
+	"github.com/wcluster/wcluster/internal/stats"
 )
 
 // workerConfig is what the master passes each worker through dispatch
@@ -79,7 +80,7 @@ func runWorker(stderr io.Writer) int {
 type handler interface {
 	dispatch.Handler
 	dispatch.RequestCounter
-	stats() map[string]any
+	stats() *stats.Worker
 	Close(context.Context) error
 }
 
@@ -141,10 +142,7 @@ func (s single) ServeConn(ctx context.Context, f *os.File, _ int) { s.h.ServeCon
 func (s single) Drain()                                           { s.h.Drain() }
 func (s single) Requests() uint64                                 { return s.h.Stats().Calls }
 func (s single) Close(ctx context.Context) error                  { return s.h.Close(ctx) }
-func (s single) stats() map[string]any {
-	st := withTotals(map[string]any{"tenants": map[string]any{s.name: handlerStats(s.h.Stats())}})
-	return withBudget(st, s.budget)
-}
+func (s single) stats() *stats.Worker                             { return singleStats(s.name, s.h, s.budget) }
 
 // tenants serves a group's tenants through the host's router.
 type tenants struct {
@@ -156,4 +154,4 @@ func (t tenants) ServeConn(ctx context.Context, f *os.File, l int) { t.r.ServeCo
 func (t tenants) Drain()                                           { t.r.Drain() }
 func (t tenants) Requests() uint64                                 { return t.r.Requests() }
 func (t tenants) Close(ctx context.Context) error                  { return t.r.Close(ctx) }
-func (t tenants) stats() map[string]any                            { return routerStats(t.r, t.budget) }
+func (t tenants) stats() *stats.Worker                             { return routerStats(t.r, t.budget) }
