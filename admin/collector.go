@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wcluster/wcluster/dispatch"
-	"github.com/wcluster/wcluster/host"
+	"github.com/wcluster/wcluster/internal/stats"
 )
 
 // collector turns one status snapshot into metrics at each scrape. Worker
@@ -22,20 +22,23 @@ var (
 	tenantLabels = []string{"group", "worker", "tenant"}
 )
 
-// guestCounters are the handler counters each worker reports, by the key it
-// reports them under, with the metric name and help they get here.
-var guestCounters = []struct{ key, name, help string }{
-	{"calls", "wcluster_guest_calls_total", "Calls into the guest (one per request for HTTP guests)."},
-	{"conns", "wcluster_guest_connections_total", "Connections the guest served to the end."},
-	{"traps", "wcluster_guest_traps_total", "Guest calls that trapped or exited."},
-	{"timeouts", "wcluster_guest_timeouts_total", "Guest calls stopped at the time limit."},
-	{"memory_limit_hits", "wcluster_guest_memory_limit_hits_total", "Guest calls that failed for want of memory."},
-	{"instances_created", "wcluster_guest_instantiations_total", "Guest instances created."},
-	{"log_lines_dropped", "wcluster_guest_log_lines_dropped_total", "Lines of guest stdout/stderr the per-handler rate limit kept out of the log."},
-	{"first_byte_timeouts", "wcluster_first_byte_timeouts_total", "New connections closed for sending nothing within first_byte_timeout."},
-	{"first_byte_shed", "wcluster_first_byte_shed_total", "Connections waiting for their first byte closed to keep first_byte_limit."},
-	{"partial_timeouts", "wcluster_partial_timeouts_total", "Connections closed with an incomplete request at partial_timeout."},
-	{"upstream_errors", "wcluster_upstream_errors_total", "Requests an http-wasm guest passed on that its upstream failed (502/504)."},
+// guestCounters are the handler counters each worker reports per tenant,
+// with the metric name and help they get here.
+var guestCounters = []struct {
+	name, help string
+	value      func(*stats.Counters) uint64
+}{
+	{"wcluster_guest_calls_total", "Calls into the guest (one per request for HTTP guests).", func(c *stats.Counters) uint64 { return c.Calls }},
+	{"wcluster_guest_connections_total", "Connections the guest served to the end.", func(c *stats.Counters) uint64 { return c.Conns }},
+	{"wcluster_guest_traps_total", "Guest calls that trapped or exited.", func(c *stats.Counters) uint64 { return c.Traps }},
+	{"wcluster_guest_timeouts_total", "Guest calls stopped at the time limit.", func(c *stats.Counters) uint64 { return c.Timeouts }},
+	{"wcluster_guest_memory_limit_hits_total", "Guest calls that failed for want of memory.", func(c *stats.Counters) uint64 { return c.MemoryLimitHits }},
+	{"wcluster_guest_instantiations_total", "Guest instances created.", func(c *stats.Counters) uint64 { return c.InstancesCreated }},
+	{"wcluster_guest_log_lines_dropped_total", "Lines of guest stdout/stderr the per-handler rate limit kept out of the log.", func(c *stats.Counters) uint64 { return c.LogLinesDropped }},
+	{"wcluster_first_byte_timeouts_total", "New connections closed for sending nothing within first_byte_timeout.", func(c *stats.Counters) uint64 { return c.FirstByteTimeouts }},
+	{"wcluster_first_byte_shed_total", "Connections waiting for their first byte closed to keep first_byte_limit.", func(c *stats.Counters) uint64 { return c.FirstByteShed }},
+	{"wcluster_partial_timeouts_total", "Connections closed with an incomplete request at partial_timeout.", func(c *stats.Counters) uint64 { return c.PartialTimeouts }},
+	{"wcluster_upstream_errors_total", "Requests an http-wasm guest passed on that its upstream failed (502/504).", func(c *stats.Counters) uint64 { return c.UpstreamErrors }},
 }
 
 func newCollector(src Source) *collector {
@@ -46,7 +49,7 @@ func newCollector(src Source) *collector {
 	add("wcluster_connections_accepted_total", "Connections handed to (rr) or accepted by (shared, reuseport) the worker.", workerLabels...)
 	add("wcluster_connections_in_flight", "Connections the worker holds now.", workerLabels...)
 	add("wcluster_connections_completed_total", "Connections the worker finished.", workerLabels...)
-	add("wcluster_connections_refused_total", "Connections the worker refused (rr); the master placed them elsewhere.", workerLabels...)
+	add("wcluster_connections_handed_back_total", "Connections the worker could not take for lack of file descriptors (rr); the master placed them elsewhere.", workerLabels...)
 	add("wcluster_connections_requeued_total", "Connections requeued from this worker slot because it died before acknowledging them.", workerLabels...)
 	add("wcluster_worker_heartbeat_age_seconds", "Time since the worker's last heartbeat.", workerLabels...)
 	add("wcluster_worker_resident_bytes", "The worker process's resident memory.", workerLabels...)
@@ -112,7 +115,7 @@ func (c *collector) collectWorker(ch chan<- prometheus.Metric, emit func(string,
 	emit("wcluster_connections_accepted_total", counter, float64(w.Accepted), group, id)
 	emit("wcluster_connections_in_flight", gauge, float64(w.InFlight), group, id)
 	emit("wcluster_connections_completed_total", counter, float64(w.Completed), group, id)
-	emit("wcluster_connections_refused_total", counter, float64(w.Refused), group, id)
+	emit("wcluster_connections_handed_back_total", counter, float64(w.HandedBack), group, id)
 	emit("wcluster_connections_requeued_total", counter, float64(w.Requeued), group, id)
 	emit("wcluster_worker_heartbeat_age_seconds", gauge, w.Age.Seconds(), group, id)
 	emit("wcluster_worker_resident_bytes", gauge, float64(w.RSS), group, id)
@@ -121,29 +124,24 @@ func (c *collector) collectWorker(ch chan<- prometheus.Metric, emit func(string,
 		up = 1
 	}
 	emit("wcluster_worker_up", gauge, up, group, id)
-	num := func(m map[string]any, key string) float64 {
-		v, _ := m[key].(float64) // numbers arrive through JSON
-		return v
-	}
-	emit("wcluster_misdirected_total", counter, num(w.Handler, "misdirected"), group, id)
-	emit("wcluster_tls_failures_total", counter, num(w.Handler, "tls_failures"), group, id)
-	emit("wcluster_guest_memory_budget_bytes", gauge, num(w.Handler, "guest_memory_budget"), group, id)
-	emit("wcluster_guest_memory_in_use_bytes", gauge, num(w.Handler, "guest_memory_in_use"), group, id)
-	emit("wcluster_guest_memory_waits_total", counter, num(w.Handler, "guest_memory_waits"), group, id)
-	emit("wcluster_guest_memory_refusals_total", counter, num(w.Handler, "guest_memory_refusals"), group, id)
-	tenants, _ := w.Handler["tenants"].(map[string]any)
-	for name, v := range tenants {
-		t, _ := v.(map[string]any)
-		emit("wcluster_guest_instances", gauge, num(t, "instances_live"), group, id, name)
-		emit("wcluster_guest_instantiation_seconds_total", counter, num(t, "instance_ns")/1e9, group, id, name)
-		emit("wcluster_tenant_connections_open", gauge, num(t, "open"), group, id, name)
-		emit("wcluster_tenant_refused_total", counter, num(t, "refused"), group, id, name)
-		emit("wcluster_tenant_memory_budget_bytes", gauge, num(t, "memory_budget"), group, id, name)
-		emit("wcluster_tenant_memory_in_use_bytes", gauge, num(t, "memory_in_use"), group, id, name)
-		emit("wcluster_tenant_memory_waits_total", counter, num(t, "memory_waits"), group, id, name)
-		emit("wcluster_tenant_memory_refusals_total", counter, num(t, "memory_refusals"), group, id, name)
+	h := &w.Handler
+	emit("wcluster_misdirected_total", counter, float64(h.Misdirected), group, id)
+	emit("wcluster_tls_failures_total", counter, float64(h.TLSFailures), group, id)
+	emit("wcluster_guest_memory_budget_bytes", gauge, float64(h.GuestMemoryBudget), group, id)
+	emit("wcluster_guest_memory_in_use_bytes", gauge, float64(h.GuestMemoryInUse), group, id)
+	emit("wcluster_guest_memory_waits_total", counter, float64(h.GuestMemoryWaits), group, id)
+	emit("wcluster_guest_memory_refusals_total", counter, float64(h.GuestMemoryRefusals), group, id)
+	for name, t := range h.Tenants {
+		emit("wcluster_guest_instances", gauge, float64(t.InstancesLive), group, id, name)
+		emit("wcluster_guest_instantiation_seconds_total", counter, float64(t.InstanceNs)/1e9, group, id, name)
+		emit("wcluster_tenant_connections_open", gauge, float64(t.Open), group, id, name)
+		emit("wcluster_tenant_refused_total", counter, float64(t.Refused), group, id, name)
+		emit("wcluster_tenant_memory_budget_bytes", gauge, float64(t.MemoryBudget), group, id, name)
+		emit("wcluster_tenant_memory_in_use_bytes", gauge, float64(t.MemoryInUse), group, id, name)
+		emit("wcluster_tenant_memory_waits_total", counter, float64(t.MemoryWaits), group, id, name)
+		emit("wcluster_tenant_memory_refusals_total", counter, float64(t.MemoryRefusals), group, id, name)
 		for _, g := range guestCounters {
-			emit(g.name, counter, num(t, g.key), group, id, name)
+			emit(g.name, counter, float64(g.value(&t.Counters)), group, id, name)
 		}
 		if h, ok := histogram(t); ok {
 			ch <- prometheus.MustNewConstHistogram(c.desc["wcluster_guest_call_duration_seconds"],
@@ -160,21 +158,18 @@ type hist struct {
 
 // histogram reads a tenant's call-duration buckets (counts per bucket, the
 // last one past the largest bound) into Prometheus' cumulative form.
-func histogram(t map[string]any) (hist, bool) {
-	raw, _ := t["latency"].([]any)
-	bounds := host.LatencyBounds()
-	if len(raw) != len(bounds)+1 {
+func histogram(t stats.Tenant) (hist, bool) {
+	bounds := stats.LatencyBounds()
+	if len(t.Latency) != len(bounds)+1 {
 		return hist{}, false
 	}
 	h := hist{buckets: make(map[float64]uint64, len(bounds))}
-	for i, v := range raw {
-		n, _ := v.(float64)
-		h.count += uint64(n)
+	for i, n := range t.Latency {
+		h.count += n
 		if i < len(bounds) {
 			h.buckets[bounds[i]] = h.count
 		}
 	}
-	ns, _ := t["latency_ns"].(float64)
-	h.sum = ns / 1e9
+	h.sum = float64(t.LatencyNs) / 1e9
 	return h, true
 }

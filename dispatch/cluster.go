@@ -12,11 +12,11 @@ import (
 	"syscall"
 )
 
-// Cluster is one master process: a Master per group of workers (each group
+// Cluster is one master process: a Group per group of workers (each group
 // with its own listeners, workers and worker config), run together and
 // controlled as one. A single-handler server is a Cluster of one group.
 type Cluster struct {
-	groups []*Master
+	groups []*Group
 	log    *slog.Logger
 
 	mu       sync.Mutex
@@ -43,7 +43,7 @@ func NewCluster(log *slog.Logger, cfgs ...Config) (*Cluster, error) {
 			return nil, fmt.Errorf("dispatch: two worker groups named %q", cfg.Name)
 		}
 		seen[cfg.Name] = true
-		m, err := New(cfg)
+		m, err := NewGroup(cfg)
 		if err != nil {
 			c.closeAll()
 			if cfg.Name != "" {
@@ -63,10 +63,10 @@ func (c *Cluster) closeAll() {
 }
 
 // Groups are the cluster's masters, in config order.
-func (c *Cluster) Groups() []*Master { return c.groups }
+func (c *Cluster) Groups() []*Group { return c.groups }
 
 // Group finds a group by name ("" is the first).
-func (c *Cluster) Group(name string) (*Master, error) {
+func (c *Cluster) Group(name string) (*Group, error) {
 	if name == "" {
 		return c.groups[0], nil
 	}
@@ -192,7 +192,7 @@ func (c *Cluster) Reload(ctx context.Context, configs map[string][]byte) error {
 	return nil
 }
 
-// Ready reports whether every group is ready (see Master.Ready) and Run has
+// Ready reports whether every group is ready (see Group.Ready) and Run has
 // not begun to stop.
 func (c *Cluster) Ready() bool {
 	c.mu.Lock()

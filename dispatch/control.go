@@ -189,7 +189,7 @@ func (c *Cluster) control(ctx context.Context, conn *net.UnixConn, reload func(c
 		if len(fields) == 3 {
 			group = fields[2]
 		}
-		var m *Master
+		var m *Group
 		if err == nil {
 			m, err = c.Group(group)
 		}

@@ -1,6 +1,7 @@
 // Package dispatch owns the master process and the dispatch half of each
 // worker: the listening socket, the policies that hand connections to
-// workers, worker lifecycle and supervision, and the IPC between them.
+// workers, worker lifecycle and supervision, and what the messages between
+// them mean (their framing is internal/ipc's).
 //
 // The master binds the listener once and keeps it for its whole life. It
 // starts N workers by re-executing its own binary with WCLUSTER_WORKER_ID set
@@ -11,13 +12,13 @@
 // Policies:
 //   - rr: the master accepts (raw accept4) and sends each connection's fd to
 //     the least-loaded ready worker, round-robin among equals, with a newconn
-//     message; the worker answers accepted, refused, or starved (its copy
-//     of the fd did not arrive: it is out of descriptors). The master keeps
-//     its copy of the fd until the answer, so a connection refused, or sent
-//     to a worker that dies before answering, goes to another worker. The
+//     message; the worker answers accepted, or starved (its copy of the fd
+//     did not arrive: it is out of descriptors). The master keeps its copy
+//     of the fd until the answer, so a connection handed back, or sent to
+//     a worker that dies before answering, goes to another worker. The
 //     master never waits on a channel: one that is full (a hung worker) or
 //     short of buffers caps that worker at what it holds. Answers go
-//     in batches (msgAcks: the newconns waiting on the channel, and the
+//     in batches (ipc.MsgAcks: the newconns waiting on the channel, and the
 //     connections finished since the last report). When every
 //     worker is at MaxConns the master stops accepting and the kernel backlog
 //     holds the surplus.

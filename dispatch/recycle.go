@@ -9,7 +9,7 @@ import (
 
 // requestLimit draws one worker's request limit: MaxRequests plus up to 10%
 // jitter, so workers started together do not all recycle together.
-func (m *Master) requestLimit() uint64 {
+func (m *Group) requestLimit() uint64 {
 	n := m.cfg.MaxRequests
 	if n <= 0 {
 		return 0
@@ -18,7 +18,7 @@ func (m *Master) requestLimit() uint64 {
 }
 
 // recycleCauseLocked says why p should be recycled now, or "".
-func (m *Master) recycleCauseLocked(p *proc) string {
+func (m *Group) recycleCauseLocked(p *proc) string {
 	if p.recycling || p.retired || p.state != stateReady || m.closing {
 		return ""
 	}
@@ -34,7 +34,7 @@ func (m *Master) recycleCauseLocked(p *proc) string {
 // recycle replaces p by a new worker in its slot, then drains p, so no
 // request is lost: the new one is ready before p stops taking connections.
 // It shares Reload's lock, so a reload and a recycle never overlap.
-func (m *Master) recycle(p *proc, cause string) {
+func (m *Group) recycle(p *proc, cause string) {
 	m.reloadMu.Lock()
 	defer m.reloadMu.Unlock()
 	m.mu.Lock()
@@ -56,7 +56,7 @@ func (m *Master) recycle(p *proc, cause string) {
 		m.mu.Lock()
 		np.retired = true
 		m.mu.Unlock()
-		np.ch.closeWrite()
+		np.ch.CloseWrite()
 		m.log.Error("recycle: replacement did not start; the worker keeps serving", "worker", p.id, "why", why)
 		m.endRecycle(p)
 	}
@@ -76,13 +76,13 @@ func (m *Master) recycle(p *proc, cause string) {
 	m.mu.Unlock()
 	m.signalCapacity()
 	// p reads every connection already sent, then end of stream: it drains.
-	p.ch.closeWrite()
+	p.ch.CloseWrite()
 	m.log.Info("recycled worker", "worker", p.id, "old_pid", p.pid, "new_pid", np.pid, "took", time.Since(start).Round(time.Millisecond))
 }
 
 // endRecycle lets p be considered again after a failed recycle, not at
 // once: a replacement that cannot start should not be retried every beat.
-func (m *Master) endRecycle(p *proc) {
+func (m *Group) endRecycle(p *proc) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()

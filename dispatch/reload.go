@@ -12,7 +12,7 @@ import (
 // they hold, bounded by ShutdownTimeout). If a new worker fails to start,
 // the new generation is stopped and the old one keeps serving; the error
 // says why. Reloads are serialised.
-func (m *Master) Reload(ctx context.Context, workerConfig []byte) error {
+func (m *Group) Reload(ctx context.Context, workerConfig []byte) error {
 	m.reloadMu.Lock()
 	defer m.reloadMu.Unlock()
 	start := time.Now()
@@ -23,7 +23,7 @@ func (m *Master) Reload(ctx context.Context, workerConfig []byte) error {
 	abort := func(err error) error {
 		for _, p := range fresh {
 			p.retired = true
-			p.ch.closeWrite()
+			p.ch.CloseWrite()
 		}
 		for _, p := range fresh {
 			select {
@@ -67,7 +67,7 @@ func (m *Master) Reload(ctx context.Context, workerConfig []byte) error {
 	// Old workers read every connection already sent to them, then end of
 	// stream: they drain and exit; supervise ignores their exits.
 	for _, p := range old {
-		p.ch.closeWrite()
+		p.ch.CloseWrite()
 	}
 	m.log.Info("reload complete", "generation", gen, "workers", len(fresh), "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -76,7 +76,7 @@ func (m *Master) Reload(ctx context.Context, workerConfig []byte) error {
 // awaitStarted waits until every one of procs said ready, up to
 // WorkerTimeout. It fails as soon as one exits, the time is up, ctx ends or
 // the master stops, saying which.
-func (m *Master) awaitStarted(ctx context.Context, procs []*proc) error {
+func (m *Group) awaitStarted(ctx context.Context, procs []*proc) error {
 	readyBy := time.NewTimer(m.cfg.WorkerTimeout)
 	defer readyBy.Stop()
 	for _, p := range procs {

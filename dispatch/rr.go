@@ -2,18 +2,18 @@ package dispatch
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"os"
 	"time"
 
+	"github.com/wcluster/wcluster/internal/ipc"
 	"golang.org/x/sys/unix"
 )
 
 // acceptLoop is the rr policy's accept side: it accepts only while some
 // worker has room (or the queue does), so a saturated cluster leaves new
 // connections in the kernel's backlog.
-func (m *Master) acceptLoop(ctx context.Context, index int, l *listener) {
+func (m *Group) acceptLoop(ctx context.Context, index int, l *listener) {
 	pause := acceptPause{log: m.log, addr: l.addr.String(), onPause: func() {
 		m.mu.Lock()
 		m.stats.AcceptPauses++
@@ -54,7 +54,7 @@ func (m *Master) acceptLoop(ctx context.Context, index int, l *listener) {
 	}
 }
 
-func (m *Master) canAcceptLocked() bool {
+func (m *Group) canAcceptLocked() bool {
 	if len(m.queue) > 0 {
 		return len(m.queue) < m.cfg.QueueSize
 	}
@@ -62,7 +62,7 @@ func (m *Master) canAcceptLocked() bool {
 }
 
 // roomLocked reports whether some ready worker can take a connection.
-func (m *Master) roomLocked() bool {
+func (m *Group) roomLocked() bool {
 	for _, p := range m.procs {
 		if p != nil && p.state == stateReady && !p.retired && p.inFlight < m.limitLocked(p) {
 			return true
@@ -77,7 +77,7 @@ func (m *Master) roomLocked() bool {
 // it takes at the cap raises the cap by one, so it finds its limit again
 // without a connection bouncing off it more than once a heartbeat; the cap
 // comes off when half of those connections have ended (uncapLocked).
-func (m *Master) limitLocked(p *proc) int64 {
+func (m *Group) limitLocked(p *proc) int64 {
 	if p.capped {
 		return min(p.fdCap, int64(m.cfg.MaxConns))
 	}
@@ -88,7 +88,7 @@ func (m *Master) limitLocked(p *proc) int64 {
 // others it has in flight: for lack of descriptors (the worker's own limit,
 // learnt), or for a moment (a full channel, a shortage of kernel buffers:
 // soft, lifted at its next heartbeat, which a hung worker never sends).
-func (m *Master) capLocked(p *proc, soft bool) {
+func (m *Group) capLocked(p *proc, soft bool) {
 	if !p.capped || !soft {
 		p.capSoft = soft
 	}
@@ -99,7 +99,7 @@ func (m *Master) capLocked(p *proc, soft bool) {
 
 // uncapLocked lifts p's cap once half of what it held has ended: its
 // limit is far off again (if not, the next shortage caps it anew).
-func (m *Master) uncapLocked(p *proc) {
+func (m *Group) uncapLocked(p *proc) {
 	if p.capped && p.inFlight <= p.fdCap/2 {
 		p.capped = false
 	}
@@ -108,7 +108,7 @@ func (m *Master) uncapLocked(p *proc) {
 // pickLocked chooses the ready worker with the fewest connections in flight,
 // taking them in round-robin order so equal loads alternate. It returns nil
 // when every worker is full (or none is ready).
-func (m *Master) pickLocked(skip *proc) *proc {
+func (m *Group) pickLocked(skip *proc) *proc {
 	var best *proc
 	n := len(m.procs)
 	for i := 0; i < n; i++ {
@@ -127,11 +127,11 @@ func (m *Master) pickLocked(skip *proc) *proc {
 }
 
 // place hands a connection to a worker, or queues it when none has room.
-func (m *Master) place(fd, lis int, since time.Time) {
+func (m *Group) place(fd, lis int, since time.Time) {
 	m.placeExcept(fd, lis, since, nil)
 }
 
-func (m *Master) placeExcept(fd, lis int, since time.Time, skip *proc) {
+func (m *Group) placeExcept(fd, lis int, since time.Time, skip *proc) {
 	for {
 		m.mu.Lock()
 		if m.closing {
@@ -151,11 +151,8 @@ func (m *Master) placeExcept(fd, lis int, since time.Time, skip *proc) {
 		p.inFlight++
 		m.mu.Unlock()
 
-		var msg [10]byte
-		msg[0] = msgNewConn
-		binary.LittleEndian.PutUint64(msg[1:], seq)
-		msg[9] = byte(lis)
-		err := p.ch.sendNow(msg[:], fd)
+		msg := ipc.NewConnMsg(seq, lis)
+		err := p.ch.SendNow(msg[:], fd)
 		if err == nil {
 			return
 		}
@@ -187,35 +184,32 @@ func (m *Master) placeExcept(fd, lis int, since time.Time, skip *proc) {
 }
 
 // ack handles a worker's answer to newconn. Accepted: the master closes its
-// copy. Refused: the connection goes to another worker. Starved: the same,
-// and the worker gets nothing more until it has room again.
-func (m *Master) ack(p *proc, seq uint64, answer byte) {
+// copy. Starved (the worker could not receive the fd): the connection goes
+// to another worker, and this one gets nothing more until it has room again.
+func (m *Group) ack(p *proc, seq uint64, answer byte) {
 	m.mu.Lock()
 	c, ok := p.pending[seq]
 	if ok {
 		delete(p.pending, seq)
 		switch answer {
-		case ackAccepted:
+		case ipc.AckAccepted:
 			p.accepted++
 			if p.capped && p.inFlight >= p.fdCap {
 				if p.fdCap++; p.fdCap >= int64(m.cfg.MaxConns) {
 					p.capped = false
 				}
 			}
-		case ackStarved:
-			p.refused++
+		default: // ipc.AckStarved
+			p.handedBack++
 			p.inFlight--
 			m.capLocked(p, false)
-		default:
-			p.refused++
-			p.inFlight--
 		}
 	}
 	m.mu.Unlock()
 	if !ok {
 		return
 	}
-	if answer == ackAccepted {
+	if answer == ipc.AckAccepted {
 		unix.Close(c.fd)
 		return
 	}
@@ -224,7 +218,7 @@ func (m *Master) ack(p *proc, seq uint64, answer byte) {
 
 // drainQueue places queued connections while workers have room. It runs on
 // the accept loop's side whenever capacity returns.
-func (m *Master) drainQueue() {
+func (m *Group) drainQueue() {
 	for {
 		m.mu.Lock()
 		if len(m.queue) == 0 || !m.roomLocked() {
@@ -243,7 +237,7 @@ const queueLogEvery = 10 * time.Second
 
 // expireQueue closes queued connections older than QueueTimeout and places
 // the others as capacity returns.
-func (m *Master) expireQueue(ctx context.Context) {
+func (m *Group) expireQueue(ctx context.Context) {
 	tick := m.cfg.QueueTimeout / 10
 	if tick > 100*time.Millisecond {
 		tick = 100 * time.Millisecond

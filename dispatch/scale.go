@@ -9,7 +9,7 @@ import (
 const MaxWorkers = 1024
 
 // Workers is the group's current number of worker slots.
-func (m *Master) Workers() int {
+func (m *Group) Workers() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.procs)
@@ -19,7 +19,7 @@ func (m *Master) Workers() int {
 // Scale waits (up to WorkerTimeout) until they serve; surplus workers, the
 // highest slots, are drained like a reload's old ones. It shares the reload
 // lock, so it never overlaps a reload or a recycle.
-func (m *Master) Scale(ctx context.Context, n int) error {
+func (m *Group) Scale(ctx context.Context, n int) error {
 	if n < 1 || n > MaxWorkers {
 		return fmt.Errorf("scale to %d workers: want 1 to %d", n, MaxWorkers)
 	}
@@ -47,7 +47,7 @@ func (m *Master) Scale(ctx context.Context, n int) error {
 		m.mu.Unlock()
 		for _, p := range surplus {
 			if p != nil {
-				p.ch.closeWrite()
+				p.ch.CloseWrite()
 			}
 		}
 		m.log.Info("scaled down", "from", old, "to", n)

@@ -9,9 +9,11 @@ import (
 	"runtime/debug"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wcluster/wcluster/internal/ipc"
 	"github.com/wcluster/wcluster/internal/sandbox"
 )
 
@@ -26,8 +28,10 @@ import (
 //	   master once the worker has exited
 //	6… the shared listening sockets (policy shared), in Config.Listen order
 const (
-	fdBoot  = 4
-	fdCrash = 5
+	fdChannel  = 3 // the SEQPACKET channel to the master
+	fdBoot     = 4
+	fdCrash    = 5
+	fdListener = 6 // the first shared listening socket (policy shared)
 )
 
 // bootVersion is the version of bootConfig. A worker refuses another one:
@@ -37,7 +41,9 @@ const bootVersion = 1
 
 // bootConfig is everything a worker is configured with.
 type bootConfig struct {
-	Version  int          `json:"version"`
+	Version int `json:"version"`
+	// IPC is the channel's protocol version (ipc.Version) of the master.
+	IPC      int          `json:"ipc"`
 	Dispatch workerParams `json:"dispatch"`
 	// Config is the program's handler configuration (Config.WorkerConfig):
 	// only this group's, and opaque to dispatch.
@@ -89,13 +95,13 @@ func sealedMemfd(name string, b []byte) (*os.File, error) {
 
 // workerCommand builds the command of worker id. The caller closes boot
 // once the worker started, and crash once it exited (see crashCause).
-func (m *Master) workerCommand(id int, workerConfig []byte, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
+func (m *Group) workerCommand(id int, workerConfig []byte, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
 	addrs := make([]string, len(m.lis))
 	for i, l := range m.lis {
 		addrs[i] = l.addr.String()
 	}
 	b, err := json.Marshal(bootConfig{
-		Version: bootVersion,
+		Version: bootVersion, IPC: ipc.Version,
 		Dispatch: workerParams{
 			Sched: m.cfg.Sched, MaxConns: m.cfg.MaxConns, ShutdownTimeout: m.cfg.ShutdownTimeout,
 			Heartbeat: m.cfg.Heartbeat, Listen: addrs, Backlog: m.cfg.Backlog,
@@ -173,12 +179,16 @@ func decodeBoot(f *os.File) (bootConfig, error) {
 	}
 	var v struct {
 		Version int `json:"version"`
+		IPC     int `json:"ipc"`
 	}
 	if err := json.Unmarshal(b, &v); err != nil {
 		return bc, fmt.Errorf("boot configuration: %w", err)
 	}
 	if v.Version != bootVersion {
 		return bc, fmt.Errorf("the master speaks worker configuration version %d, this binary version %d: the binary was replaced while the master runs; restart wcluster", v.Version, bootVersion)
+	}
+	if v.IPC != ipc.Version {
+		return bc, fmt.Errorf("the master speaks channel protocol version %d, this binary version %d: a worker from another binary (replaced while the master runs); restart wcluster", v.IPC, ipc.Version)
 	}
 	if err := json.Unmarshal(b, &bc); err != nil {
 		return bc, fmt.Errorf("boot configuration: %w", err)
@@ -196,4 +206,69 @@ func reportCrashes() {
 	}
 	debug.SetCrashOutput(f, debug.CrashOptions{})
 	f.Close() // SetCrashOutput keeps its own duplicate
+}
+
+// spawn starts worker id in its slot.
+func (m *Group) spawn(id int) error {
+	_, err := m.start(id, m.workerConfig(), true)
+	return err
+}
+
+func (m *Group) workerConfig() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.cfg.WorkerConfig
+}
+
+// start starts a worker process for slot id with the given handler config.
+// With install it takes the slot at once; a reload installs it later.
+func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) {
+	ch, child, err := ipc.SocketPair()
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
+	}
+	defer child.Close()
+	cmd, boot, crash, err := m.workerCommand(id, workerConfig, child)
+	if err != nil {
+		ch.Close()
+		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
+	}
+	defer boot.Close()
+	if err := cmd.Start(); err != nil {
+		ch.Close()
+		crash.Close()
+		return nil, fmt.Errorf("dispatch: start worker %d: %w", id, err)
+	}
+	now := time.Now()
+	p := &proc{
+		id: id, pid: cmd.Process.Pid, cmd: cmd, ch: ch, state: stateStarting,
+		started: now, lastBeat: now, pending: map[uint64]sent{}, exited: make(chan struct{}),
+		ready: make(chan struct{}), maxServed: m.requestLimit(),
+	}
+	if install {
+		m.mu.Lock()
+		if m.slotLocked(id) == nil && id <= len(m.procs) {
+			m.procs[id-1] = p
+		} else {
+			// Scaled down (or filled) since the caller looked: not needed.
+			p.retired = true
+			ch.CloseWrite()
+		}
+		m.mu.Unlock()
+	}
+	m.wg.Add(2)
+	go func() { defer m.wg.Done(); m.readWorker(p) }()
+	go func() {
+		defer m.wg.Done()
+		p.waitErr = cmd.Wait()
+		if cause := crashCause(crash); cause != "" {
+			m.mu.Lock()
+			p.fatal = cause
+			m.mu.Unlock()
+		}
+		crash.Close()
+		close(p.exited)
+		m.emit(procEvent{evExit, p})
+	}()
+	return p, nil
 }

@@ -15,13 +15,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wcluster/wcluster/internal/ipc"
 	"github.com/wcluster/wcluster/internal/sandbox"
 )
 
 // TestBootConfig: the configuration a worker reads from its memfd is what
-// the master wrote, sealed; another version is refused with one line.
+// the master wrote, sealed; another version, of the configuration or of the
+// channel's protocol, is refused with one line.
 func TestBootConfig(t *testing.T) {
-	want := bootConfig{Version: bootVersion, Dispatch: workerParams{Sched: SchedShared, MaxConns: 7, Listen: []string{"127.0.0.1:1"}}, Config: []byte(`{"x":1}`)}
+	want := bootConfig{Version: bootVersion, IPC: ipc.Version, Dispatch: workerParams{Sched: SchedShared, MaxConns: 7, Listen: []string{"127.0.0.1:1"}}, Config: []byte(`{"x":1}`)}
 	b, _ := json.Marshal(want)
 	f, err := sealedMemfd("test", b)
 	if err != nil {
@@ -36,15 +38,20 @@ func TestBootConfig(t *testing.T) {
 		t.Fatalf("decodeBoot: %+v %v", got, err)
 	}
 
-	other, _ := json.Marshal(map[string]any{"version": bootVersion + 1, "something": "else"})
-	g, err := sealedMemfd("test", other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	_, err = decodeBoot(g)
-	if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "restart wcluster") {
-		t.Fatalf("another version: want a one-line refusal, got %v", err)
+	for _, other := range []map[string]any{
+		{"version": bootVersion + 1, "ipc": ipc.Version, "something": "else"},
+		{"version": bootVersion, "ipc": ipc.Version + 1},
+	} {
+		b, _ := json.Marshal(other)
+		g, err := sealedMemfd("test", b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		_, err = decodeBoot(g)
+		if err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "restart wcluster") {
+			t.Fatalf("%v: want a one-line refusal, got %v", other, err)
+		}
 	}
 }
 
@@ -131,7 +138,7 @@ func (s *syncBuffer) String() string {
 // logged by the master with the system call's name, and replaced.
 func TestSeccompKillIsNamedAndReplaced(t *testing.T) {
 	var logs syncBuffer
-	m, err := New(Config{
+	m, err := NewGroup(Config{
 		Listen: []string{"127.0.0.1:0"}, Workers: 1, Executable: os.Args[0],
 		KeepOnCrashLoop: true, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 	})

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wcluster/wcluster/internal/ipc"
+	"github.com/wcluster/wcluster/internal/stats"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,12 +55,12 @@ type workerParams struct {
 // workerReport is a worker's heartbeat: its own view of its load and the
 // handler's counters.
 type workerReport struct {
-	InFlight  int64          `json:"in_flight"`
-	Accepted  uint64         `json:"accepted"`
-	Completed uint64         `json:"completed"`
-	Requests  uint64         `json:"requests,omitempty"` // from a RequestCounter
-	RSS       uint64         `json:"rss"`                // resident bytes
-	Handler   map[string]any `json:"handler,omitempty"`
+	InFlight  int64         `json:"in_flight"`
+	Accepted  uint64        `json:"accepted"`
+	Completed uint64        `json:"completed"`
+	Requests  uint64        `json:"requests,omitempty"` // from a RequestCounter
+	RSS       uint64        `json:"rss"`                // resident bytes
+	Handler   *stats.Worker `json:"handler,omitempty"`
 }
 
 // served is what MaxRequests counts: requests when the handler counts them,
@@ -78,7 +80,7 @@ type Worker struct {
 	id     int
 	params workerParams
 	config []byte
-	ch     *channel
+	ch     *ipc.Channel
 	log    *slog.Logger
 
 	inFlight  atomic.Int64
@@ -107,7 +109,7 @@ func NewWorker(log *slog.Logger) (*Worker, error) {
 		return nil, fmt.Errorf("dispatch: bad %s=%q", EnvWorkerID, os.Getenv(EnvWorkerID))
 	}
 	w := &Worker{id: id, log: log, freed: make(chan struct{}, 1), doneSignal: make(chan struct{}, 1)}
-	ch, err := newChannel(os.NewFile(fdChannel, "channel"))
+	ch, err := ipc.NewChannel(os.NewFile(fdChannel, "channel"))
 	if err != nil {
 		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
 	}
@@ -116,7 +118,7 @@ func NewWorker(log *slog.Logger) (*Worker, error) {
 	if err != nil {
 		err = fmt.Errorf("dispatch: worker %d: %w", id, err)
 		w.Fatal(err)
-		ch.close()
+		ch.Close()
 		return nil, err
 	}
 	w.params, w.config = bc.Dispatch, bc.Config
@@ -148,7 +150,7 @@ func (w *Worker) Config() []byte { return w.config }
 
 // Fatal tells the master why this worker cannot serve; the master shows it.
 func (w *Worker) Fatal(err error) {
-	w.send(append([]byte{msgFatal}, err.Error()...), -1)
+	w.send(append([]byte{ipc.MsgFatal}, err.Error()...), -1)
 }
 
 // send sends one message to the master. A shortage of buffers or memory
@@ -161,7 +163,7 @@ func (w *Worker) send(msg []byte, fd int) error {
 	wait := 5 * time.Millisecond
 	deadline := time.Now().Add(sendPatience)
 	for {
-		err := w.ch.send(msg, fd)
+		err := w.ch.Send(msg, fd)
 		if err == nil || !resourceErr(err) || time.Now().After(deadline) {
 			return err
 		}
@@ -176,9 +178,9 @@ const sendPatience = 5 * time.Second
 // Serve takes connections as the policy says and hands each to h on its own
 // goroutine, until the master shuts the channel (or dies). It then stops
 // taking connections, drains h, waits for open connections up to the
-// shutdown timeout, and returns. stats, if not nil, adds the handler's
+// shutdown timeout, and returns. handlerStats, if not nil, adds the handler's
 // counters to each heartbeat.
-func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]any) error {
+func (w *Worker) Serve(ctx context.Context, h Handler, handlerStats func() *stats.Worker) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -217,7 +219,7 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 	bg.Add(1)
 	go func() {
 		defer bg.Done()
-		w.heartbeat(ctx, h, stats)
+		w.heartbeat(ctx, h, handlerStats)
 	}()
 	if w.params.Sched == SchedRR {
 		bg.Add(1)
@@ -227,7 +229,7 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 		}()
 	}
 
-	if err := w.send([]byte{msgReady}, -1); err != nil {
+	if err := w.send([]byte{ipc.MsgReady}, -1); err != nil {
 		cancel()
 		bg.Wait()
 		return fmt.Errorf("dispatch: worker %d: tell master ready: %w", w.id, err)
@@ -252,33 +254,33 @@ func (w *Worker) Serve(ctx context.Context, h Handler, stats func() map[string]a
 	}
 	cancel()
 	bg.Wait()
-	w.ch.close()
+	w.ch.Close()
 	return err
 }
 
 // readLoop takes the master's newconns until it shuts the channel. It
 // answers them in batches: after one arrives, it takes those already
-// waiting too (up to maxAcks) and acknowledges them all in one message,
+// waiting too (up to ipc.MaxAcks) and acknowledges them all in one message,
 // with the count of connections finished since the last report: under a
 // stream of new connections, one message each way per batch rather than
 // two per connection.
 func (w *Worker) readLoop(ctx context.Context, h Handler) {
 	buf := make([]byte, 64)
 	oob := make([]byte, unix.CmsgSpace(4*4))
-	acks := make([]byte, 0, 5+maxAcks*9)
+	acks := make([]byte, 0, 5+ipc.MaxAcks*9)
 	var starved starvation
 	for {
-		// A message comes with err nil, or errTruncated (its fd is lost);
+		// A message comes with err nil, or ipc.ErrTruncated (its fd is lost);
 		// any other error ends the channel.
-		msg, fds, err := w.ch.recv(buf, oob)
-		acks = append(acks[:0], msgAcks, 0, 0, 0, 0)
+		msg, fds, err := w.ch.Recv(buf, oob)
+		acks = append(acks[:0], ipc.MsgAcks, 0, 0, 0, 0)
 		for n := 1; msg != nil; n++ {
-			acks = w.take(ctx, h, msg, fds, errors.Is(err, errTruncated), acks, &starved)
+			acks = w.take(ctx, h, msg, fds, errors.Is(err, ipc.ErrTruncated), acks, &starved)
 			err = nil
-			if n == maxAcks {
+			if n == ipc.MaxAcks {
 				break
 			}
-			msg, fds, _, err = w.ch.tryRecv(buf, oob)
+			msg, fds, _, err = w.ch.TryRecv(buf, oob)
 		}
 		if len(acks) > 5 {
 			binary.LittleEndian.PutUint32(acks[1:5], w.done.Swap(0))
@@ -289,7 +291,7 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 			}
 		}
 		if err != nil {
-			if !errors.Is(err, errEOF) {
+			if !errors.Is(err, ipc.ErrEOF) {
 				w.log.Debug("channel closed", "err", err)
 			}
 			return
@@ -299,65 +301,68 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 
 // take starts serving one newconn and appends its answer to acks. One
 // whose fd did not arrive (truncated: this worker is out of descriptors)
-// is answered ackStarved: the master kept its copy and places it elsewhere.
+// is answered ipc.AckStarved: the master kept its copy and places it elsewhere.
 func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, truncated bool, acks []byte, starved *starvation) []byte {
-	if len(msg) < 10 || msg[0] != msgNewConn {
-		closeAll(fds)
+	if len(msg) < len(ipc.NewConnMsg(0, 0)) || msg[0] != ipc.MsgNewConn {
+		ipc.CloseAll(fds)
 		w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))
 		return acks
 	}
 	seq := binary.LittleEndian.Uint64(msg[1:9])
 	if truncated {
-		closeAll(fds)
-		starved.refused(w.log)
-		return appendAck(acks, seq, ackStarved)
+		ipc.CloseAll(fds)
+		starved.handBack(w.log)
+		return ipc.AppendAck(acks, seq, ipc.AckStarved)
 	}
 	if len(fds) != 1 {
-		closeAll(fds)
-		w.log.Warn("newconn from master without exactly one fd; refused", "fds", len(fds))
-		return appendAck(acks, seq, ackRefused)
+		// The master sends one fd with each newconn, and the kernel
+		// delivers it or truncates: this is not a wcluster master. Hand it
+		// back rather than guess.
+		ipc.CloseAll(fds)
+		w.log.Warn("newconn from master without exactly one fd; handed back", "fds", len(fds))
+		return ipc.AppendAck(acks, seq, ipc.AckStarved)
 	}
 	starved.ok(w.log)
 	w.start(ctx, h, os.NewFile(uintptr(fds[0]), "conn"), int(msg[9]))
-	return appendAck(acks, seq, ackAccepted)
+	return ipc.AppendAck(acks, seq, ipc.AckAccepted)
 }
 
 // starvation is an episode of newconns whose fds could not be received:
-// logged when it begins and when it ends (acceptQuiet without a refusal,
+// logged when it begins and when it ends (acceptQuiet without a connection handed back,
 // as for acceptPause), with the count, however many connections it costs.
 // Its owner is readLoop.
 type starvation struct {
-	refusedN    int
+	handedBack  int
 	first, last time.Time
 }
 
-func (s *starvation) refused(log *slog.Logger) {
+func (s *starvation) handBack(log *slog.Logger) {
 	now := time.Now()
-	if s.refusedN > 0 && now.Sub(s.last) >= acceptQuiet {
+	if s.handedBack > 0 && now.Sub(s.last) >= acceptQuiet {
 		s.end(log)
 	}
-	if s.refusedN == 0 {
+	if s.handedBack == 0 {
 		s.first = now
 		var lim unix.Rlimit
 		unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
 		log.Error("out of file descriptors: handing the connections the master sends back to it until some close; "+
 			"raise the limit (ulimit -n, LimitNOFILE=) or lower --max-conns", "open_files_limit", lim.Cur)
 	}
-	s.refusedN++
+	s.handedBack++
 	s.last = now
 }
 
 // ok notes a connection taken; it ends an episode gone quiet.
 func (s *starvation) ok(log *slog.Logger) {
-	if s.refusedN > 0 && time.Since(s.last) >= acceptQuiet {
+	if s.handedBack > 0 && time.Since(s.last) >= acceptQuiet {
 		s.end(log)
 	}
 }
 
 func (s *starvation) end(log *slog.Logger) {
-	log.Warn("taking connections again after running out of file descriptors", "handed_back", s.refusedN,
+	log.Warn("taking connections again after running out of file descriptors", "handed_back", s.handedBack,
 		"episode", s.last.Sub(s.first).Round(time.Millisecond).String())
-	s.refusedN = 0
+	s.handedBack = 0
 }
 
 // start counts and serves one connection.
@@ -396,7 +401,7 @@ func (w *Worker) flushDone(ctx context.Context) {
 		}
 		if n := w.done.Swap(0); n > 0 {
 			var msg [5]byte
-			msg[0] = msgDone
+			msg[0] = ipc.MsgDone
 			binary.LittleEndian.PutUint32(msg[1:], n)
 			w.send(msg[:], -1)
 		}
@@ -432,7 +437,7 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 	}
 }
 
-func (w *Worker) heartbeat(ctx context.Context, h Handler, stats func() map[string]any) {
+func (w *Worker) heartbeat(ctx context.Context, h Handler, handlerStats func() *stats.Worker) {
 	rc, _ := h.(RequestCounter)
 	every := w.params.Heartbeat
 	if every <= 0 {
@@ -450,11 +455,11 @@ func (w *Worker) heartbeat(ctx context.Context, h Handler, stats func() map[stri
 		if rc != nil {
 			r.Requests = rc.Requests()
 		}
-		if stats != nil {
-			r.Handler = stats()
+		if handlerStats != nil {
+			r.Handler = handlerStats()
 		}
 		b, _ := json.Marshal(r)
-		if err := w.send(append([]byte{msgHeartbeat}, b...), -1); err != nil {
+		if err := w.send(append([]byte{ipc.MsgHeartbeat}, b...), -1); err != nil {
 			return
 		}
 	}

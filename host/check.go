@@ -12,6 +12,7 @@ import (
 	"github.com/tetratelabs/wazero/api"
 
 	"github.com/wcluster/wcluster/abi"
+	"github.com/wcluster/wcluster/internal/instrument"
 )
 
 // Kind says how a module is served.
@@ -191,7 +192,7 @@ func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) 
 	code := wasm
 	if limited {
 		var ierr error
-		if code, ierr = instrument(wasm); ierr != nil {
+		if code, ierr = instrument.Module(wasm); ierr != nil {
 			// wazero's own error is the clearer one for a broken module.
 			if _, err := rt.CompileModule(ctx, wasm); err != nil {
 				return nil, fmt.Errorf("invalid WebAssembly module: %w", err)

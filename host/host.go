@@ -18,6 +18,7 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/wcluster/wcluster/abi"
+	"github.com/wcluster/wcluster/internal/stats"
 )
 
 // Options configure a Handler. Zero values mean "no limit" unless said.
@@ -144,7 +145,7 @@ type Stats struct {
 	FirstByteTimeouts, FirstByteShed, PartialTimeouts uint64
 	AwaitingFirst                                     int64
 	// Latency counts calls by duration: Latency[i] those that took at most
-	// LatencyBounds()[i], the last one those that took longer. LatencyNs is
+	// stats.LatencyBounds()[i], the last one those that took longer. LatencyNs is
 	// their total time. A call is one request for a handler that answers
 	// one and returns Keep; for one that loops, a whole connection.
 	Latency   [latencyBuckets]uint64
@@ -392,19 +393,11 @@ const maxStalls = 3
 // most HTTP clients; a longer one is read on by the guest as usual.
 const parkBuf = 4 << 10
 
-// latencyBuckets is len(LatencyBounds())+1: the last bucket is +Inf.
-const latencyBuckets = 17
+// latencyBuckets is len(latencyBounds())+1: the last bucket is +Inf. The
+// bounds are the stats contract's, which admin reads them from.
+const latencyBuckets = stats.LatencyBuckets
 
-// LatencyBounds are the upper bounds of Stats.Latency's buckets, in
-// seconds (Prometheus' convention), 100µs to 10s.
-func LatencyBounds() []float64 {
-	b := latencyBounds()
-	return b[:]
-}
-
-func latencyBounds() [latencyBuckets - 1]float64 {
-	return [...]float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
-}
+func latencyBounds() [latencyBuckets - 1]float64 { return stats.LatencyBounds() }
 
 func (h *Handler) latency() (out [latencyBuckets]uint64) {
 	for i := range out {

@@ -14,6 +14,7 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wcluster/wcluster/abi"
+	"github.com/wcluster/wcluster/internal/instrument"
 )
 
 // errDeadline marks a call stopped at the handler's time limit.
@@ -120,7 +121,7 @@ func (h *Handler) instantiate(ctx context.Context, inst *instance, cfg wazero.Mo
 	inst.mod = mod
 	inst.mem = mod.Memory()
 	if h.opts.Timeout > 0 {
-		g, ok := mod.ExportedGlobal(stopExport).(api.MutableGlobal)
+		g, ok := mod.ExportedGlobal(instrument.StopExport).(api.MutableGlobal)
 		if !ok {
 			return mod, errors.New("instantiate: the time-limit flag is missing")
 		}
@@ -130,7 +131,7 @@ func (h *Handler) instantiate(ctx context.Context, inst *instance, cfg wazero.Mo
 	}
 	// The module's start section (exported by instrument), then the
 	// start function the kind of module calls for.
-	for _, name := range []string{startExport, start} {
+	for _, name := range []string{instrument.StartExport, start} {
 		fn := mod.ExportedFunction(name)
 		if fn == nil {
 			continue
@@ -162,7 +163,7 @@ func (e *startLimitError) Is(target error) bool { return target == errDeadline }
 
 // startName is how an error names a start function.
 func startName(export string) string {
-	if export == startExport {
+	if export == instrument.StartExport {
 		return "the start function"
 	}
 	return export

@@ -8,34 +8,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wcluster/wcluster/dispatch"
 )
 
-// status is the part of `wcluster status --json` the tests read.
-type status struct {
-	PID        int `json:"pid"`
-	FDs        int `json:"fds"`
-	Goroutines int `json:"goroutines"`
-	Totals     struct {
-		Accepted      uint64 `json:"accepted"`
-		QueueTimeouts uint64 `json:"queue_timeouts"`
-		Requeued      uint64 `json:"requeued"`
-		Restarts      uint64 `json:"restarts"`
-		Recycled      uint64 `json:"recycled"`
-		HungKilled    uint64 `json:"hung_killed"`
-		Queued        int    `json:"queued"`
-		Generation    int    `json:"generation"`
-	} `json:"totals"`
-	Workers []struct {
-		ID       int            `json:"id"`
-		PID      int            `json:"pid"`
-		State    string         `json:"state"`
-		Accepted uint64         `json:"accepted"`
-		InFlight int64          `json:"in_flight"`
-		Unacked  int            `json:"unacked"`
-		Requeued uint64         `json:"requeued"`
-		Handler  map[string]any `json:"handler"`
-	} `json:"workers"`
-}
+// status is `wcluster status --json`, read with the types the master
+// writes it with: one contract, not a mirror of it.
+type status = dispatch.ClusterStatus
 
 // startControlled starts a server with a control socket.
 func startControlled(t *testing.T, args ...string) (*server, string) {

@@ -177,7 +177,7 @@ func TestGuestFaults(t *testing.T) {
 	h := st.Workers[0].Handler
 	st = waitStatus(t, ctl, "fault counters", func(st status) bool {
 		h = st.Workers[0].Handler
-		return h["traps"].(float64) >= 1 && h["timeouts"].(float64) >= 1 && h["memory_limit_hits"].(float64) >= 1
+		return h.Traps >= 1 && h.Timeouts >= 1 && h.MemoryLimitHits >= 1
 	})
 	s.waitOutput("guest stopped at its time limit", 5*time.Second)
 	s.waitOutput("guest ran out of memory", 5*time.Second)

@@ -125,14 +125,7 @@ func TestFDFloodMasterSurvives(t *testing.T) {
 	if st.Totals.Restarts != 1 {
 		t.Errorf("restarts = %d, want 1 (the kill)", st.Totals.Restarts)
 	}
-	var extra struct {
-		Totals struct {
-			SpawnFailures uint64 `json:"spawn_failures"`
-			AcceptPauses  uint64 `json:"accept_pauses"`
-			Starved       uint64 `json:"starved"`
-		} `json:"totals"`
-	}
-	readStatus(t, ctl, &extra)
+	extra := getStatus(t, ctl)
 	t.Logf("status: %+v", extra.Totals)
 	if table, err := run(t, "status", "--control", ctl); err != nil || !strings.Contains(table, "short of descriptors: accept pauses") {
 		t.Errorf("status table does not show the shortage: %v\n%s", err, table)
@@ -277,13 +270,7 @@ func TestSpawnFailureRetried(t *testing.T) {
 // masterSpawnFailures reads the master's count of workers it could not start.
 func masterSpawnFailures(t *testing.T, ctl string) uint64 {
 	t.Helper()
-	var st struct {
-		Totals struct {
-			SpawnFailures uint64 `json:"spawn_failures"`
-		} `json:"totals"`
-	}
-	readStatus(t, ctl, &st)
-	return st.Totals.SpawnFailures
+	return getStatus(t, ctl).Totals.SpawnFailures
 }
 
 // TestStoppedWorkerDoesNotStallAccept: a worker that stops reading its

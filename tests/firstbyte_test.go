@@ -19,16 +19,17 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wcluster/wcluster/internal/stats"
 )
 
-// handlerSum sums a handler counter over the workers of a status.
-func handlerSum(s status, key string) int {
-	n := 0
+// handlerSum sums the handler counters of the workers of a status.
+func handlerSum(s status) stats.Counters {
+	var c stats.Counters
 	for _, w := range s.Workers {
-		v, _ := w.Handler[key].(float64)
-		n += int(v)
+		c.Add(w.Handler.Counters)
 	}
-	return n
+	return c
 }
 
 // trickle writes req one byte every gap on c until it is all sent, the
@@ -87,7 +88,7 @@ func TestIdleAndTricklingDoNotDenyService(t *testing.T) {
 	// Every idle connection is waiting for its first byte, and every
 	// trickling one has been called once at least (its first byte).
 	waitStatus(t, ctl, "idle connections waiting, tricklers called", func(st status) bool {
-		return handlerSum(st, "awaiting_first_byte") >= idle && handlerSum(st, "calls") >= trickling
+		return handlerSum(st).AwaitingFirstByte >= idle && handlerSum(st).Calls >= trickling
 	})
 
 	client := newClient()
@@ -105,7 +106,7 @@ func TestIdleAndTricklingDoNotDenyService(t *testing.T) {
 	st := getStatus(t, ctl)
 	t.Logf("40 requests answered beside %d idle and %d trickling connections; slowest %v; instances live %s",
 		idle, trickling, worst.Round(time.Millisecond), instancesLive(st))
-	if n := handlerSum(st, "awaiting_first_byte"); n < idle {
+	if n := handlerSum(st).AwaitingFirstByte; n < idle {
 		t.Fatalf("%d connections waiting for a first byte, want %d: idle ones were closed or called", n, idle)
 	}
 }
@@ -128,9 +129,9 @@ func TestFirstByteDeadline(t *testing.T) {
 	}
 	t.Logf("silent connection closed after %v (first-byte timeout 1s)", took.Round(time.Millisecond))
 	st := waitStatus(t, ctl, "a first-byte timeout counted", func(st status) bool {
-		return handlerSum(st, "first_byte_timeouts") >= 1
+		return handlerSum(st).FirstByteTimeouts >= 1
 	})
-	if calls := handlerSum(st, "calls"); calls != 0 {
+	if calls := handlerSum(st).Calls; calls != 0 {
 		t.Fatalf("%d guest calls for a connection that sent nothing", calls)
 	}
 	if body, _, err := get(context.Background(), newClient(), s.url(), true); err != nil || body != "hello world\n" {
@@ -151,7 +152,7 @@ func TestFirstByteLimit(t *testing.T) {
 		conns = append(conns, c)
 	}
 	waitStatus(t, ctl, "connections shed", func(st status) bool {
-		return handlerSum(st, "first_byte_shed") == extra && handlerSum(st, "awaiting_first_byte") == limit
+		return handlerSum(st).FirstByteShed == extra && handlerSum(st).AwaitingFirstByte == limit
 	})
 	// Exactly extra of them were closed; the others still wait. (Which
 	// ones is the worker's order of arrival, near but not exactly the
@@ -224,7 +225,7 @@ func TestTricklerClosedAtPartialTimeout(t *testing.T) {
 		t.Fatalf("trickling connection: read %d bytes, err %v; want it closed at the partial timeout", n, err)
 	}
 	waitStatus(t, ctl, "a partial timeout counted", func(st status) bool {
-		return handlerSum(st, "partial_timeouts") >= 1
+		return handlerSum(st).PartialTimeouts >= 1
 	})
 }
 
@@ -282,7 +283,7 @@ func TestDrainKeepAliveNoErrors(t *testing.T) {
 		}
 	}
 	// wrk is under way once requests are being served.
-	seen(waitStatus(t, ctl, "wrk's requests served", func(st status) bool { return handlerSum(st, "calls") >= 1000 }))
+	seen(waitStatus(t, ctl, "wrk's requests served", func(st status) bool { return handlerSum(st).Calls >= 1000 }))
 
 	for i := 1; i <= 5; i++ {
 		if err := s.cmd.Process.Signal(syscall.SIGHUP); err != nil {

@@ -324,7 +324,7 @@ func TestHTTPWasmBadInput(t *testing.T) {
 	}
 	st := waitStatus(t, ctl, "traps, timeouts and memory limit hits counted", func(st status) bool {
 		h := st.Workers[0].Handler
-		return h["traps"] == 5.0 && h["timeouts"] == 1.0 && h["memory_limit_hits"] == 1.0
+		return h.Traps == 5 && h.Timeouts == 1 && h.MemoryLimitHits == 1
 	})
 	if st.Totals.Restarts != 0 {
 		t.Fatalf("a worker restarted: %+v", st.Totals)
@@ -409,7 +409,7 @@ func TestHTTPWasmUpstream(t *testing.T) {
 	}
 	s.waitOutput(`upstream failed`, 30*time.Second)
 	waitStatus(t, ctl, "upstream error counted", func(st status) bool {
-		return st.Workers[0].Handler["upstream_errors"] == 1.0
+		return st.Workers[0].Handler.UpstreamErrors == 1
 	})
 
 	var mu sync.Mutex
@@ -502,7 +502,7 @@ func TestHTTPWasmDrain(t *testing.T) {
 	busy := s.dial(t)
 	fmt.Fprint(busy, "GET /host/slow HTTP/1.1\r\nHost: x\r\n\r\n")
 	waitStatus(t, ctl, "the slow request in the guest", func(st status) bool {
-		return len(st.Workers) == 1 && st.Workers[0].Handler["calls"] == 2.0
+		return len(st.Workers) == 1 && st.Workers[0].Handler.Calls == 2
 	})
 	t0 := time.Now()
 	if out, err := run(t, "reload", "--control", ctl); err != nil {

@@ -95,8 +95,7 @@ func TestIdleKeepAliveConnections(t *testing.T) {
 		if len(s.Workers) != 1 {
 			return false
 		}
-		calls, _ := s.Workers[0].Handler["calls"].(float64)
-		return calls >= idleWarm
+		return s.Workers[0].Handler.Calls >= idleWarm
 	})
 	before := procKiB(t, worker)
 	liveBefore := instancesLive(st)
@@ -244,12 +243,11 @@ func raceBuild(t *testing.T, bin string) bool {
 func instancesLive(s status) string {
 	var p []string
 	for _, w := range s.Workers {
-		v, ok := w.Handler["instances_live"].(float64)
-		if !ok {
+		if !w.Handler.Reported() {
 			p = append(p, "?")
 			continue
 		}
-		p = append(p, strconv.Itoa(int(v)))
+		p = append(p, strconv.Itoa(int(w.Handler.InstancesLive)))
 	}
 	return strings.Join(p, ",")
 }

@@ -181,18 +181,17 @@ func TestMemoryBudgetFlood(t *testing.T) {
 		t.Errorf("only %d bomb calls in 15s", res.calls)
 	}
 	st := waitStatus(t, ctl, "refusals in the heartbeat", func(st status) bool {
-		n := 0.0
+		var n uint64
 		for _, w := range st.Workers {
-			r, _ := w.Handler["guest_memory_refusals"].(float64)
-			n += r
+			n += w.Handler.GuestMemoryRefusals
 		}
 		return n > 0
 	})
 	for _, w := range st.Workers {
-		if b, _ := w.Handler["guest_memory_budget"].(float64); b != 512<<20 {
-			t.Errorf("worker %d reports a budget of %v, want %d", w.ID, w.Handler["guest_memory_budget"], 512<<20)
+		if b := w.Handler.GuestMemoryBudget; b != 512<<20 {
+			t.Errorf("worker %d reports a budget of %v, want %d", w.ID, b, 512<<20)
 		}
-		if u, _ := w.Handler["guest_memory_in_use"].(float64); u > 512<<20 {
+		if u := w.Handler.GuestMemoryInUse; u > 512<<20 {
 			t.Errorf("worker %d reports %v bytes of guest memory in use, past its budget", w.ID, u)
 		}
 	}

@@ -112,8 +112,7 @@ func TestGuestOutputRateLimited(t *testing.T) {
 		}
 	}
 	st := waitStatus(t, ctl, "dropped lines counted", func(st status) bool {
-		n, _ := st.Workers[0].Handler["log_lines_dropped"].(float64)
-		return n == reported
+		return float64(st.Workers[0].Handler.LogLinesDropped) == reported
 	})
 	if logged < 200 || logged+int(reported) != 1000 {
 		t.Fatalf("1000 lines written: %d logged, %v reported dropped: want the burst of 200 logged and the rest dropped", logged, reported)
@@ -121,7 +120,7 @@ func TestGuestOutputRateLimited(t *testing.T) {
 	if got := ask(t, s, "hello"); got != "ok 1 hello\n" {
 		t.Fatalf("after the spew: got %q", got)
 	}
-	t.Logf("1000 lines written: %d logged, %v dropped (status %v)", logged, reported, st.Workers[0].Handler["log_lines_dropped"])
+	t.Logf("1000 lines written: %d logged, %v dropped (status %v)", logged, reported, st.Workers[0].Handler.LogLinesDropped)
 }
 
 // TestTrapLogsStack: a trap is one log entry whose stack field names the

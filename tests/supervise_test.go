@@ -319,8 +319,7 @@ func TestGuestKeepingWithoutReading(t *testing.T) {
 	}
 	s.waitOutput("guest keeps the connection without reading", 10*time.Second)
 	st := waitStatus(t, ctl, "guest errors counted", func(st status) bool {
-		v, _ := st.Workers[0].Handler["traps"].(float64)
-		return v >= 3
+		return st.Workers[0].Handler.Traps >= 3
 	})
 	if st.Workers[0].PID != pid {
 		t.Fatalf("worker restarted (%d → %d)", pid, st.Workers[0].PID)

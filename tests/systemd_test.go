@@ -47,24 +47,7 @@ func socketActivated(t *testing.T, extra []string, argv ...string) (*server, str
 	}
 }
 
-// activatedStatus is what the tests here read of `wcluster status --json`.
-type activatedStatus struct {
-	Listen    string   `json:"listen"`
-	Listeners []string `json:"listeners"`
-	PID       int      `json:"pid"`
-	Workers   []struct {
-		ID    int    `json:"id"`
-		PID   int    `json:"pid"`
-		State string `json:"state"`
-	} `json:"workers"`
-}
-
-func activatedStatusOf(t *testing.T, ctl string) activatedStatus {
-	t.Helper()
-	var s activatedStatus
-	readStatus(t, ctl, &s)
-	return s
-}
+func activatedStatusOf(t *testing.T, ctl string) status { return getStatus(t, ctl) }
 
 // TestSystemdSocketActivation: under systemd-socket-activate the master
 // serves the socket it was passed (it binds nothing: --listen names another
@@ -119,8 +102,8 @@ func TestSystemdSocketActivation(t *testing.T) {
 			if st.Listen != addr {
 				t.Errorf("status reports listen %q, want the activated %s", st.Listen, addr)
 			}
-			if len(st.Listeners) > 1 {
-				t.Errorf("status reports listeners %v, want only the activated %s", st.Listeners, addr)
+			if len(st.Groups) != 1 || len(st.Groups[0].Listeners) != 1 {
+				t.Errorf("status reports groups %+v, want one with only the activated %s", st.Groups, addr)
 			}
 			if st.PID != w.cmd.Process.Pid {
 				t.Errorf("master pid %d, want %d (the activator execs in place)", st.PID, w.cmd.Process.Pid)

@@ -106,12 +106,12 @@ instances_min = 1
 	}
 	defer r.Close(ctx)
 	st := routerStats(r, host.NewBudget(0))
-	if ts := st["tenants"].(map[string]any); len(ts) != 2 {
-		t.Errorf("stats: %v", st)
+	if len(st.Tenants) != 2 {
+		t.Errorf("stats: %+v", st)
 	}
 	// Totals over the tenants sit beside them: each created its warm instances.
-	if n, _ := st["instances_created"].(uint64); n < 2 {
-		t.Errorf("instances_created total %v, want the sum over 2 tenants: %v", st["instances_created"], st)
+	if st.InstancesCreated < 2 {
+		t.Errorf("instances_created total %v, want the sum over 2 tenants: %+v", st.InstancesCreated, st)
 	}
 
 	// A module that cannot be served is reported at its handler line.

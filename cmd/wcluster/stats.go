@@ -1,65 +1,44 @@
 package main
 
-// A worker's heartbeat counters, as the master, status and admin read them.
+// A worker's heartbeat counters (the stats contract), filled from the host's.
 
-import "github.com/wcluster/wcluster/host"
+import (
+	"github.com/wcluster/wcluster/host"
+	"github.com/wcluster/wcluster/internal/stats"
+)
 
-// routerStats are a worker's heartbeat counters: per tenant, and routing.
-func routerStats(r *host.Router, budget *host.Budget) map[string]any {
+// routerStats are the heartbeat counters of a worker serving tenants.
+func routerStats(r *host.Router, budget *host.Budget) *stats.Worker {
 	s := r.Stats()
-	tenants := map[string]any{}
+	w := &stats.Worker{Version: stats.Version, Misdirected: s.Misdirected, Malformed: s.Malformed, TLSFailures: s.TLSFailures}
 	for name, t := range s.Tenants {
-		st := handlerStats(t.Stats)
-		st["refused"] = t.Refused
-		tenants[name] = st
+		st := tenantStats(t.Stats)
+		st.Refused = t.Refused
+		w.AddTenant(name, st)
 	}
-	return withBudget(withTotals(map[string]any{"tenants": tenants, "misdirected": s.Misdirected, "malformed": s.Malformed, "tls_failures": s.TLSFailures}), budget)
+	return withBudget(w, budget)
 }
 
-// withTotals adds to a heartbeat's stats, beside "tenants", every counter
-// summed over the tenants, so readers of one handler's counters (status,
-// tests) find them whatever the worker serves.
-func withTotals(st map[string]any) map[string]any {
-	ts, _ := st["tenants"].(map[string]any)
-	for _, v := range ts {
-		m, _ := v.(map[string]any)
-		for k, x := range m {
-			var n uint64
-			switch v := x.(type) {
-			case uint64:
-				n = v
-			case int64:
-				n = uint64(max(v, 0))
-			default:
-				continue // the latency buckets stay per tenant
-			}
-			prev, _ := st[k].(uint64)
-			st[k] = prev + n
-		}
-	}
-	return st
-}
-
-func handlerStats(s host.Stats) map[string]any {
-	return map[string]any{
-		"conns": s.Conns, "calls": s.Calls, "traps": s.Traps, "timeouts": s.Timeouts,
-		"memory_limit_hits": s.MemLimit, "instances_created": s.Instances, "instances_live": s.Live,
-		"instance_ns": s.InstanceNs, "open": s.Open, "log_lines_dropped": s.LogDropped, "upstream_errors": s.UpstreamErrors,
-		"first_byte_timeouts": s.FirstByteTimeouts, "first_byte_shed": s.FirstByteShed,
-		"partial_timeouts": s.PartialTimeouts, "awaiting_first_byte": s.AwaitingFirst,
-		"latency": s.Latency[:], "latency_ns": s.LatencyNs,
-		"memory_budget": s.Memory.Limit, "memory_in_use": s.Memory.Used,
-		"memory_waits": s.Memory.Waits, "memory_refusals": s.Memory.Refusals,
+func tenantStats(s host.Stats) stats.Tenant {
+	return stats.Tenant{
+		Counters: stats.Counters{
+			Conns: s.Conns, Calls: s.Calls, Traps: s.Traps, Timeouts: s.Timeouts,
+			MemoryLimitHits: s.MemLimit, InstancesCreated: s.Instances, InstancesLive: s.Live,
+			InstanceNs: s.InstanceNs, Open: s.Open, LogLinesDropped: s.LogDropped, UpstreamErrors: s.UpstreamErrors,
+			FirstByteTimeouts: s.FirstByteTimeouts, FirstByteShed: s.FirstByteShed,
+			PartialTimeouts: s.PartialTimeouts, AwaitingFirstByte: s.AwaitingFirst, LatencyNs: s.LatencyNs,
+			MemoryWaits: s.Memory.Waits, MemoryRefusals: s.Memory.Refusals,
+		},
+		Latency:      s.Latency[:],
+		MemoryBudget: s.Memory.Limit, MemoryInUse: s.Memory.Used,
 	}
 }
 
-// withBudget adds the worker's guest memory budget to a heartbeat's stats
-// (in place of the tenants' budgets summed, which mean nothing).
-func withBudget(st map[string]any, b *host.Budget) map[string]any {
-	delete(st, "memory_budget")
-	delete(st, "memory_in_use")
+// withBudget adds the worker's guest memory budget: the one its tenants
+// share (their own budgets, summed, would mean nothing).
+func withBudget(w *stats.Worker, b *host.Budget) *stats.Worker {
 	bs := b.Stats()
-	st["guest_memory_budget"], st["guest_memory_in_use"] = bs.Limit, bs.Used
-	st["guest_memory_waits"], st["guest_memory_refusals"] = bs.Waits, bs.Refusals
-	return st
+	w.GuestMemoryBudget, w.GuestMemoryInUse = bs.Limit, bs.Used
+	w.GuestMemoryWaits, w.GuestMemoryRefusals = bs.Waits, bs.Refusals
+	return w
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/wcluster/wcluster/dispatch"
+	"github.com/wcluster/wcluster/internal/stats"
 )
 
 var controlFlag = &cli.StringFlag{Name: "control", Required: true, Usage: "the master's --control socket"}
@@ -32,6 +33,11 @@ func statusCommand() *cli.Command {
 			if err := json.Unmarshal(b, &s); err != nil {
 				return fmt.Errorf("bad reply from master: %w", err)
 			}
+			for _, ws := range s.Workers {
+				if v := ws.Handler.Version; v != 0 && v != stats.Version {
+					return fmt.Errorf("the master reports worker counters of version %d, this binary reads version %d: run the status command of the binary the master runs (or use --json)", v, stats.Version)
+				}
+			}
 			var buf bytes.Buffer
 			fmt.Fprintf(&buf, "master pid %d: %d fds, %d goroutines\n", s.PID, s.FDs, s.Goroutines)
 			for _, g := range s.Groups {
@@ -46,10 +52,10 @@ func statusCommand() *cli.Command {
 					fmt.Fprintf(&buf, "  short of descriptors: accept pauses %d, connections handed back %d, failed worker starts %d\n",
 						t.AcceptPauses, t.Starved, t.SpawnFailures)
 				}
-				fmt.Fprintf(&buf, "  %-4s %-8s %-9s %-10s %9s %9s %9s %8s %8s %9s %8s  %s\n", "id", "pid", "state", "uptime", "accepted", "inflight", "completed", "refused", "requeued", "requests", "rss", "guest memory (in use/budget, waits, refusals)")
+				fmt.Fprintf(&buf, "  %-4s %-8s %-9s %-10s %9s %9s %9s %11s %8s %9s %8s  %s\n", "id", "pid", "state", "uptime", "accepted", "inflight", "completed", "handed back", "requeued", "requests", "rss", "guest memory (in use/budget, waits, refusals)")
 				for _, ws := range g.Workers {
-					fmt.Fprintf(&buf, "  %-4d %-8d %-9s %-10s %9d %9d %9d %8d %8d %9d %7dM  %s\n", ws.ID, ws.PID, ws.State, ws.Uptime,
-						ws.Accepted, ws.InFlight, ws.Completed, ws.Refused, ws.Requeued, ws.Requests, ws.RSS>>20, guestMemoryText(ws.Handler))
+					fmt.Fprintf(&buf, "  %-4d %-8d %-9s %-10s %9d %9d %9d %11d %8d %9d %7dM  %s\n", ws.ID, ws.PID, ws.State, ws.Uptime,
+						ws.Accepted, ws.InFlight, ws.Completed, ws.HandedBack, ws.Requeued, ws.Requests, ws.RSS>>20, guestMemoryText(ws.Handler))
 				}
 			}
 			w.Write(buf.Bytes())
@@ -60,17 +66,16 @@ func statusCommand() *cli.Command {
 
 // guestMemoryText is a worker's guest memory from its heartbeat: in use of
 // the budget, and the waits and refusals for memory.
-func guestMemoryText(h map[string]any) string {
-	num := func(k string) uint64 { v, _ := h[k].(float64); return uint64(v) }
-	if _, ok := h["guest_memory_budget"]; !ok {
+func guestMemoryText(h stats.Worker) string {
+	if !h.Reported() {
 		return "-"
 	}
 	budget := "none"
-	if b := num("guest_memory_budget"); b > 0 {
+	if b := h.GuestMemoryBudget; b > 0 {
 		budget = sizeText(b)
 	}
-	return fmt.Sprintf("%dM/%s, %d waits, %d refusals", num("guest_memory_in_use")>>20, budget,
-		num("guest_memory_waits"), num("guest_memory_refusals"))
+	return fmt.Sprintf("%dM/%s, %d waits, %d refusals", h.GuestMemoryInUse>>20, budget,
+		h.GuestMemoryWaits, h.GuestMemoryRefusals)
 }
 
 func reloadCommand() *cli.Command {

@@ -14,6 +14,7 @@ import (
 	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
+	"github.com/wcluster/wcluster/internal/stats"
 )
 
 // runWorker is the worker process: it builds its group's tenants from the
@@ -54,7 +55,7 @@ func runWorker(stderr io.Writer) int {
 		return 1
 	}
 	defer r.Close(ctx)
-	if err := w.Serve(ctx, r, func() map[string]any { return routerStats(r, budget) }); err != nil {
+	if err := w.Serve(ctx, r, func() *stats.Worker { return routerStats(r, budget) }); err != nil {
 		log.Warn("worker stopped", "err", err)
 		return 1
 	}

@@ -1,4 +1,8 @@
-package host
+// Package instrument rewrites a WebAssembly module so that a host can stop
+// it at a time limit: checks on every function entry and loop iteration,
+// a stop flag exported as StopExport, and its start function exported as
+// StartExport for the host to run as a call under the limit.
+package instrument
 
 import (
 	"errors"
@@ -7,24 +11,24 @@ import (
 	"strings"
 )
 
-// stopExport names the global through which the host stops a guest that
-// overruns its time limit. instrument adds it to the module; no code of
+// StopExport names the global through which the host stops a guest that
+// overruns its time limit. Module adds it to the module; no code of
 // the guest's own can name it.
-const stopExport = "wcluster.stop"
+const StopExport = "wcluster.stop"
 
-// startExport names the module's start function (its start section), which
-// instrument exports instead, so that the host runs it as a call under the
+// StartExport names the module's start function (its start section), which
+// Module exports instead, so that the host runs it as a call under the
 // time limit rather than inside instantiation, where nothing can stop it.
-const startExport = "wcluster.start"
+const StartExport = "wcluster.start"
 
 // yieldEvery is how many checks pass between two exits to Go.
 const yieldEvery = 10000
 
-// instrument returns a copy of a module in which every function, on entry,
+// Module returns a copy of a module in which every function, on entry,
 // and every loop, at each iteration, counts down an added global; every
 // yieldEvery counts an added function exits to Go and back (memory.grow 0,
 // which wazero runs in Go), then traps with unreachable if the added stop
-// flag (exported as stopExport) is non-zero.
+// flag (exported as StopExport) is non-zero.
 //
 // Why not wazero's own WithCloseOnContextDone: it leaves the compiled code
 // for Go at every loop iteration, and starts a goroutine per call, which
@@ -38,10 +42,10 @@ const yieldEvery = 10000
 //
 // All that is added is appended (a type, a function, globals, exports), so
 // no index of the module's own changes. A start section becomes an export
-// (startExport), for the host to run under the limit. The DWARF sections, whose code
+// (StartExport), for the host to run under the limit. The DWARF sections, whose code
 // offsets the checks shift, are dropped: a trap's trace then names
 // functions without source lines.
-func instrument(wasm []byte) ([]byte, error) {
+func Module(wasm []byte) ([]byte, error) {
 	if len(wasm) < 8 || string(wasm[:4]) != "\x00asm" {
 		return nil, errors.New("not a WebAssembly module")
 	}
@@ -80,7 +84,7 @@ func instrument(wasm []byte) ([]byte, error) {
 		case secType, secFunction, secMemory, secGlobal:
 			count[s.id] = sr.u32()
 		case secExport:
-			if err := checkExportFree(sr, stopExport, startExport); err != nil {
+			if err := checkExportFree(sr, StopExport, StartExport); err != nil {
 				return nil, err
 			}
 		case secStart:
@@ -119,11 +123,11 @@ func instrument(wasm []byte) ([]byte, error) {
 			{valI32, 0x01, opI32Const, 0x00, opEnd},
 			append(appendSLEB([]byte{valI32, 0x01, opI32Const}, yieldEvery), opEnd),
 		},
-		secExport: {appendU32(append(appendName(nil, stopExport), exportGlobal), stop)},
+		secExport: {appendU32(append(appendName(nil, StopExport), exportGlobal), stop)},
 		secCode:   {append(appendU32(nil, uint32(len(body))), body...)},
 	}
 	if hasStart {
-		add[secExport] = append(add[secExport], appendU32(append(appendName(nil, startExport), exportFunc), start))
+		add[secExport] = append(add[secExport], appendU32(append(appendName(nil, StartExport), exportFunc), start))
 	}
 	if imp.memories == 0 && count[secMemory] == 0 {
 		add[secMemory] = [][]byte{{0x00, 0x00}} // one memory of 0 pages, for memory.grow
@@ -144,7 +148,7 @@ func instrument(wasm []byte) ([]byte, error) {
 	for _, s := range secs {
 		contents := wasm[s.start:s.end]
 		if s.id == secStart {
-			continue // exported as startExport instead
+			continue // exported as StartExport instead
 		}
 		if s.id == secCustom {
 			if name := (&reader{b: contents}).name(); !strings.HasPrefix(name, ".debug_") {

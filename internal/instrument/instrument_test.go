@@ -1,4 +1,4 @@
-package host
+package instrument
 
 import (
 	"context"
@@ -39,7 +39,7 @@ func TestInstrumentGuests(t *testing.T) {
 	rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfigInterpreter())
 	defer rt.Close(ctx)
 	for name, wasm := range mods {
-		out, err := instrument(wasm)
+		out, err := Module(wasm)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -54,7 +54,7 @@ func TestInstrumentGuests(t *testing.T) {
 		if a, b := len(orig.ExportedFunctions()), len(cm.ExportedFunctions()); a != b {
 			t.Errorf("%s: %d exported functions, %d after", name, a, b)
 		}
-		if _, err := instrument(out); err == nil || !strings.Contains(err.Error(), stopExport) {
+		if _, err := Module(out); err == nil || !strings.Contains(err.Error(), StopExport) {
 			t.Errorf("%s: instrumenting twice: %v, want the reserved name refused", name, err)
 		}
 	}
@@ -96,7 +96,7 @@ func handModule() []byte {
 // a recursion without loops, and stops each with the flag.
 func TestInstrumentStops(t *testing.T) {
 	t.Parallel()
-	out, err := instrument(handModule())
+	out, err := Module(handModule())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestInstrumentStops(t *testing.T) {
 		if r, err := mod.ExportedFunction("add").Call(ctx, 2, 3); err != nil || r[0] != 5 {
 			t.Fatalf("add(2, 3) = %v, %v", r, err)
 		}
-		flag, ok := mod.ExportedGlobal(stopExport).(api.MutableGlobal)
+		flag, ok := mod.ExportedGlobal(StopExport).(api.MutableGlobal)
 		if !ok {
 			t.Fatal("no mutable stop flag exported")
 		}
@@ -164,61 +164,11 @@ func TestInstrumentRefuses(t *testing.T) {
 			appendSection(nil, 3, []byte{1, 0}), appendSection(nil, 10, []byte{1, 3, 0x00, 0xff, 0x0b})),
 		"empty types": []byte("\x00asm\x01\x00\x00\x00\x01\x05\x01"),
 	} {
-		if _, err := instrument(b); err == nil {
+		if _, err := Module(b); err == nil {
 			t.Errorf("%s: instrumented without an error", name)
 		}
 	}
-	if _, err := instrument(nil); err == nil {
+	if _, err := Module(nil); err == nil {
 		t.Error("nil: instrumented without an error")
-	}
-}
-
-// TestStartSectionUnderLimit: a module whose start section never ends is
-// stopped at the time limit (instrument exports the start function for the
-// host to call, as it cannot stop what runs inside instantiation), and New
-// says so.
-func TestStartSectionUnderLimit(t *testing.T) {
-	t.Parallel()
-	sec := func(id byte, parts ...[]byte) []byte { return appendSection(nil, id, parts...) }
-	m := []byte("\x00asm\x01\x00\x00\x00")
-	m = append(m, sec(1, []byte{2, 0x60, 0x00, 0x00, 0x60, 0x01, 0x7f, 0x01, 0x7f})...)
-	m = append(m, sec(3, []byte{3, 0, 0, 1})...)
-	m = append(m, sec(5, []byte{1, 0x00, 0x01})...)
-	exp := appendU32(nil, 3)
-	exp = append(appendName(exp, "memory"), 0x02, 0)
-	exp = append(appendName(exp, "wcluster_abi_v1"), 0x00, 1)
-	exp = append(appendName(exp, "wcluster_handle"), 0x00, 2)
-	m = append(m, sec(7, exp)...)
-	m = append(m, sec(8, []byte{0})...)
-	spin := []byte{0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b}
-	nop := []byte{0x00, 0x0b}
-	handle := []byte{0x00, 0x41, 0x00, 0x0b}
-	code := appendU32(nil, 3)
-	for _, b := range [][]byte{spin, nop, handle} {
-		code = append(appendU32(code, uint32(len(b))), b...)
-	}
-	m = append(m, sec(10, code)...)
-
-	ctx := context.Background()
-	type result struct {
-		h   *Handler
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		h, err := New(ctx, Options{Name: "start", Wasm: m, Timeout: 300 * time.Millisecond})
-		done <- result{h, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err == nil {
-			r.h.Close(ctx)
-			t.Fatal("New served a module whose start function never ends")
-		}
-		if !strings.Contains(r.err.Error(), "start function ran past the 300ms time limit") {
-			t.Fatalf("New: %v, want the start function named as past its time limit", r.err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("New still runs 20s after the start function's 300ms limit")
 	}
 }

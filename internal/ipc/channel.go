@@ -1,0 +1,162 @@
+package ipc
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Channel is one end of a SOCK_SEQPACKET socket pair: every send is one
+// message, delivered whole and in order, with its fd if any.
+type Channel struct {
+	c *net.UnixConn
+}
+
+// NewChannel makes a Channel of f (one end of a SOCK_SEQPACKET pair),
+// which it takes over.
+func NewChannel(f *os.File) (*Channel, error) {
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, errors.New("channel: not a unix socket")
+	}
+	return &Channel{c: uc}, nil
+}
+
+// SocketPair returns the master's and the worker's ends of a new channel.
+func SocketPair() (*Channel, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, os.NewSyscallError("socketpair", err)
+	}
+	ch, err := NewChannel(os.NewFile(uintptr(fds[0]), "channel"))
+	if err != nil {
+		unix.Close(fds[1])
+		return nil, nil, err
+	}
+	return ch, os.NewFile(uintptr(fds[1]), "channel"), nil
+}
+
+// Send writes one message, passing fd along when fd >= 0.
+func (ch *Channel) Send(msg []byte, fd int) error {
+	var oob []byte
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
+	}
+	_, _, err := ch.c.WriteMsgUnix(msg, oob, nil)
+	return err
+}
+
+// SendNow is Send without waiting: a full channel (the worker is not
+// reading: hung, stopped, or far behind) is EAGAIN, not a wait, so one
+// worker cannot stall the master's accept loop.
+func (ch *Channel) SendNow(msg []byte, fd int) error {
+	rc, err := ch.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var oob []byte
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
+	}
+	var serr error
+	if err := rc.Write(func(s uintptr) bool {
+		serr = unix.Sendmsg(int(s), msg, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		return true
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return os.NewSyscallError("sendmsg", serr)
+	}
+	return nil
+}
+
+// Recv reads one message into buf and returns it with the fds it carried.
+// On any error every received fd is closed. A message whose fds did not
+// all arrive (MSG_CTRUNC: the receiver is out of descriptors) is returned
+// whole, without fds, with ErrTruncated: it costs that message's fds, not
+// the channel.
+func (ch *Channel) Recv(buf, oob []byte) ([]byte, []int, error) {
+	n, oobn, flags, _, err := ch.c.ReadMsgUnix(buf, oob)
+	return received(buf, oob, n, oobn, flags, err)
+}
+
+// received turns what recvmsg returned into a message and its fds.
+func received(buf, oob []byte, n, oobn, flags int, err error) ([]byte, []int, error) {
+	var fds []int
+	if oobn > 0 {
+		scms, perr := unix.ParseSocketControlMessage(oob[:oobn])
+		if perr == nil {
+			for _, scm := range scms {
+				got, rerr := unix.ParseUnixRights(&scm)
+				if rerr == nil {
+					fds = append(fds, got...)
+				}
+			}
+		}
+	}
+	switch {
+	case err != nil:
+	case n == 0:
+		err = ErrEOF
+	case flags&unix.MSG_CTRUNC != 0:
+		CloseAll(fds)
+		return buf[:n], nil, ErrTruncated
+	}
+	if err != nil {
+		CloseAll(fds)
+		return nil, nil, err
+	}
+	return buf[:n], fds, nil
+}
+
+// ErrTruncated: a message arrived without (all of) its fds, which the
+// kernel closed. The message itself is intact.
+var ErrTruncated = errors.New("channel: fds of a message not received (MSG_CTRUNC: out of file descriptors?)")
+
+// TryRecv is Recv without waiting: ok is false when no message is there.
+func (ch *Channel) TryRecv(buf, oob []byte) (msg []byte, fds []int, ok bool, err error) {
+	rc, err := ch.c.SyscallConn()
+	if err != nil {
+		return nil, nil, false, err
+	}
+	var n, oobn, flags int
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		return true
+	}); err != nil {
+		return nil, nil, false, err
+	}
+	if rerr == unix.EAGAIN {
+		return nil, nil, false, nil
+	}
+	msg, fds, err = received(buf, oob, n, oobn, flags, rerr)
+	return msg, fds, msg != nil, err
+}
+
+// ErrEOF: the peer closed its side (or exited).
+var ErrEOF = errors.New("channel: end of stream")
+
+// CloseAll closes received fds.
+func CloseAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// CloseWrite half-closes the channel: the peer reads every message already
+// sent, then end of stream. It is how the master tells a worker to drain.
+func (ch *Channel) CloseWrite() error { return ch.c.CloseWrite() }
+
+// Close closes the channel.
+func (ch *Channel) Close() error { return ch.c.Close() }

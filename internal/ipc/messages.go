@@ -1,0 +1,58 @@
+// Package ipc is the framing of the channel between the master and a
+// worker: a SOCK_SEQPACKET socket pair whose every send is one message,
+// delivered whole and in order, with the fd it passes (SCM_RIGHTS) if any.
+// It owns the message types and their encoding; what each message means
+// to the master and to a worker is the dispatch package's.
+package ipc
+
+import "encoding/binary"
+
+// Version is the protocol on the channel: the message types and their
+// layout below. The master tells a worker its version (in the worker's
+// boot configuration) and a worker of another version refuses to start:
+// that is a worker from another binary, replaced on disk while an older
+// master runs.
+const Version = 1
+
+// Message types on a worker's channel; the first byte of every message.
+const (
+	MsgNewConn byte = 1 // master→worker: seq u64, listener u8, with one fd
+	// 2 is unused (a single ack once; MsgAcks answers every newconn).
+	MsgDone      byte = 3 // worker→master: count u32 connections finished
+	MsgReady     byte = 4 // worker→master: serving
+	MsgHeartbeat byte = 5 // worker→master: JSON workerReport
+	MsgFatal     byte = 6 // worker→master: the reason it cannot serve, text
+	// MsgAcks answers several newconns at once and carries the connections
+	// finished since the last report: done u32, then seq u64 and answer
+	// u8 per newconn. MsgDone carries the connections finished between
+	// batches.
+	MsgAcks byte = 7
+)
+
+// MaxAcks bounds the newconns one MsgAcks answers.
+const MaxAcks = 64
+
+// A worker's answer to one newconn (the byte after its seq). A worker takes
+// every connection whose fd arrives; the only other answer is starved.
+const (
+	AckAccepted byte = 1 // taken: the master closes its copy
+	// AckStarved: its fd did not arrive (the worker is out of
+	// descriptors); the master gives it to another worker, or holds it,
+	// and sends this one nothing more until it has room again.
+	AckStarved byte = 2
+)
+
+// NewConnMsg is the newconn message for connection seq from listener lis.
+func NewConnMsg(seq uint64, lis int) [10]byte {
+	var msg [10]byte
+	msg[0] = MsgNewConn
+	binary.LittleEndian.PutUint64(msg[1:], seq)
+	msg[9] = byte(lis)
+	return msg
+}
+
+// AppendAck appends one newconn's answer to a MsgAcks message.
+func AppendAck(b []byte, seq uint64, answer byte) []byte {
+	b = binary.LittleEndian.AppendUint64(b, seq)
+	return append(b, answer)
+}
