@@ -5,13 +5,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wcluster/wcluster/internal/testfiles"
 )
 
 // TestGuestBudgetConfig: [cluster] sets every group's budget per worker, a
 // group's own overrides it, tenants of a group must agree, a tenant's own
 // budget reaches its limits; "auto" shares the default over every worker.
 func TestGuestBudgetConfig(t *testing.T) {
-	dir := writeFiles(t, map[string]string{"h.wasm": wasmMagic})
+	dir := testfiles.Dir(t, map[string]string{"h.wasm": wasmMagic})
 	load := func(src string) (*Config, error) {
 		p := filepath.Join(dir, "c.toml")
 		os.WriteFile(p, []byte(src), 0o644)

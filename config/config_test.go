@@ -1,69 +1,23 @@
 package config
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wcluster/wcluster/internal/testfiles"
 )
-
-// writeFiles creates files (path relative to dir: content) and returns dir.
-func writeFiles(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
-// writeCert writes a self-signed certificate for names as cert.pem and
-// key.pem under dir/prefix.
-func writeCert(t *testing.T, dir, prefix string, names ...string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, prefix+"cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(filepath.Join(dir, prefix+"key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-}
 
 const wasmMagic = "\x00asm\x01\x00\x00\x00"
 
 func load(path string) (*Config, error) { return Load(path, Default()) }
 
 func TestLoadConfig(t *testing.T) {
-	dir := writeFiles(t, map[string]string{
+	dir := testfiles.Dir(t, map[string]string{
 		"a.wasm": wasmMagic, "wasm/b.wasm": wasmMagic, "c.wasm": wasmMagic,
 		"data/readme": "hi",
 		"wcluster.toml": `[cluster]
@@ -101,7 +55,7 @@ group = "isolated"
 workers = 1
 `})
 	os.Mkdir(filepath.Join(dir, "certs"), 0o755)
-	writeCert(t, filepath.Join(dir, "certs"), "c-", "c.example.com")
+	testfiles.Cert(t, filepath.Join(dir, "certs"), "c-", "c.example.com")
 	c, err := load(filepath.Join(dir, "wcluster.toml"))
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +110,7 @@ workers = 1
 
 // TestLoadConfigErrors: every problem is reported, each with its line.
 func TestLoadConfigErrors(t *testing.T) {
-	dir := writeFiles(t, map[string]string{
+	dir := testfiles.Dir(t, map[string]string{
 		"ok.wasm": wasmMagic, "notwasm.wasm": "hello", "file": "x",
 		"bad.toml": `[cluster]
 workerz = 2
@@ -248,8 +202,8 @@ mount = "nodir"
 }
 
 func TestLoadConfigMore(t *testing.T) {
-	dir := writeFiles(t, map[string]string{"h.wasm": wasmMagic})
-	writeCert(t, dir, "", "x.test")
+	dir := testfiles.Dir(t, map[string]string{"h.wasm": wasmMagic})
+	testfiles.Cert(t, dir, "", "x.test")
 	for _, c := range []struct{ name, src, want string }{
 		{"syntax", "[cluster]\nworkers = \n", `:2: `},
 		{"no tenants", "[cluster]\nworkers = 1\n", `no [[tenant]]`},
@@ -281,7 +235,7 @@ func TestLoadConfigMore(t *testing.T) {
 // @FILE relative to the config file) reach its handler options; bad ones
 // are reported at their line.
 func TestConfigHTTPWasmKeys(t *testing.T) {
-	dir := writeFiles(t, map[string]string{
+	dir := testfiles.Dir(t, map[string]string{
 		"a.wasm": wasmMagic, "secret.txt": "open sesame",
 		"wcluster.toml": `[[tenant]]
 name = "a"
@@ -314,7 +268,7 @@ guest_config = "plain"
 		t.Errorf("tenant b: upstream %q guest_config %q", b.Upstream, b.GuestConfig)
 	}
 
-	bad := writeFiles(t, map[string]string{"a.wasm": wasmMagic, "bad.toml": `[[tenant]]
+	bad := testfiles.Dir(t, map[string]string{"a.wasm": wasmMagic, "bad.toml": `[[tenant]]
 name = "a"
 handler = "a.wasm"
 listen = ["127.0.0.1:8080"]

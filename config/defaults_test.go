@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wcluster/wcluster/internal/testfiles"
+
 	"github.com/wcluster/wcluster/guests/embedded"
 )
 
@@ -41,7 +43,7 @@ func TestFlagsTable(t *testing.T) {
 // TestFlagsAreDefaults: a flag set is the default of a file's keys; the
 // file's own keys win; a one-handler flag is not a default.
 func TestFlagsAreDefaults(t *testing.T) {
-	dir := writeFiles(t, map[string]string{"h.wasm": wasmMagic, "c.toml": `[cluster]
+	dir := testfiles.Dir(t, map[string]string{"h.wasm": wasmMagic, "c.toml": `[cluster]
 workers = 3
 [[tenant]]
 name = "a"
@@ -93,7 +95,7 @@ listen = ["127.0.0.1:9001"]
 // whose one plaintext default tenant the worker serves unrouted; the
 // embedded handler when none is given.
 func TestSingle(t *testing.T) {
-	dir := writeFiles(t, map[string]string{"h.wasm": wasmMagic})
+	dir := testfiles.Dir(t, map[string]string{"h.wasm": wasmMagic})
 	d := Default()
 	d.Set("workers", "3")
 	d.Set("listen", "127.0.0.1:0")

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wcluster/wcluster/internal/testfiles"
 )
 
 // TestGroupConfigsOwnTenantsOnly: a group's workers receive their own
@@ -13,7 +15,7 @@ import (
 // sandbox reads the cache and the group's mounts only; user and
 // worker_env come from the file.
 func TestGroupConfigsOwnTenantsOnly(t *testing.T) {
-	dir := writeFiles(t, map[string]string{
+	dir := testfiles.Dir(t, map[string]string{
 		"a.wasm": wasmMagic + "AAAA", "b.wasm": wasmMagic + "BBBB", "a-data/x": "x",
 		"wcluster.toml": `
 [cluster]

@@ -2,75 +2,28 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/wcluster/wcluster/internal/testfiles"
 
 	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/guests/embedded"
 	"github.com/wcluster/wcluster/host"
 )
 
-// writeFiles creates files (path relative to dir: content) and returns dir.
-func writeFiles(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
-// writeCert writes a self-signed certificate for names as cert.pem and
-// key.pem under dir/prefix.
-func writeCert(t *testing.T, dir, prefix string, names ...string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, prefix+"cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(filepath.Join(dir, prefix+"key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-}
-
 const wasmMagic = "\x00asm\x01\x00\x00\x00"
 
 // TestConfigRouter: a plan builds a worker's Router: the modules compile,
 // the certificates load, the listeners hold their tenants.
 func TestConfigRouter(t *testing.T) {
-	dir := writeFiles(t, map[string]string{"hello.wasm": string(embedded.Hello), "bad.wasm": wasmMagic})
-	writeCert(t, dir, "", "s.test")
+	dir := testfiles.Dir(t, map[string]string{"hello.wasm": string(embedded.Hello), "bad.wasm": wasmMagic})
+	testfiles.Cert(t, dir, "", "s.test")
 	cache := filepath.Join(os.TempDir(), "wcluster-cmd-test-cache")
 	src := `[cluster]
 cache_dir = "` + cache + `"
