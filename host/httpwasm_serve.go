@@ -129,6 +129,10 @@ func (w *web) newProxy(u *url.URL) *httputil.ReverseProxy {
 				pr.Out.Header["X-Forwarded-For"] = xff // SetXForwarded appends to it
 			}
 			pr.SetXForwarded()
+			// The client's 100-continue is answered here, when the body is
+			// first read; forwarded, the upstream's own 100 would reach the
+			// client as a second interim response.
+			pr.Out.Header.Del("Expect")
 		},
 		Transport:    tr,
 		ErrorLog:     slog.NewLogLogger(w.h.opts.Logger.Handler(), slog.LevelDebug),
