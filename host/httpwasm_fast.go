@@ -47,6 +47,10 @@ type fastConn struct {
 	idleAt  time.Time // the idle deadline set on f (zero: none yet)
 	headDL  bool      // a read timeout (for a head) is set on f instead
 	dateSec int64
+	// now is when the request being served got its instance (read once:
+	// the time limit, the latency and the Date header use it; zero before);
+	// last is when the previous answer ended.
+	now     time.Time
 	dateBuf []byte
 
 	// On a shared listener (c.route set): routed says the request at off
@@ -175,10 +179,14 @@ func (fc *fastConn) loop() []byte {
 			return fc.rest() // not for the fast path: net/http answers it
 		}
 		fc.off += used
+		fc.now = time.Time{} // ServeHTTP sets it once it has an instance
+		last := fc.last
 		if !fc.serve(req) {
 			return nil
 		}
-		fc.last = time.Now()
+		if fc.last.Equal(last) { // not set by ServeHTTP: refused early
+			fc.last = time.Now()
+		}
 	}
 }
 
@@ -253,7 +261,10 @@ func (fc *fastConn) route() bool {
 
 // date is the Date header's value, formatted once a second.
 func (fc *fastConn) date() []byte {
-	now := time.Now()
+	now := fc.now
+	if now.IsZero() {
+		now = time.Now()
+	}
 	if sec := now.Unix(); sec != fc.dateSec {
 		fc.dateSec = sec
 		fc.dateBuf = now.UTC().AppendFormat(fc.dateBuf[:0], http.TimeFormat)
@@ -506,15 +517,22 @@ func appendStatus(out []byte, code int) []byte {
 // appendHeaders writes hdr (trailer-prefixed keys left out).
 func appendHeaders(out []byte, hdr http.Header) []byte {
 	for k, vs := range hdr {
-		if strings.HasPrefix(k, http.TrailerPrefix) {
-			continue
-		}
-		for _, v := range vs {
-			out = append(out, k...)
-			out = append(out, ": "...)
-			out = append(out, v...)
-			out = append(out, "\r\n"...)
-		}
+		out = appendHeader(out, k, vs)
+	}
+	return out
+}
+
+// appendHeader appends the lines of header k (none for a trailer's
+// declaration).
+func appendHeader(out []byte, k string, vs []string) []byte {
+	if strings.HasPrefix(k, http.TrailerPrefix) {
+		return out
+	}
+	for _, v := range vs {
+		out = append(out, k...)
+		out = append(out, ": "...)
+		out = append(out, v...)
+		out = append(out, "\r\n"...)
 	}
 	return out
 }
@@ -523,26 +541,28 @@ func (fw *fastWriter) writeHead() {
 	fw.wrote = true
 	code := fw.status
 	fw.nobody = fw.head || code < 200 || code == http.StatusNoContent || code == http.StatusNotModified
+	// The keys are canonical (the host functions and net/http's helpers
+	// set them so): the map is indexed directly, and walked once.
 	hdr := fw.hdr
 	if code == http.StatusNoContent || code == http.StatusNotModified || code < 200 {
-		hdr.Del("Content-Length")
-		hdr.Del("Transfer-Encoding")
-	} else if hdr.Get("Content-Length") == "" && !fw.head {
+		delete(hdr, "Content-Length")
+		delete(hdr, "Transfer-Encoding")
+	} else if firstValue(hdr, "Content-Length") == "" && !fw.head {
 		fw.chunked = true
-		hdr.Del("Transfer-Encoding")
+		delete(hdr, "Transfer-Encoding")
 	}
 	fw.clen = -1
-	if v := hdr.Get("Content-Length"); v != "" {
+	if v := firstValue(hdr, "Content-Length"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
 			// Not a length the client can frame by: close to end it.
-			hdr.Del("Content-Length")
+			delete(hdr, "Content-Length")
 			fw.close = true
 		} else {
 			fw.clen = n
 		}
 	}
-	hdr.Del("Connection")
+	delete(hdr, "Connection")
 	if fw.fc.w.h.draining.Load() {
 		fw.close = true // draining: this is the connection's last response
 	}
@@ -552,9 +572,9 @@ func (fw *fastWriter) writeHead() {
 		out = append(out, fw.fc.date()...)
 		out = append(out, "\r\n"...)
 	}
-	out = appendHeaders(out, hdr)
-	for k := range hdr {
+	for k, vs := range hdr {
 		fw.sent = append(fw.sent, k)
+		out = appendHeader(out, k, vs)
 	}
 	if fw.chunked {
 		out = append(out, "Transfer-Encoding: chunked\r\n"...)
@@ -563,6 +583,14 @@ func (fw *fastWriter) writeHead() {
 		out = append(out, "Connection: close\r\n"...)
 	}
 	fw.fc.out = append(out, "\r\n"...)
+}
+
+// firstValue is hdr.Get(key) for a canonical key.
+func firstValue(hdr http.Header, key string) string {
+	if vs := hdr[key]; len(vs) > 0 {
+		return vs[0]
+	}
+	return ""
 }
 
 func (fw *fastWriter) Write(p []byte) (int, error) {

@@ -444,7 +444,11 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.stats.calls.Add(1)
+	st := w.newReq(inst, rw, r)
 	begin := time.Now()
+	if st.fast != nil {
+		st.fast.now = begin
+	}
 	healthy := false
 	defer func() {
 		// Deferred, so that the instance goes back even if the code
@@ -452,8 +456,11 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		end := time.Now()
 		h.observe(end.Sub(begin))
 		h.release(inst, healthy, end)
+		if st.fast != nil {
+			st.fast.last = end
+		}
 	}()
-	abort, err := w.handle(inst, w.newReq(inst, rw, r))
+	abort, err := w.handle(inst, st, begin)
 	healthy = err == nil
 	if abort {
 		// The response had started: cutting the connection is the only way
@@ -487,7 +494,7 @@ func (w *web) newReq(inst *instance, rw http.ResponseWriter, r *http.Request) *w
 
 // handle runs the guest on st and answers; err is the guest's failure (the
 // instance is then discarded), abort asks to cut the connection.
-func (w *web) handle(inst *instance, st *webReq) (abort bool, err error) {
+func (w *web) handle(inst *instance, st *webReq, begin time.Time) (abort bool, err error) {
 	if inst.web == nil {
 		inst.web = &webInst{req: inst.mod.ExportedFunction(httpHandleRequest), resp: inst.mod.ExportedFunction(httpHandleResponse)}
 	}
@@ -496,7 +503,7 @@ func (w *web) handle(inst *instance, st *webReq) (abort bool, err error) {
 	defer func() { wi.cur = nil }()
 
 	wi.stack[0] = 0
-	if err := inst.callWeb(wi.req, wi.stack[:]); err != nil {
+	if err := inst.callWeb(wi.req, wi.stack[:], begin); err != nil {
 		return w.fail(st, err), err
 	}
 	ctxNext := wi.stack[0]
@@ -509,16 +516,16 @@ func (w *web) handle(inst *instance, st *webReq) (abort bool, err error) {
 	if failed {
 		wi.stack[1] = 1
 	}
-	if err := inst.callWeb(wi.resp, wi.stack[:]); err != nil {
+	if err := inst.callWeb(wi.resp, wi.stack[:], time.Now()); err != nil {
 		return w.fail(st, err), err
 	}
 	return st.finish(), nil
 }
 
-// callWeb calls fn on the instance within the time limit.
-func (inst *instance) callWeb(fn api.Function, stack []uint64) error {
+// callWeb calls fn on the instance within the time limit, counted from now.
+func (inst *instance) callWeb(fn api.Function, stack []uint64, now time.Time) error {
 	if inst.h.opts.Timeout > 0 {
-		inst.arm(time.Now())
+		inst.arm(now)
 	}
 	err := fn.CallWithStack(inst.ctx, stack)
 	timedOut := inst.disarm()
