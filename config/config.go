@@ -48,6 +48,7 @@ type Cluster struct {
 	QueueTimeout    time.Duration
 	ShutdownTimeout time.Duration
 	WorkerTimeout   time.Duration
+	TicketRotation  time.Duration // a new TLS session ticket key this often (0: never)
 	MaxRequests     int
 	MaxWorkerMemory uint64
 	GuestBudget     string // guest_memory_budget: "auto", "0" or a size per worker
@@ -496,7 +497,7 @@ var (
 var (
 	clusterKeys = []string{"workers", "sched", "backlog", "max_conns", "queue_size", "queue_timeout",
 		"shutdown_timeout", "worker_timeout", "max_requests", "max_worker_memory", "cache_dir", "log_level", "log_format", "control", "admin",
-		"guest_memory_budget", "user", "worker_env", "worker_sandbox"}
+		"guest_memory_budget", "user", "worker_env", "worker_sandbox", "tls_ticket_rotation"}
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
 		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget",
@@ -574,6 +575,7 @@ func (cr *configReader) readCluster(top *section) Cluster {
 	cl.QueueTimeout = s.duration("queue_timeout", cl.QueueTimeout)
 	cl.ShutdownTimeout = s.duration("shutdown_timeout", cl.ShutdownTimeout)
 	cl.WorkerTimeout = s.duration("worker_timeout", cl.WorkerTimeout)
+	cl.TicketRotation = s.duration("tls_ticket_rotation", cl.TicketRotation)
 	cl.MaxRequests = s.int("max_requests", cl.MaxRequests, 0)
 	cl.MaxWorkerMemory = s.size("max_worker_memory", cl.MaxWorkerMemory)
 	cl.GuestBudget = s.budget("guest_memory_budget", cl.GuestBudget)

@@ -65,6 +65,7 @@ func Flags() []Flag {
 		{"queue-timeout", "[cluster] queue_timeout", "10s", "close a held connection no worker took in this time", "", false},
 		{"shutdown-timeout", "[cluster] shutdown_timeout", "10s", "how long a graceful stop waits for open connections", "", false},
 		{"worker-timeout", "[cluster] worker_timeout", "30s", "kill and replace a worker silent for this long", "", false},
+		{"tls-ticket-rotation", "[cluster] tls_ticket_rotation", "1h", "make a new TLS session ticket key this often; the two before it still resume sessions (0: never)", "", false},
 		{"max-requests", "[cluster] max_requests", "0", "recycle a worker after about this many requests, +0-10% jitter (0: never)", "", false},
 		{"max-worker-memory", "[cluster] max_worker_memory", "0", "recycle a worker whose resident memory passes this, e.g. 512MiB (0: never)", "", false},
 		{"memory-limit", "tenant memory_limit", "128MiB", "linear memory per guest instance", "", false},
@@ -152,6 +153,8 @@ func (d *Defaults) Set(name, v string) error {
 		c.ShutdownTimeout = dur()
 	case "worker-timeout":
 		c.WorkerTimeout = dur()
+	case "tls-ticket-rotation":
+		c.TicketRotation = dur()
 	case "max-requests":
 		c.MaxRequests = atoi(0)
 	case "max-worker-memory":

@@ -45,16 +45,22 @@ func ReadFiles(wasm []byte, cert, key string) (Files, error) {
 	if f.KeyPEM, err = os.ReadFile(key); err != nil {
 		return f, fmt.Errorf("tls key: %w", err)
 	}
+	// The bytes checked are the bytes the workers get: a file replaced
+	// after this (a renewal half written) changes nothing until the next
+	// reload, which checks it again.
+	if _, err := tls.X509KeyPair(f.CertPEM, f.KeyPEM); err != nil {
+		return f, fmt.Errorf("tls: cannot use %s with %s: %w: give a PEM certificate (chain) and its PEM private key", cert, key, err)
+	}
 	return f, nil
 }
 
-// KeyPair is the certificate a worker serves: from the bytes the master
-// passed, else (an older master) from the files.
-func (f *Files) KeyPair(cert, key string) (tls.Certificate, error) {
-	if len(f.CertPEM) > 0 {
-		return tls.X509KeyPair(f.CertPEM, f.KeyPEM)
+// KeyPair is the certificate a worker serves, from the bytes the master
+// read and checked; a worker never reads certificate files itself.
+func (f *Files) KeyPair() (tls.Certificate, error) {
+	if len(f.CertPEM) == 0 {
+		return tls.Certificate{}, errors.New("no certificate from the master")
 	}
-	return tls.LoadX509KeyPair(cert, key)
+	return tls.X509KeyPair(f.CertPEM, f.KeyPEM)
 }
 
 // Sandbox is what a worker applies to itself before building its

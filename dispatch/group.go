@@ -37,6 +37,12 @@ type Group struct {
 	closing bool
 	// generation counts completed reloads.
 	generation int
+	// secrets are the program's (SetSecrets), given to every worker at its
+	// start and again when they change; secretsGen counts the changes.
+	// started are the worker processes not yet exited, installed or not.
+	secrets    []byte
+	secretsGen uint64
+	started    map[*proc]struct{}
 
 	reloadMu sync.Mutex // serialises Reload, recycling and Scale
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -48,6 +49,9 @@ type bootConfig struct {
 	// Config is the program's handler configuration (Config.WorkerConfig):
 	// only this group's, and opaque to dispatch.
 	Config []byte `json:"config"`
+	// Secrets are the program's secrets at the worker's start (see
+	// Group.SetSecrets); later ones come as ipc.MsgSecrets.
+	Secrets []byte `json:"secrets,omitempty"`
 }
 
 // runtimeEnv are the Go runtime's own settings, passed on to workers when
@@ -95,7 +99,7 @@ func sealedMemfd(name string, b []byte) (*os.File, error) {
 
 // workerCommand builds the command of worker id. The caller closes boot
 // once the worker started, and crash once it exited (see crashCause).
-func (m *Group) workerCommand(id int, workerConfig []byte, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
+func (m *Group) workerCommand(id int, workerConfig, secrets []byte, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
 	addrs := make([]string, len(m.lis))
 	for i, l := range m.lis {
 		addrs[i] = l.addr.String()
@@ -106,7 +110,7 @@ func (m *Group) workerCommand(id int, workerConfig []byte, channel *os.File) (cm
 			Sched: m.cfg.Sched, MaxConns: m.cfg.MaxConns, ShutdownTimeout: m.cfg.ShutdownTimeout,
 			Heartbeat: m.cfg.Heartbeat, Listen: addrs, Backlog: m.cfg.Backlog,
 		},
-		Config: workerConfig,
+		Config: workerConfig, Secrets: secrets,
 	})
 	if err != nil {
 		return nil, nil, nil, err
@@ -228,7 +232,10 @@ func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) 
 		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
 	}
 	defer child.Close()
-	cmd, boot, crash, err := m.workerCommand(id, workerConfig, child)
+	m.mu.Lock()
+	secrets, gen := m.secrets, m.secretsGen
+	m.mu.Unlock()
+	cmd, boot, crash, err := m.workerCommand(id, workerConfig, secrets, child)
 	if err != nil {
 		ch.Close()
 		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
@@ -245,6 +252,15 @@ func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) 
 		started: now, lastBeat: now, pending: map[uint64]sent{}, exited: make(chan struct{}),
 		ready: make(chan struct{}), maxServed: m.requestLimit(),
 	}
+	m.mu.Lock()
+	if m.started == nil {
+		m.started = map[*proc]struct{}{}
+	}
+	m.started[p] = struct{}{}
+	if gen != m.secretsGen { // changed while it started: it missed that
+		m.sendSecretsLocked(p)
+	}
+	m.mu.Unlock()
 	if install {
 		m.mu.Lock()
 		if m.slotLocked(id) == nil && id <= len(m.procs) {
@@ -267,8 +283,33 @@ func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) 
 			m.mu.Unlock()
 		}
 		crash.Close()
+		m.mu.Lock()
+		delete(m.started, p)
+		m.mu.Unlock()
 		close(p.exited)
 		m.emit(procEvent{evExit, p})
 	}()
 	return p, nil
+}
+
+// SetSecrets gives the program's secrets to every worker of the group, now
+// and at each start, until the next call. The secrets go through the
+// channel and the boot memfd only: never the environment, never a file.
+func (m *Group) SetSecrets(b []byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.secrets = slices.Clone(b)
+	m.secretsGen++
+	for p := range m.started {
+		m.sendSecretsLocked(p)
+	}
+}
+
+// sendSecretsLocked sends the current secrets to p without blocking: a
+// worker whose channel is full does not read it, and is replaced by the
+// heartbeat's watchdog (it keeps decrypting with the older keys meanwhile).
+func (m *Group) sendSecretsLocked(p *proc) {
+	if err := p.ch.SendNow(append([]byte{ipc.MsgSecrets}, m.secrets...), -1); err != nil {
+		m.log.Warn("could not give a worker the new secrets", "worker", p.id, "pid", p.pid, "err", err)
+	}
 }

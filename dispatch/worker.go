@@ -80,8 +80,11 @@ type Worker struct {
 	id     int
 	params workerParams
 	config []byte
-	ch     *ipc.Channel
-	log    *slog.Logger
+	// secrets and onSecrets: see Secrets, OnSecrets.
+	secrets   []byte
+	onSecrets func([]byte)
+	ch        *ipc.Channel
+	log       *slog.Logger
 
 	inFlight  atomic.Int64
 	accepted  atomic.Uint64
@@ -121,7 +124,7 @@ func NewWorker(log *slog.Logger) (*Worker, error) {
 		ch.Close()
 		return nil, err
 	}
-	w.params, w.config = bc.Dispatch, bc.Config
+	w.params, w.config, w.secrets = bc.Dispatch, bc.Config, bc.Secrets
 	// Held open so the heartbeat can read it once files are out of reach.
 	w.statm, _ = os.Open("/proc/self/statm")
 	return w, nil
@@ -147,6 +150,14 @@ func (w *Worker) ID() int { return w.id }
 
 // Config is the handler configuration the master passed through.
 func (w *Worker) Config() []byte { return w.config }
+
+// Secrets are the program's secrets the master gave at the start (see
+// Group.SetSecrets); OnSecrets hears later ones.
+func (w *Worker) Secrets() []byte { return w.secrets }
+
+// OnSecrets has f called with each later set of secrets, on the goroutine
+// that reads the master's messages (so briefly). Call it before Serve.
+func (w *Worker) OnSecrets(f func([]byte)) { w.onSecrets = f }
 
 // Fatal tells the master why this worker cannot serve; the master shows it.
 func (w *Worker) Fatal(err error) {
@@ -265,7 +276,7 @@ func (w *Worker) Serve(ctx context.Context, h Handler, handlerStats func() *stat
 // stream of new connections, one message each way per batch rather than
 // two per connection.
 func (w *Worker) readLoop(ctx context.Context, h Handler) {
-	buf := make([]byte, 64)
+	buf := make([]byte, 256<<10) // a newconn is 10 bytes; secrets are larger
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	acks := make([]byte, 0, 5+ipc.MaxAcks*9)
 	var starved starvation
@@ -303,6 +314,13 @@ func (w *Worker) readLoop(ctx context.Context, h Handler) {
 // whose fd did not arrive (truncated: this worker is out of descriptors)
 // is answered ipc.AckStarved: the master kept its copy and places it elsewhere.
 func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, truncated bool, acks []byte, starved *starvation) []byte {
+	if len(msg) > 0 && msg[0] == ipc.MsgSecrets {
+		ipc.CloseAll(fds)
+		if w.onSecrets != nil {
+			w.onSecrets(msg[1:])
+		}
+		return acks
+	}
 	if len(msg) < len(ipc.NewConnMsg(0, 0)) || msg[0] != ipc.MsgNewConn {
 		ipc.CloseAll(fds)
 		w.log.Warn("unexpected message from master", "type", msg[0], "fds", len(fds))

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,6 +39,10 @@ type Tenant struct {
 	// it new ones are refused (a 503 when the listener routes HTTP, else
 	// closed). 0: no cap.
 	MaxConns int
+	// TicketKeys encrypt its TLS session tickets, the first the current
+	// one (see SetTicketKeys). The master gives every worker the same, so
+	// a session resumes on any of them; none: a key of this Router's own.
+	TicketKeys [][32]byte
 }
 
 // Listener is one listening socket of a worker group: the tenants that
@@ -53,6 +58,11 @@ type RouterOptions struct {
 	RouteTimeout time.Duration
 	// HandshakeTimeout bounds a TLS handshake (default 10s).
 	HandshakeTimeout time.Duration
+	// Handshakes bounds the TLS handshakes computing at once (from the
+	// client's hello to the server's answer), so that a flood of them
+	// leaves processors to established connections; the rest wait,
+	// within HandshakeTimeout. Default: half of GOMAXPROCS, at least 1.
+	Handshakes int
 	// Logger receives misdirected requests and failed handshakes.
 	Logger *slog.Logger
 	// ForeignHosts are host names (as Tenant.Hosts, "*.x" too) that tenants
@@ -96,6 +106,8 @@ type Router struct {
 	log     *slog.Logger
 	opts    RouterOptions
 	foreign hostSet // names of other groups' tenants
+	// handshakes holds a token per TLS handshake computing (see hsConn).
+	handshakes chan struct{}
 
 	misdirected, malformed, tlsFailures atomic.Uint64
 }
@@ -135,10 +147,14 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = 10 * time.Second
 	}
+	if o.Handshakes <= 0 {
+		o.Handshakes = max(1, runtime.GOMAXPROCS(0)/2)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	r := &Router{log: o.Logger, opts: o, foreign: hostSet{exact: map[string]bool{}, wild: map[string]bool{}}}
+	r := &Router{log: o.Logger, opts: o, foreign: hostSet{exact: map[string]bool{}, wild: map[string]bool{}},
+		handshakes: make(chan struct{}, o.Handshakes)}
 	states := map[*Tenant]*tenantState{}
 	names := map[string]*Tenant{}
 	var errs []error
@@ -167,11 +183,7 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 				names[t.Name] = t
 				st = &tenantState{Tenant: t}
 				if t.Cert != nil {
-					st.tls = tenantTLS(t.Cert)
-					if t.Handler.Info().Kind == KindHTTP {
-						// The host speaks HTTP for it: HTTP/2 too.
-						st.tls.NextProtos = []string{"h2", "http/1.1"}
-					}
+					st.tls = tenantTLS(t.Cert, t.Handler.Info().Kind == KindHTTP, t.TicketKeys)
 				}
 				states[t] = st
 				r.tenants = append(r.tenants, st)
@@ -206,7 +218,7 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 			}
 		}
 		if secure {
-			rt.tls = &tls.Config{GetConfigForClient: rt.configFor, MinVersion: tls.VersionTLS12}
+			rt.tls = &tls.Config{GetConfigForClient: r.configFor(&rt), MinVersion: tls.VersionTLS12}
 			rt.checkHost = len(l.Tenants) > 1 || rt.def == nil
 		} else if len(l.Tenants) == 1 && rt.def != nil {
 			rt.direct = rt.def
@@ -234,23 +246,91 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 	return r, nil
 }
 
-// tenantTLS is a tenant's own server config: its certificate, and its own
-// session ticket key, so a session resumes only with the tenant that
-// issued it.
-func tenantTLS(cert *tls.Certificate) *tls.Config {
-	cfg := &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
-	var key [32]byte
-	rand.Read(key[:])
-	cfg.SetSessionTicketKeys([][32]byte{key})
+// tlsSuites are the TLS 1.2 suites offered: forward secret and AEAD only
+// (TLS 1.3's are all so, and not configurable).
+var tlsSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// tenantTLS is a tenant's own server config: its certificate, TLS 1.2 and
+// later with AEAD suites, ALPN http/1.1 (h2 too when the host speaks HTTP
+// for the tenant), and its session ticket keys, so a session resumes only
+// with the tenant that issued it.
+func tenantTLS(cert *tls.Certificate, h2 bool, keys [][32]byte) *tls.Config {
+	cfg := &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12, CipherSuites: tlsSuites,
+		NextProtos: []string{"http/1.1"}}
+	if h2 {
+		cfg.NextProtos = []string{"h2", "http/1.1"}
+	}
+	if len(keys) == 0 {
+		var key [32]byte
+		rand.Read(key[:])
+		keys = [][32]byte{key}
+	}
+	cfg.SetSessionTicketKeys(keys)
 	return cfg
 }
 
-func (rt *routeTable) configFor(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-	t := rt.lookup(normalizeHost(hello.ServerName))
-	if t == nil {
-		return nil, fmt.Errorf("no tenant serves %q here", hello.ServerName)
+// SetTicketKeys replaces the session ticket keys of the named tenants (the
+// first key encrypts new tickets; all decrypt). Sessions in progress are
+// not disturbed.
+func (r *Router) SetTicketKeys(keys map[string][][32]byte) {
+	for _, t := range r.tenants {
+		if k := keys[t.Name]; t.tls != nil && len(k) > 0 {
+			t.tls.SetSessionTicketKeys(k)
+		}
 	}
-	return t.tls, nil
+}
+
+// noTenant answers an SNI no tenant serves: with no certificate, crypto/tls
+// sends the unrecognized_name alert.
+var noTenant = &tls.Config{MinVersion: tls.VersionTLS12}
+
+// configFor picks the tenant's config by SNI, once a slot to compute the
+// handshake is free (see RouterOptions.Handshakes and hsConn).
+func (r *Router) configFor(rt *routeTable) func(*tls.ClientHelloInfo) (*tls.Config, error) {
+	return func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		t := rt.lookup(normalizeHost(hello.ServerName))
+		if t == nil {
+			return noTenant, nil
+		}
+		if hc, ok := hello.Conn.(*hsConn); ok && !hc.held {
+			select {
+			case r.handshakes <- struct{}{}:
+				hc.held = true
+			case <-hello.Context().Done():
+				return nil, fmt.Errorf("waiting for a handshake slot: %w", hello.Context().Err())
+			}
+		}
+		return t.tls, nil
+	}
+}
+
+// hsConn is a connection in its TLS handshake. The slot configFor takes
+// is given back at the handshake's next read (the server has answered the
+// hello and waits for the client: what costs is done) or its end, so a
+// slow client holds none.
+type hsConn struct {
+	fileConn
+	r    *Router
+	held bool
+}
+
+func (c *hsConn) Read(p []byte) (int, error) {
+	c.release()
+	return c.fileConn.Read(p)
+}
+
+func (c *hsConn) release() {
+	if c.held {
+		c.held = false
+		<-c.r.handshakes
+	}
 }
 
 // lookup returns the tenant for a normalized host name, or the default.
@@ -454,16 +534,53 @@ func (r *Router) serveHTTP(ctx context.Context, rt *routeTable, f *os.File, rc s
 	r.serveRouted(ctx, c)
 }
 
+// plainOnTLS answers plaintext HTTP sent to a TLS listener, as net/http does.
+var plainOnTLS = []byte("HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+
+// plainHTTP peeks at what the client sent first (waiting for it within the
+// read deadline): true when it is not a TLS handshake record but reads as
+// an HTTP method.
+func plainHTTP(rc syscall.RawConn) bool {
+	var b [8]byte
+	n := 0
+	rc.Read(func(fd uintptr) bool {
+		var err error
+		n, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return err != unix.EAGAIN
+	})
+	if n < 4 || b[0] == 0x16 {
+		return false
+	}
+	for _, m := range []string{"GET ", "HEAD", "POST", "PUT ", "DELE", "OPTI", "PATC", "CONN", "TRAC", "PRI "} {
+		if string(b[:4]) == m {
+			return true
+		}
+	}
+	return false
+}
+
 // serveTLS completes the handshake, choosing the tenant (and so the
 // certificate) by SNI, and serves the plaintext with that tenant.
 func (r *Router) serveTLS(ctx context.Context, rt *routeTable, f *os.File, rc syscall.RawConn) {
-	tc := tls.Server(fileConn{f}, rt.tls)
 	f.SetDeadline(time.Now().Add(r.opts.HandshakeTimeout))
-	err := tc.HandshakeContext(ctx)
+	if plainHTTP(rc) {
+		r.tlsFailures.Add(1)
+		f.Write(plainOnTLS)
+		f.Close()
+		return
+	}
+	hc := &hsConn{fileConn: fileConn{f}, r: r}
+	tc := tls.Server(hc, rt.tls)
+	hctx, cancel := context.WithTimeout(ctx, r.opts.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	hc.release()
 	f.SetDeadline(time.Time{})
 	if err != nil {
+		// Debug only: a flood of failures must not flood the log; the
+		// count is in the metrics.
 		r.tlsFailures.Add(1)
-		r.log.Info("TLS handshake failed", "peer", fileConn{f}.RemoteAddr().String(), "err", err)
+		r.log.Debug("TLS handshake failed", "peer", fileConn{f}.RemoteAddr().String(), "err", err)
 		f.Close()
 		return
 	}

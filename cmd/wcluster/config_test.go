@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/wcluster/wcluster/internal/testfiles"
+	"github.com/wcluster/wcluster/internal/tickets"
 
 	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/guests/embedded"
@@ -49,11 +50,16 @@ instances_min = 1
 	if _, err := prepare(ctx, c, log); err != nil {
 		t.Fatal(err)
 	}
-	g := c.Groups[0]
-	js, _ := json.Marshal(g)
+	// What a worker gets: the plan with the bytes the master read.
+	dcs, err := c.Masters()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var plan config.Group
-	json.Unmarshal(js, &plan)
-	r, err := newRouter(ctx, &plan, 1, host.NewBudget(0), log)
+	if err := json.Unmarshal(dcs[0].WorkerConfig, &plan); err != nil {
+		t.Fatal(err)
+	}
+	r, err := newRouter(ctx, &plan, 1, host.NewBudget(0), tickets.Keys{}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

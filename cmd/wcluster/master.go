@@ -22,6 +22,7 @@ import (
 	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
+	"github.com/wcluster/wcluster/internal/tickets"
 )
 
 // serve checks cfg's workers' users, compiles its modules, binds every
@@ -54,6 +55,8 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	if err != nil {
 		return err
 	}
+	ring := tickets.NewRing()
+	giveTicketKeys(cl, ring, cfg)
 	// Said once bound: warnings never precede a refusal to start, which
 	// stays one line.
 	for i, g := range cfg.Groups {
@@ -68,7 +71,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	doReload := func(ctx context.Context) error {
 		mu.Lock()
 		defer mu.Unlock()
-		next, err := reload(ctx, cl, current, load, log)
+		next, err := reload(ctx, cl, ring, current, load, log)
 		if err == nil {
 			current = next
 		}
@@ -87,6 +90,25 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		wg.Wait()
 	}()
 	handleSignals(ctx, &wg, cl, doReload, log)
+	if every := cfg.Cluster.TicketRotation; every > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				ring.Rotate()
+				mu.Lock()
+				giveTicketKeys(cl, ring, current)
+				mu.Unlock()
+			}
+		}()
+	}
 	if cfg.Cluster.Control != "" {
 		wait, err := cl.ServeControl(ctx, cfg.Cluster.Control, doReload)
 		if err != nil {
@@ -143,7 +165,7 @@ func prepare(ctx context.Context, c *config.Config, log *slog.Logger) ([]host.In
 // compile and its groups and listeners are unchanged, replaces every
 // group's workers with ones serving it. Otherwise the old workers keep
 // serving.
-func reload(ctx context.Context, cl *dispatch.Cluster, current *config.Config, load func() (*config.Config, error), log *slog.Logger) (*config.Config, error) {
+func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, current *config.Config, load func() (*config.Config, error), log *slog.Logger) (*config.Config, error) {
 	if current.Path != "" {
 		log.Info("reloading", "config", current.Path)
 	} else {
@@ -167,10 +189,42 @@ func reload(ctx context.Context, cl *dispatch.Cluster, current *config.Config, l
 	for _, dc := range dcs {
 		configs[dc.Name] = dc.WorkerConfig
 	}
+	// The new workers start with the keys of the tenants they serve; a
+	// tenant kept keeps its keys, so its sessions resume across the reload.
+	giveTicketKeys(cl, ring, next)
 	if err := cl.Reload(ctx, configs); err != nil {
 		return nil, err
 	}
+	ring.Forget(tlsTenants(next))
 	return next, nil
+}
+
+// giveTicketKeys gives each group's workers the session ticket keys of its
+// TLS tenants (the same to every worker: a session resumes on any).
+func giveTicketKeys(cl *dispatch.Cluster, ring *tickets.Ring, c *config.Config) {
+	for i := range c.Groups {
+		g := &c.Groups[i]
+		var names []string
+		for _, t := range g.Tenants {
+			if t.TLSCert != "" {
+				names = append(names, t.Name)
+			}
+		}
+		if grp, err := cl.Group(g.Name); err == nil && len(names) > 0 {
+			grp.SetSecrets(ring.For(names).Encode())
+		}
+	}
+}
+
+// tlsTenants names c's tenants that serve TLS.
+func tlsTenants(c *config.Config) []string {
+	var names []string
+	for _, t := range c.Tenants {
+		if t.TLSCert != "" {
+			names = append(names, t.Name)
+		}
+	}
+	return names
 }
 
 // handleSignals gives the master nginx's and gunicorn's signals: TERM and

@@ -15,6 +15,7 @@ import (
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
 	"github.com/wcluster/wcluster/internal/stats"
+	"github.com/wcluster/wcluster/internal/tickets"
 )
 
 // runWorker is the worker process: it builds its group's tenants from the
@@ -49,12 +50,25 @@ func runWorker(stderr io.Writer) int {
 	ctx := context.Background()
 	// One budget for the worker, shared by every tenant's Handler.
 	budget := host.NewBudget(g.MemoryBudget)
-	r, err := newRouter(ctx, &g, w.ID(), budget, log)
+	keys, err := tickets.Decode(w.Secrets())
+	if err != nil {
+		w.Fatal(err)
+		return 1
+	}
+	r, err := newRouter(ctx, &g, w.ID(), budget, keys, log)
 	if err != nil {
 		w.Fatal(err)
 		return 1
 	}
 	defer r.Close(ctx)
+	w.OnSecrets(func(b []byte) {
+		keys, err := tickets.Decode(b)
+		if err != nil {
+			log.Warn("new TLS ticket keys unusable; the ones before stay", "err", err)
+			return
+		}
+		r.SetTicketKeys(keys.Tenants)
+	})
 	if err := w.Serve(ctx, r, func() *stats.Worker { return routerStats(r, budget) }); err != nil {
 		log.Warn("worker stopped", "err", err)
 		return 1
@@ -67,7 +81,7 @@ func runWorker(stderr io.Writer) int {
 // bytes the master read (through the worker's configuration descriptor,
 // never the environment). A listener with one plaintext default tenant is
 // served by it directly, unrouted.
-func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.Budget, log *slog.Logger) (*host.Router, error) {
+func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.Budget, keys tickets.Keys, log *slog.Logger) (*host.Router, error) {
 	tenants := map[string]*host.Tenant{}
 	var err error
 	defer func() { // on an error, close what was built
@@ -83,10 +97,10 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.
 		if wasm, err = tp.ReadWasm(); err != nil {
 			return nil, fmt.Errorf("tenant %q: handler %s", tp.Name, config.HandlerError(tp.Handler, err))
 		}
-		t := &host.Tenant{Name: tp.Name, Hosts: tp.Hosts, MaxConns: tp.MaxConns}
+		t := &host.Tenant{Name: tp.Name, Hosts: tp.Hosts, MaxConns: tp.MaxConns, TicketKeys: keys.Tenants[tp.Name]}
 		if tp.TLSCert != "" {
 			var cert tls.Certificate
-			if cert, err = tp.KeyPair(tp.TLSCert, tp.TLSKey); err != nil {
+			if cert, err = tp.KeyPair(); err != nil {
 				return nil, fmt.Errorf("tenant %q: tls: %w", tp.Name, err)
 			}
 			t.Cert = &cert

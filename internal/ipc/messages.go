@@ -12,7 +12,7 @@ import "encoding/binary"
 // boot configuration) and a worker of another version refuses to start:
 // that is a worker from another binary, replaced on disk while an older
 // master runs.
-const Version = 1
+const Version = 2
 
 // Message types on a worker's channel; the first byte of every message.
 const (
@@ -27,6 +27,9 @@ const (
 	// u8 per newconn. MsgDone carries the connections finished between
 	// batches.
 	MsgAcks byte = 7
+	// MsgSecrets (master→worker) carries the program's secrets (opaque
+	// bytes, such as TLS session ticket keys), replacing the last ones.
+	MsgSecrets byte = 8
 )
 
 // MaxAcks bounds the newconns one MsgAcks answers.
