@@ -224,7 +224,7 @@ type ClusterStatus struct {
 
 // Status reports every group's counters.
 func (c *Cluster) Status() ClusterStatus {
-	s := ClusterStatus{PID: os.Getpid(), Goroutines: runtime.NumGoroutine(), FDs: openFDs()}
+	s := ClusterStatus{PID: os.Getpid(), Goroutines: runtime.NumGoroutine(), FDs: openFDs(), Workers: []WorkerStatus{}, Groups: []Status{}}
 	for i, m := range c.groups {
 		g := m.Status()
 		if i == 0 {

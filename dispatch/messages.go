@@ -61,6 +61,8 @@ func (m *Group) readWorker(p *proc) {
 			for rec := msg[5:]; len(rec) >= 9; rec = rec[9:] {
 				m.ack(p, binary.LittleEndian.Uint64(rec), rec[8])
 			}
+			// A worker that was stalled takes connections again.
+			m.signalCapacity()
 		case ipc.MsgDone:
 			if len(msg) < 5 {
 				continue
@@ -94,11 +96,16 @@ func (m *Group) readWorker(p *proc) {
 			m.mu.Unlock()
 			if cause != "" {
 				m.wg.Add(1)
-				go func() { defer m.wg.Done(); m.recycle(p, cause) }()
+				go func() { defer m.wg.Done(); m.recycle(p, cause, nil) }()
 			}
 			if lifted {
 				m.signalCapacity()
 			}
+		case ipc.MsgRecycle:
+			if len(msg) < 10 {
+				continue
+			}
+			m.recycleMsg(p, binary.LittleEndian.Uint64(msg[1:9]), msg[9])
 		case ipc.MsgFatal:
 			m.mu.Lock()
 			p.fatal = string(msg[1:])

@@ -54,12 +54,22 @@ type proc struct {
 	// worker's request limit (MaxRequests plus its own jitter).
 	recycling bool
 	maxServed uint64
-	lastBeat  time.Time
-	report    workerReport
+	// selfServed is the count the worker gave with its MsgRecycle;
+	// recycleNow, made when its replacement is started ahead of the limit,
+	// is closed when the limit comes (nowSaid: it reached it and is sent no
+	// new connection; see takesLocked).
+	selfServed uint64
+	recycleNow chan struct{}
+	nowSaid    bool
+	lastBeat   time.Time
+	report     workerReport
 
-	pending  map[uint64]sent // fds sent, not yet acknowledged, by seq
-	inFlight int64           // sent and not yet done
-	accepted uint64
+	pending map[uint64]sent // fds sent, not yet acknowledged, by seq
+	// pendingSince is when pending last became non-empty, lastAck when an
+	// acknowledgement last came (see stalledLocked).
+	pendingSince, lastAck time.Time
+	inFlight              int64 // sent and not yet done
+	accepted              uint64
 	// handedBack counts newconns answered ipc.AckStarved.
 	handedBack uint64
 	requeued   uint64

@@ -63,8 +63,9 @@ func (m *Group) canAcceptLocked() bool {
 
 // roomLocked reports whether some ready worker can take a connection.
 func (m *Group) roomLocked() bool {
+	now := time.Now()
 	for _, p := range m.procs {
-		if p != nil && p.state == stateReady && !p.retired && p.inFlight < m.limitLocked(p) {
+		if p != nil && m.takesLocked(p, now) {
 			return true
 		}
 	}
@@ -105,15 +106,47 @@ func (m *Group) uncapLocked(p *proc) {
 	}
 }
 
+// takesLocked reports whether p may be sent a new connection: ready, not
+// draining, below its limit, not stalled, and not at its request limit
+// (nowSaid: like gunicorn's max_requests, it takes nothing new while its
+// replacement starts; if every worker is there at once, new connections
+// wait in the backlog for the first replacement, typically 100–300 ms).
+func (m *Group) takesLocked(p *proc, now time.Time) bool {
+	return p.state == stateReady && !p.retired && !p.nowSaid && p.inFlight < m.limitLocked(p) && !m.stalledLocked(p, now)
+}
+
+// stalledLocked reports whether p has had connections waiting for its
+// acknowledgement, with none coming, for longer than stallAfter: stopped,
+// or too starved to read its channel. It is sent nothing more until it
+// acknowledges again; what it holds unacknowledged stays its own (a stopped
+// process may resume and take them: two workers must never serve one
+// connection) until the watchdog kills it at WorkerTimeout and they move.
+func (m *Group) stalledLocked(p *proc, now time.Time) bool {
+	if len(p.pending) == 0 {
+		return false
+	}
+	since := p.pendingSince
+	if p.lastAck.After(since) {
+		since = p.lastAck
+	}
+	return now.Sub(since) > m.stallAfter()
+}
+
+// stallAfter is a tenth of WorkerTimeout, and at least two heartbeats.
+func (m *Group) stallAfter() time.Duration {
+	return max(m.cfg.WorkerTimeout/10, 2*m.cfg.Heartbeat)
+}
+
 // pickLocked chooses the ready worker with the fewest connections in flight,
 // taking them in round-robin order so equal loads alternate. It returns nil
 // when every worker is full (or none is ready).
 func (m *Group) pickLocked(skip *proc) *proc {
 	var best *proc
+	now := time.Now()
 	n := len(m.procs)
 	for i := 0; i < n; i++ {
 		p := m.procs[(m.cursor+i)%n]
-		if p == nil || p == skip || p.state != stateReady || p.retired || p.inFlight >= m.limitLocked(p) {
+		if p == nil || p == skip || !m.takesLocked(p, now) {
 			continue
 		}
 		if best == nil || p.inFlight < best.inFlight {
@@ -147,6 +180,9 @@ func (m *Group) placeExcept(fd, lis int, since time.Time, skip *proc) {
 		}
 		m.nextSeq++
 		seq := m.nextSeq
+		if len(p.pending) == 0 {
+			p.pendingSince = time.Now()
+		}
 		p.pending[seq] = sent{fd: fd, lis: lis, since: since}
 		p.inFlight++
 		m.mu.Unlock()
@@ -190,6 +226,7 @@ func (m *Group) ack(p *proc, seq uint64, answer byte) {
 	m.mu.Lock()
 	c, ok := p.pending[seq]
 	if ok {
+		p.lastAck = time.Now()
 		delete(p.pending, seq)
 		switch answer {
 		case ipc.AckAccepted:

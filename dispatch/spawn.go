@@ -99,7 +99,7 @@ func sealedMemfd(name string, b []byte) (*os.File, error) {
 
 // workerCommand builds the command of worker id. The caller closes boot
 // once the worker started, and crash once it exited (see crashCause).
-func (m *Group) workerCommand(id int, workerConfig, secrets []byte, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
+func (m *Group) workerCommand(id int, workerConfig, secrets []byte, maxServed uint64, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
 	addrs := make([]string, len(m.lis))
 	for i, l := range m.lis {
 		addrs[i] = l.addr.String()
@@ -108,7 +108,7 @@ func (m *Group) workerCommand(id int, workerConfig, secrets []byte, channel *os.
 		Version: bootVersion, IPC: ipc.Version,
 		Dispatch: workerParams{
 			Sched: m.cfg.Sched, MaxConns: m.cfg.MaxConns, ShutdownTimeout: m.cfg.ShutdownTimeout,
-			Heartbeat: m.cfg.Heartbeat, Listen: addrs, Backlog: m.cfg.Backlog,
+			Heartbeat: m.cfg.Heartbeat, Listen: addrs, Backlog: m.cfg.Backlog, MaxServed: maxServed,
 		},
 		Config: workerConfig, Secrets: secrets,
 	})
@@ -235,7 +235,8 @@ func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) 
 	m.mu.Lock()
 	secrets, gen := m.secrets, m.secretsGen
 	m.mu.Unlock()
-	cmd, boot, crash, err := m.workerCommand(id, workerConfig, secrets, child)
+	maxServed := m.requestLimit()
+	cmd, boot, crash, err := m.workerCommand(id, workerConfig, secrets, maxServed, child)
 	if err != nil {
 		ch.Close()
 		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
@@ -250,7 +251,7 @@ func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) 
 	p := &proc{
 		id: id, pid: cmd.Process.Pid, cmd: cmd, ch: ch, state: stateStarting,
 		started: now, lastBeat: now, pending: map[uint64]sent{}, exited: make(chan struct{}),
-		ready: make(chan struct{}), maxServed: m.requestLimit(),
+		ready: make(chan struct{}), maxServed: maxServed,
 	}
 	m.mu.Lock()
 	if m.started == nil {

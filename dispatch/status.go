@@ -73,16 +73,18 @@ type WorkerStatus struct {
 	Handler stats.Worker `json:"handler"`
 }
 
-// Ready reports whether every worker slot holds a ready worker and the
-// group is not stopping: what a readiness probe asks.
+// Ready reports whether every worker slot holds a ready worker, none of them
+// stalled (acknowledgements overdue) or hung (being killed), and the group
+// is not stopping: what a readiness probe asks.
 func (m *Group) Ready() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closing {
 		return false
 	}
+	now := time.Now()
 	for _, p := range m.procs {
-		if p == nil || p.state != stateReady {
+		if p == nil || p.state != stateReady || p.hung || m.stalledLocked(p, now) {
 			return false
 		}
 	}
@@ -93,8 +95,10 @@ func (m *Group) Ready() bool {
 func (m *Group) Status() Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Lists are never null in JSON: a group whose workers are all down
+	// has "workers": [].
 	s := Status{Group: m.cfg.Name, Listen: m.lis[0].addr.String(), Sched: m.cfg.Sched, PID: os.Getpid(), Totals: m.stats,
-		Goroutines: runtime.NumGoroutine(), FDs: openFDs()}
+		Goroutines: runtime.NumGoroutine(), FDs: openFDs(), Workers: []WorkerStatus{}, Listeners: []string{}}
 	for _, l := range m.lis {
 		s.Listeners = append(s.Listeners, l.addr.String())
 	}
@@ -105,8 +109,15 @@ func (m *Group) Status() Status {
 		if p == nil {
 			continue
 		}
+		state := p.state.String()
+		switch {
+		case p.hung:
+			state = "hung" // silent past WorkerTimeout: being killed
+		case p.state == stateReady && m.stalledLocked(p, now):
+			state = "stalled" // acknowledgements overdue: sent nothing new
+		}
 		ws := WorkerStatus{
-			Group: m.cfg.Name, ID: p.id, PID: p.pid, State: p.state.String(),
+			Group: m.cfg.Name, ID: p.id, PID: p.pid, State: state,
 			Uptime:   now.Sub(p.started).Round(time.Millisecond).String(),
 			Accepted: p.accepted, InFlight: p.inFlight, HandedBack: p.handedBack, Requeued: p.requeued,
 			Unacked:   len(p.pending),

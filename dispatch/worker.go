@@ -33,6 +33,14 @@ type Handler interface {
 	Drain()
 }
 
+// LastAnswerer is implemented by a Handler that can make every answer from
+// now on its connection's last (HTTP's Connection: close) while still
+// serving every request and every new connection: what a worker does at
+// its request limit, before the master's end of stream.
+type LastAnswerer interface {
+	LastAnswers()
+}
+
 // RequestCounter is implemented by a Handler that counts requests (guest
 // calls) itself; Config.MaxRequests then counts those rather than
 // connections.
@@ -50,6 +58,10 @@ type workerParams struct {
 	// on each, shared workers inherit them as fds 4, 5, ... in this order.
 	Listen  []string
 	Backlog int
+	// MaxServed is this worker's request limit (Config.MaxRequests plus
+	// its jitter; 0: none): it asks for its replacement once it served
+	// that many, rather than at the next heartbeat.
+	MaxServed uint64
 }
 
 // workerReport is a worker's heartbeat: its own view of its load and the
@@ -232,6 +244,13 @@ func (w *Worker) Serve(ctx context.Context, h Handler, handlerStats func() *stat
 		defer bg.Done()
 		w.heartbeat(ctx, h, handlerStats)
 	}()
+	if w.params.MaxServed > 0 {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			w.watchServed(ctx, h)
+		}()
+	}
 	if w.params.Sched == SchedRR {
 		bg.Add(1)
 		go func() {
@@ -265,8 +284,58 @@ func (w *Worker) Serve(ctx context.Context, h Handler, handlerStats func() *stat
 	}
 	cancel()
 	bg.Wait()
+	// The final count, for the master's log of a recycled worker.
+	w.sendServed(h, ipc.RecycleFinal)
 	w.ch.Close()
 	return err
+}
+
+// served is what MaxServed counts: requests when the handler counts them,
+// connections otherwise (as workerReport.served).
+func (w *Worker) served(h Handler) uint64 {
+	if rc, ok := h.(RequestCounter); ok {
+		if n := rc.Requests(); n > 0 {
+			return n
+		}
+	}
+	return w.completed.Load()
+}
+
+func (w *Worker) sendServed(h Handler, what byte) {
+	msg := binary.LittleEndian.AppendUint64([]byte{ipc.MsgRecycle}, w.served(h))
+	w.send(append(msg, what), -1)
+}
+
+// watchServed tells the master when this worker has served half of its
+// MaxServed (it starts the replacement) and then all of it (it sends new
+// connections elsewhere and swaps the two once the replacement is ready).
+// At the limit every answer becomes its connection's last (LastAnswerer),
+// so kept-alive clients move on now rather than when the master's end of
+// stream arrives. Checked every 2 ms, reading counters only: a busy worker
+// overshoots by about 2 ms of requests and one per open connection.
+func (w *Worker) watchServed(ctx context.Context, h Handler) {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	near := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n := w.served(h)
+		if !near && n >= w.params.MaxServed/2 {
+			near = true
+			w.sendServed(h, ipc.RecycleNear)
+		}
+		if n >= w.params.MaxServed {
+			w.sendServed(h, ipc.RecycleNow)
+			if la, ok := h.(LastAnswerer); ok {
+				la.LastAnswers()
+			}
+			return
+		}
+	}
 }
 
 // readLoop takes the master's newconns until it shuts the channel. It

@@ -174,6 +174,8 @@ type Handler struct {
 	// conns are the open connections, for Drain to wake the parked ones.
 	conns    map[*conn]struct{}
 	draining atomic.Bool // set once, by Drain, under mu
+	// lastAnswers makes every answer its connection's last (LastAnswers).
+	lastAnswers atomic.Bool
 	// drainBy is when the drain's grace ends (UnixNano), set before draining.
 	drainBy atomic.Int64
 	// awaiting are the connections waiting for their first byte, oldest
@@ -425,6 +427,17 @@ func (h *Handler) open() int64 {
 	return int64(len(h.conns))
 }
 
+// LastAnswers makes every call from now on carry FLAG_DRAINING (an HTTP
+// guest answers Connection: close; the http-wasm host does so itself) but,
+// unlike Drain, keeps serving every request and every new connection, and
+// wakes no one: each connection ends after its next answer.
+func (h *Handler) LastAnswers() {
+	h.lastAnswers.Store(true)
+	if h.web != nil {
+		h.web.srv.SetKeepAlivesEnabled(false)
+	}
+}
+
 // Drain asks every connection to finish: later calls carry FlagDraining
 // (an HTTP guest answers "Connection: close"), and a parked connection
 // waits at most DrainGrace more for the peer's next request, so a client
@@ -580,7 +593,7 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 		return
 	}
 	c.ctx, c.flags = ctx, abi.FlagNew
-	if h.draining.Load() {
+	if h.draining.Load() || h.lastAnswers.Load() {
 		c.flags |= abi.FlagDraining
 	}
 	if !first {
@@ -618,7 +631,7 @@ func (h *Handler) turn(c *conn) bool {
 		return false
 	}
 	c.flags = 0
-	if h.draining.Load() {
+	if h.draining.Load() || h.lastAnswers.Load() {
 		flags |= abi.FlagDraining
 	}
 	c.progress = false

@@ -421,7 +421,7 @@ func (fc *fastConn) serve(req *http.Request) (keep bool) {
 	fc.respVals = fc.respVals[:0]
 	fw := &fc.fw
 	*fw = fastWriter{fc: fc, hdr: fc.respHdr, head: req.Method == http.MethodHead, sent: fw.sent[:0]}
-	fw.close = req.Close || fc.w.h.draining.Load()
+	fw.close = req.Close || fc.w.h.draining.Load() || fc.w.h.lastAnswers.Load()
 	defer func() {
 		if v := recover(); v != nil {
 			if v != http.ErrAbortHandler {

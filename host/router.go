@@ -471,6 +471,14 @@ func (r *Router) refuse(t *tenantState, f *os.File, http bool) {
 	f.Close()
 }
 
+// LastAnswers makes every tenant's answers their connections' last (see
+// Handler.LastAnswers).
+func (r *Router) LastAnswers() {
+	for _, t := range r.tenants {
+		t.Handler.LastAnswers()
+	}
+}
+
 // Drain asks every tenant's open connections to finish; it does not wait.
 func (r *Router) Drain() {
 	for _, t := range r.tenants {

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -323,5 +326,122 @@ func TestGuestKeepingWithoutReading(t *testing.T) {
 	})
 	if st.Workers[0].PID != pid {
 		t.Fatalf("worker restarted (%d → %d)", pid, st.Workers[0].PID)
+	}
+}
+
+// TestStalledWorkerGetsNoNewConnections: once a stopped worker's
+// acknowledgements are overdue (a tenth of --worker-timeout), rr sends it
+// no new connection and status says "stalled"; the connections it already
+// held are served when it resumes.
+func TestStalledWorkerGetsNoNewConnections(t *testing.T) {
+	t.Parallel()
+	s, ctl := startControlled(t, "--workers", "2", "--worker-timeout", "40s")
+	st := waitStatus(t, ctl, "two ready workers", func(st status) bool {
+		return len(st.Workers) == 2 && st.Workers[0].State == "ready" && st.Workers[1].State == "ready"
+	})
+	stopped := st.Workers[0]
+	syscall.Kill(stopped.PID, syscall.SIGSTOP)
+	defer syscall.Kill(stopped.PID, syscall.SIGCONT)
+
+	// New connections until one waits on the stopped worker (rr gives the
+	// next to the one with fewer in flight, so it takes one at once).
+	var held []net.Conn
+	for len(held) < 4 {
+		c := s.dial(t)
+		fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		held = append(held, c)
+	}
+	waitStatus(t, ctl, "the stopped worker reported stalled", func(st status) bool {
+		for _, w := range st.Workers {
+			if w.PID == stopped.PID {
+				return w.State == "stalled" && w.Unacked > 0
+			}
+		}
+		return false
+	})
+	client := newClient()
+	for i := range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		body, worker, err := get(ctx, client, s.url(), true)
+		cancel()
+		if err != nil || body != "hello world\n" {
+			t.Fatalf("new connection %d while worker %d is stalled: %q %v", i, stopped.ID, body, err)
+		}
+		if worker == fmt.Sprint(stopped.ID) {
+			t.Fatalf("new connection %d answered by the stalled worker", i)
+		}
+	}
+	syscall.Kill(stopped.PID, syscall.SIGCONT)
+	for i, c := range held {
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		b := make([]byte, 64)
+		if n, err := io.ReadAtLeast(c, b, 12); err != nil || !strings.HasPrefix(string(b[:n]), "HTTP/1.1 200") {
+			t.Fatalf("connection %d held before the stall: %q %v", i, b[:n], err)
+		}
+		c.Close()
+	}
+	waitStatus(t, ctl, "the worker ready again", func(st status) bool {
+		for _, w := range st.Workers {
+			if w.PID == stopped.PID {
+				return w.State == "ready"
+			}
+		}
+		return false
+	})
+}
+
+// TestRecycleAtTheCountAsked: under keep-alive load, --max-requests 2000
+// replaces each worker within 2,500 requests (the worker counts its own
+// requests; its replacement is started at three quarters, so the swap
+// waits for nothing), and not one request fails.
+func TestRecycleAtTheCountAsked(t *testing.T) {
+	t.Parallel()
+	s, ctl := startControlled(t, "--workers", "3", "--max-requests", "2000")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				body, _, err := get(ctx, client, s.url(), false)
+				switch {
+				case ctx.Err() != nil:
+				case err != nil || body != "hello world\n":
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("%q %v", body, err))
+				default:
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	st := waitStatus(t, ctl, "four recycles", func(st status) bool { return st.Totals.Recycled >= 4 })
+	// The fourth recycled worker's final count comes once it drained.
+	s.waitOutput(`(?s)(msg="worker drained".*){4}`, 30*time.Second)
+	cancel()
+	wg.Wait()
+	t.Logf("%d recycles, %d requests ok, %d failed", st.Totals.Recycled, ok.Load(), failed.Load())
+	if failed.Load() != 0 {
+		t.Fatalf("%d requests failed while recycling (first: %v)", failed.Load(), firstErr.Load())
+	}
+	served := regexp.MustCompile(`msg="worker drained".* served=(\d+)`)
+	n := 0
+	var counts []int
+	defer func() { t.Logf("requests served by each recycled worker: %v", counts) }()
+	for _, m := range served.FindAllStringSubmatch(s.output(), -1) {
+		v, _ := strconv.Atoi(m[1])
+		counts = append(counts, v)
+		n++
+		if v < 2000 || v > 2500 {
+			t.Errorf("a worker was recycled after %d requests, want 2,000–2,500", v)
+		}
+	}
+	if n < 4 {
+		t.Fatalf("%d final counts logged, want ≥ 4:\n%s", n, s.output())
 	}
 }

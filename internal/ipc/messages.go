@@ -30,6 +30,20 @@ const (
 	// MsgSecrets (master→worker) carries the program's secrets (opaque
 	// bytes, such as TLS session ticket keys), replacing the last ones.
 	MsgSecrets byte = 8
+	// MsgRecycle (worker→master): served u64, then one of Recycle*: the
+	// worker's progress towards its request limit.
+	MsgRecycle byte = 9
+)
+
+// What a MsgRecycle says.
+const (
+	// RecycleNear: half of the limit served; the master starts the
+	// replacement, so it is ready when the limit comes.
+	RecycleNear byte = 0
+	// RecycleNow: the limit is reached: replace it now.
+	RecycleNow byte = 1
+	// RecycleFinal: drained and about to exit, with the final count.
+	RecycleFinal byte = 2
 )
 
 // MaxAcks bounds the newconns one MsgAcks answers.
