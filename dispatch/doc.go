@@ -23,7 +23,10 @@
 //     worker is at MaxConns the master stops accepting and the kernel backlog
 //     holds the surplus.
 //   - shared: workers inherit the listening socket (fd 6) and accept
-//     themselves; each stops accepting above 7/8 of MaxConns.
+//     themselves; a worker about to accept while it holds clearly more
+//     connections than the least loaded one leaves the connection to the
+//     others for a moment (a table of counts in a memfd every worker maps,
+//     load.go); each stops accepting above 7/8 of MaxConns.
 //   - reuseport: each worker binds its own SO_REUSEPORT socket and the kernel
 //     balances by hash.
 //

@@ -43,6 +43,10 @@ type Group struct {
 	secrets    []byte
 	secretsGen uint64
 	started    map[*proc]struct{}
+	// load is the shared policy's table of open connections per worker,
+	// loadFile what the workers map (see load.go); nil for rr, reuseport.
+	load     *loadTable
+	loadFile *os.File
 
 	reloadMu sync.Mutex // serialises Reload, recycling and Scale
 
@@ -113,6 +117,13 @@ func NewGroup(cfg Config) (*Group, error) {
 	}
 	if cfg.Name != "" {
 		m.log = m.log.With("group", cfg.Name)
+	}
+	if cfg.Sched == SchedShared {
+		if m.load, m.loadFile, err = newLoadTable(); err != nil {
+			m.closeListeners()
+			return nil, fmt.Errorf("dispatch: %w", err)
+		}
+		m.load.setWorkers(cfg.Workers)
 	}
 	if cfg.Sched == SchedReusePort {
 		if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req"); err != nil || strings.TrimSpace(string(b)) != "1" {

@@ -147,11 +147,19 @@ func newListener(f *os.File) (*listener, error) {
 // up, a network error pending on it) are skipped; any other error, such as
 // running out of descriptors (EMFILE), is returned for the caller to pause
 // on (see acceptPause): the listener stays usable.
-func (l *listener) accept() (int, error) {
+func (l *listener) accept() (int, error) { return l.acceptAfter(nil) }
+
+// acceptAfter is accept calling before (if not nil) each time a connection
+// may be pending, before taking it: a shared worker's chance to leave it
+// to another (loadTable.yield).
+func (l *listener) acceptAfter(before func()) (int, error) {
 	for {
 		nfd := -1
 		var aerr error
 		err := l.rc.Read(func(fd uintptr) bool {
+			if before != nil {
+				before()
+			}
 			nfd, aerr = accept4(int(fd))
 			return aerr != unix.EAGAIN
 		})

@@ -35,6 +35,9 @@ func (m *Group) Scale(ctx context.Context, n int) error {
 		m.mu.Unlock()
 		return nil
 	}
+	if m.load != nil {
+		m.load.setWorkers(n)
+	}
 	if n < old {
 		surplus := append([]*proc(nil), m.procs[n:]...)
 		m.procs = m.procs[:n]

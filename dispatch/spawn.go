@@ -27,7 +27,8 @@ import (
 //	4  the boot configuration: a sealed memfd holding a bootConfig (JSON)
 //	5  a memfd where the Go runtime writes a crash report, read by the
 //	   master once the worker has exited
-//	6… the shared listening sockets (policy shared), in Config.Listen order
+//	6… the shared listening sockets (policy shared), in Config.Listen order,
+//	   then the load table (a memfd; see load.go)
 const (
 	fdChannel  = 3 // the SEQPACKET channel to the master
 	fdBoot     = 4
@@ -134,6 +135,7 @@ func (m *Group) workerCommand(id int, workerConfig, secrets []byte, maxServed ui
 		for _, l := range m.lis {
 			cmd.ExtraFiles = append(cmd.ExtraFiles, l.f) // fds 6, 7, ...
 		}
+		cmd.ExtraFiles = append(cmd.ExtraFiles, m.loadFile) // the fd after them
 	}
 	if c := m.cfg.Credential; c != nil {
 		// setgroups to the one group, then setgid and setuid before exec:

@@ -161,6 +161,11 @@ func (m *Group) reap(p *proc) {
 	m.mu.Lock()
 	if m.slotLocked(p.id) == p {
 		m.procs[p.id-1] = nil
+		if m.load != nil && !p.retired {
+			// It died holding connections it will never count down; a
+			// drained one counted them down itself, beside its successor.
+			m.load.reset(p.id)
+		}
 	}
 	p.state = stateExited
 	var orphans []sent

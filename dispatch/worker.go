@@ -92,6 +92,8 @@ type Worker struct {
 	id     int
 	params workerParams
 	config []byte
+	// load: the group's open connections per worker (shared; load.go).
+	load *loadTable
 	// secrets and onSecrets: see Secrets, OnSecrets.
 	secrets   []byte
 	onSecrets func([]byte)
@@ -212,6 +214,16 @@ func (w *Worker) Serve(ctx context.Context, h Handler, handlerStats func() *stat
 		for _, l := range lis {
 			l.close()
 		}
+	}
+	if w.params.Sched == SchedShared {
+		f := os.NewFile(uintptr(fdListener+len(w.params.Listen)), "wcluster-load")
+		t, err := mapLoadTable(f)
+		f.Close() // the mapping stays
+		if err != nil {
+			return fmt.Errorf("dispatch: worker %d: %w", w.id, err)
+		}
+		w.load = t
+		defer t.close()
 	}
 	for i, addr := range w.params.Listen {
 		var l *listener
@@ -455,12 +467,18 @@ func (s *starvation) end(log *slog.Logger) {
 // start counts and serves one connection.
 func (w *Worker) start(ctx context.Context, h Handler, f *os.File, listener int) {
 	w.inFlight.Add(1)
+	if w.load != nil {
+		w.load.add(w.id, 1)
+	}
 	w.accepted.Add(1)
 	w.conns.Add(1)
 	go func() {
 		defer w.conns.Done()
 		h.ServeConn(ctx, f, listener)
 		w.inFlight.Add(-1)
+		if w.load != nil {
+			w.load.add(w.id, -1)
+		}
 		w.completed.Add(1)
 		if w.params.Sched == SchedRR && w.done.Add(1) == 1 {
 			select {
@@ -497,13 +515,19 @@ func (w *Worker) flushDone(ctx context.Context) {
 
 // acceptLoop accepts on a listening socket (shared or reuseport). Like
 // nginx's accept_disabled, a worker above 7/8 of MaxConns stops accepting
-// until a connection ends, leaving new ones to less loaded workers.
+// until a connection ends, leaving new ones to less loaded workers; under
+// shared, a crowded worker also leaves each one to the others for a moment
+// (loadTable.yield).
 func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handler) {
 	limit := int64(w.params.MaxConns) * 7 / 8
 	if limit < 1 {
 		limit = 1
 	}
 	pause := acceptPause{log: w.log, addr: l.addr.String()}
+	var yield func()
+	if w.load != nil { // shared: leave a connection to a less loaded worker
+		yield = func() { w.load.yield(w.id) }
+	}
 	for {
 		for w.inFlight.Load() >= limit {
 			select {
@@ -512,7 +536,7 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 				return
 			}
 		}
-		fd, err := l.accept()
+		fd, err := l.acceptAfter(yield)
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) || ctx.Err() != nil || !pause.failed(ctx, err) {
 				return

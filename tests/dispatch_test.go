@@ -1,10 +1,15 @@
 package tests
 
 import (
+	"context"
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -156,5 +161,59 @@ func TestQueueTimeout(t *testing.T) {
 			t.Fatalf("master has %d fds, baseline %d", fdCount(t, master), base)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSharedBalancesKeepAlive: under keep-alive load (64 connections opened
+// at once, as wrk does), the shared policy spreads requests within 1.5×
+// (max/min per worker) with 2 and with 4 workers: a worker about to accept
+// leaves the connection to a less loaded one.
+func TestSharedBalancesKeepAlive(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{2, 4} {
+		s := start(t, "--workers", fmt.Sprint(n), "--sched", "shared")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64}}
+		var mu sync.Mutex
+		per := map[string]int{}
+		var failed atomic.Int64
+		var wg sync.WaitGroup
+		for range 64 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					body, worker, err := get(ctx, client, s.url(), false)
+					if ctx.Err() != nil {
+						return
+					}
+					if err != nil || body != "hello world\n" {
+						failed.Add(1)
+						return
+					}
+					mu.Lock()
+					per[worker]++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		cancel()
+		client.CloseIdleConnections()
+		lo, hi := -1, 0
+		for _, c := range per {
+			if lo < 0 || c < lo {
+				lo = c
+			}
+			hi = max(hi, c)
+		}
+		t.Logf("shared, %d workers: requests per worker %v", n, per)
+		if failed.Load() > 0 {
+			t.Fatalf("%d workers: %d requests failed", n, failed.Load())
+		}
+		if len(per) != n || float64(hi) > 1.5*float64(lo) {
+			t.Errorf("%d workers: requests per worker %v: max/min over 1.5", n, per)
+		}
+		s.stop()
 	}
 }
