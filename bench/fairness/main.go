@@ -11,6 +11,7 @@
 // guest in wcluster and by the same loop in the Node baseline.
 //
 //	go build -o wcluster ./cmd/wcluster && go run ./bench/fairness -bin ./wcluster
+//	go run ./bench/fairness -bin ./wcluster -keepalive -c 64 -n 200000
 //	make guests && go run ./bench/fairness -bin ./wcluster -cost out/guests/go-spin.wasm
 package main
 
@@ -36,7 +37,8 @@ import (
 
 func main() {
 	bin := flag.String("bin", "./wcluster", "wcluster binary")
-	n := flag.Int("n", 20000, "requests, each on a new connection")
+	n := flag.Int("n", 20000, "requests, each on a new connection (see -keepalive)")
+	keepalive := flag.Bool("keepalive", false, "each client keeps one connection for all its requests (as wrk does)")
 	c := flag.Int("c", 16, "concurrent clients")
 	workers := flag.Int("workers", 2, "workers")
 	max := flag.Duration("max", 2*time.Minute, "stop each run after this long")
@@ -86,11 +88,15 @@ func main() {
 	if *cost != "" {
 		load = "variable cost (90% n=1000, 10% n=300000 rounds)"
 	}
-	fmt.Printf("%d requests on new connections, %d clients, %d workers, loopback, %s\n\n", *n, *c, *workers, load)
+	mode := "on new connections"
+	if *keepalive {
+		mode = "on kept-alive connections (one per client, opened at once)"
+	}
+	fmt.Printf("%d requests %s, %d clients, %d workers, loopback, %s\n\n", *n, mode, *c, *workers, load)
 	fmt.Printf("| server | per worker | max/min | p50 | p99 | failed |\n|---|---|---|---|---|---|\n")
 	for i, t := range targets {
 		port := 18900 + i
-		r, err := measure(t.cmd(port), port, *n, *c, *max, paths)
+		r, err := measure(t.cmd(port), port, *n, *c, *max, paths, *keepalive)
 		if err != nil {
 			fmt.Printf("| %s | error: %v | | | | |\n", t.name, err)
 			continue
@@ -108,7 +114,7 @@ type result struct {
 
 var serving = regexp.MustCompile(`serving`)
 
-func measure(cmd *exec.Cmd, port, n, c int, max time.Duration, paths []string) (result, error) {
+func measure(cmd *exec.Cmd, port, n, c int, max time.Duration, paths []string, keepalive bool) (result, error) {
 	var r result
 	stderr, _ := cmd.StderrPipe()
 	cmd.Stdout = io.Discard
@@ -162,7 +168,7 @@ func measure(cmd *exec.Cmd, port, n, c int, max time.Duration, paths []string) (
 		go func() {
 			defer wg.Done()
 			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-				DisableKeepAlives: true, DialContext: (&net.Dialer{}).DialContext}}
+				DisableKeepAlives: !keepalive, MaxConnsPerHost: 1, DialContext: (&net.Dialer{}).DialContext}}
 			for path := range jobs {
 				if ctx.Err() != nil {
 					return
