@@ -143,12 +143,57 @@ const (
 	// _initialize). Added within ABI v1: a guest that does not import it is
 	// unaffected.
 	FuncConfigGet = "config_get"
+
+	// The key-value store: one per tenant, shared by every instance of
+	// every worker (and, with Redis, every machine), durable. Added within
+	// ABI v1: a guest that does not import them is unaffected. Keys are at
+	// most MaxKVKey bytes; values at most the tenant's kv_max_value; the
+	// keys and values of a tenant together at most its kv_quota. Each may
+	// return ErrUnavailable (the store could not be reached or failed: try
+	// later), ErrFault, ErrInvalid.
+
+	// FuncKVGet: (key i32, key_len i32, buf i32, buf_len i32) -> i32.
+	// Copies min(length, buf_len) bytes of the value of key to buf and
+	// returns its full length (call again with a larger buffer when it
+	// did not fit); ErrNotFound when the key has no value.
+	FuncKVGet = "kv_get"
+
+	// FuncKVSet: (key i32, key_len i32, value i32, value_len i32) -> i32.
+	// Sets key to value; returns 0 once it is durable and visible to every
+	// worker. ErrTooLarge for a key or value over the limits, ErrQuota when
+	// the tenant's store would pass its quota.
+	FuncKVSet = "kv_set"
+
+	// FuncKVDelete: (key i32, key_len i32) -> i32. Removes key; 0, also
+	// when it had no value.
+	FuncKVDelete = "kv_delete"
+
+	// FuncKVAdd: (key i32, key_len i32, delta i64, out i32) -> i32.
+	// Atomically adds delta to the integer value of key (decimal text; no
+	// value counts as 0), stores the sum as the value and writes it as a
+	// little-endian i64 at out. Returns 0; ErrInvalid when the value is not
+	// a decimal integer or the sum overflows; ErrQuota.
+	FuncKVAdd = "kv_add"
+
+	// FuncKVList: (prefix i32, prefix_len i32, buf i32, buf_len i32) -> i32.
+	// Lists the tenant's keys that begin with prefix, in byte order, at most
+	// MaxKVList of them: each as a little-endian u32 length and the key's
+	// bytes. Copies min(length, buf_len) bytes of that listing to buf and
+	// returns its full length.
+	FuncKVList = "kv_list"
 )
+
+// MaxKVKey is the longest key of the key-value store, in bytes.
+const MaxKVKey = 1024
+
+// MaxKVList is the most keys one FuncKVList returns.
+const MaxKVList = 1000
 
 // Funcs lists every host function in specification order.
 var Funcs = []string{
 	FuncConnRead, FuncConnWrite, FuncConnCloseWrite, FuncConnUnread,
 	FuncConnPeerAddr, FuncConnID, FuncWorkerID, FuncLog, FuncConfigGet,
+	FuncKVGet, FuncKVSet, FuncKVDelete, FuncKVAdd, FuncKVList,
 }
 
 // Log levels for FuncLog.
@@ -176,14 +221,21 @@ const (
 	// ErrTimeout: the read or write idle timeout, or the call's deadline,
 	// passed. The connection is still open, but the host is about to close it.
 	ErrTimeout int32 = -4
-	// ErrTooLarge: FuncConnUnread would hold more than MaxUnread bytes.
+	// ErrTooLarge: FuncConnUnread would hold more than MaxUnread bytes; a
+	// key-value store key or value is over its limit.
 	ErrTooLarge int32 = -5
 	// ErrNoConn: called outside ExportHandle (for example from _initialize).
 	ErrNoConn int32 = -6
 	// ErrShutdown: write after FuncConnCloseWrite.
 	ErrShutdown int32 = -7
-	// ErrNotFound: FuncConfigGet was asked for a key the operator did not set.
+	// ErrNotFound: FuncConfigGet was asked for a key the operator did not
+	// set; FuncKVGet for a key with no value.
 	ErrNotFound int32 = -8
+	// ErrUnavailable: the key-value store could not be reached or failed
+	// (nothing was changed, or the change is unknown): try again later.
+	ErrUnavailable int32 = -9
+	// ErrQuota: the change would take the tenant's store past its quota.
+	ErrQuota int32 = -10
 )
 
 // ErrorName returns the symbolic name of an error code, or "" if code is not one.
@@ -205,6 +257,10 @@ func ErrorName(code int32) string {
 		return "ErrShutdown"
 	case ErrNotFound:
 		return "ErrNotFound"
+	case ErrUnavailable:
+		return "ErrUnavailable"
+	case ErrQuota:
+		return "ErrQuota"
 	}
 	return ""
 }

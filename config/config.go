@@ -53,6 +53,7 @@ type Cluster struct {
 	MaxWorkerMemory uint64
 	GuestBudget     string // guest_memory_budget: "auto", "0" or a size per worker
 	CacheDir        string
+	KVDir           string // the embedded key-value store ("": none)
 	LogLevel        string
 	LogFormat       string // "text" or "json"
 	Control         string
@@ -73,6 +74,7 @@ type Group struct {
 	Listeners []Listener `json:"listeners"` // in config order: ServeConn's listener index
 	Tenants   []Tenant   `json:"tenants"`   // every tenant of the group, in config order
 	CacheDir  string     `json:"cache_dir"`
+	KVDir     string     `json:"kv_dir,omitempty"`
 	LogLevel  string     `json:"log_level"`
 	LogFormat string     `json:"log_format"`
 	// MemoryBudget bounds the linear memory of all instances of one of the
@@ -128,6 +130,8 @@ type Tenant struct {
 // from serve's flags, else from Default.
 type Limits struct {
 	MemoryLimit  uint64        `json:"memory_limit"`
+	KVMaxValue   uint64        `json:"kv_max_value"` // bytes of one key-value store value
+	KVQuota      uint64        `json:"kv_quota"`     // bytes of the tenant's store (0: none)
 	Timeout      time.Duration `json:"timeout"`
 	ReadTimeout  time.Duration `json:"read_timeout"`
 	WriteTimeout time.Duration `json:"write_timeout"`
@@ -497,8 +501,8 @@ var (
 var (
 	clusterKeys = []string{"workers", "sched", "backlog", "max_conns", "queue_size", "queue_timeout",
 		"shutdown_timeout", "worker_timeout", "max_requests", "max_worker_memory", "cache_dir", "log_level", "log_format", "control", "admin",
-		"guest_memory_budget", "user", "worker_env", "worker_sandbox", "tls_ticket_rotation"}
-	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit",
+		"guest_memory_budget", "user", "worker_env", "worker_sandbox", "tls_ticket_rotation", "kv_dir"}
+	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit", "kv_max_value", "kv_quota",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
 		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget",
 		"first_byte_timeout", "first_byte_limit", "partial_timeout", "drain_grace", "user", "upstream", "guest_config"}
@@ -581,6 +585,9 @@ func (cr *configReader) readCluster(top *section) Cluster {
 	cl.GuestBudget = s.budget("guest_memory_budget", cl.GuestBudget)
 	if s.has("cache_dir") {
 		cl.CacheDir = s.path("cache_dir") // "" disables the cache
+	}
+	if s.has("kv_dir") {
+		cl.KVDir = s.path("kv_dir") // "" disables the store
 	}
 	cl.LogLevel = s.str("log_level", cl.LogLevel)
 	if _, err := ParseLevel(cl.LogLevel); err != nil {
@@ -698,6 +705,8 @@ func (cr *configReader) readTenant(i int, m map[string]any) Tenant {
 	t.workers = s.int("workers", 0, 1)
 
 	dl := cr.def.Limits
+	t.KVMaxValue = s.size("kv_max_value", dl.KVMaxValue)
+	t.KVQuota = s.size("kv_quota", dl.KVQuota)
 	t.MemoryLimit = s.size("memory_limit", dl.MemoryLimit)
 	if t.MemoryLimit < 64<<10 || t.MemoryLimit > 4<<30 {
 		s.errorf("memory_limit", "memory_limit must be between 64KiB and 4GiB (one WebAssembly page to the whole 32-bit space)")
@@ -938,9 +947,9 @@ func (cr *configReader) plan(c *Config) {
 		g := byGroup[t.Group]
 		if g == nil {
 			c.Groups = append(c.Groups, Group{Name: t.Group, Workers: c.Cluster.Workers,
-				CacheDir: c.Cluster.CacheDir, LogLevel: c.Cluster.LogLevel, LogFormat: c.Cluster.LogFormat,
+				CacheDir: c.Cluster.CacheDir, KVDir: c.Cluster.KVDir, LogLevel: c.Cluster.LogLevel, LogFormat: c.Cluster.LogFormat,
 				User: c.Cluster.User, WorkerEnv: c.Cluster.WorkerEnv,
-				Sandbox: Sandbox{Off: c.Cluster.SandboxOff, ReadPaths: []string{c.Cluster.CacheDir}}})
+				Sandbox: Sandbox{Off: c.Cluster.SandboxOff, ReadPaths: []string{c.Cluster.CacheDir}, WritePaths: []string{c.Cluster.KVDir}}})
 			g = &c.Groups[len(c.Groups)-1]
 			byGroup[t.Group] = g
 		}

@@ -86,6 +86,9 @@ func Flags() []Flag {
 		{"max-reuse", "tenant max_reuse", "0", "retire an instance after this many calls (0: never)", "", false},
 		{"instance-mode", "tenant instance_mode", "pooled", "pooled, or fresh: a new instance per connection", "", false},
 		{"cache-dir", "[cluster] cache_dir", defaultCacheDir(), "compilation cache shared by the workers (\"\" disables it)", "", false},
+		{"kv-dir", "[cluster] kv_dir", defaultKVDir(), "directory of the embedded key-value store every worker shares (\"\" disables the store)", "", false},
+		{"kv-max-value", "tenant kv_max_value", "1MiB", "largest value of the key-value store", "", false},
+		{"kv-quota", "tenant kv_quota", "64MiB", "keys and values of a tenant's key-value store together (0: no quota)", "", false},
 		{"log-level", "[cluster] log_level", "info", "debug, info, warn or error", "", false},
 		{"log-format", "[cluster] log_format", "text", "text, or json (one object per line, for log collectors)", "", false},
 		{"control", "[cluster] control", "", "`PATH` of a unix socket for wcluster status, reload, scale and stop (none by default)", "", false},
@@ -96,6 +99,18 @@ func Flags() []Flag {
 		{"upstream", "", "", "`URL` an http-wasm handler passes requests on to (its next handler; without it next answers 404)", "", false},
 		{"guest-config", "", "", "`VALUE` an http-wasm handler's get_config returns (@FILE: the file's bytes)", "", false},
 	}
+}
+
+// defaultKVDir is under the user's state directory ($XDG_STATE_HOME, else
+// ~/.local/state), as the store is data to keep, not a cache.
+func defaultKVDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "wcluster", "kv")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "wcluster", "kv")
+	}
+	return filepath.Join(os.TempDir(), "wcluster-kv")
 }
 
 func defaultCacheDir() string {
@@ -189,6 +204,15 @@ func (d *Defaults) Set(name, v string) error {
 		c.WorkerEnv = append(c.WorkerEnv, v)
 	case "memory-limit":
 		l.MemoryLimit = size()
+	case "kv-max-value":
+		l.KVMaxValue = size()
+	case "kv-quota":
+		l.KVQuota = size()
+	case "kv-dir":
+		if v != "" {
+			v, err = filepath.Abs(v)
+		}
+		c.KVDir = v
 	case "timeout":
 		l.Timeout = dur()
 	case "read-timeout":

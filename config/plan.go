@@ -97,6 +97,9 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 		if err := u.ShareCache(g.CacheDir); err != nil {
 			return nil, err
 		}
+		if err := u.ShareKVDir(g.KVDir); err != nil {
+			return nil, err
+		}
 		g.Tenants = slices.Clone(g.Tenants)
 		for j := range g.Tenants {
 			t := &g.Tenants[j]

@@ -70,6 +70,8 @@ type Sandbox struct {
 	// ReadPaths are all it may open, read-only: the compilation cache and
 	// the tenants' mounts.
 	ReadPaths []string `json:"read_paths,omitempty"`
+	// WritePaths it may read and write: the key-value store's directory.
+	WritePaths []string `json:"write_paths,omitempty"`
 	// ConnectTCP are the ports of the tenants' upstreams (http-wasm), and
 	// Resolve says some are named by host name: the only connections a
 	// worker may open.
@@ -111,7 +113,13 @@ func (p Sandbox) Apply(bind []uint16, log *slog.Logger) error {
 			paths = append(paths, path)
 		}
 	}
-	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, BindTCP: bind, ConnectTCP: p.ConnectTCP, Resolve: p.Resolve})
+	var rw []string
+	for _, path := range p.WritePaths {
+		if path != "" {
+			rw = append(rw, path)
+		}
+	}
+	a, err := sandbox.Apply(sandbox.Policy{ReadPaths: paths, WritePaths: rw, BindTCP: bind, ConnectTCP: p.ConnectTCP, Resolve: p.Resolve})
 	if err != nil {
 		return fmt.Errorf("%w (--worker-sandbox=off serves without the process sandbox; see docs/security.md)", err)
 	}
@@ -312,4 +320,42 @@ func (u *User) CheckReuseport(sched dispatch.Sched, addrs []string) error {
 		}
 	}
 	return nil
+}
+
+// ShareKVDir makes the key-value store's directory (0700) and, under
+// --user, gives it and what is in it to the workers' user: they open,
+// write, lock and create the store's files there; nobody else may.
+func (u *User) ShareKVDir(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("key-value store directory (--kv-dir, kv_dir): %w", err)
+	}
+	if u == nil {
+		return nil
+	}
+	uid, gid := int(u.cred.Uid), int(u.cred.Gid)
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(p, uid, gid); err != nil {
+			return fmt.Errorf("--user %s: give the key-value store %s to the workers: %w", u.spec, dir, err)
+		}
+		return nil
+	})
+}
+
+// WarnKVDir says, once at start, that workers running as u cannot reach the
+// key-value store's directory: the store's functions will fail (the
+// guests get ErrUnavailable) until --kv-dir names one they can.
+func WarnKVDir(log *slog.Logger, u *User, dir string) {
+	if u == nil || dir == "" {
+		return
+	}
+	if err := u.reachable(dir); err != nil {
+		log.Warn("the workers cannot reach the key-value store directory: the store is unavailable to guests; give --kv-dir (kv_dir) a directory they can reach, e.g. /var/lib/wcluster/kv",
+			"user", u.spec, "kv_dir", dir, "err", err)
+	}
 }

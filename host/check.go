@@ -64,9 +64,19 @@ var hostSignatures = map[string][2][]api.ValueType{
 	abi.FuncWorkerID:       {{}, {api.ValueTypeI32}},
 	abi.FuncLog:            {{api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
 	abi.FuncConfigGet:      {{api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncKVGet:          {{api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncKVSet:          {{api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncKVDelete:       {{api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncKVAdd:          {{api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI64, api.ValueTypeI32}, {api.ValueTypeI32}},
+	abi.FuncKVList:         {{api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32, api.ValueTypeI32}, {api.ValueTypeI32}},
 }
 
 const wasiModule = "wasi_snapshot_preview1"
+
+// connless are the wcluster functions that need no connection: an http-wasm
+// guest may import them beside http_handler.
+var connless = map[string]bool{abi.FuncConfigGet: true, abi.FuncKVGet: true, abi.FuncKVSet: true,
+	abi.FuncKVDelete: true, abi.FuncKVAdd: true, abi.FuncKVList: true}
 
 // inspect checks that a compiled module can be served and says how.
 func inspect(m wazero.CompiledModule) (Info, error) {
@@ -117,8 +127,14 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 	_, handles := exports[abi.ExportHandle]
 	if _, ok := exports[httpHandleRequest]; ok && !handles || importsFrom(info.Imports, httpModule) {
 		info.Kind = KindHTTP
-		if importsFrom(info.Imports, abi.HostModule) {
-			return info, fmt.Errorf("imports from both %q and %q: a guest speaks one ABI", httpModule, abi.HostModule)
+		// Beside http_handler, only wcluster's functions that need no
+		// connection: its configuration and the key-value store.
+		for _, imp := range info.Imports {
+			name, ok := strings.CutPrefix(imp, abi.HostModule+".")
+			if ok && !connless[name] {
+				return info, fmt.Errorf("imports %s from %q beside %q: an http-wasm guest may use only %s of wcluster's functions (the connection is the host's)",
+					imp, abi.HostModule, httpModule, "config_get and kv_*")
+			}
 		}
 		return info, checkHTTPExports(m)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/wcluster/wcluster/abi"
+	"github.com/wcluster/wcluster/internal/kvstore"
 	"github.com/wcluster/wcluster/internal/stats"
 )
 
@@ -75,6 +76,9 @@ type Options struct {
 	Env []string
 	// Config holds the values the guest reads with config_get.
 	Config map[string]string
+	// KV is the tenant's key-value store (the kv_* functions); nil: they
+	// return ErrUnavailable.
+	KV *kvstore.Tenant
 	// Mount, when set, is a host directory the guest sees read-only at
 	// MountPoint, and nothing outside it (symlinks leading out of it do not
 	// resolve); without it the guest has no filesystem at all.

@@ -32,6 +32,11 @@ func (h *Handler) instantiateHostModule(ctx context.Context) error {
 		{abi.FuncWorkerID, h.workerID, nil, nil, []api.ValueType{i32}},
 		{abi.FuncLog, h.log, []api.ValueType{i32, i32, i32}, []string{"level", "buf", "buf_len"}, []api.ValueType{i32}},
 		{abi.FuncConfigGet, h.configGet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncKVGet, h.kvGet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncKVSet, h.kvSet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "value", "value_len"}, []api.ValueType{i32}},
+		{abi.FuncKVDelete, h.kvDelete, []api.ValueType{i32, i32}, []string{"key", "key_len"}, []api.ValueType{i32}},
+		{abi.FuncKVAdd, h.kvAdd, []api.ValueType{i32, i32, i64, i32}, []string{"key", "key_len", "delta", "out"}, []api.ValueType{i32}},
+		{abi.FuncKVList, h.kvList, []api.ValueType{i32, i32, i32, i32}, []string{"prefix", "prefix_len", "buf", "buf_len"}, []api.ValueType{i32}},
 	}
 	for _, f := range fns {
 		b.NewFunctionBuilder().WithGoModuleFunction(f.fn, f.params, f.results).

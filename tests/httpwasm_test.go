@@ -658,7 +658,7 @@ func TestHTTPWasmCheck(t *testing.T) {
 			"exports handle_request but no handle_response"},
 		{"mixed", `(import "http_handler" "get_uri" (func (param i32 i32) (result i32)))
   (import "wcluster" "worker_id" (func (result i32))) ` + exports + ` (func (export "handle_response") (param i32 i32))`,
-			`imports from both "http_handler" and "wcluster"`},
+			`imports wcluster.worker_id from "wcluster" beside "http_handler": an http-wasm guest may use only config_get and kv_*`},
 	} {
 		wat := filepath.Join(dir, tc.name+".wat")
 		wasm := filepath.Join(dir, tc.name+".wasm")

@@ -65,6 +65,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 			l = log.With("group", g.Name)
 		}
 		config.WarnRootWorkers(l, users[i])
+		config.WarnKVDir(l, users[i], g.KVDir)
 	}
 	var mu sync.Mutex // serialises reloads
 	current := cfg

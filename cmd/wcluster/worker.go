@@ -14,6 +14,7 @@ import (
 	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
+	"github.com/wcluster/wcluster/internal/kvstore"
 	"github.com/wcluster/wcluster/internal/stats"
 	"github.com/wcluster/wcluster/internal/tickets"
 )
@@ -84,6 +85,19 @@ func runWorker(stderr io.Writer) int {
 func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.Budget, keys tickets.Keys, log *slog.Logger) (*host.Router, error) {
 	tenants := map[string]*host.Tenant{}
 	var err error
+	// One store for the worker, opened on first use, each tenant in its
+	// own namespace.
+	var kv kvstore.Backend
+	if g.KVDir != "" {
+		dir := g.KVDir
+		kv = kvstore.NewLazy(func() (kvstore.Backend, error) {
+			s, err := kvstore.OpenSQLite(dir)
+			if err != nil {
+				return nil, err // not a nil *SQLite in an interface
+			}
+			return s, nil
+		})
+	}
 	defer func() { // on an error, close what was built
 		for _, t := range tenants {
 			if err != nil && t.Handler != nil {
@@ -107,6 +121,9 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.
 		}
 		o := tp.Options(wasm, g.CacheDir, workerID, log)
 		o.Budget, o.MemoryWait = budget, g.MemoryWait
+		if kv != nil {
+			o.KV = &kvstore.Tenant{Backend: kv, NS: tp.Name, Limits: kvstore.Limits{MaxValue: int(tp.KVMaxValue), Quota: int64(tp.KVQuota)}}
+		}
 		tenants[tp.Name] = t
 		if t.Handler, err = host.New(ctx, o); err != nil {
 			return nil, fmt.Errorf("tenant %q: %w", tp.Name, err)

@@ -29,6 +29,9 @@ type Policy struct {
 	// ReadPaths are files and directories it may read (directories:
 	// everything under them); nothing else can be opened.
 	ReadPaths []string
+	// WritePaths are directories it may read, create files in, write,
+	// truncate and remove files from (the key-value store's).
+	WritePaths []string
 	// BindTCP are the TCP ports it may bind (reuseport workers listen on
 	// their own sockets).
 	BindTCP []uint16
@@ -150,6 +153,19 @@ func restrictLandlock(p Policy) (string, error) {
 		rules = append(rules, landlock.PathAccess(access, abs))
 		paths = append(paths, abs)
 	}
+	for _, path := range p.WritePaths {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return "", err
+		}
+		if unix.Access(abs, unix.W_OK|unix.X_OK) != nil {
+			// Out of this worker's reach (the master warned): what would
+			// use it fails at use, with its own error; the rest serves.
+			continue
+		}
+		rules = append(rules, landlock.RWDirs(abs))
+		paths = append(paths, abs+" (read-write)")
+	}
 	for _, port := range p.BindTCP {
 		rules = append(rules, landlock.BindTCP(port))
 	}
@@ -197,6 +213,10 @@ var allowlist = []string{
 	"close", "close_range", "dup", "dup2", "dup3", "fcntl", "fstat", "newfstatat", "statx", "fstatfs", "statfs",
 	"openat", "open", "readlinkat", "readlink", "getdents64", "faccessat", "faccessat2", "access",
 	"fsync", "fdatasync", "ftruncate", "sendfile", "copy_file_range", "splice",
+	// The key-value store (SQLite, in the one directory Landlock lets the
+	// worker write): its files' metadata, its journal's removal, and, for a
+	// root worker, keeping its files' owner the directory's.
+	"stat", "lstat", "unlink", "unlinkat", "fchown", "fchmod",
 	"pipe2", "eventfd2", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
 	"poll", "ppoll", "select", "pselect6",
 	// sockets

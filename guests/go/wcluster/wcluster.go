@@ -45,6 +45,21 @@ func hostLog(level int32, buf unsafe.Pointer, n int32) int32
 //go:wasmimport wcluster config_get
 func configGet(key unsafe.Pointer, keyLen int32, buf unsafe.Pointer, n int32) int32
 
+//go:wasmimport wcluster kv_get
+func kvGet(key unsafe.Pointer, keyLen int32, buf unsafe.Pointer, n int32) int32
+
+//go:wasmimport wcluster kv_set
+func kvSet(key unsafe.Pointer, keyLen int32, val unsafe.Pointer, n int32) int32
+
+//go:wasmimport wcluster kv_delete
+func kvDelete(key unsafe.Pointer, keyLen int32) int32
+
+//go:wasmimport wcluster kv_add
+func kvAdd(key unsafe.Pointer, keyLen int32, delta int64, out unsafe.Pointer) int32
+
+//go:wasmimport wcluster kv_list
+func kvList(prefix unsafe.Pointer, prefixLen int32, buf unsafe.Pointer, n int32) int32
+
 // Error is a host ABI error code (always negative).
 type Error int32
 
@@ -58,6 +73,10 @@ const (
 	ErrNoConn   Error = -6
 	ErrShutdown Error = -7
 	ErrNotFound Error = -8
+	// ErrUnavailable: the key-value store could not be reached; try later.
+	ErrUnavailable Error = -9
+	// ErrQuota: the tenant's key-value store would pass its quota.
+	ErrQuota Error = -10
 )
 
 func (e Error) Error() string {
@@ -78,6 +97,10 @@ func (e Error) Error() string {
 		return "wcluster: write after close_write"
 	case ErrNotFound:
 		return "wcluster: not found"
+	case ErrUnavailable:
+		return "wcluster: key-value store unavailable"
+	case ErrQuota:
+		return "wcluster: key-value store quota reached"
 	}
 	return "wcluster: error " + strconv.Itoa(int(e))
 }
@@ -234,5 +257,81 @@ func Config(key string) (string, bool) {
 			return string(buf[:n]), true
 		}
 		buf = make([]byte, n)
+	}
+}
+
+// The key-value store: the tenant's own, shared by every instance of every
+// worker, durable (see abi/README.md, "Where state lives").
+
+func bytesPtr(b []byte) unsafe.Pointer {
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&b[0])
+}
+
+// KVGet returns the value of key, or ErrNotFound.
+func KVGet(key string) ([]byte, error) {
+	k := unsafe.Pointer(unsafe.StringData(key))
+	buf := make([]byte, 512)
+	for {
+		n := kvGet(k, int32(len(key)), unsafe.Pointer(&buf[0]), int32(len(buf)))
+		if n < 0 {
+			return nil, Error(n)
+		}
+		if int(n) <= len(buf) {
+			return buf[:n], nil
+		}
+		buf = make([]byte, n)
+	}
+}
+
+// KVSet sets key to value; it returns once every worker reads it.
+func KVSet(key string, value []byte) error {
+	if n := kvSet(unsafe.Pointer(unsafe.StringData(key)), int32(len(key)), bytesPtr(value), int32(len(value))); n < 0 {
+		return Error(n)
+	}
+	return nil
+}
+
+// KVDelete removes key (no error when it had no value).
+func KVDelete(key string) error {
+	if n := kvDelete(unsafe.Pointer(unsafe.StringData(key)), int32(len(key))); n < 0 {
+		return Error(n)
+	}
+	return nil
+}
+
+// KVAdd atomically adds delta to the integer value of key (none counts as
+// 0) and returns the sum.
+func KVAdd(key string, delta int64) (int64, error) {
+	var sum int64
+	if n := kvAdd(unsafe.Pointer(unsafe.StringData(key)), int32(len(key)), delta, unsafe.Pointer(&sum)); n < 0 {
+		return 0, Error(n)
+	}
+	return sum, nil
+}
+
+// KVList returns the keys beginning with prefix, in byte order (at most
+// 1,000).
+func KVList(prefix string) ([]string, error) {
+	p := unsafe.Pointer(unsafe.StringData(prefix))
+	buf := make([]byte, 4096)
+	for {
+		n := kvList(p, int32(len(prefix)), unsafe.Pointer(&buf[0]), int32(len(buf)))
+		if n < 0 {
+			return nil, Error(n)
+		}
+		if int(n) > len(buf) {
+			buf = make([]byte, n)
+			continue
+		}
+		var keys []string
+		for b := buf[:n]; len(b) >= 4; {
+			l := int(b[0]) | int(b[1])<<8 | int(b[2])<<16 | int(b[3])<<24
+			keys = append(keys, string(b[4:4+l]))
+			b = b[4+l:]
+		}
+		return keys, nil
 	}
 }

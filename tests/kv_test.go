@@ -1,0 +1,181 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// kvDo sends one request to the go-kv example on a new connection (so rr
+// spreads them over the workers) and returns status, body and worker.
+func kvDo(t *testing.T, addr, host, method, path, body string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header.Get("X-Wcluster-Worker")
+}
+
+// TestKVSharedAndDurable: a value PUT through one worker is read through
+// every worker, survives SIGKILL of a worker and a restart with the same
+// --kv-dir, and DELETE gives 404 after; kv_add is atomic across workers.
+func TestKVSharedAndDurable(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "kv")
+	args := []string{"--workers", "2", "--kv-dir", dir, guest(t, "go-kv")}
+	s, ctl := startControlled(t, args...)
+	if code, _, _ := kvDo(t, s.addr, "", "PUT", "/kv/greeting", "hello"); code != 204 {
+		t.Fatalf("PUT: %d", code)
+	}
+	workers := map[string]bool{}
+	for i := range 10 {
+		code, body, w := kvDo(t, s.addr, "", "GET", "/kv/greeting", "")
+		if code != 200 || body != "hello" {
+			t.Fatalf("GET %d (worker %s): %d %q", i, w, code, body)
+		}
+		workers[w] = true
+	}
+	if len(workers) != 2 {
+		t.Fatalf("10 GETs reached workers %v, want both", workers)
+	}
+	// Atomic adds from 8 clients, over both workers.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 10 {
+				if code, body, _ := kvDo(t, s.addr, "", "POST", "/kv/count?add=1", ""); code != 200 {
+					t.Errorf("add: %d %q", code, body)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if code, body, _ := kvDo(t, s.addr, "", "GET", "/kv/count", ""); code != 200 || body != "80" {
+		t.Fatalf("after 80 adds from 8 clients: %d %q", code, body)
+	}
+
+	st := getStatus(t, ctl)
+	syscall.Kill(st.Workers[0].PID, syscall.SIGKILL)
+	waitStatus(t, ctl, "worker replaced", func(s status) bool {
+		return len(s.Workers) == 2 && s.Workers[0].PID != st.Workers[0].PID && s.Workers[0].State == "ready"
+	})
+	for i := range 4 {
+		if code, body, _ := kvDo(t, s.addr, "", "GET", "/kv/greeting", ""); code != 200 || body != "hello" {
+			t.Fatalf("GET %d after SIGKILL of a worker: %d %q", i, code, body)
+		}
+	}
+	s.stop()
+	s2 := start(t, args...)
+	if code, body, _ := kvDo(t, s2.addr, "", "GET", "/kv/greeting", ""); code != 200 || body != "hello" {
+		t.Fatalf("GET after a restart: %d %q", code, body)
+	}
+	if code, _, _ := kvDo(t, s2.addr, "", "DELETE", "/kv/greeting", ""); code != 204 {
+		t.Fatalf("DELETE: %d", code)
+	}
+	for range 4 {
+		if code, _, _ := kvDo(t, s2.addr, "", "GET", "/kv/greeting", ""); code != 404 {
+			t.Fatalf("GET after DELETE: %d, want 404", code)
+		}
+	}
+}
+
+// TestKVTenantsAndLimits: tenants on one port see only their own keys;
+// an oversize key or value and a full quota get 413 (ErrTooLarge,
+// ErrQuota); a store that cannot open gives 503 (ErrUnavailable), not a
+// hang or a crash.
+func TestKVTenantsAndLimits(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := freePort(t)
+	cfg := filepath.Join(dir, "wcluster.toml")
+	writeConfig(t, cfg, fmt.Sprintf(`[cluster]
+workers = 2
+cache_dir = %q
+kv_dir = %q
+
+[[tenant]]
+name = "alpha"
+handler = %q
+listen = ["127.0.0.1:%d"]
+hosts = ["alpha.test"]
+kv_max_value = "1KiB"
+kv_quota = "4KiB"
+
+[[tenant]]
+name = "beta"
+handler = %q
+listen = ["127.0.0.1:%d"]
+hosts = ["beta.test"]
+`, env.cache, filepath.Join(dir, "kv"), guest(t, "go-kv"), port, guest(t, "go-kv"), port))
+	s := startConfig(t, cfg)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	if code, _, _ := kvDo(t, addr, "alpha.test", "PUT", "/kv/secret", "alpha's"); code != 204 {
+		t.Fatalf("alpha PUT: %d", code)
+	}
+	if code, body, _ := kvDo(t, addr, "beta.test", "GET", "/kv/secret", ""); code != 404 {
+		t.Fatalf("beta read alpha's key: %d %q", code, body)
+	}
+	if code, body, _ := kvDo(t, addr, "beta.test", "GET", "/kv/?prefix=", ""); code != 200 || body != "" {
+		t.Fatalf("beta lists %d %q, want none of alpha's keys", code, body)
+	}
+	if code, _, _ := kvDo(t, addr, "alpha.test", "PUT", "/kv/big", strings.Repeat("x", 2048)); code != 413 {
+		t.Fatalf("a 2 KiB value with kv_max_value 1KiB: %d, want 413", code)
+	}
+	if code, _, _ := kvDo(t, addr, "alpha.test", "PUT", "/kv/"+strings.Repeat("k", 1500), "v"); code != 413 {
+		t.Fatalf("a 1,500-byte key: %d, want 413", code)
+	}
+	full := 0
+	for i := range 6 {
+		code, _, _ := kvDo(t, addr, "alpha.test", "PUT", fmt.Sprintf("/kv/fill%d", i), strings.Repeat("y", 1000))
+		if code == 413 {
+			full++
+		} else if code != 204 {
+			t.Fatalf("fill %d: %d", i, code)
+		}
+	}
+	if full == 0 {
+		t.Fatal("6 KB written to a 4 KiB quota: no 413")
+	}
+	// beta has no quota of its own but the default; it is unaffected.
+	if code, _, _ := kvDo(t, addr, "beta.test", "PUT", "/kv/x", strings.Repeat("z", 1000)); code != 204 {
+		t.Fatalf("beta PUT while alpha is full: %d", code)
+	}
+	s.stop()
+
+	// A store that cannot be opened: the guest gets ErrUnavailable.
+	broken := filepath.Join(dir, "broken")
+	if err := os.MkdirAll(filepath.Join(broken, "kv.sqlite"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s2 := start(t, "--workers", "1", "--kv-dir", broken, guest(t, "go-kv"))
+	if code, body, _ := kvDo(t, s2.addr, "", "PUT", "/kv/a", "b"); code != 503 {
+		t.Fatalf("PUT to a store that cannot open: %d %q, want 503", code, body)
+	}
+	s2.waitOutput("key-value store unavailable", 10*time.Second)
+	if code, _, _ := kvDo(t, s2.addr, "", "GET", "/kv/a", ""); code != 503 {
+		t.Fatalf("the worker did not go on answering: %d", code)
+	}
+}
