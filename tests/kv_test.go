@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -177,5 +178,70 @@ hosts = ["beta.test"]
 	s2.waitOutput("key-value store unavailable", 10*time.Second)
 	if code, _, _ := kvDo(t, s2.addr, "", "GET", "/kv/a", ""); code != 503 {
 		t.Fatalf("the worker did not go on answering: %d", code)
+	}
+}
+
+// kvExamples are the kv examples of guests/<lang>/kv, one per language.
+var kvExamples = []string{"go-kv"}
+
+// TestKVExamples: every language's kv example speaks the same HTTP
+// key-value API on the same store: PUT → 204, GET → 200 with the bytes (any
+// bytes, empty too) from every worker, or 404, DELETE → 204; two requests
+// on one kept-alive connection.
+func TestKVExamples(t *testing.T) {
+	t.Parallel()
+	for _, name := range kvExamples {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s := start(t, "--workers", "2", "--kv-dir", filepath.Join(t.TempDir(), "kv"), guest(t, name))
+			binary := make([]byte, 256)
+			for i := range binary {
+				binary[i] = byte(i)
+			}
+			for _, v := range []string{"value one", string(binary), ""} {
+				if code, body, _ := kvDo(t, s.addr, "", "PUT", "/kv/k1", v); code != 204 {
+					t.Fatalf("PUT %d bytes: %d %q", len(v), code, body)
+				}
+				workers := map[string]bool{}
+				for range 4 {
+					code, body, w := kvDo(t, s.addr, "", "GET", "/kv/k1", "")
+					if code != 200 || body != v {
+						t.Fatalf("GET after PUT of %d bytes: %d, %d bytes", len(v), code, len(body))
+					}
+					workers[w] = true
+				}
+				if len(workers) != 2 {
+					t.Fatalf("GETs answered by workers %v, want both (and X-Wcluster-Worker)", workers)
+				}
+			}
+			if code, _, _ := kvDo(t, s.addr, "", "GET", "/kv/missing", ""); code != 404 {
+				t.Fatalf("GET of a key never set: %d, want 404", code)
+			}
+			if code, _, _ := kvDo(t, s.addr, "", "DELETE", "/kv/k1", ""); code != 204 {
+				t.Fatalf("DELETE: %d, want 204", code)
+			}
+			if code, _, _ := kvDo(t, s.addr, "", "GET", "/kv/k1", ""); code != 404 {
+				t.Fatalf("GET after DELETE: %d, want 404", code)
+			}
+			// Keep-alive: two requests on one connection.
+			c := s.dial(t)
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			fmt.Fprint(c, "PUT /kv/k2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != 204 {
+				t.Fatalf("PUT on a kept-alive connection: %v %v", resp, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			fmt.Fprint(c, "GET /kv/k2 HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, err = http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("second request on the connection: %v", err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || string(b) != "abc" {
+				t.Fatalf("GET on the same connection: %d %q", resp.StatusCode, b)
+			}
+		})
 	}
 }
