@@ -54,6 +54,7 @@ type Cluster struct {
 	GuestBudget     string // guest_memory_budget: "auto", "0" or a size per worker
 	CacheDir        string
 	KVDir           string // the embedded key-value store ("": none)
+	KVRedis         string // a Redis URL holding the store instead ("": the embedded one)
 	LogLevel        string
 	LogFormat       string // "text" or "json"
 	Control         string
@@ -75,6 +76,7 @@ type Group struct {
 	Tenants   []Tenant   `json:"tenants"`   // every tenant of the group, in config order
 	CacheDir  string     `json:"cache_dir"`
 	KVDir     string     `json:"kv_dir,omitempty"`
+	KVRedis   string     `json:"kv_redis,omitempty"`
 	LogLevel  string     `json:"log_level"`
 	LogFormat string     `json:"log_format"`
 	// MemoryBudget bounds the linear memory of all instances of one of the
@@ -501,7 +503,7 @@ var (
 var (
 	clusterKeys = []string{"workers", "sched", "backlog", "max_conns", "queue_size", "queue_timeout",
 		"shutdown_timeout", "worker_timeout", "max_requests", "max_worker_memory", "cache_dir", "log_level", "log_format", "control", "admin",
-		"guest_memory_budget", "user", "worker_env", "worker_sandbox", "tls_ticket_rotation", "kv_dir"}
+		"guest_memory_budget", "user", "worker_env", "worker_sandbox", "tls_ticket_rotation", "kv_dir", "kv_redis"}
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit", "kv_max_value", "kv_quota",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
 		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget",
@@ -618,6 +620,11 @@ func (cr *configReader) readCluster(top *section) Cluster {
 			s.errorf("worker_sandbox", "worker_sandbox must be true or false, not %s", tomlType(v))
 		}
 		cl.SandboxOff = isBool && !on
+	}
+	if cl.KVRedis = s.str("kv_redis", cl.KVRedis); cl.KVRedis != "" {
+		if err := CheckRedisURL(cl.KVRedis); err != nil {
+			s.errorf("kv_redis", "kv_redis: %v", err)
+		}
 	}
 	if cl.Admin = s.str("admin", cl.Admin); cl.Admin != "" {
 		if err := checkAddr(cl.Admin); err != nil {
@@ -947,10 +954,14 @@ func (cr *configReader) plan(c *Config) {
 		g := byGroup[t.Group]
 		if g == nil {
 			c.Groups = append(c.Groups, Group{Name: t.Group, Workers: c.Cluster.Workers,
-				CacheDir: c.Cluster.CacheDir, KVDir: c.Cluster.KVDir, LogLevel: c.Cluster.LogLevel, LogFormat: c.Cluster.LogFormat,
+				CacheDir: c.Cluster.CacheDir, KVDir: c.Cluster.KVDir, KVRedis: c.Cluster.KVRedis, LogLevel: c.Cluster.LogLevel, LogFormat: c.Cluster.LogFormat,
 				User: c.Cluster.User, WorkerEnv: c.Cluster.WorkerEnv,
 				Sandbox: Sandbox{Off: c.Cluster.SandboxOff, ReadPaths: []string{c.Cluster.CacheDir}, WritePaths: []string{c.Cluster.KVDir}}})
 			g = &c.Groups[len(c.Groups)-1]
+			if g.KVRedis != "" { // Redis holds the store: no file of it here
+				g.KVDir, g.Sandbox.WritePaths = "", nil
+				g.Sandbox.AllowUpstream(g.KVRedis)
+			}
 			byGroup[t.Group] = g
 		}
 	}

@@ -87,6 +87,7 @@ func Flags() []Flag {
 		{"instance-mode", "tenant instance_mode", "pooled", "pooled, or fresh: a new instance per connection", "", false},
 		{"cache-dir", "[cluster] cache_dir", defaultCacheDir(), "compilation cache shared by the workers (\"\" disables it)", "", false},
 		{"kv-dir", "[cluster] kv_dir", defaultKVDir(), "directory of the embedded key-value store every worker shares (\"\" disables the store)", "", false},
+		{"kv-redis", "[cluster] kv_redis", "", "`URL` of a Redis or Valkey (redis://HOST:PORT/DB, rediss:// for TLS) holding the key-value store instead of --kv-dir, for more than one machine", "", false},
 		{"kv-max-value", "tenant kv_max_value", "1MiB", "largest value of the key-value store", "", false},
 		{"kv-quota", "tenant kv_quota", "64MiB", "keys and values of a tenant's key-value store together (0: no quota)", "", false},
 		{"log-level", "[cluster] log_level", "info", "debug, info, warn or error", "", false},
@@ -208,6 +209,13 @@ func (d *Defaults) Set(name, v string) error {
 		l.KVMaxValue = size()
 	case "kv-quota":
 		l.KVQuota = size()
+	case "kv-redis":
+		if v != "" {
+			if e := CheckRedisURL(v); e != nil {
+				err = fmt.Errorf("--kv-redis: %w", e)
+			}
+		}
+		c.KVRedis = v
 	case "kv-dir":
 		if v != "" {
 			v, err = filepath.Abs(v)

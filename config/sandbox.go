@@ -90,7 +90,7 @@ func (p *Sandbox) AllowUpstream(upstream string) {
 	}
 	port := u.Port()
 	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+		port = map[string]string{"http": "80", "https": "443", "redis": "6379", "rediss": "6379"}[u.Scheme]
 	}
 	if n, err := strconv.ParseUint(port, 10, 16); err == nil && !slices.Contains(p.ConnectTCP, uint16(n)) {
 		p.ConnectTCP = append(p.ConnectTCP, uint16(n))
@@ -358,4 +358,16 @@ func WarnKVDir(log *slog.Logger, u *User, dir string) {
 		log.Warn("the workers cannot reach the key-value store directory: the store is unavailable to guests; give --kv-dir (kv_dir) a directory they can reach, e.g. /var/lib/wcluster/kv",
 			"user", u.spec, "kv_dir", dir, "err", err)
 	}
+}
+
+// CheckRedisURL says what is wrong with a --kv-redis URL.
+func CheckRedisURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" || u.Host == "" {
+		return fmt.Errorf("%q: give redis://HOST:PORT/DB (or rediss:// for TLS)", s)
+	}
+	return nil
 }

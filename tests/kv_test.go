@@ -5,8 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -243,5 +245,90 @@ func TestKVExamples(t *testing.T) {
 				t.Fatalf("GET on the same connection: %d %q", resp.StatusCode, b)
 			}
 		})
+	}
+}
+
+// startRedis runs a real redis-server on a free loopback port (no
+// persistence) and returns its URL and the process.
+func startRedis(t *testing.T) (string, *exec.Cmd) {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		missing(t, "redis-server (scripts/deps.sh installs it): %v", err)
+	}
+	port := freePort(t)
+	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			return fmt.Sprintf("redis://127.0.0.1:%d/0", port), cmd
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server not listening after 30s: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval for the port to open
+	}
+}
+
+// TestKVRedis: with --kv-redis the store is a real Redis: a value PUT
+// through one worker is read through every worker, after SIGKILL of a
+// worker and after a restart of wcluster; DELETE gives 404; Redis stopped
+// gives 503 (ErrUnavailable) within the store's bound, and the workers
+// live on.
+func TestKVRedis(t *testing.T) {
+	t.Parallel()
+	url, redisCmd := startRedis(t)
+	args := []string{"--workers", "2", "--kv-redis", url, guest(t, "go-kv")}
+	s, ctl := startControlled(t, args...)
+	if code, _, _ := kvDo(t, s.addr, "", "PUT", "/kv/city", "Lyon"); code != 204 {
+		t.Fatalf("PUT: %d", code)
+	}
+	workers := map[string]bool{}
+	for range 6 {
+		code, body, w := kvDo(t, s.addr, "", "GET", "/kv/city", "")
+		if code != 200 || body != "Lyon" {
+			t.Fatalf("GET: %d %q", code, body)
+		}
+		workers[w] = true
+	}
+	if len(workers) != 2 {
+		t.Fatalf("GETs reached workers %v, want both", workers)
+	}
+	st := getStatus(t, ctl)
+	syscall.Kill(st.Workers[1].PID, syscall.SIGKILL)
+	waitStatus(t, ctl, "worker replaced", func(s status) bool {
+		return len(s.Workers) == 2 && s.Workers[1].PID != st.Workers[1].PID && s.Workers[1].State == "ready"
+	})
+	s.stop()
+	s2, ctl2 := startControlled(t, args...)
+	if code, body, _ := kvDo(t, s2.addr, "", "GET", "/kv/city", ""); code != 200 || body != "Lyon" {
+		t.Fatalf("GET after SIGKILL and a restart: %d %q", code, body)
+	}
+	if code, _, _ := kvDo(t, s2.addr, "", "DELETE", "/kv/city", ""); code != 204 {
+		t.Fatalf("DELETE: %d", code)
+	}
+	if code, _, _ := kvDo(t, s2.addr, "", "GET", "/kv/city", ""); code != 404 {
+		t.Fatalf("GET after DELETE: %d", code)
+	}
+	before := getStatus(t, ctl2)
+	redisCmd.Process.Kill()
+	redisCmd.Wait()
+	begin := time.Now()
+	if code, body, _ := kvDo(t, s2.addr, "", "GET", "/kv/city", ""); code != 503 {
+		t.Fatalf("GET with Redis stopped: %d %q, want 503", code, body)
+	}
+	t.Logf("503 with Redis stopped after %v", time.Since(begin).Round(time.Millisecond))
+	s2.waitOutput("key-value store unavailable", 10*time.Second)
+	after := getStatus(t, ctl2)
+	for i := range after.Workers {
+		if after.Workers[i].PID != before.Workers[i].PID {
+			t.Fatalf("a worker was replaced while Redis was down")
+		}
 	}
 }

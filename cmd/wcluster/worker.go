@@ -88,7 +88,16 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.
 	// One store for the worker, opened on first use, each tenant in its
 	// own namespace.
 	var kv kvstore.Backend
-	if g.KVDir != "" {
+	if g.KVRedis != "" {
+		u := g.KVRedis
+		kv = kvstore.NewLazy(func() (kvstore.Backend, error) {
+			r, err := kvstore.OpenRedis(u)
+			if err != nil {
+				return nil, err
+			}
+			return r, nil
+		})
+	} else if g.KVDir != "" {
 		dir := g.KVDir
 		kv = kvstore.NewLazy(func() (kvstore.Backend, error) {
 			s, err := kvstore.OpenSQLite(dir)

@@ -1,0 +1,127 @@
+package kvstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startRedis runs a real redis-server on a free loopback port for the
+// test (no persistence), and returns its URL.
+func startRedis(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server is missing (scripts/deps.sh installs it): %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			return fmt.Sprintf("redis://127.0.0.1:%d/0", port)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server not listening after 30s: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestBackends: both backends keep the same semantics: namespaces apart,
+// not found, set and overwrite, quota (nothing changed past it), add
+// (atomic, not-an-integer, overflow), delete, list by prefix in order.
+func TestBackends(t *testing.T) {
+	for _, name := range []string{"sqlite", "redis"} {
+		t.Run(name, func(t *testing.T) {
+			var b Backend
+			var err error
+			if name == "sqlite" {
+				b, err = OpenSQLite(t.TempDir())
+			} else {
+				b, err = OpenRedis(startRedis(t))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			ctx := context.Background()
+			if _, err := b.Get(ctx, "a", []byte("k")); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("get of nothing: %v", err)
+			}
+			if err := b.Set(ctx, "a", []byte("k"), []byte("one"), 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Get(ctx, "a:", []byte("k")); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("namespace a: sees a's key: %v", err)
+			}
+			if err := b.Set(ctx, "a", []byte("k"), []byte("two"), 0); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := b.Get(ctx, "a", []byte("k")); err != nil || string(v) != "two" {
+				t.Fatalf("get after overwrite: %q %v", v, err)
+			}
+			// Quota 20: k+two is 4 bytes; a 20-byte value passes it.
+			if err := b.Set(ctx, "a", []byte("big"), bytes.Repeat([]byte("x"), 20), 20); !errors.Is(err, ErrQuota) {
+				t.Fatalf("over quota: %v", err)
+			}
+			if _, err := b.Get(ctx, "a", []byte("big")); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("a refused set left a value: %v", err)
+			}
+			if err := b.Set(ctx, "a", []byte("ok"), bytes.Repeat([]byte("x"), 10), 20); err != nil {
+				t.Fatalf("within quota: %v", err)
+			}
+			for i := 1; i <= 3; i++ {
+				if sum, err := b.Add(ctx, "a", []byte("n"), 5, 0); err != nil || sum != int64(5*i) {
+					t.Fatalf("add %d: %d %v", i, sum, err)
+				}
+			}
+			if _, err := b.Add(ctx, "a", []byte("k"), 1, 0); !errors.Is(err, ErrNotInteger) {
+				t.Fatalf("add to text: %v", err)
+			}
+			b.Set(ctx, "a", []byte("max"), []byte(strconv.FormatInt(1<<63-1, 10)), 0)
+			if _, err := b.Add(ctx, "a", []byte("max"), 1, 0); !errors.Is(err, ErrNotInteger) {
+				t.Fatalf("overflow: %v", err)
+			}
+			if err := b.Delete(ctx, "a", []byte("k")); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Delete(ctx, "a", []byte("k")); err != nil {
+				t.Fatalf("delete of nothing: %v", err)
+			}
+			for _, k := range []string{"user/2", "user/1", "user*", "other"} {
+				b.Set(ctx, "a", []byte(k), []byte("v"), 0)
+			}
+			b.Set(ctx, "b", []byte("user/3"), []byte("v"), 0)
+			keys, err := b.List(ctx, "a", []byte("user"), 1000)
+			var got []string
+			for _, k := range keys {
+				got = append(got, string(k))
+			}
+			if err != nil || strings.Join(got, ",") != "user*,user/1,user/2" {
+				t.Fatalf("list user: %v %v", got, err)
+			}
+			if keys, _ := b.List(ctx, "a", []byte("user"), 1); len(keys) != 1 {
+				t.Fatalf("list with limit 1: %d keys", len(keys))
+			}
+		})
+	}
+}
