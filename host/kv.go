@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
-	"time"
 
 	"github.com/tetratelabs/wazero/api"
 
@@ -16,9 +15,12 @@ import (
 	"github.com/wcluster/wcluster/internal/kvstore"
 )
 
-// kvTimeout bounds one store operation: a store that hangs gives the guest
-// ErrUnavailable, never a stuck instance.
-const kvTimeout = 5 * time.Second
+// kvCtx is the context of a store operation: not cancelled with the call
+// (a context that can be cancelled costs the SQLite driver a goroutine per
+// query); each backend bounds its own waits (SQLite's busy timeout, the
+// Redis client's timeouts), so a store that hangs gives the guest
+// ErrUnavailable within seconds, never a stuck instance.
+func kvCtx(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
 
 // kvCode is err as an ABI code, logging what the guest cannot see.
 func (h *Handler) kvCode(op string, err error) int32 {
@@ -62,8 +64,7 @@ func (h *Handler) kvGet(ctx context.Context, mod api.Module, stack []uint64) {
 		ret(stack, code)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
-	defer cancel()
+	ctx = kvCtx(ctx)
 	kv := h.opts.KV
 	v, err := kv.Backend.Get(ctx, kv.NS, key)
 	if err != nil {
@@ -94,8 +95,7 @@ func (h *Handler) kvSet(ctx context.Context, mod api.Module, stack []uint64) {
 		ret(stack, abi.ErrTooLarge)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
-	defer cancel()
+	ctx = kvCtx(ctx)
 	ret(stack, h.kvCode("set", kv.Backend.Set(ctx, kv.NS, key, val, kv.Quota)))
 }
 
@@ -105,8 +105,7 @@ func (h *Handler) kvDelete(ctx context.Context, mod api.Module, stack []uint64) 
 		ret(stack, code)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
-	defer cancel()
+	ctx = kvCtx(ctx)
 	kv := h.opts.KV
 	ret(stack, h.kvCode("delete", kv.Backend.Delete(ctx, kv.NS, key)))
 }
@@ -128,8 +127,7 @@ func (h *Handler) kvAdd(ctx context.Context, mod api.Module, stack []uint64) {
 		ret(stack, abi.ErrFault)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
-	defer cancel()
+	ctx = kvCtx(ctx)
 	kv := h.opts.KV
 	sum, err := kv.Backend.Add(ctx, kv.NS, key, delta, kv.Quota)
 	if err != nil {
@@ -151,8 +149,7 @@ func (h *Handler) kvList(ctx context.Context, mod api.Module, stack []uint64) {
 		ret(stack, code)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
-	defer cancel()
+	ctx = kvCtx(ctx)
 	kv := h.opts.KV
 	keys, err := kv.Backend.List(ctx, kv.NS, prefix, abi.MaxKVList)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -28,7 +29,10 @@ func OpenRedis(url string) (*Redis, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kv redis %s: %w", url, err)
 	}
+	// Bounded waits: a Redis that is gone or stuck is an error within
+	// seconds (the guest gets ErrUnavailable), not a stuck instance.
 	o.MaxRetries = 1
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = 2*time.Second, 2*time.Second, 2*time.Second
 	return &Redis{c: redis.NewClient(o)}, nil
 }
 

@@ -19,7 +19,8 @@ import (
 // that survive the kill of any process (synchronous=NORMAL: a power loss
 // may take the last commits, a crash does not).
 type SQLite struct {
-	db *sql.DB
+	db  *sql.DB
+	get *sql.Stmt // prepared once: parsing the query cost more than running it
 }
 
 // FileName is the database's name in the store's directory.
@@ -46,14 +47,22 @@ CREATE TABLE IF NOT EXISTS usage (ns TEXT PRIMARY KEY, bytes INTEGER NOT NULL) W
 		db.Close()
 		return nil, fmt.Errorf("kv store %s: %w", dir, err)
 	}
-	return &SQLite{db: db}, nil
+	get, err := db.PrepareContext(ctx, `SELECT v FROM kv WHERE ns = ? AND k = ?`)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("kv store %s: %w", dir, err)
+	}
+	return &SQLite{db: db, get: get}, nil
 }
 
-func (s *SQLite) Close() error { return s.db.Close() }
+func (s *SQLite) Close() error {
+	s.get.Close()
+	return s.db.Close()
+}
 
 func (s *SQLite) Get(ctx context.Context, ns string, key []byte) ([]byte, error) {
 	var v []byte
-	err := s.db.QueryRowContext(ctx, `SELECT v FROM kv WHERE ns = ? AND k = ?`, ns, key).Scan(&v)
+	err := s.get.QueryRowContext(ctx, ns, key).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}

@@ -11,66 +11,218 @@
 //
 // 413 for a key or value over the store's limits or its quota, 503 while
 // the store is unavailable. Every answer names the worker
-// (X-Wcluster-Worker), to show that a write is read by every worker.
+// (X-Wcluster-Worker), to show that a write is read by every worker. It
+// parses HTTP/1.1 itself, as the hello example does (net/http's parser
+// would cost more than the store).
 package main
 
 import (
-	"bufio"
 	"errors"
-	"io"
-	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
 	"github.com/wcluster/wcluster/guests/go/wcluster"
 )
 
+const maxRequest = 2<<20 + 8<<10 // a 2 MiB value and its head
+
+var (
+	in  = make([]byte, 16<<10)
+	out = make([]byte, 0, 4096)
+)
+
 func init() { wcluster.Handle(serve) }
 
 func main() {}
 
+// serve answers every complete request read so far and pushes an
+// incomplete tail back for the next call, as hello does.
 func serve(flags wcluster.Flags) wcluster.Action {
-	br := bufio.NewReader(wcluster.Conn)
-	req, err := http.ReadRequest(br)
+	out = out[:0]
+	n, err := wcluster.Read(in)
 	if err != nil {
-		return wcluster.Close
+		return flush(wcluster.Close)
 	}
-	body, err := io.ReadAll(io.LimitReader(req.Body, 64<<20))
-	if err != nil {
-		return wcluster.Close
+	buf := in[:n]
+	for {
+		req, ok, bad := parse(buf)
+		if bad {
+			out = append(out, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"...)
+			return flush(wcluster.Close)
+		}
+		if !ok && req.size > 0 {
+			// The head is complete, the body is not: read the rest now
+			// (bodies may be larger than what the host holds back).
+			if req.size > len(in) {
+				in = make([]byte, req.size)
+			}
+			copy(in, buf)
+			m, err := wcluster.Read(in[len(buf):req.size])
+			if err != nil {
+				return flush(wcluster.Close)
+			}
+			buf = in[:len(buf)+m]
+			continue
+		}
+		if !ok {
+			break
+		}
+		keep := req.keepAlive && flags&wcluster.Draining == 0
+		code, body := handle(req)
+		respond(code, body, keep)
+		if !keep {
+			return flush(wcluster.Close)
+		}
+		buf = buf[req.size:]
 	}
-	code, out := handle(req, body)
-	keep := !req.Close && flags&wcluster.Draining == 0
-	var b strings.Builder
-	b.WriteString("HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\n")
-	b.WriteString("Content-Length: " + strconv.Itoa(len(out)) + "\r\n")
-	b.WriteString("X-Wcluster-Worker: " + strconv.Itoa(wcluster.WorkerID()) + "\r\n")
-	if !keep {
-		b.WriteString("Connection: close\r\n")
+	if len(buf) == 0 {
+		return flush(wcluster.Keep)
 	}
-	b.WriteString("\r\n")
-	b.Write(out)
-	if _, err := wcluster.Write([]byte(b.String())); err != nil || !keep {
-		return wcluster.Close
+	if len(buf) == len(in) { // a head larger than the buffer
+		out = append(out, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"...)
+		return flush(wcluster.Close)
 	}
-	// Bytes read ahead (a pipelined request) wait for the next call.
-	if n := br.Buffered(); n > 0 {
-		rest, _ := br.Peek(n)
-		if wcluster.Unread(rest) != nil {
+	if wcluster.Unread(buf) != nil {
+		return flush(wcluster.Close)
+	}
+	return flush(wcluster.Keep)
+}
+
+func flush(a wcluster.Action) wcluster.Action {
+	if len(out) > 0 {
+		if _, err := wcluster.Write(out); err != nil {
 			return wcluster.Close
 		}
 	}
-	return wcluster.Keep
+	return a
 }
 
-func handle(req *http.Request, body []byte) (int, []byte) {
-	key, ok := strings.CutPrefix(req.URL.Path, "/kv/")
-	if !ok {
-		return http.StatusNotFound, []byte("not found: use /kv/KEY\n")
+var worker string
+
+func respond(code int, body []byte, keep bool) {
+	if worker == "" {
+		worker = strconv.Itoa(wcluster.WorkerID())
 	}
+	out = append(out, "HTTP/1.1 "...)
+	out = strconv.AppendInt(out, int64(code), 10)
+	out = append(out, ' ')
+	out = append(out, reason(code)...)
+	out = append(out, "\r\nContent-Length: "...)
+	out = strconv.AppendInt(out, int64(len(body)), 10)
+	out = append(out, "\r\nX-Wcluster-Worker: "...)
+	out = append(out, worker...)
+	if !keep {
+		out = append(out, "\r\nConnection: close"...)
+	}
+	out = append(out, "\r\n\r\n"...)
+	out = append(out, body...)
+}
+
+func reason(code int) string {
+	switch code {
+	case 200:
+		return "OK"
+	case 204:
+		return "No Content"
+	case 400:
+		return "Bad Request"
+	case 404:
+		return "Not Found"
+	case 405:
+		return "Method Not Allowed"
+	case 409:
+		return "Conflict"
+	case 413:
+		return "Content Too Large"
+	case 503:
+		return "Service Unavailable"
+	}
+	return "Internal Server Error"
+}
+
+type request struct {
+	method, target string
+	body           []byte
+	size           int // head and body bytes
+	keepAlive      bool
+}
+
+// parse finds one complete request at the start of b. ok is false while
+// more bytes are needed; bad reports one this handler cannot serve.
+func parse(b []byte) (req request, ok, bad bool) {
+	start, clen := 0, 0
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		if i == start || b[i-1] != '\r' {
+			return req, false, true
+		}
+		line := b[start : i-1]
+		switch {
+		case len(line) == 0:
+			if start == 0 {
+				return req, false, true
+			}
+			req.size = i + 1 + clen
+			if req.size > len(b) {
+				return req, false, req.size > maxRequest
+			}
+			req.body = b[i+1 : req.size]
+			return req, true, false
+		case start == 0: // METHOD TARGET HTTP/1.x
+			s := string(line)
+			sp1 := strings.IndexByte(s, ' ')
+			sp2 := strings.LastIndexByte(s, ' ')
+			if sp1 <= 0 || sp2 <= sp1 || !strings.HasPrefix(s[sp2+1:], "HTTP/1.") || len(s)-sp2 != 9 {
+				return req, false, true
+			}
+			req.method, req.target = s[:sp1], s[sp1+1:sp2]
+			req.keepAlive = s[len(s)-1] == '1'
+		default:
+			colon := strings.IndexByte(string(line), ':')
+			if colon <= 0 {
+				return req, false, true
+			}
+			name := strings.ToLower(string(line[:colon]))
+			value := strings.TrimSpace(string(line[colon+1:]))
+			switch name {
+			case "content-length":
+				v, err := strconv.Atoi(value)
+				if err != nil || v < 0 {
+					return req, false, true
+				}
+				clen = v
+			case "transfer-encoding":
+				return req, false, true // chunked bodies are not served here
+			case "connection":
+				switch strings.ToLower(value) {
+				case "close":
+					req.keepAlive = false
+				case "keep-alive":
+					req.keepAlive = true
+				}
+			}
+		}
+		start = i + 1
+	}
+	return req, false, false
+}
+
+func handle(req request) (int, []byte) {
+	path, query, _ := strings.Cut(req.target, "?")
+	key, ok := strings.CutPrefix(path, "/kv/")
+	if !ok {
+		return 404, []byte("not found: use /kv/KEY\n")
+	}
+	if k, err := url.PathUnescape(key); err == nil {
+		key = k
+	}
+	q, _ := url.ParseQuery(query)
 	switch {
-	case key == "" && req.Method == http.MethodGet:
-		keys, err := wcluster.KVList(req.URL.Query().Get("prefix"))
+	case key == "" && req.method == "GET":
+		keys, err := wcluster.KVList(q.Get("prefix"))
 		if err != nil {
 			return status(err), []byte(err.Error() + "\n")
 		}
@@ -78,51 +230,51 @@ func handle(req *http.Request, body []byte) (int, []byte) {
 		for _, k := range keys {
 			b.WriteString(k + "\n")
 		}
-		return http.StatusOK, []byte(b.String())
-	case req.Method == http.MethodGet:
+		return 200, []byte(b.String())
+	case req.method == "GET":
 		v, err := wcluster.KVGet(key)
 		if err != nil {
 			return status(err), nil
 		}
-		return http.StatusOK, v
-	case req.Method == http.MethodPut:
-		if err := wcluster.KVSet(key, body); err != nil {
+		return 200, v
+	case req.method == "PUT":
+		if err := wcluster.KVSet(key, req.body); err != nil {
 			return status(err), []byte(err.Error() + "\n")
 		}
-		return http.StatusNoContent, nil
-	case req.Method == http.MethodDelete:
+		return 204, nil
+	case req.method == "DELETE":
 		if err := wcluster.KVDelete(key); err != nil {
 			return status(err), []byte(err.Error() + "\n")
 		}
-		return http.StatusNoContent, nil
-	case req.Method == http.MethodPost && req.URL.Query().Has("add"):
-		d, err := strconv.ParseInt(req.URL.Query().Get("add"), 10, 64)
+		return 204, nil
+	case req.method == "POST" && q.Has("add"):
+		d, err := strconv.ParseInt(q.Get("add"), 10, 64)
 		if err != nil {
-			return http.StatusBadRequest, []byte("add: give an integer\n")
+			return 400, []byte("add: give an integer\n")
 		}
 		sum, err := wcluster.KVAdd(key, d)
 		if err != nil {
 			return status(err), []byte(err.Error() + "\n")
 		}
-		return http.StatusOK, []byte(strconv.FormatInt(sum, 10) + "\n")
+		return 200, []byte(strconv.FormatInt(sum, 10) + "\n")
 	}
-	return http.StatusMethodNotAllowed, nil
+	return 405, nil
 }
 
 func status(err error) int {
 	var e wcluster.Error
 	if !errors.As(err, &e) {
-		return http.StatusInternalServerError
+		return 500
 	}
 	switch e {
 	case wcluster.ErrNotFound:
-		return http.StatusNotFound
+		return 404
 	case wcluster.ErrTooLarge, wcluster.ErrQuota:
-		return http.StatusRequestEntityTooLarge
+		return 413
 	case wcluster.ErrUnavailable:
-		return http.StatusServiceUnavailable
+		return 503
 	case wcluster.ErrInvalid:
-		return http.StatusConflict
+		return 409
 	}
-	return http.StatusInternalServerError
+	return 500
 }
