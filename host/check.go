@@ -51,6 +51,9 @@ type Info struct {
 	// (or, a command, started) as soon as a connection is accepted rather
 	// than when the peer's first bytes arrive.
 	SpeaksFirst bool
+	// Warnings are what `check` (and serve's log) say of a module that is
+	// served, but probably not as its author meant.
+	Warnings []string
 }
 
 // hostSignatures are the parameter and result types of every ABI function.
@@ -122,6 +125,10 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 			continue
 		}
 		info.ABIVersion = n
+		if f := exports[name]; len(f.ParamTypes()) != 0 || len(f.ResultTypes()) != 0 {
+			return info, fmt.Errorf("exports %s with signature %s, want () -> (): it only marks the ABI version (the SDKs export an empty function)",
+				name, signature(f.ParamTypes(), f.ResultTypes()))
+		}
 	}
 
 	_, handles := exports[abi.ExportHandle]
@@ -156,6 +163,10 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 		if _, ok := m.ExportedMemories()[abi.ExportMemory]; !ok {
 			return info, fmt.Errorf("exports no %q: the host passes buffers through it", abi.ExportMemory)
 		}
+		if _, ok := exports[abi.ExportStart]; ok {
+			info.Warnings = append(info.Warnings, fmt.Sprintf("exports %s beside %s: it was built as a command, so its main never runs (the host calls %s, not %s); "+
+				"build it as a reactor (Go: -buildmode=c-shared; C: -mexec-model=reactor; Rust: crate-type cdylib)", abi.ExportStart, abi.ExportHandle, abi.ExportInitialize, abi.ExportStart))
+		}
 		return info, nil
 	}
 	if _, ok := exports[abi.ExportStart]; ok {
@@ -165,7 +176,8 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 		}
 		return info, nil
 	}
-	return info, errors.New("exports neither wcluster_handle nor _start: build it with a wcluster SDK (a reactor) or as a WASI command")
+	return info, errors.New("exports neither wcluster_handle nor _start: build it with a wcluster SDK (a reactor) or as a WASI command " +
+		"(Zig: -rdynamic, or the build's rdynamic = true, so that the SDK's exports are kept)")
 }
 
 // importsFrom reports whether imports ("module.name") has one from mod.

@@ -129,3 +129,32 @@ func TestCheckRefusesWhatServeRefuses(t *testing.T) {
 		t.Fatalf("check of the reserved export without a time limit: %v\n%s", err, out)
 	}
 }
+
+// TestCheckWarnsOfCommandBuiltReactor: a reactor that also exports _start
+// (built as a command: main never runs) is served with a warning that says
+// how to build it; a version marker that is not () -> () is refused.
+func TestCheckWarnsOfCommandBuiltReactor(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	build := func(name, wat string) string {
+		src, wasm := filepath.Join(dir, name+".wat"), filepath.Join(dir, name+".wasm")
+		if err := os.WriteFile(src, []byte(wat), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("wat2wasm", "-o", wasm, src).CombinedOutput(); err != nil {
+			t.Fatalf("wat2wasm (wabt): %v\n%s", err, out)
+		}
+		return wasm
+	}
+	both := build("both", `(module (memory (export "memory") 1) (func (export "wcluster_abi_v1"))
+  (func (export "wcluster_handle") (param i32) (result i32) (i32.const 0)) (func (export "_start")))`)
+	out, err := run(t, "check", both)
+	if err != nil || !strings.Contains(out, "warning: exports _start beside wcluster_handle") || !strings.Contains(out, "-buildmode=c-shared") {
+		t.Errorf("check of a reactor built as a command: %v\n%s", err, out)
+	}
+	marker := build("marker", `(module (memory (export "memory") 1) (func (export "wcluster_abi_v1") (param i32))
+  (func (export "wcluster_handle") (param i32) (result i32) (i32.const 0)))`)
+	if out, err := run(t, "check", marker); err == nil || !strings.Contains(out, "exports wcluster_abi_v1 with signature (i32) -> (), want () -> ()") {
+		t.Errorf("check of a marker with a parameter: %v\n%s", err, out)
+	}
+}

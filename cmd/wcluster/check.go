@@ -78,6 +78,9 @@ func checkHandler(c *cli.Context, d config.Defaults) error {
 	fmt.Fprintf(w, "; instantiated within --memory-limit %s and --timeout %v\n", c.String("memory-limit"), d.Limits.Timeout)
 	fmt.Fprintf(w, "exports: %s\n", strings.Join(info.Exports, ", "))
 	fmt.Fprintf(w, "imports: %s\n", strings.Join(info.Imports, ", "))
+	for _, warn := range info.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warn)
+	}
 	if info.Kind == host.KindHTTP {
 		wasm, err := t.ReadWasm()
 		if err != nil {

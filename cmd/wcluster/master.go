@@ -154,6 +154,9 @@ func prepare(ctx context.Context, c *config.Config, log *slog.Logger) ([]host.In
 		if err != nil {
 			errs = append(errs, c.ModuleError(t, err, true))
 		}
+		for _, w := range info.Warnings {
+			log.Warn(w, "tenant", t.Name)
+		}
 		infos = append(infos, info)
 	}
 	if len(errs) > 0 {
