@@ -40,6 +40,24 @@ func kvDo(t *testing.T, addr, host, method, path, body string) (int, string, str
 	return resp.StatusCode, string(b), resp.Header.Get("X-Wcluster-Worker")
 }
 
+// readEverywhere GETs path on new connections until both workers have
+// answered (at most 100 requests: rr gives the next connection to the
+// worker with fewer open, so both come soon), each with want.
+func readEverywhere(t *testing.T, addr, path, want string) {
+	t.Helper()
+	workers := map[string]bool{}
+	for i := 0; i < 100 && len(workers) < 2; i++ {
+		code, body, w := kvDo(t, addr, "", "GET", path, "")
+		if code != 200 || body != want {
+			t.Fatalf("GET %s %d (worker %q): %d, %d bytes, want %d bytes", path, i, w, code, len(body), len(want))
+		}
+		workers[w] = true
+	}
+	if len(workers) != 2 {
+		t.Fatalf("100 GETs of %s answered by workers %v, want both (and X-Wcluster-Worker)", path, workers)
+	}
+}
+
 // TestKVSharedAndDurable: a value PUT through one worker is read through
 // every worker, survives SIGKILL of a worker and a restart with the same
 // --kv-dir, and DELETE gives 404 after; kv_add is atomic across workers.
@@ -51,17 +69,7 @@ func TestKVSharedAndDurable(t *testing.T) {
 	if code, _, _ := kvDo(t, s.addr, "", "PUT", "/kv/greeting", "hello"); code != 204 {
 		t.Fatalf("PUT: %d", code)
 	}
-	workers := map[string]bool{}
-	for i := range 10 {
-		code, body, w := kvDo(t, s.addr, "", "GET", "/kv/greeting", "")
-		if code != 200 || body != "hello" {
-			t.Fatalf("GET %d (worker %s): %d %q", i, w, code, body)
-		}
-		workers[w] = true
-	}
-	if len(workers) != 2 {
-		t.Fatalf("10 GETs reached workers %v, want both", workers)
-	}
+	readEverywhere(t, s.addr, "/kv/greeting", "hello")
 	// Atomic adds from 8 clients, over both workers.
 	var wg sync.WaitGroup
 	for range 8 {
@@ -204,17 +212,7 @@ func TestKVExamples(t *testing.T) {
 				if code, body, _ := kvDo(t, s.addr, "", "PUT", "/kv/k1", v); code != 204 {
 					t.Fatalf("PUT %d bytes: %d %q", len(v), code, body)
 				}
-				workers := map[string]bool{}
-				for range 4 {
-					code, body, w := kvDo(t, s.addr, "", "GET", "/kv/k1", "")
-					if code != 200 || body != v {
-						t.Fatalf("GET after PUT of %d bytes: %d, %d bytes", len(v), code, len(body))
-					}
-					workers[w] = true
-				}
-				if len(workers) != 2 {
-					t.Fatalf("GETs answered by workers %v, want both (and X-Wcluster-Worker)", workers)
-				}
+				readEverywhere(t, s.addr, "/kv/k1", v)
 			}
 			if code, _, _ := kvDo(t, s.addr, "", "GET", "/kv/missing", ""); code != 404 {
 				t.Fatalf("GET of a key never set: %d, want 404", code)
@@ -289,17 +287,7 @@ func TestKVRedis(t *testing.T) {
 	if code, _, _ := kvDo(t, s.addr, "", "PUT", "/kv/city", "Lyon"); code != 204 {
 		t.Fatalf("PUT: %d", code)
 	}
-	workers := map[string]bool{}
-	for range 6 {
-		code, body, w := kvDo(t, s.addr, "", "GET", "/kv/city", "")
-		if code != 200 || body != "Lyon" {
-			t.Fatalf("GET: %d %q", code, body)
-		}
-		workers[w] = true
-	}
-	if len(workers) != 2 {
-		t.Fatalf("GETs reached workers %v, want both", workers)
-	}
+	readEverywhere(t, s.addr, "/kv/city", "Lyon")
 	st := getStatus(t, ctl)
 	syscall.Kill(st.Workers[1].PID, syscall.SIGKILL)
 	waitStatus(t, ctl, "worker replaced", func(s status) bool {

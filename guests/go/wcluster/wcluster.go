@@ -16,6 +16,8 @@ import (
 	"io"
 	"strconv"
 	"unsafe"
+
+	"github.com/wcluster/wcluster/guests/go/wcluster/store"
 )
 
 //go:wasmimport wcluster conn_read
@@ -44,21 +46,6 @@ func hostLog(level int32, buf unsafe.Pointer, n int32) int32
 
 //go:wasmimport wcluster config_get
 func configGet(key unsafe.Pointer, keyLen int32, buf unsafe.Pointer, n int32) int32
-
-//go:wasmimport wcluster kv_get
-func kvGet(key unsafe.Pointer, keyLen int32, buf unsafe.Pointer, n int32) int32
-
-//go:wasmimport wcluster kv_set
-func kvSet(key unsafe.Pointer, keyLen int32, val unsafe.Pointer, n int32) int32
-
-//go:wasmimport wcluster kv_delete
-func kvDelete(key unsafe.Pointer, keyLen int32) int32
-
-//go:wasmimport wcluster kv_add
-func kvAdd(key unsafe.Pointer, keyLen int32, delta int64, out unsafe.Pointer) int32
-
-//go:wasmimport wcluster kv_list
-func kvList(prefix unsafe.Pointer, prefixLen int32, buf unsafe.Pointer, n int32) int32
 
 // Error is a host ABI error code (always negative).
 type Error int32
@@ -261,77 +248,38 @@ func Config(key string) (string, bool) {
 }
 
 // The key-value store: the tenant's own, shared by every instance of every
-// worker, durable (see abi/README.md, "Where state lives").
+// worker, durable (package store; see abi/README.md, "Where state lives").
+// Errors are this package's Error, with the same codes.
 
-func bytesPtr(b []byte) unsafe.Pointer {
-	if len(b) == 0 {
-		return nil
+func kvErr(err error) error {
+	if e, ok := err.(store.Error); ok {
+		return Error(e)
 	}
-	return unsafe.Pointer(&b[0])
+	return err
 }
 
 // KVGet returns the value of key, or ErrNotFound.
 func KVGet(key string) ([]byte, error) {
-	k := unsafe.Pointer(unsafe.StringData(key))
-	buf := make([]byte, 512)
-	for {
-		n := kvGet(k, int32(len(key)), unsafe.Pointer(&buf[0]), int32(len(buf)))
-		if n < 0 {
-			return nil, Error(n)
-		}
-		if int(n) <= len(buf) {
-			return buf[:n], nil
-		}
-		buf = make([]byte, n)
-	}
+	v, err := store.Get(key)
+	return v, kvErr(err)
 }
 
 // KVSet sets key to value; it returns once every worker reads it.
-func KVSet(key string, value []byte) error {
-	if n := kvSet(unsafe.Pointer(unsafe.StringData(key)), int32(len(key)), bytesPtr(value), int32(len(value))); n < 0 {
-		return Error(n)
-	}
-	return nil
-}
+func KVSet(key string, value []byte) error { return kvErr(store.Set(key, value)) }
 
 // KVDelete removes key (no error when it had no value).
-func KVDelete(key string) error {
-	if n := kvDelete(unsafe.Pointer(unsafe.StringData(key)), int32(len(key))); n < 0 {
-		return Error(n)
-	}
-	return nil
-}
+func KVDelete(key string) error { return kvErr(store.Delete(key)) }
 
 // KVAdd atomically adds delta to the integer value of key (none counts as
 // 0) and returns the sum.
 func KVAdd(key string, delta int64) (int64, error) {
-	var sum int64
-	if n := kvAdd(unsafe.Pointer(unsafe.StringData(key)), int32(len(key)), delta, unsafe.Pointer(&sum)); n < 0 {
-		return 0, Error(n)
-	}
-	return sum, nil
+	sum, err := store.Add(key, delta)
+	return sum, kvErr(err)
 }
 
 // KVList returns the keys beginning with prefix, in byte order (at most
 // 1,000).
 func KVList(prefix string) ([]string, error) {
-	p := unsafe.Pointer(unsafe.StringData(prefix))
-	buf := make([]byte, 4096)
-	for {
-		n := kvList(p, int32(len(prefix)), unsafe.Pointer(&buf[0]), int32(len(buf)))
-		if n < 0 {
-			return nil, Error(n)
-		}
-		if int(n) > len(buf) {
-			buf = make([]byte, n)
-			continue
-		}
-		var keys []string
-		for b := buf[:n]; len(b) >= 4; {
-			l := int(b[0]) | int(b[1])<<8 | int(b[2])<<16 | int(b[3])<<24
-			keys = append(keys, string(b[4:4+l]))
-			b = b[4+l:]
-		}
-		return keys, nil
-	}
+	keys, err := store.List(prefix)
+	return keys, kvErr(err)
 }
