@@ -5,16 +5,16 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wcluster/wcluster/internal/testfiles"
 )
 
 // kvDo sends one request to the go-kv example on a new connection (so rr
@@ -246,34 +246,6 @@ func TestKVExamples(t *testing.T) {
 	}
 }
 
-// startRedis runs a real redis-server on a free loopback port (no
-// persistence) and returns its URL and the process.
-func startRedis(t *testing.T) (string, *exec.Cmd) {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		missing(t, "redis-server (scripts/deps.sh installs it): %v", err)
-	}
-	port := freePort(t)
-	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-			return fmt.Sprintf("redis://127.0.0.1:%d/0", port), cmd
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server not listening after 30s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond) // poll interval for the port to open
-	}
-}
-
 // TestKVRedis: with --kv-redis the store is a real Redis: a value PUT
 // through one worker is read through every worker, after SIGKILL of a
 // worker and after a restart of wcluster; DELETE gives 404; Redis stopped
@@ -281,7 +253,7 @@ func startRedis(t *testing.T) (string, *exec.Cmd) {
 // live on.
 func TestKVRedis(t *testing.T) {
 	t.Parallel()
-	url, redisCmd := startRedis(t)
+	url, redisCmd := testfiles.Redis(t)
 	args := []string{"--workers", "2", "--kv-redis", url, guest(t, "go-kv")}
 	s, ctl := startControlled(t, args...)
 	if code, _, _ := kvDo(t, s.addr, "", "PUT", "/kv/city", "Lyon"); code != 204 {

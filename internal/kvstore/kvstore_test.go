@@ -4,47 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"net"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
-)
 
-// startRedis runs a real redis-server on a free loopback port for the
-// test (no persistence), and returns its URL.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server is missing (scripts/deps.sh installs it): %v", err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-			return fmt.Sprintf("redis://127.0.0.1:%d/0", port)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server not listening after 30s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+	"github.com/wcluster/wcluster/internal/testfiles"
+)
 
 // TestBackends: both backends keep the same semantics: namespaces apart,
 // not found, set and overwrite, quota (nothing changed past it), add
@@ -57,7 +22,8 @@ func TestBackends(t *testing.T) {
 			if name == "sqlite" {
 				b, err = OpenSQLite(t.TempDir())
 			} else {
-				b, err = OpenRedis(startRedis(t))
+				url, _ := testfiles.Redis(t)
+				b, err = OpenRedis(url)
 			}
 			if err != nil {
 				t.Fatal(err)

@@ -14,7 +14,6 @@ package wcluster
 
 import (
 	"io"
-	"strconv"
 	"unsafe"
 
 	"github.com/wcluster/wcluster/guests/go/wcluster/store"
@@ -47,50 +46,23 @@ func hostLog(level int32, buf unsafe.Pointer, n int32) int32
 //go:wasmimport wcluster config_get
 func configGet(key unsafe.Pointer, keyLen int32, buf unsafe.Pointer, n int32) int32
 
-// Error is a host ABI error code (always negative).
-type Error int32
+// Error is a host ABI error code (always negative); the type is package
+// store's, so the key-value store's errors are these too.
+type Error = store.Error
 
 // The host's error codes; see abi/README.md.
 const (
-	ErrFault    Error = -1
-	ErrInvalid  Error = -2
-	ErrClosed   Error = -3
-	ErrTimeout  Error = -4
-	ErrTooLarge Error = -5
-	ErrNoConn   Error = -6
-	ErrShutdown Error = -7
-	ErrNotFound Error = -8
-	// ErrUnavailable: the key-value store could not be reached; try later.
-	ErrUnavailable Error = -9
-	// ErrQuota: the tenant's key-value store would pass its quota.
-	ErrQuota Error = -10
+	ErrFault       = store.ErrFault
+	ErrInvalid     = store.ErrInvalid
+	ErrClosed      = store.ErrClosed
+	ErrTimeout     = store.ErrTimeout
+	ErrTooLarge    = store.ErrTooLarge
+	ErrNoConn      = store.ErrNoConn
+	ErrShutdown    = store.ErrShutdown
+	ErrNotFound    = store.ErrNotFound
+	ErrUnavailable = store.ErrUnavailable
+	ErrQuota       = store.ErrQuota
 )
-
-func (e Error) Error() string {
-	switch e {
-	case ErrFault:
-		return "wcluster: buffer outside guest memory"
-	case ErrInvalid:
-		return "wcluster: invalid argument"
-	case ErrClosed:
-		return "wcluster: connection closed"
-	case ErrTimeout:
-		return "wcluster: timeout"
-	case ErrTooLarge:
-		return "wcluster: too large"
-	case ErrNoConn:
-		return "wcluster: no connection"
-	case ErrShutdown:
-		return "wcluster: write after close_write"
-	case ErrNotFound:
-		return "wcluster: not found"
-	case ErrUnavailable:
-		return "wcluster: key-value store unavailable"
-	case ErrQuota:
-		return "wcluster: key-value store quota reached"
-	}
-	return "wcluster: error " + strconv.Itoa(int(e))
-}
 
 // Flags tell the handler why it was called.
 type Flags int32
@@ -249,37 +221,29 @@ func Config(key string) (string, bool) {
 
 // The key-value store: the tenant's own, shared by every instance of every
 // worker, durable (package store; see abi/README.md, "Where state lives").
-// Errors are this package's Error, with the same codes.
-
-func kvErr(err error) error {
-	if e, ok := err.(store.Error); ok {
-		return Error(e)
-	}
-	return err
-}
 
 // KVGet returns the value of key, or ErrNotFound.
 func KVGet(key string) ([]byte, error) {
 	v, err := store.Get(key)
-	return v, kvErr(err)
+	return v, err
 }
 
 // KVSet sets key to value; it returns once every worker reads it.
-func KVSet(key string, value []byte) error { return kvErr(store.Set(key, value)) }
+func KVSet(key string, value []byte) error { return store.Set(key, value) }
 
 // KVDelete removes key (no error when it had no value).
-func KVDelete(key string) error { return kvErr(store.Delete(key)) }
+func KVDelete(key string) error { return store.Delete(key) }
 
 // KVAdd atomically adds delta to the integer value of key (none counts as
 // 0) and returns the sum.
 func KVAdd(key string, delta int64) (int64, error) {
 	sum, err := store.Add(key, delta)
-	return sum, kvErr(err)
+	return sum, err
 }
 
 // KVList returns the keys beginning with prefix, in byte order (at most
 // 1,000).
 func KVList(prefix string) ([]string, error) {
 	keys, err := store.List(prefix)
-	return keys, kvErr(err)
+	return keys, err
 }

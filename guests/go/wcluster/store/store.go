@@ -28,14 +28,19 @@ func kvAdd(key unsafe.Pointer, keyLen int32, delta int64, out unsafe.Pointer) in
 //go:wasmimport wcluster kv_list
 func kvList(prefix unsafe.Pointer, prefixLen int32, buf unsafe.Pointer, n int32) int32
 
-// Error is a host error code (negative), with the ABI's numbers.
+// Error is a host ABI error code (always negative); package wcluster's
+// Error is this type.
 type Error int32
 
-// The codes the store's functions return.
+// The host's error codes; see abi/README.md.
 const (
 	ErrFault       Error = -1
 	ErrInvalid     Error = -2
+	ErrClosed      Error = -3
+	ErrTimeout     Error = -4
 	ErrTooLarge    Error = -5
+	ErrNoConn      Error = -6
+	ErrShutdown    Error = -7
 	ErrNotFound    Error = -8
 	ErrUnavailable Error = -9
 	ErrQuota       Error = -10
@@ -47,8 +52,16 @@ func (e Error) Error() string {
 		return "wcluster: buffer outside guest memory"
 	case ErrInvalid:
 		return "wcluster: invalid argument"
+	case ErrClosed:
+		return "wcluster: connection closed"
+	case ErrTimeout:
+		return "wcluster: timeout"
 	case ErrTooLarge:
 		return "wcluster: too large"
+	case ErrNoConn:
+		return "wcluster: no connection"
+	case ErrShutdown:
+		return "wcluster: write after close_write"
 	case ErrNotFound:
 		return "wcluster: not found"
 	case ErrUnavailable:
