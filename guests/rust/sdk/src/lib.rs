@@ -128,6 +128,11 @@ pub const ERR_NOT_FOUND: i32 = -8;
 pub const ERR_UNAVAILABLE: i32 = -9;
 pub const ERR_QUOTA: i32 = -10;
 
+/// What `wcluster_handle` returns for a handler's own error (an `io::Error`
+/// that is no host code): results `<= -100` are the guest's, `-1..-99` the
+/// host's codes.
+pub const ERR_HANDLER: i32 = -100;
+
 /// The longest key of the key-value store, in bytes.
 pub const KV_MAX_KEY: usize = 1024;
 
@@ -332,7 +337,8 @@ pub enum Action {
 ///   [`Action::Close`] (what the spec asks for); any other error is returned
 ///   as its negative code, which the host logs before closing the connection.
 /// * `Result<Action, io::Error>`: the same for wcluster errors inside; any
-///   other error is written to the worker's log and returned as -1.
+///   other error is written to the worker's log and returned as
+///   [`ERR_HANDLER`] (-100).
 pub trait HandlerResult {
     /// The value `wcluster_handle` returns to the host.
     fn into_code(self) -> i32;
@@ -362,7 +368,7 @@ impl HandlerResult for io::Result<Action> {
                 Some(w) => Err::<Action, Error>(w).into_code(),
                 None => {
                     log(Level::Error, &format!("handler error: {}", e));
-                    -1
+                    ERR_HANDLER
                 }
             },
         }
@@ -647,6 +653,8 @@ mod tests {
         assert_eq!(r.into_code(), -7);
         let r: io::Result<Action> = Err(Error::Timeout.into());
         assert_eq!(r.into_code(), 0);
+        let r: io::Result<Action> = Err(io::Error::new(io::ErrorKind::Other, "mine"));
+        assert_eq!(r.into_code(), ERR_HANDLER);
     }
 
     #[test]
