@@ -192,7 +192,7 @@ hosts = ["beta.test"]
 }
 
 // kvExamples are the kv examples of guests/<lang>/kv, one per language.
-var kvExamples = []string{"go-kv", "as-kv", "zig-kv"}
+var kvExamples = []string{"go-kv", "c-kv", "rust-kv", "as-kv", "zig-kv"}
 
 // TestKVExamples: every language's kv example speaks the same HTTP
 // key-value API on the same store: PUT → 204, GET → 200 with the bytes (any

@@ -1,6 +1,6 @@
 #!/bin/sh
-# Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm, c-trace.wasm
-# (ABI v1 reactors), c-httpwasm.wasm (an http-wasm handler) and c-cat.wasm
+# Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm, c-trace.wasm,
+# c-kv.wasm (ABI v1 reactors), c-httpwasm.wasm (an http-wasm handler) and c-cat.wasm
 # (a plain WASI command).
 #   guests/c/build.sh OUTDIR
 # CC and WASI_SYSROOT may be overridden from the environment.
@@ -43,7 +43,7 @@ mkdir -p "$out"
 cflags="--target=wasm32-wasi --sysroot=$WASI_SYSROOT -O2 -Wall -Wextra -Wl,--strip-all"
 
 # ABI handlers: reactors (crt1-reactor.o exports _initialize).
-for name in hello echo; do
+for name in hello echo kv; do
 	"$CC" $cflags -mexec-model=reactor -I "$here/sdk" \
 		-o "$out/c-$name.wasm" "$here/examples/$name.c"
 done
@@ -60,4 +60,4 @@ rm "$out/c-trace.o"
 # An http-wasm handler (import module http_handler): a reactor too.
 "$CC" $cflags -mexec-model=reactor -I "$here/sdk" -o "$out/c-httpwasm.wasm" "$here/examples/httpwasm.c"
 
-echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-trace.wasm $out/c-httpwasm.wasm $out/c-cat.wasm"
+echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-kv.wasm $out/c-trace.wasm $out/c-httpwasm.wasm $out/c-cat.wasm"

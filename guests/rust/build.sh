@@ -2,6 +2,7 @@
 # Builds the Rust wcluster guests into OUTDIR:
 #   rust-hello.wasm  (ABI v1 reactor, HTTP hello)
 #   rust-echo.wasm   (ABI v1 reactor, raw echo)
+#   rust-kv.wasm     (ABI v1 reactor, HTTP key-value API on the store)
 #   rust-cat.wasm    (plain WASI command, stdin -> stdout)
 #   rust-httpwasm.wasm (http-wasm handler, on the httpwasm SDK crate)
 # Uses Debian's rustc/cargo by full path (rustup's cannot target wasm here),
@@ -37,11 +38,12 @@ fi
 target="$here/target"
 (cd "$here" && RUSTC="$RUSTC" CARGO_TARGET_DIR="$target" \
 	"$CARGO" build --offline --release --target wasm32-wasi --quiet \
-	-p rust-hello -p rust-echo -p rust-cat -p rust-httpwasm)
+	-p rust-hello -p rust-echo -p rust-kv -p rust-cat -p rust-httpwasm)
 
 mkdir -p "$out"
 rel="$target/wasm32-wasi/release"
 cp "$rel/rust_hello.wasm" "$out/rust-hello.wasm"
 cp "$rel/rust_echo.wasm" "$out/rust-echo.wasm"
+cp "$rel/rust_kv.wasm" "$out/rust-kv.wasm"
 cp "$rel/rust-cat.wasm" "$out/rust-cat.wasm"
 cp "$rel/rust_httpwasm.wasm" "$out/rust-httpwasm.wasm"

@@ -54,6 +54,9 @@ extern "C" {
 #define WCLUSTER_ERR_TOO_LARGE (-5) /* conn_unread would hold more than WCLUSTER_MAX_UNREAD */
 #define WCLUSTER_ERR_NO_CONN   (-6) /* called outside wcluster_handle */
 #define WCLUSTER_ERR_SHUTDOWN  (-7) /* conn_write after conn_close_write */
+#define WCLUSTER_ERR_NOT_FOUND (-8) /* config_get: no such name; kv_get: the key has no value */
+#define WCLUSTER_ERR_UNAVAILABLE (-9) /* the key-value store failed: try again later (HTTP 503) */
+#define WCLUSTER_ERR_QUOTA     (-10) /* the change would pass the tenant's kv_quota; nothing changed */
 
 /* Log levels. */
 #define WCLUSTER_LOG_DEBUG 0
@@ -63,6 +66,9 @@ extern "C" {
 
 /* Most bytes conn_unread may hold for one connection. */
 #define WCLUSTER_MAX_UNREAD 65536
+
+/* Longest key of the key-value store, in bytes. */
+#define WCLUSTER_KV_MAX_KEY 1024
 
 /* ---- Raw host functions (import module "wcluster"). Pointers are i32. ---- */
 
@@ -85,6 +91,24 @@ WCLUSTER_IMPORT_("conn_id") int64_t wcluster_conn_id(void);
 WCLUSTER_IMPORT_("worker_id") int32_t wcluster_worker_id(void);
 /* (level i32, buf i32, buf_len i32) -> i32: 0 or an error. */
 WCLUSTER_IMPORT_("log") int32_t wcluster_log_raw(int32_t level, const void *buf, int32_t buf_len);
+
+/*
+ * Added within v1: a module that uses one of these needs a host that has it;
+ * one that does not (they are imported only when called) runs on any v1 host.
+ */
+/* (key, key_len, buf, buf_len) -> i32: full length of the config value (copies what fits). */
+WCLUSTER_IMPORT_("config_get") int32_t wcluster_config_get(const void *key, int32_t key_len, void *buf, int32_t buf_len);
+/* The key-value store, the tenant's own, shared by every worker and durable. */
+/* (key, key_len, buf, buf_len) -> i32: full length of the value (copies what fits), or ERR_NOT_FOUND. */
+WCLUSTER_IMPORT_("kv_get") int32_t wcluster_kv_get_raw(const void *key, int32_t key_len, void *buf, int32_t buf_len);
+/* (key, key_len, value, value_len) -> i32: 0 once durable and visible to every worker. */
+WCLUSTER_IMPORT_("kv_set") int32_t wcluster_kv_set_raw(const void *key, int32_t key_len, const void *value, int32_t value_len);
+/* (key, key_len) -> i32: 0, also when the key had no value. */
+WCLUSTER_IMPORT_("kv_delete") int32_t wcluster_kv_delete_raw(const void *key, int32_t key_len);
+/* (key, key_len, delta i64, out i32) -> i32: 0, the sum written as a little-endian i64 at out. */
+WCLUSTER_IMPORT_("kv_add") int32_t wcluster_kv_add_raw(const void *key, int32_t key_len, int64_t delta, int64_t *out);
+/* (prefix, prefix_len, buf, buf_len) -> i32: full length of the listing (u32 LE length + key, ...). */
+WCLUSTER_IMPORT_("kv_list") int32_t wcluster_kv_list_raw(const void *prefix, int32_t prefix_len, void *buf, int32_t buf_len);
 
 /* ---- Exporting a handler ---- */
 
@@ -211,6 +235,88 @@ static inline int32_t wcluster_log_n(int32_t level, const void *msg, size_t len)
 	return wcluster_log_raw(level, msg, len > INT32_MAX ? INT32_MAX : (int32_t)len);
 }
 
+/* Clamps a length to what an i32 argument holds; the host then refuses it (ERR_TOO_LARGE). */
+static inline int32_t wcluster_len_(size_t n) { return n > INT32_MAX ? INT32_MAX : (int32_t)n; }
+
+/*
+ * Copies the config value named key into buf (at most cap bytes, no NUL) and
+ * returns its full length: call again with a larger buffer if it is > cap.
+ * WCLUSTER_ERR_NOT_FOUND when the operator set no such value.
+ */
+static inline int32_t wcluster_config(const char *key, void *buf, size_t cap)
+{
+	return wcluster_config_get(key, wcluster_len_(__builtin_strlen(key)), buf, wcluster_len_(cap));
+}
+
+/*
+ * Copies the value of the key (key_len bytes, any bytes) into buf, at most
+ * cap bytes, and returns the value's full length: if it is > cap, call again
+ * with a buffer that large. WCLUSTER_ERR_NOT_FOUND when the key has no value;
+ * WCLUSTER_ERR_TOO_LARGE for a key over WCLUSTER_KV_MAX_KEY;
+ * WCLUSTER_ERR_UNAVAILABLE when the store failed.
+ */
+static inline int32_t wcluster_kv_get(const void *key, size_t key_len, void *buf, size_t cap)
+{
+	return wcluster_kv_get_raw(key, wcluster_len_(key_len), buf, wcluster_len_(cap));
+}
+
+/*
+ * Sets the key to the value. Returns 0 once every worker reads it, or
+ * WCLUSTER_ERR_TOO_LARGE (key or value over the limits), WCLUSTER_ERR_QUOTA
+ * (the tenant's store is full; nothing changed), WCLUSTER_ERR_UNAVAILABLE.
+ */
+static inline int32_t wcluster_kv_set(const void *key, size_t key_len, const void *value, size_t value_len)
+{
+	return wcluster_kv_set_raw(key, wcluster_len_(key_len), value, wcluster_len_(value_len));
+}
+
+/* Removes the key. Returns 0, also when it had no value, or a negative error. */
+static inline int32_t wcluster_kv_delete(const void *key, size_t key_len)
+{
+	return wcluster_kv_delete_raw(key, wcluster_len_(key_len));
+}
+
+/*
+ * Atomically adds delta to the integer value of the key (decimal text; no
+ * value counts as 0) and stores the sum in *sum. Returns 0, or
+ * WCLUSTER_ERR_INVALID (not an integer, or overflow), WCLUSTER_ERR_QUOTA, ...
+ */
+static inline int32_t wcluster_kv_add(const void *key, size_t key_len, int64_t delta, int64_t *sum)
+{
+	return wcluster_kv_add_raw(key, wcluster_len_(key_len), delta, sum);
+}
+
+/*
+ * Lists the keys beginning with prefix (in byte order, at most 1,000) into
+ * buf, at most cap bytes, and returns the listing's full length (if > cap,
+ * call again with a buffer that large). Walk it with wcluster_kv_next.
+ */
+static inline int32_t wcluster_kv_list(const void *prefix, size_t prefix_len, void *buf, size_t cap)
+{
+	return wcluster_kv_list_raw(prefix, wcluster_len_(prefix_len), buf, wcluster_len_(cap));
+}
+
+/*
+ * Steps through a listing of len bytes from wcluster_kv_list: at *off, sets
+ * *key and *key_len to the next key and advances *off. Returns 0 at its end.
+ *
+ *     size_t off = 0; const char *k; size_t kl;
+ *     while (wcluster_kv_next(buf, len, &off, &k, &kl)) ...
+ */
+static inline int wcluster_kv_next(const void *list, size_t len, size_t *off, const char **key, size_t *key_len)
+{
+	const unsigned char *p = (const unsigned char *)list + *off;
+	if (*off + 4 > len)
+		return 0;
+	size_t n = (size_t)p[0] | (size_t)p[1] << 8 | (size_t)p[2] << 16 | (size_t)p[3] << 24;
+	if (n > len - *off - 4)
+		return 0;
+	*key = (const char *)p + 4;
+	*key_len = n;
+	*off += 4 + n;
+	return 1;
+}
+
 /* The symbolic name of an error code ("ERR_CLOSED"), or "" if it is not one. */
 static inline const char *wcluster_strerror(int32_t code)
 {
@@ -222,6 +328,9 @@ static inline const char *wcluster_strerror(int32_t code)
 	case WCLUSTER_ERR_TOO_LARGE: return "ERR_TOO_LARGE";
 	case WCLUSTER_ERR_NO_CONN: return "ERR_NO_CONN";
 	case WCLUSTER_ERR_SHUTDOWN: return "ERR_SHUTDOWN";
+	case WCLUSTER_ERR_NOT_FOUND: return "ERR_NOT_FOUND";
+	case WCLUSTER_ERR_UNAVAILABLE: return "ERR_UNAVAILABLE";
+	case WCLUSTER_ERR_QUOTA: return "ERR_QUOTA";
 	}
 	return "";
 }

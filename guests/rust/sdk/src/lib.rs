@@ -49,13 +49,20 @@ pub mod sys {
         pub fn conn_id() -> i64;
         pub fn worker_id() -> i32;
         pub fn log(level: i32, buf: *const u8, buf_len: i32) -> i32;
+        // Added within v1: imported only by a module that calls them.
+        pub fn config_get(key: *const u8, key_len: i32, buf: *mut u8, buf_len: i32) -> i32;
+        pub fn kv_get(key: *const u8, key_len: i32, buf: *mut u8, buf_len: i32) -> i32;
+        pub fn kv_set(key: *const u8, key_len: i32, value: *const u8, value_len: i32) -> i32;
+        pub fn kv_delete(key: *const u8, key_len: i32) -> i32;
+        pub fn kv_add(key: *const u8, key_len: i32, delta: i64, out: *mut i64) -> i32;
+        pub fn kv_list(prefix: *const u8, prefix_len: i32, buf: *mut u8, buf_len: i32) -> i32;
     }
 
     /// Native stand-ins so the crate builds and tests off wasm: every call
     /// behaves as if made outside a connection.
     #[cfg(not(target_arch = "wasm32"))]
     mod native {
-        use super::super::ERR_NO_CONN;
+        use super::super::{ERR_NOT_FOUND, ERR_NO_CONN, ERR_UNAVAILABLE};
         pub unsafe fn conn_read(_: *mut u8, _: i32) -> i32 {
             ERR_NO_CONN
         }
@@ -80,6 +87,25 @@ pub mod sys {
         pub unsafe fn log(_: i32, _: *const u8, _: i32) -> i32 {
             0
         }
+        pub unsafe fn config_get(_: *const u8, _: i32, _: *mut u8, _: i32) -> i32 {
+            ERR_NOT_FOUND
+        }
+        // No store off wasm.
+        pub unsafe fn kv_get(_: *const u8, _: i32, _: *mut u8, _: i32) -> i32 {
+            ERR_UNAVAILABLE
+        }
+        pub unsafe fn kv_set(_: *const u8, _: i32, _: *const u8, _: i32) -> i32 {
+            ERR_UNAVAILABLE
+        }
+        pub unsafe fn kv_delete(_: *const u8, _: i32) -> i32 {
+            ERR_UNAVAILABLE
+        }
+        pub unsafe fn kv_add(_: *const u8, _: i32, _: i64, _: *mut i64) -> i32 {
+            ERR_UNAVAILABLE
+        }
+        pub unsafe fn kv_list(_: *const u8, _: i32, _: *mut u8, _: i32) -> i32 {
+            ERR_UNAVAILABLE
+        }
     }
     #[cfg(not(target_arch = "wasm32"))]
     pub use native::*;
@@ -98,6 +124,17 @@ pub const ERR_TIMEOUT: i32 = -4;
 pub const ERR_TOO_LARGE: i32 = -5;
 pub const ERR_NO_CONN: i32 = -6;
 pub const ERR_SHUTDOWN: i32 = -7;
+pub const ERR_NOT_FOUND: i32 = -8;
+pub const ERR_UNAVAILABLE: i32 = -9;
+pub const ERR_QUOTA: i32 = -10;
+
+/// What `wcluster_handle` returns for a handler's own error (an `io::Error`
+/// that is no host code): results `<= -100` are the guest's, `-1..-99` the
+/// host's codes.
+pub const ERR_HANDLER: i32 = -100;
+
+/// The longest key of the key-value store, in bytes.
+pub const KV_MAX_KEY: usize = 1024;
 
 /// A host error code (the negative results of the ABI functions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,12 +147,21 @@ pub enum Error {
     Closed,
     /// `ERR_TIMEOUT` (-4): idle timeout or call deadline; return `Close`.
     Timeout,
-    /// `ERR_TOO_LARGE` (-5): `unread` would hold more than [`MAX_UNREAD`] bytes.
+    /// `ERR_TOO_LARGE` (-5): `unread` would hold more than [`MAX_UNREAD`] bytes;
+    /// a key-value store key or value over its limit.
     TooLarge,
     /// `ERR_NO_CONN` (-6): called outside `wcluster_handle`.
     NoConn,
     /// `ERR_SHUTDOWN` (-7): write after `close_write`.
     Shutdown,
+    /// `ERR_NOT_FOUND` (-8): no config value or key-value store value has that name.
+    NotFound,
+    /// `ERR_UNAVAILABLE` (-9): the key-value store failed; try again later
+    /// (an HTTP handler answers 503).
+    Unavailable,
+    /// `ERR_QUOTA` (-10): the change would take the tenant's key-value store
+    /// past its quota; nothing was changed.
+    Quota,
     /// A negative code this SDK does not know.
     Other(i32),
 }
@@ -131,6 +177,9 @@ impl Error {
             ERR_TOO_LARGE => Error::TooLarge,
             ERR_NO_CONN => Error::NoConn,
             ERR_SHUTDOWN => Error::Shutdown,
+            ERR_NOT_FOUND => Error::NotFound,
+            ERR_UNAVAILABLE => Error::Unavailable,
+            ERR_QUOTA => Error::Quota,
             c => Error::Other(c),
         }
     }
@@ -145,6 +194,9 @@ impl Error {
             Error::TooLarge => ERR_TOO_LARGE,
             Error::NoConn => ERR_NO_CONN,
             Error::Shutdown => ERR_SHUTDOWN,
+            Error::NotFound => ERR_NOT_FOUND,
+            Error::Unavailable => ERR_UNAVAILABLE,
+            Error::Quota => ERR_QUOTA,
             Error::Other(c) => c,
         }
     }
@@ -159,6 +211,9 @@ impl Error {
             Error::TooLarge => "ErrTooLarge",
             Error::NoConn => "ErrNoConn",
             Error::Shutdown => "ErrShutdown",
+            Error::NotFound => "ErrNotFound",
+            Error::Unavailable => "ErrUnavailable",
+            Error::Quota => "ErrQuota",
             Error::Other(_) => "unknown",
         }
     }
@@ -175,7 +230,8 @@ impl Error {
             Error::Timeout => io::ErrorKind::TimedOut,
             Error::NoConn => io::ErrorKind::NotConnected,
             Error::Shutdown => io::ErrorKind::BrokenPipe,
-            Error::Other(_) => io::ErrorKind::Other,
+            Error::NotFound => io::ErrorKind::NotFound,
+            Error::Unavailable | Error::Quota | Error::Other(_) => io::ErrorKind::Other,
         }
     }
 }
@@ -187,9 +243,12 @@ impl fmt::Display for Error {
             Error::Invalid => "invalid argument",
             Error::Closed => "connection closed",
             Error::Timeout => "timeout",
-            Error::TooLarge => "too much unread data",
+            Error::TooLarge => "too large",
             Error::NoConn => "no connection",
             Error::Shutdown => "write after close_write",
+            Error::NotFound => "not found",
+            Error::Unavailable => "key-value store unavailable",
+            Error::Quota => "key-value store quota reached",
             Error::Other(c) => return write!(f, "wcluster: error {}", c),
         };
         write!(f, "wcluster: {}", what)
@@ -278,7 +337,8 @@ pub enum Action {
 ///   [`Action::Close`] (what the spec asks for); any other error is returned
 ///   as its negative code, which the host logs before closing the connection.
 /// * `Result<Action, io::Error>`: the same for wcluster errors inside; any
-///   other error is written to the worker's log and returned as -1.
+///   other error is written to the worker's log and returned as
+///   [`ERR_HANDLER`] (-100).
 pub trait HandlerResult {
     /// The value `wcluster_handle` returns to the host.
     fn into_code(self) -> i32;
@@ -308,7 +368,7 @@ impl HandlerResult for io::Result<Action> {
                 Some(w) => Err::<Action, Error>(w).into_code(),
                 None => {
                     log(Level::Error, &format!("handler error: {}", e));
-                    -1
+                    ERR_HANDLER
                 }
             },
         }
@@ -471,13 +531,110 @@ pub fn log(level: Level, msg: &str) {
     }
 }
 
+/// Calls `f(buf)` for a host function that copies what fits of a value
+/// into `buf` and returns its full length, growing `buf` until it fits.
+fn read_grown(mut f: impl FnMut(&mut [u8]) -> i32, first: usize) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; first];
+    loop {
+        let n = check(f(&mut buf))?;
+        if n <= buf.len() {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        buf.resize(n, 0);
+    }
+}
+
+/// The config value the operator set under `name` for this tenant (the
+/// `config` table), or `None`.
+pub fn config(name: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
+    let k = name.as_ref();
+    let r = read_grown(
+        |b| unsafe { sys::config_get(k.as_ptr(), arg_len(k.len()), b.as_mut_ptr(), arg_len(b.len())) },
+        256,
+    );
+    match r {
+        Err(Error::NotFound) => Ok(None),
+        r => r.map(Some),
+    }
+}
+
+// The key-value store: the tenant's own, shared by every instance of every
+// worker, durable (abi/README.md, "The key-value store"). Keys and values
+// are any bytes; every function may fail with `Error::Unavailable` (try
+// again later) and `Error::TooLarge` (a key over [`KV_MAX_KEY`], a value over
+// the tenant's `kv_max_value`).
+
+/// The value of `key`, or `None` when it has none.
+pub fn kv_get(key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
+    let k = key.as_ref();
+    let r = read_grown(
+        |b| unsafe { sys::kv_get(k.as_ptr(), arg_len(k.len()), b.as_mut_ptr(), arg_len(b.len())) },
+        512,
+    );
+    match r {
+        Err(Error::NotFound) => Ok(None),
+        r => r.map(Some),
+    }
+}
+
+/// Sets `key` to `value`; returns once the value is durable and every worker
+/// reads it. `Error::Quota` when the tenant's store would pass its quota.
+pub fn kv_set(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Error> {
+    let (k, v) = (key.as_ref(), value.as_ref());
+    if v.len() > i32::MAX as usize {
+        return Err(Error::TooLarge);
+    }
+    check(unsafe { sys::kv_set(k.as_ptr(), arg_len(k.len()), v.as_ptr(), v.len() as i32) }).map(|_| ())
+}
+
+/// Removes `key` (no error when it had no value).
+pub fn kv_delete(key: impl AsRef<[u8]>) -> Result<(), Error> {
+    let k = key.as_ref();
+    check(unsafe { sys::kv_delete(k.as_ptr(), arg_len(k.len())) }).map(|_| ())
+}
+
+/// Atomically adds `delta` to the integer value of `key` (decimal text; no
+/// value counts as 0) and returns the sum. `Error::Invalid` when the value is
+/// not an integer or the sum overflows.
+pub fn kv_add(key: impl AsRef<[u8]>, delta: i64) -> Result<i64, Error> {
+    let k = key.as_ref();
+    let mut sum = 0i64;
+    check(unsafe { sys::kv_add(k.as_ptr(), arg_len(k.len()), delta, &mut sum) })?;
+    Ok(sum)
+}
+
+/// The keys beginning with `prefix`, in byte order (at most 1,000).
+pub fn kv_list(prefix: impl AsRef<[u8]>) -> Result<Vec<Vec<u8>>, Error> {
+    let p = prefix.as_ref();
+    let listing = read_grown(
+        |b| unsafe { sys::kv_list(p.as_ptr(), arg_len(p.len()), b.as_mut_ptr(), arg_len(b.len())) },
+        4096,
+    )?;
+    Ok(split_listing(&listing))
+}
+
+/// Splits a `kv_list` listing: each key a little-endian u32 length, then its bytes.
+fn split_listing(mut b: &[u8]) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    while b.len() >= 4 {
+        let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if n > b.len() - 4 {
+            break;
+        }
+        keys.push(b[4..4 + n].to_vec());
+        b = &b[4 + n..];
+    }
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn error_codes_round_trip() {
-        for c in -8..0 {
+        for c in -10..0 {
             assert_eq!(Error::from_code(c).code(), c);
         }
         assert_eq!(Error::from_code(-3), Error::Closed);
@@ -496,6 +653,8 @@ mod tests {
         assert_eq!(r.into_code(), -7);
         let r: io::Result<Action> = Err(Error::Timeout.into());
         assert_eq!(r.into_code(), 0);
+        let r: io::Result<Action> = Err(io::Error::new(io::ErrorKind::Other, "mine"));
+        assert_eq!(r.into_code(), ERR_HANDLER);
     }
 
     #[test]
@@ -513,5 +672,28 @@ mod tests {
         assert_eq!(c.read_raw(&mut b), Err(Error::NoConn));
         assert_eq!(io::Read::read(&mut c, &mut []).unwrap(), 0);
         assert_eq!(c.peer_addr(), Err(Error::NoConn));
+        assert_eq!(kv_get("k"), Err(Error::Unavailable));
+        assert_eq!(kv_set("k", b"v"), Err(Error::Unavailable));
+        assert_eq!(kv_add("k", 1), Err(Error::Unavailable));
+        assert_eq!(config("name"), Ok(None));
+    }
+
+    #[test]
+    fn listing() {
+        let b = b"\x01\x00\x00\x00a\x00\x00\x00\x00\x02\x00\x00\x00bc";
+        assert_eq!(split_listing(b), vec![b"a".to_vec(), Vec::new(), b"bc".to_vec()]);
+        assert_eq!(split_listing(b"\x09\x00\x00\x00ab"), Vec::<Vec<u8>>::new());
+        let mut calls = 0;
+        let got = read_grown(
+            |buf| {
+                calls += 1;
+                let v = b"0123456789";
+                let n = v.len().min(buf.len());
+                buf[..n].copy_from_slice(&v[..n]);
+                v.len() as i32
+            },
+            4,
+        );
+        assert_eq!((got, calls), (Ok(b"0123456789".to_vec()), 2));
     }
 }
