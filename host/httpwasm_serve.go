@@ -445,9 +445,12 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 	h.stats.calls.Add(1)
 	st := w.newReq(inst, rw, r)
+	// st belongs to the instance: once it is released another request
+	// may take it, so what is needed after comes out of st first.
+	fast := st.fast
 	begin := time.Now()
-	if st.fast != nil {
-		st.fast.now = begin
+	if fast != nil {
+		fast.now = begin
 	}
 	healthy := false
 	defer func() {
@@ -455,10 +458,10 @@ func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		// below panics (net/http recovers it; the worker goes on).
 		end := time.Now()
 		h.observe(end.Sub(begin))
-		h.release(inst, healthy, end)
-		if st.fast != nil {
-			st.fast.last = end
+		if fast != nil {
+			fast.last = end
 		}
+		h.release(inst, healthy, end)
 	}()
 	abort, err := w.handle(inst, st, begin)
 	healthy = err == nil
