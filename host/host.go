@@ -682,10 +682,26 @@ func (h *Handler) call(ctx context.Context, c *conn, flags int32) (keep bool) {
 	switch r := int32(res); {
 	case r == abi.Keep:
 		return true
+	case r == abi.ErrClosed || r == abi.ErrTimeout:
+		// The peer went away or its time ran out: a normal end, whatever
+		// the SDK made of it.
+		h.opts.Logger.Debug("guest returned an error", "conn", c.id, "code", r, "name", codeName(r))
 	case r < 0:
-		h.opts.Logger.Warn("guest returned an error", "conn", c.id, "code", r)
+		h.opts.Logger.Warn("guest returned an error", "conn", c.id, "code", r, "name", codeName(r))
 	}
 	return false
+}
+
+// codeName names a code a guest returned: the ABI's, or the guest's own
+// (≤ -100 by convention).
+func codeName(r int32) string {
+	if n := abi.ErrorName(r); n != "" {
+		return n
+	}
+	if r <= -100 {
+		return "guest-defined"
+	}
+	return "unknown"
 }
 
 // report logs and counts why a call failed.

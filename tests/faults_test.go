@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -181,4 +182,40 @@ func TestGuestFaults(t *testing.T) {
 	})
 	s.waitOutput("guest stopped at its time limit", 5*time.Second)
 	s.waitOutput("guest ran out of memory", 5*time.Second)
+}
+
+// TestGuestCodesLoggedByName: a code a guest returns is logged with its
+// name; ERR_CLOSED (the peer went away, as an SDK reports a reset) is a
+// normal end, logged at debug only, while a guest's own code (≤ -100) is
+// a warning.
+func TestGuestCodesLoggedByName(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	src, wasm := filepath.Join(dir, "codes.wat"), filepath.Join(dir, "codes.wasm")
+	if err := os.WriteFile(src, []byte(`(module
+  (import "wcluster" "conn_read" (func $read (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "wcluster_abi_v1"))
+  (func (export "wcluster_handle") (param i32) (result i32)
+    (drop (call $read (i32.const 0) (i32.const 1)))
+    (if (result i32) (i32.eq (i32.load8_u (i32.const 0)) (i32.const 97))
+      (then (i32.const -3)) (else (i32.const -100)))))`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("wat2wasm", "-o", wasm, src).CombinedOutput(); err != nil {
+		t.Fatalf("wat2wasm (wabt): %v\n%s", err, out)
+	}
+	s := start(t, "--workers", "1", "--log-level", "debug", wasm)
+	for _, b := range []string{"a", "b"} {
+		c := s.dial(t)
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		c.Write([]byte(b))
+		io.ReadAll(c) // the guest closes it
+		c.Close()
+	}
+	s.waitOutput(`level=DEBUG msg="guest returned an error".* code=-3 name=ErrClosed`, 30*time.Second)
+	s.waitOutput(`level=WARN msg="guest returned an error".* code=-100 name=guest-defined`, 30*time.Second)
+	if n := strings.Count(s.output(), `level=WARN msg="guest returned an error"`); n != 1 {
+		t.Errorf("ERR_CLOSED logged as a warning:\n%s", s.output())
+	}
 }

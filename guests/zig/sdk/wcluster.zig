@@ -421,7 +421,9 @@ fn wclusterAbiV1() callconv(.C) void {}
 ///     }
 ///
 /// A handler error that is one of `Error` returns its host code (logged by
-/// the host); any other error is logged by name and returns `code.guest`.
+/// the host, by name), but `Closed` and `Timeout` (the peer went away, or
+/// its time ran out) close the connection normally; any other error is
+/// logged by name and returns `code.guest`.
 pub fn exportHandler(comptime handler: anytype) void {
     const S = struct {
         fn wclusterHandle(flags: i32) callconv(.C) i32 {
@@ -429,6 +431,8 @@ pub fn exportHandler(comptime handler: anytype) void {
             const action: Action = switch (@typeInfo(@TypeOf(result))) {
                 .ErrorUnion => result catch |err| {
                     const c = codeFromError(err);
+                    // The peer went away, or its time ran out: a normal close.
+                    if (c == code.closed or c == code.timeout) return @intFromEnum(Action.close);
                     if (c == code.guest) logf(.err, "handler error: {s}", .{@errorName(err)});
                     return c;
                 },
