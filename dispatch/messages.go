@@ -89,14 +89,10 @@ func (m *Group) readWorker(p *proc) {
 			default:
 				lifted = false
 			}
-			cause := m.recycleCauseLocked(p)
-			if cause != "" {
-				p.recycling = true
-			}
+			cause := m.claimRecycleLocked(p)
 			m.mu.Unlock()
 			if cause != "" {
-				m.wg.Add(1)
-				go func() { defer m.wg.Done(); m.recycle(p, cause, nil) }()
+				m.goRecycle(p, cause, nil)
 			}
 			if lifted {
 				m.signalCapacity()

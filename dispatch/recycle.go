@@ -55,11 +55,7 @@ func (m *Group) recycleMsg(p *proc, served uint64, what byte) {
 		p.recycleNow = make(chan struct{})
 		now := p.recycleNow
 		m.mu.Unlock()
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.recycle(p, fmt.Sprintf("served %d requests (--max-requests %d)", p.maxServed, m.cfg.MaxRequests), now)
-		}()
+		m.goRecycle(p, fmt.Sprintf("served %d requests (--max-requests %d)", p.maxServed, m.cfg.MaxRequests), now)
 		return
 	}
 	// ipc.RecycleNow
@@ -72,15 +68,30 @@ func (m *Group) recycleMsg(p *proc, served uint64, what byte) {
 		return
 	}
 	p.nowSaid = true
+	cause := m.claimRecycleLocked(p)
+	m.mu.Unlock()
+	if cause != "" {
+		m.goRecycle(p, cause, nil)
+	}
+}
+
+// claimRecycleLocked says why p should be recycled now ("": it should not)
+// and, if it should, marks it recycling, so only one replacement starts.
+func (m *Group) claimRecycleLocked(p *proc) string {
 	cause := m.recycleCauseLocked(p)
 	if cause != "" {
 		p.recycling = true
 	}
-	m.mu.Unlock()
-	if cause != "" {
-		m.wg.Add(1)
-		go func() { defer m.wg.Done(); m.recycle(p, cause, nil) }()
-	}
+	return cause
+}
+
+// goRecycle runs recycle on a goroutine of the group's.
+func (m *Group) goRecycle(p *proc, cause string, now <-chan struct{}) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.recycle(p, cause, now)
+	}()
 }
 
 // recycle replaces p by a new worker in its slot, then drains p, so no

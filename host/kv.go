@@ -53,13 +53,18 @@ func (h *Handler) kvKey(mod api.Module, stack []uint64) ([]byte, int32) {
 	return key, 0
 }
 
-func (h *Handler) kvGet(ctx context.Context, mod api.Module, stack []uint64) {
-	key, code := h.kvKey(mod, stack[0:2])
-	if code != 0 {
-		ret(stack, code)
-		return
+// kvKeyBuf resolves the (key, key_len, buf, buf_len) arguments of
+// kv_get and kv_list.
+func (h *Handler) kvKeyBuf(mod api.Module, stack []uint64) (key, buf []byte, code int32) {
+	if key, code = h.kvKey(mod, stack[0:2]); code != 0 {
+		return nil, nil, code
 	}
-	buf, code := buffer(mod, stack[2:4])
+	buf, code = buffer(mod, stack[2:4])
+	return key, buf, code
+}
+
+func (h *Handler) kvGet(ctx context.Context, mod api.Module, stack []uint64) {
+	key, buf, code := h.kvKeyBuf(mod, stack)
 	if code != 0 {
 		ret(stack, code)
 		return
@@ -139,12 +144,7 @@ func (h *Handler) kvAdd(ctx context.Context, mod api.Module, stack []uint64) {
 }
 
 func (h *Handler) kvList(ctx context.Context, mod api.Module, stack []uint64) {
-	prefix, code := h.kvKey(mod, stack[0:2])
-	if code != 0 {
-		ret(stack, code)
-		return
-	}
-	buf, code := buffer(mod, stack[2:4])
+	prefix, buf, code := h.kvKeyBuf(mod, stack)
 	if code != 0 {
 		ret(stack, code)
 		return
