@@ -191,6 +191,9 @@ func (m *Group) Run(ctx context.Context, ready func()) error {
 	err := m.supervise(runCtx)
 	stop()
 	if err == nil {
+		// Closed before it is said: whoever reads the line finds the port
+		// closed (shutdown's second close is a no-op).
+		m.closeListeners()
 		m.log.Info("shutting down: no new connections; draining workers", "timeout", m.cfg.ShutdownTimeout.String())
 	}
 	m.shutdown()
