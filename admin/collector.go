@@ -78,6 +78,11 @@ func newCollector(src Source) *collector {
 	add("wcluster_worker_restarts_total", "Workers replaced, by cause: crash (exited), hung (heartbeat stopped) or recycle (limits).", "group", "cause")
 	add("wcluster_reload_generation", "Completed reloads.", "group")
 	add("wcluster_workers", "Worker slots in the group.", "group")
+	add("wcluster_master_requeued_total", "Connections the group requeued because the worker holding them died before acknowledging them (all worker slots, replaced workers included).", "group")
+	add("wcluster_build_info", "The running build: always 1.", "version", "commit", "go", "wazero")
+	add("wcluster_reloads_total", "Reloads by outcome (ok, failed), whatever asked for them.", "outcome")
+	add("wcluster_reload_last_success_timestamp_seconds", "When the running configuration was applied (the last reload that worked, or the start).")
+	add("wcluster_config_info", "The configuration the workers serve, by hash (status shows the same hash): always 1.", "hash")
 	return c
 }
 
@@ -92,11 +97,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	emit := func(name string, t prometheus.ValueType, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(c.desc[name], t, v, labels...)
 	}
+	b := st.Build
+	emit("wcluster_build_info", prometheus.GaugeValue, 1, b.Version, b.Commit, b.Go, b.Wazero)
+	emit("wcluster_reloads_total", prometheus.CounterValue, float64(st.Reloads.OK), "ok")
+	emit("wcluster_reloads_total", prometheus.CounterValue, float64(st.Reloads.Failed), "failed")
+	emit("wcluster_reload_last_success_timestamp_seconds", prometheus.GaugeValue, st.Reloads.LastSuccess)
+	emit("wcluster_config_info", prometheus.GaugeValue, 1, st.Reloads.ConfigHash)
 	for _, g := range st.Groups {
 		group := g.Group
 		emit("wcluster_master_accepted_total", prometheus.CounterValue, float64(g.Totals.Accepted), group)
 		emit("wcluster_queue_depth", prometheus.GaugeValue, float64(g.Totals.Queued), group)
 		emit("wcluster_queue_timeouts_total", prometheus.CounterValue, float64(g.Totals.QueueTimeouts), group)
+		emit("wcluster_master_requeued_total", prometheus.CounterValue, float64(g.Totals.Requeued), group)
 		// Restarts counts every unplanned replacement; hung ones are among them.
 		emit("wcluster_worker_restarts_total", prometheus.CounterValue, float64(g.Totals.Restarts-min(g.Totals.HungKilled, g.Totals.Restarts)), group, "crash")
 		emit("wcluster_worker_restarts_total", prometheus.CounterValue, float64(g.Totals.HungKilled), group, "hung")

@@ -247,9 +247,18 @@ func CacheState(dir string, before int) string {
 }
 
 // NewLogger is a logger at level writing format ("text" or "json") to w.
+//
+// In JSON each key has one type, for indexing: a duration is written as
+// KEY_seconds, a number of seconds (a text log writes it as 1.5s).
 func NewLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	if format == "json" {
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				return slog.Float64(a.Key+"_seconds", a.Value.Duration().Seconds())
+			}
+			return a
+		}
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))

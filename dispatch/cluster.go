@@ -10,6 +10,9 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
+
+	"github.com/wcluster/wcluster/internal/buildinfo"
 )
 
 // Cluster is one master process: a Group per group of workers (each group
@@ -19,9 +22,27 @@ type Cluster struct {
 	groups []*Group
 	log    *slog.Logger
 
+	build  buildinfo.Info
+
 	mu       sync.Mutex
 	stop     context.CancelFunc // ends Run gracefully; set while Run runs
 	stopping bool               // Run is stopping: no more reload notices
+	reloads  Reloads
+}
+
+// Reloads is what the master's reloads came to, whatever asked for them
+// (SIGHUP, the control socket), and what configuration serves now.
+type Reloads struct {
+	OK     uint64 `json:"ok"`
+	Failed uint64 `json:"failed"`
+	// LastSuccess is when the running configuration was last applied (a
+	// reload, or the start), in Unix seconds.
+	LastSuccess float64 `json:"last_success_unix"`
+	// LastError is the last failed reload's error, until a reload works.
+	LastError string `json:"last_error,omitempty"`
+	// ConfigHash identifies what the workers serve: the configuration with
+	// its handlers and certificates, hashed (see RecordConfig).
+	ConfigHash string `json:"config_hash"`
 }
 
 // NewCluster checks every group's config and binds every listener; on any
@@ -32,7 +53,8 @@ func NewCluster(log *slog.Logger, cfgs ...Config) (*Cluster, error) {
 		return nil, errors.New("dispatch: no worker group")
 	}
 	ignoreSIGPIPE()
-	c := &Cluster{log: log}
+	c := &Cluster{log: log, build: buildinfo.Read()}
+	c.reloads.LastSuccess = unixSeconds(time.Now())
 	seen := map[string]bool{}
 	for _, cfg := range cfgs {
 		// With several groups, one group's crash loop must not stop the
@@ -192,6 +214,31 @@ func (c *Cluster) Reload(ctx context.Context, configs map[string][]byte) error {
 	return nil
 }
 
+// RecordConfig notes the hash of the configuration now served (at start).
+func (c *Cluster) RecordConfig(hash string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reloads.ConfigHash = hash
+}
+
+// RecordReload notes a reload's outcome: err nil for one that applied the
+// configuration hashed as hash.
+func (c *Cluster) RecordReload(err error, hash string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.reloads.Failed++
+		c.reloads.LastError = err.Error()
+		return
+	}
+	c.reloads.OK++
+	c.reloads.LastError = ""
+	c.reloads.LastSuccess = unixSeconds(time.Now())
+	c.reloads.ConfigHash = hash
+}
+
+func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+
 // Ready reports whether every group is ready (see Group.Ready) and Run has
 // not begun to stop.
 func (c *Cluster) Ready() bool {
@@ -220,11 +267,17 @@ type ClusterStatus struct {
 	Totals     Totals         `json:"totals"`
 	Workers    []WorkerStatus `json:"workers"`
 	Groups     []Status       `json:"groups"`
+	Build      buildinfo.Info `json:"build"`
+	Reloads    Reloads        `json:"reloads"`
 }
 
 // Status reports every group's counters.
 func (c *Cluster) Status() ClusterStatus {
-	s := ClusterStatus{PID: os.Getpid(), Goroutines: runtime.NumGoroutine(), FDs: openFDs(), Workers: []WorkerStatus{}, Groups: []Status{}}
+	c.mu.Lock()
+	reloads := c.reloads
+	c.mu.Unlock()
+	s := ClusterStatus{PID: os.Getpid(), Goroutines: runtime.NumGoroutine(), FDs: openFDs(), Workers: []WorkerStatus{}, Groups: []Status{},
+		Build: c.build, Reloads: reloads}
 	for i, m := range c.groups {
 		g := m.Status()
 		if i == 0 {

@@ -194,7 +194,7 @@ func (m *Group) Run(ctx context.Context, ready func()) error {
 		// Closed before it is said: whoever reads the line finds the port
 		// closed (shutdown's second close is a no-op).
 		m.closeListeners()
-		m.log.Info("shutting down: no new connections; draining workers", "timeout", m.cfg.ShutdownTimeout.String())
+		m.log.Info("shutting down: no new connections; draining workers", "timeout", m.cfg.ShutdownTimeout)
 	}
 	m.shutdown()
 	if err != nil {

@@ -257,7 +257,7 @@ func (a *acceptPause) ok() {
 
 func (a *acceptPause) end(now time.Time) {
 	a.log.Warn("accepting again", "listener", a.addr, "failed_accepts", a.failures,
-		"episode", a.last.Sub(a.first).Round(time.Millisecond).String())
+		"episode", a.last.Sub(a.first).Round(time.Millisecond))
 	a.failures = 0
 }
 

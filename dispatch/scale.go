@@ -8,6 +8,10 @@ import (
 // MaxWorkers bounds Scale: a typo should not fork ten thousand processes.
 const MaxWorkers = 1024
 
+// Name is the group's name ("" for the one group of a server without
+// groups).
+func (m *Group) Name() string { return m.cfg.Name }
+
 // Workers is the group's current number of worker slots.
 func (m *Group) Workers() int {
 	m.mu.Lock()

@@ -73,9 +73,12 @@ type WorkerStatus struct {
 	Handler stats.Worker `json:"handler"`
 }
 
-// Ready reports whether every worker slot holds a ready worker, none of them
-// stalled (acknowledgements overdue) or hung (being killed), and the group
-// is not stopping: what a readiness probe asks.
+// Ready reports whether the group serves every one of its listeners: at
+// least one worker (every worker serves all of the group's listeners) is
+// ready, neither stalled (acknowledgements overdue) nor hung (being
+// killed), and the group is not stopping. What a readiness probe asks: one
+// worker being replaced, recycled or stalled leaves the group ready while
+// another serves.
 func (m *Group) Ready() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -84,11 +87,11 @@ func (m *Group) Ready() bool {
 	}
 	now := time.Now()
 	for _, p := range m.procs {
-		if p == nil || p.state != stateReady || p.hung || m.stalledLocked(p, now) {
-			return false
+		if p != nil && p.state == stateReady && !p.hung && !m.stalledLocked(p, now) {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // Status reports the current counters.

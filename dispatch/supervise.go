@@ -44,7 +44,7 @@ func (m *Group) supervise(ctx context.Context) error {
 			if err == nil {
 				if ep != nil {
 					m.log.Info("worker started after failed attempts", "worker", id, "failed_attempts", ep.failures,
-						"took", time.Since(ep.first).Round(time.Millisecond).String())
+						"took", time.Since(ep.first).Round(time.Millisecond))
 					delete(failing, id)
 				}
 				continue
@@ -100,7 +100,7 @@ func (m *Group) supervise(ctx context.Context) error {
 			}
 			delay := restartDelay(n, maxRestartDelay)
 			if n >= crashLimit {
-				m.log.Error("workers are crashing in a loop; restarting them more slowly", "crashes", n, "window", crashWindow.String())
+				m.log.Error("workers are crashing in a loop; restarting them more slowly", "crashes", n, "window", crashWindow)
 			}
 			m.log.Warn("worker exited; restarting", "worker", p.id, "pid", p.pid, "cause", p.failure(), "in", delay)
 			m.restartAfter(p.id, delay)

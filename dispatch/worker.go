@@ -460,7 +460,7 @@ func (s *starvation) ok(log *slog.Logger) {
 
 func (s *starvation) end(log *slog.Logger) {
 	log.Warn("taking connections again after running out of file descriptors", "handed_back", s.handedBack,
-		"episode", s.last.Sub(s.first).Round(time.Millisecond).String())
+		"episode", s.last.Sub(s.first).Round(time.Millisecond))
 	s.handedBack = 0
 }
 

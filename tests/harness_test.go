@@ -69,7 +69,8 @@ func setup() (int, error) {
 	}
 	// The race detector watches the master and workers through every test.
 	// WCLUSTER_TEST_RACE=0 builds without it, to read timings off the tests.
-	build := []string{"-race", "./cmd/wcluster"}
+	// -buildvcs=true: the binary names its commit (--version, status, metrics).
+	build := []string{"-race", "-buildvcs=true", "./cmd/wcluster"}
 	if os.Getenv("WCLUSTER_TEST_RACE") == "0" {
 		build = build[1:]
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/dispatch"
+	"github.com/wcluster/wcluster/internal/buildinfo"
 )
 
 // run is the whole program: a worker when started by a master, the CLI
@@ -20,6 +21,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	app := &cli.App{
 		Name:      "wcluster",
 		Usage:     "serve connections with WebAssembly handlers on a process cluster",
+		Version:   buildinfo.Read().String(),
 		Writer:    stdout,
 		ErrWriter: stderr,
 		// Errors are printed once, below, and turned into the exit code here

@@ -6,6 +6,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,6 +57,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	if err != nil {
 		return err
 	}
+	cl.RecordConfig(configHash(groups))
 	ring := tickets.NewRing()
 	giveTicketKeys(cl, ring, cfg)
 	// Said once bound: warnings never precede a refusal to start, which
@@ -69,14 +72,21 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	}
 	var mu sync.Mutex // serialises reloads
 	current := cfg
+	// Every reload's outcome is logged and counted here, whatever asked for
+	// it (SIGHUP, the control socket).
 	doReload := func(ctx context.Context) error {
 		mu.Lock()
 		defer mu.Unlock()
-		next, err := reload(ctx, cl, ring, current, load, log)
-		if err == nil {
-			current = next
+		began := time.Now()
+		next, hash, err := reload(ctx, cl, ring, current, load, log)
+		cl.RecordReload(err, hash)
+		if err != nil {
+			log.Error("reload failed; the old workers keep serving", "err", err)
+			return err
 		}
-		return err
+		current = next
+		log.Info("reloaded", "config_hash", hash, "took", time.Since(began))
+		return nil
 	}
 
 	// Everything started here stops when ctx ends, right after Run returns.
@@ -90,7 +100,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		}
 		wg.Wait()
 	}()
-	handleSignals(ctx, &wg, cl, doReload, log)
+	handleSignals(ctx, &wg, cl, doReload, log, cfg.Cluster.LogFormat)
 	if every := cfg.Cluster.TicketRotation; every > 0 {
 		wg.Add(1)
 		go func() {
@@ -126,8 +136,20 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		log.Info("admin endpoint: /metrics /healthz /readyz", "addr", bound)
 	}
 	err = cl.Run(ctx, func() {
-		fmt.Fprintf(out, "wcluster: %s in %v\n", cfg.Banner(cl.Groups()[0].Addr().String(), infos[0], cache),
-			time.Since(start).Round(time.Millisecond))
+		addr := cl.Groups()[0].Addr().String()
+		banner, took := cfg.Banner(addr, infos[0], cache), time.Since(start)
+		if cfg.Cluster.LogFormat != "json" {
+			fmt.Fprintf(out, "wcluster: %s in %v\n", banner, took.Round(time.Millisecond))
+			return
+		}
+		// A structured event where logs are JSON (the sentence stays in
+		// "banner" for people).
+		workers := 0
+		for _, g := range cfg.Groups {
+			workers += g.Workers
+		}
+		log.Info("serving", "banner", banner, "listen", addr, "tenants", len(cfg.Tenants), "groups", len(cfg.Groups),
+			"workers", workers, "policy", string(cfg.Cluster.Sched), "version", cl.Status().Build.Version, "took", took)
 	})
 	if errors.Is(err, dispatch.ErrMasterClosed) {
 		log.Info("stopped")
@@ -169,7 +191,7 @@ func prepare(ctx context.Context, c *config.Config, log *slog.Logger) ([]host.In
 // compile and its groups and listeners are unchanged, replaces every
 // group's workers with ones serving it. Otherwise the old workers keep
 // serving.
-func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, current *config.Config, load func() (*config.Config, error), log *slog.Logger) (*config.Config, error) {
+func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, current *config.Config, load func() (*config.Config, error), log *slog.Logger) (*config.Config, string, error) {
 	if current.Path != "" {
 		log.Info("reloading", "config", current.Path)
 	} else {
@@ -183,11 +205,11 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 		_, err = prepare(ctx, next, slog.New(slog.DiscardHandler))
 	}
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	dcs, err := next.Masters()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	configs := map[string][]byte{}
 	for _, dc := range dcs {
@@ -197,10 +219,22 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 	// tenant kept keeps its keys, so its sessions resume across the reload.
 	giveTicketKeys(cl, ring, next)
 	if err := cl.Reload(ctx, configs); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	ring.Forget(tlsTenants(next))
-	return next, nil
+	return next, configHash(dcs), nil
+}
+
+// configHash identifies what the workers of groups are given: every
+// group's worker configuration (tenants, limits, handlers, certificates),
+// hashed in group order; the first 16 hex digits of a SHA-256.
+func configHash(groups []dispatch.Config) string {
+	h := sha256.New()
+	for _, g := range groups {
+		fmt.Fprintf(h, "%s\x00%d\x00", g.Name, len(g.WorkerConfig))
+		h.Write(g.WorkerConfig)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 // giveTicketKeys gives each group's workers the session ticket keys of its
@@ -233,8 +267,8 @@ func tlsTenants(c *config.Config) []string {
 
 // handleSignals gives the master nginx's and gunicorn's signals: TERM and
 // INT stop gracefully, QUIT at once; HUP reloads; TTIN and TTOU add or
-// remove a worker (in the first group); USR1 logs the status.
-func handleSignals(ctx context.Context, wg *sync.WaitGroup, cl *dispatch.Cluster, reload func(context.Context) error, log *slog.Logger) {
+// remove a worker in every group; USR1 logs the status.
+func handleSignals(ctx context.Context, wg *sync.WaitGroup, cl *dispatch.Cluster, reload func(context.Context) error, log *slog.Logger, format string) {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGHUP,
 		syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1)
@@ -257,26 +291,41 @@ func handleSignals(ctx context.Context, wg *sync.WaitGroup, cl *dispatch.Cluster
 				log.Warn("stopping now: workers are killed", "signal", sig.String())
 				cl.Stop(true)
 			case syscall.SIGHUP:
-				if err := reload(ctx); err != nil {
-					log.Error("reload failed; the old workers keep serving", "err", err)
-				}
+				reload(ctx) // logged by reload itself
 			case syscall.SIGTTIN, syscall.SIGTTOU:
-				m := cl.Groups()[0]
-				n := m.Workers() + 1
-				if sig == syscall.SIGTTOU {
-					n -= 2
-				}
-				if n < 1 {
-					log.Warn("not scaling below one worker", "signal", sig.String())
-					continue
-				}
-				if err := m.Scale(ctx, n); err != nil {
-					log.Error("scale failed", "to", n, "err", err)
+				// Every group grows or shrinks by one (`wcluster scale
+				// --group` picks one).
+				for _, m := range cl.Groups() {
+					l := log
+					if name := m.Name(); name != "" {
+						l = log.With("group", name)
+					}
+					n := m.Workers() + 1
+					if sig == syscall.SIGTTOU {
+						n -= 2
+					}
+					if n < 1 {
+						l.Warn("not scaling below one worker", "signal", sig.String())
+						continue
+					}
+					if err := m.Scale(ctx, n); err != nil {
+						l.Error("scale failed", "to", n, "err", err)
+					}
 				}
 			case syscall.SIGUSR1:
-				b, _ := json.Marshal(cl.Status())
-				log.Info("status", "status", string(b))
+				logStatus(log, format, cl.Status())
 			}
 		}
 	}()
+}
+
+// logStatus logs st: as a JSON object within the record where logs are
+// JSON, as one JSON string otherwise.
+func logStatus(log *slog.Logger, format string, st dispatch.ClusterStatus) {
+	if format == "json" {
+		log.Info("status", "cluster", st)
+		return
+	}
+	b, _ := json.Marshal(st)
+	log.Info("status", "cluster", string(b))
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -39,7 +40,13 @@ func statusCommand() *cli.Command {
 				}
 			}
 			var buf bytes.Buffer
-			fmt.Fprintf(&buf, "master pid %d: %d fds, %d goroutines\n", s.PID, s.FDs, s.Goroutines)
+			fmt.Fprintf(&buf, "master pid %d: wcluster %s, %d fds, %d goroutines\n", s.PID, s.Build, s.FDs, s.Goroutines)
+			r := s.Reloads
+			fmt.Fprintf(&buf, "configuration %s, applied %s; reloads: %d ok, %d failed\n", r.ConfigHash,
+				time.Unix(0, int64(r.LastSuccess*1e9)).Format(time.RFC3339), r.OK, r.Failed)
+			if r.LastError != "" {
+				fmt.Fprintf(&buf, "  last reload failed: %s\n", r.LastError)
+			}
 			for _, g := range s.Groups {
 				name := g.Group
 				if name == "" {

@@ -1,0 +1,271 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+)
+
+// headCommit is the checkout's commit, as the binary should name it.
+func headCommit(t *testing.T) string {
+	t.Helper()
+	cmd := exec.Command("git", "rev-parse", "HEAD")
+	cmd.Dir = env.root
+	out, err := cmd.Output()
+	if err != nil {
+		missing(t, "git rev-parse HEAD in %s: %v: the tests run in a git checkout (the binary is built with -buildvcs=true)", env.root, err)
+	}
+	return strings.TrimSpace(string(out))[:12]
+}
+
+// TestVersionEverywhere: --version, the status and /metrics name the same
+// build: its commit, Go and wazero.
+func TestVersionEverywhere(t *testing.T) {
+	t.Parallel()
+	commit := headCommit(t)
+	out, err := run(t, "--version")
+	if err != nil || !regexp.MustCompile(`^wcluster version \S+ \(commit `+commit+`(-dirty)?, go1\.\S+, wazero v\d`).MatchString(out) {
+		t.Fatalf("--version: %v %q, want commit %s", err, out, commit)
+	}
+	s, ctl := startControlled(t, "--workers", "1", "--admin", "127.0.0.1:0")
+	st := getStatus(t, ctl)
+	if !strings.HasPrefix(st.Build.Commit, commit) || !strings.HasPrefix(st.Build.Go, "go1.") || !strings.HasPrefix(st.Build.Wazero, "v1.") {
+		t.Fatalf("status build = %+v, want commit %s", st.Build, commit)
+	}
+	if text, err := run(t, "status", "--control", ctl); err != nil || !strings.Contains(text, "commit "+st.Build.Commit) {
+		t.Fatalf("status text: %v\n%s", err, text)
+	}
+	_, scrape := httpGet(t, "http://"+adminAddr(t, s)+"/metrics")
+	want := fmt.Sprintf(`wcluster_build_info{commit=%q,go=%q,version=%q,wazero=%q} 1`, st.Build.Commit, st.Build.Go, st.Build.Version, st.Build.Wazero)
+	if !strings.Contains(scrape, want) {
+		t.Fatalf("/metrics lacks %s", want)
+	}
+	problems, err := promlint.New(strings.NewReader(scrape)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "wcluster_") {
+			t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+		}
+	}
+}
+
+// TestReloadOutcomes: every reload's outcome is logged by the master,
+// counted by outcome and shown in the status, whoever asked (the control
+// socket or SIGHUP); the config hash follows what is served.
+func TestReloadOutcomes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	handler := filepath.Join(dir, "h.wasm")
+	good, err := os.ReadFile(guest(t, "wat-hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := os.ReadFile(guest(t, "c-hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(handler, good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, ctl := startControlled(t, "--workers", "1", "--admin", "127.0.0.1:0", handler)
+	base := "http://" + adminAddr(t, s)
+	st := getStatus(t, ctl)
+	hash0, started := st.Reloads.ConfigHash, st.Reloads.LastSuccess
+	if len(hash0) != 16 || started == 0 || st.Reloads.OK != 0 || st.Reloads.Failed != 0 {
+		t.Fatalf("reloads at start: %+v", st.Reloads)
+	}
+
+	// A broken handler: the control socket's reload fails, and so does
+	// SIGHUP's; both are logged by the master and counted.
+	if err := os.WriteFile(handler, []byte("not wasm"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, "reload", "--control", ctl); err == nil {
+		t.Fatalf("reload of a broken handler worked: %s", out)
+	}
+	s.waitOutput(`reload failed; the old workers keep serving`, 10*time.Second)
+	syscall.Kill(s.cmd.Process.Pid, syscall.SIGHUP)
+	st = waitStatus(t, ctl, "two failed reloads", func(st status) bool { return st.Reloads.Failed == 2 })
+	if st.Reloads.OK != 0 || st.Reloads.ConfigHash != hash0 || st.Reloads.LastError == "" || st.Reloads.LastSuccess != started {
+		t.Fatalf("after two failures: %+v", st.Reloads)
+	}
+	if n := strings.Count(s.output(), "reload failed; the old workers keep serving"); n != 2 {
+		t.Fatalf("%d failure lines for two failed reloads:\n%s", n, s.output())
+	}
+
+	// Another handler: the reload works, the hash changes.
+	if err := os.WriteFile(handler, other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, "reload", "--control", ctl); err != nil {
+		t.Fatalf("reload: %v %s", err, out)
+	}
+	st = getStatus(t, ctl)
+	r := st.Reloads
+	if r.OK != 1 || r.Failed != 2 || r.LastError != "" || r.ConfigHash == hash0 || len(r.ConfigHash) != 16 || r.LastSuccess <= started {
+		t.Fatalf("after a reload that worked: %+v (hash at start %s)", r, hash0)
+	}
+	s.waitOutput(`msg=reloaded .*config_hash=`+r.ConfigHash, 10*time.Second)
+	_, scrape := httpGet(t, base+"/metrics")
+	for _, want := range []string{
+		`wcluster_reloads_total{outcome="ok"} 1`,
+		`wcluster_reloads_total{outcome="failed"} 2`,
+		fmt.Sprintf(`wcluster_config_info{hash=%q} 1`, r.ConfigHash),
+		"wcluster_reload_last_success_timestamp_seconds ",
+	} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// durationText is a Go duration written as text ("1.5s", "200ms"): JSON
+// logs give durations as numbers of seconds instead.
+var durationText = regexp.MustCompile(`^-?[0-9.]+(ns|µs|us|ms|s|m|h)([0-9.]+(ns|µs|us|ms|s|m|h))*$`)
+
+// TestJSONLogsIndex: with --log-format json every line of the master and
+// workers is an object; each key keeps one JSON type over a run that
+// starts, reloads (and fails to), logs its status, scales and stops;
+// durations are KEY_seconds numbers; the banner and the status are
+// structured.
+func TestJSONLogsIndex(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	handler := filepath.Join(dir, "h.wasm")
+	good, err := os.ReadFile(guest(t, "wat-hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(handler, good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, ctl := startControlled(t, "--workers", "1", "--log-format", "json", "--log-level", "debug", handler)
+	pid := s.cmd.Process.Pid
+	run(t, "reload", "--control", ctl)
+	os.WriteFile(handler, []byte("broken"), 0o644)
+	run(t, "reload", "--control", ctl)
+	syscall.Kill(pid, syscall.SIGUSR1)
+	s.waitOutput(`"msg":"status"`, 10*time.Second)
+	syscall.Kill(pid, syscall.SIGTTIN)
+	waitStatus(t, ctl, "two workers", func(st status) bool { return len(st.Workers) == 2 && st.Workers[1].State == "ready" })
+	syscall.Kill(pid, syscall.SIGTERM)
+	if err := s.waitExit(30 * time.Second); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+
+	types := map[string]map[string]string{} // key → JSON type → a line with it
+	sawBanner, sawStatus := false, false
+	for _, line := range strings.Split(s.output(), "\n") {
+		if line == "" || strings.HasPrefix(line, "==") || strings.Contains(line, "WARNING: DATA RACE") {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("not a JSON object: %q", line)
+			continue
+		}
+		for k, v := range m {
+			typ := fmt.Sprintf("%T", v)
+			if types[k] == nil {
+				types[k] = map[string]string{}
+			}
+			types[k][typ] = line
+			if str, ok := v.(string); ok && durationText.MatchString(str) {
+				t.Errorf("key %q holds a duration as text %q: %s", k, str, line)
+			}
+			if strings.HasSuffix(k, "_seconds") && typ != "float64" {
+				t.Errorf("key %q is not a number: %s", k, line)
+			}
+		}
+		switch m["msg"] {
+		case "serving":
+			_, ok := m["took_seconds"].(float64)
+			sawBanner = ok && m["listen"] != nil && strings.Contains(fmt.Sprint(m["banner"]), "serving")
+		case "status":
+			_, sawStatus = m["cluster"].(map[string]any)
+		}
+	}
+	for k, ts := range types {
+		if len(ts) > 1 {
+			var ex []string
+			for typ, line := range ts {
+				ex = append(ex, typ+": "+line)
+			}
+			t.Errorf("key %q has %d types:\n%s", k, len(ts), strings.Join(ex, "\n"))
+		}
+	}
+	if !sawBanner || !sawStatus {
+		t.Errorf("banner as an event %v, status as an object %v", sawBanner, sawStatus)
+	}
+}
+
+// TestReadyWhileAWorkerIsReplaced: /readyz stays 200 while one of two
+// workers is killed and replaced (the other serves every listener), and
+// the replacement is counted.
+func TestReadyWhileAWorkerIsReplaced(t *testing.T) {
+	t.Parallel()
+	s, ctl := startControlled(t, "--workers", "2", "--admin", "127.0.0.1:0")
+	base := "http://" + adminAddr(t, s)
+	st := getStatus(t, ctl)
+	victim := st.Workers[0].PID
+	syscall.Kill(victim, syscall.SIGKILL)
+	polls := 0
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if code, body := httpGet(t, base+"/readyz"); code != 200 {
+			t.Fatalf("/readyz %d %q while one worker of two was replaced (poll %d)", code, body, polls)
+		}
+		polls++
+		st := getStatus(t, ctl)
+		if st.Totals.Restarts == 1 && len(st.Workers) == 2 && st.Workers[0].PID != victim &&
+			st.Workers[0].State == "ready" && st.Workers[1].State == "ready" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker not replaced: %+v", st.Workers)
+		}
+	}
+	t.Logf("%d polls of /readyz during the replacement, all 200", polls)
+}
+
+// TestScaleSignalsActOnEveryGroup: TTIN adds a worker to every group, TTOU
+// takes one from every group (and none below one).
+func TestScaleSignalsActOnEveryGroup(t *testing.T) {
+	t.Parallel()
+	_, ctl := startRouted(t) // group default: 2 workers, group gamma: 1
+	st := getStatus(t, ctl)
+	pid := st.PID
+	count := func(st status) map[string]int {
+		n := map[string]int{}
+		for _, g := range st.Groups {
+			for _, w := range g.Workers {
+				if w.State == "ready" {
+					n[g.Group]++
+				}
+			}
+		}
+		return n
+	}
+	syscall.Kill(pid, syscall.SIGTTIN)
+	waitStatus(t, ctl, "3 and 2 workers after TTIN", func(st status) bool {
+		n := count(st)
+		return n["default"] == 3 && n["gamma"] == 2
+	})
+	syscall.Kill(pid, syscall.SIGTTOU)
+	syscall.Kill(pid, syscall.SIGTTOU)
+	waitStatus(t, ctl, "1 and 1 workers after TTOU twice", func(st status) bool {
+		n := count(st)
+		return n["default"] == 1 && n["gamma"] == 1 && len(st.Workers) == 2
+	})
+}
