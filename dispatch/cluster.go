@@ -22,7 +22,7 @@ type Cluster struct {
 	groups []*Group
 	log    *slog.Logger
 
-	build  buildinfo.Info
+	build buildinfo.Info
 
 	mu       sync.Mutex
 	stop     context.CancelFunc // ends Run gracefully; set while Run runs
