@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -19,6 +20,99 @@ import (
 // and the sockets are fds 3 .. 3+n-1, in the order of the socket unit's
 // ListenStream= lines. The master then serves those sockets instead of
 // binding --listen; workers get them exactly as they would get bound ones.
+
+// activate gives the groups of cfgs the sockets systemd passed, if any
+// (first is listenFDsStart but in tests). A server without groups (one
+// group, unnamed: `wcluster serve HANDLER`) serves the passed sockets
+// instead of its --listen, in their order. With a configuration, each
+// passed socket serves the configured listener with its address (its port,
+// and its IP or both unspecified), whatever the order of ListenStream=;
+// a socket no listener has is refused (a silent mismatch would serve one
+// group's tenants on another's port), and listeners no socket has are
+// bound as usual.
+func activate(cfgs []Config, first int, log *slog.Logger) error {
+	sched := cfgs[0].Sched
+	lis, err := socketActivation(first, sched, log)
+	if err != nil || lis == nil {
+		return err
+	}
+	if len(cfgs) == 1 && cfgs[0].Name == "" {
+		if len(lis) > maxListeners {
+			closeAll(lis)
+			return fmt.Errorf("socket activation passed %d sockets: at most %d", len(lis), maxListeners)
+		}
+		cfgs[0].Listen = make([]string, len(lis))
+		for i, l := range lis {
+			cfgs[0].Listen[i] = l.addr.String()
+		}
+		cfgs[0].inherited = lis
+		return nil
+	}
+	for i := range cfgs {
+		cfgs[i].inherited = make([]*listener, len(cfgs[i].Listen))
+	}
+	var configured []string
+	for _, c := range cfgs {
+		configured = append(configured, c.Listen...)
+	}
+	for n, l := range lis {
+		placed := false
+		for i := range cfgs {
+			for j, a := range cfgs[i].Listen {
+				if cfgs[i].inherited[j] == nil && sameListenAddr(a, l.addr) {
+					cfgs[i].inherited[j], placed = l, true
+					break
+				}
+			}
+			if placed {
+				break
+			}
+		}
+		if !placed {
+			closeAll(lis)
+			for i := range cfgs {
+				cfgs[i].inherited = nil
+			}
+			return fmt.Errorf("socket activation: the socket on %s (fd %d, %q) is no listener of the configuration (%s): make the socket unit's ListenStream= and the tenants' listen name the same addresses",
+				l.addr, first+n, l.f.Name(), strings.Join(configured, ", "))
+		}
+	}
+	return nil
+}
+
+// sameListenAddr reports whether a configured listen address ("host:port",
+// ":port") names the bound address a.
+func sameListenAddr(configured string, a net.Addr) bool {
+	bound, ok := a.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	c, err := net.ResolveTCPAddr("tcp", configured)
+	if err != nil || c.Port != bound.Port {
+		return false
+	}
+	if c.IP == nil || c.IP.IsUnspecified() {
+		return bound.IP.IsUnspecified()
+	}
+	return c.IP.Equal(bound.IP)
+}
+
+func closeAll(lis []*listener) {
+	for _, l := range lis {
+		l.close()
+	}
+}
+
+// closeInherited closes the passed sockets of groups not started.
+func closeInherited(cfgs []Config) {
+	for _, c := range cfgs {
+		for _, l := range c.inherited {
+			if l != nil {
+				l.close()
+			}
+		}
+	}
+}
 
 // Environment variables of the socket activation protocol.
 const (
@@ -61,7 +155,7 @@ func socketActivation(first int, sched Sched, log *slog.Logger) ([]*listener, er
 		for i, l := range lis {
 			addrs[i] = l.addr.String()
 		}
-		log.Info("serving the sockets systemd passed (socket activation); --listen is not bound",
+		log.Info("serving the sockets systemd passed (socket activation) instead of binding them",
 			"addrs", strings.Join(addrs, ","), "fds", n, "names", strings.Join(names, ":"))
 	}
 	return lis, nil

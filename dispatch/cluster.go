@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -53,6 +54,10 @@ func NewCluster(log *slog.Logger, cfgs ...Config) (*Cluster, error) {
 		return nil, errors.New("dispatch: no worker group")
 	}
 	ignoreSIGPIPE()
+	cfgs = slices.Clone(cfgs)
+	if err := activate(cfgs, listenFDsStart, log); err != nil {
+		return nil, fmt.Errorf("dispatch: %w", err)
+	}
 	c := &Cluster{log: log, build: buildinfo.Read()}
 	c.reloads.LastSuccess = unixSeconds(time.Now())
 	seen := map[string]bool{}
@@ -62,12 +67,14 @@ func NewCluster(log *slog.Logger, cfgs ...Config) (*Cluster, error) {
 		cfg.KeepOnCrashLoop = cfg.KeepOnCrashLoop || len(cfgs) > 1
 		if seen[cfg.Name] {
 			c.closeAll()
+			closeInherited(cfgs)
 			return nil, fmt.Errorf("dispatch: two worker groups named %q", cfg.Name)
 		}
 		seen[cfg.Name] = true
 		m, err := NewGroup(cfg)
 		if err != nil {
 			c.closeAll()
+			closeInherited(cfgs)
 			if cfg.Name != "" {
 				return nil, fmt.Errorf("group %s: %w", cfg.Name, err)
 			}

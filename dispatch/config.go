@@ -37,8 +37,12 @@ var ErrMasterClosed = errors.New("dispatch: master closed")
 type Config struct {
 	// Listen are the addresses ("host:port") to serve; a worker's handler
 	// learns which one a connection came from by its index here.
-	Listen  []string
-	Workers int    // >= 1
+	Listen []string
+	// inherited are sockets passed by socket activation, by the index of
+	// the Listen address each serves (nil: bind that one); set by
+	// NewCluster.
+	inherited []*listener
+	Workers   int    // >= 1
 	Name    string // names this group of workers in logs and status
 	Sched   Sched  // default rr
 	Backlog int    // listen(2) backlog, default 511

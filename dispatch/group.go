@@ -83,29 +83,22 @@ func NewGroup(cfg Config) (*Group, error) {
 	}
 	// reuseport: the master only reserves the port (a bound socket is not in
 	// the SO_REUSEPORT group, so nothing is queued on it); workers listen.
-	// Sockets passed by systemd (socket activation) replace cfg.Listen.
-	// They are consumed by the first group created.
-	lis, err := socketActivation(listenFDsStart, cfg.Sched, cfg.Logger)
-	if err != nil {
-		return nil, fmt.Errorf("dispatch: %w", err)
-	}
-	if len(lis) > maxListeners {
-		for _, l := range lis {
-			l.close()
+	// Sockets passed by systemd (socket activation) were matched to
+	// cfg.Listen by NewCluster.
+	var lis []*listener
+	for j, addr := range cfg.Listen {
+		if j < len(cfg.inherited) && cfg.inherited[j] != nil {
+			lis = append(lis, cfg.inherited[j])
+			continue
 		}
-		return nil, fmt.Errorf("dispatch: socket activation passed %d sockets: at most %d", len(lis), maxListeners)
-	}
-	if lis == nil {
-		for _, addr := range cfg.Listen {
-			l, err := listenTCP(addr, cfg.Backlog, cfg.Sched == SchedReusePort, cfg.Sched != SchedReusePort)
-			if err != nil {
-				for _, l := range lis {
-					l.close()
-				}
-				return nil, fmt.Errorf("dispatch: %w", err)
+		l, err := listenTCP(addr, cfg.Backlog, cfg.Sched == SchedReusePort, cfg.Sched != SchedReusePort)
+		if err != nil {
+			for _, l := range lis {
+				l.close()
 			}
-			lis = append(lis, l)
+			return nil, fmt.Errorf("dispatch: %w", err)
 		}
+		lis = append(lis, l)
 	}
 	m := &Group{
 		cfg: cfg, log: cfg.Logger, lis: lis,
@@ -119,6 +112,7 @@ func NewGroup(cfg Config) (*Group, error) {
 		m.log = m.log.With("group", cfg.Name)
 	}
 	if cfg.Sched == SchedShared {
+		var err error
 		if m.load, m.loadFile, err = newLoadTable(); err != nil {
 			m.closeListeners()
 			return nil, fmt.Errorf("dispatch: %w", err)

@@ -277,3 +277,79 @@ func TestSystemdNotify(t *testing.T) {
 	default:
 	}
 }
+
+// TestSocketActivationWithConfig: with --config, each socket systemd passes
+// serves the configured listener of its address, whatever the order of the
+// sockets (group gamma's port is passed first here); a socket that no
+// listener has is refused with one line naming it.
+func TestSocketActivationWithConfig(t *testing.T) {
+	t.Parallel()
+	tool, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		missing(t, "systemd-socket-activate not installed (Debian package systemd; `make deps` installs it)")
+	}
+	probe := probeGuest(t)
+	dir := t.TempDir()
+	port, other, stray := freePort(t), freePort(t), freePort(t)
+	cfg := filepath.Join(dir, "wcluster.toml")
+	writeConfig(t, cfg, fmt.Sprintf(`[cluster]
+workers = 1
+cache_dir = %q
+
+[[tenant]]
+name = "alpha"
+handler = %q
+listen = ["127.0.0.1:%d"]
+config = { name = "alpha" }
+
+[[tenant]]
+name = "gamma"
+handler = %q
+listen = ["127.0.0.1:%d"]
+config = { name = "gamma" }
+group = "gamma"
+`, env.cache, probe, port, probe, other))
+	activated := func(ports ...int) *server {
+		var args []string
+		for _, p := range ports {
+			args = append(args, "-l", fmt.Sprintf("127.0.0.1:%d", p))
+		}
+		w, err := launch(t, exec.Command(tool, append(args, env.bin, "serve", "--config", cfg)...), noWait())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.waitOutput(fmt.Sprintf(`Listening on 127\.0\.0\.1:%d as %d\.`, ports[len(ports)-1], 2+len(ports)), 30*time.Second)
+		return w
+	}
+
+	w := activated(other, port)
+	for _, tc := range []struct {
+		port int
+		name string
+	}{{port, "alpha"}, {other, "gamma"}, {port, "alpha"}} {
+		addr := fmt.Sprintf("127.0.0.1:%d", tc.port)
+		code, body := mustGet(t, addr, "x.test", "/")
+		if code != 200 || !strings.Contains(body, "tenant "+tc.name) {
+			t.Fatalf("port %d: %d %q, want tenant %s", tc.port, code, body, tc.name)
+		}
+	}
+	w.waitOutput(`socket activation`, 10*time.Second)
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	if err := w.waitExit(30 * time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+
+	// A third socket, on a port the configuration does not have.
+	w = activated(port, other, stray)
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second)
+	if err == nil {
+		defer c.Close() // the activator execs wcluster on this connection
+	}
+	if err := w.waitExit(60 * time.Second); err == nil {
+		t.Fatalf("served with a socket no listener has:\n%s", w.output())
+	}
+	line := w.waitOutput(`wcluster: .*socket activation: the socket on 127\.0\.0\.1:(\d+) .* is no listener of the configuration`, 10*time.Second)
+	if line[1] != strconv.Itoa(stray) {
+		t.Fatalf("refusal names port %s, want %d", line[1], stray)
+	}
+}
