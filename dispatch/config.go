@@ -43,9 +43,9 @@ type Config struct {
 	// NewCluster.
 	inherited []*listener
 	Workers   int    // >= 1
-	Name    string // names this group of workers in logs and status
-	Sched   Sched  // default rr
-	Backlog int    // listen(2) backlog, default 511
+	Name      string // names this group of workers in logs and status
+	Sched     Sched  // default rr
+	Backlog   int    // listen(2) backlog, default 511
 	// MaxConns is the most connections one worker holds at once (default
 	// 10000); at that the master (rr) or the worker (shared) stops accepting.
 	MaxConns int
