@@ -134,9 +134,10 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 }
 
 // SameShape refuses a reload to next that changes what the master binds or
-// forks: groups, their listeners, their worker counts. Those need a restart
-// (or `wcluster scale` for the counts); everything a worker builds
-// (handlers, hosts, limits, env, config, mounts, certificates) reloads.
+// forks: groups, their listeners, their workers' user. Those need a
+// restart; everything a worker builds (handlers, hosts, limits, env,
+// config, mounts, certificates) reloads, and a changed worker count is
+// applied by scaling (see WorkersChanged).
 func (c *Config) SameShape(next *Config) error {
 	if len(c.Groups) != len(next.Groups) {
 		return fmt.Errorf("%s: the worker groups changed (%d → %d): restart wcluster to apply that", next.Path, len(c.Groups), len(next.Groups))
@@ -149,11 +150,21 @@ func (c *Config) SameShape(next *Config) error {
 		if ga.User != gb.User || !slices.Equal(ga.WorkerEnv, gb.WorkerEnv) {
 			return fmt.Errorf("%s: group %q's worker user or worker_env changed: restart wcluster to apply that", next.Path, ga.Name)
 		}
-		if ga.Workers != gb.Workers {
-			return fmt.Errorf("%s: group %q's workers changed (%d → %d): use `wcluster scale --group %s` or restart", next.Path, ga.Name, ga.Workers, gb.Workers, ga.Name)
-		}
 	}
 	return nil
+}
+
+// WorkersChanged lists the groups of next whose `workers` the file changed
+// since c, with the new count. A group the file did not change keeps its
+// running count, which `wcluster scale` or TTIN/TTOU may have moved.
+func (c *Config) WorkersChanged(next *Config) map[string]int {
+	out := map[string]int{}
+	for i := range next.Groups {
+		if i < len(c.Groups) && c.Groups[i].Workers != next.Groups[i].Workers {
+			out[next.Groups[i].Name] = next.Groups[i].Workers
+		}
+	}
+	return out
 }
 
 // Banner says what is served, once bound on addr (the first listener's):

@@ -269,3 +269,44 @@ func TestScaleSignalsActOnEveryGroup(t *testing.T) {
 		return n["default"] == 1 && n["gamma"] == 1 && len(st.Workers) == 2
 	})
 }
+
+// TestReloadKeepsScaledCount: a reload compares the file's `workers` with
+// the file before it: unchanged, the count set by `wcluster scale` stays;
+// changed, the group is scaled to it.
+func TestReloadKeepsScaledCount(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctl := filepath.Join(dir, "ctl.sock")
+	cfg := filepath.Join(dir, "wcluster.toml")
+	body := func(workers int) string {
+		return fmt.Sprintf(`[cluster]
+workers = %d
+cache_dir = %q
+control = %q
+
+[[tenant]]
+name = "alpha"
+handler = %q
+listen = ["127.0.0.1:%d"]
+`, workers, env.cache, ctl, guest(t, "wat-hello"), freePort(t))
+	}
+	first := body(1)
+	writeConfig(t, cfg, first)
+	startConfig(t, cfg)
+	if out, err := run(t, "scale", "--control", ctl, "3"); err != nil {
+		t.Fatalf("scale 3: %v %s", err, out)
+	}
+	if out, err := run(t, "reload", "--control", ctl); err != nil {
+		t.Fatalf("reload, file unchanged: %v %s", err, out)
+	}
+	if st := getStatus(t, ctl); len(st.Workers) != 3 || st.Totals.Generation != 1 {
+		t.Fatalf("after scale 3 and a reload of the same file: %d workers, generation %d", len(st.Workers), st.Totals.Generation)
+	}
+	// The same file but for workers = 2 (the port line is kept).
+	port := regexp.MustCompile(`listen = .*`).FindString(first)
+	writeConfig(t, cfg, regexp.MustCompile(`listen = .*`).ReplaceAllString(body(2), port))
+	if out, err := run(t, "reload", "--control", ctl); err != nil {
+		t.Fatalf("reload, workers 1 → 2 in the file: %v %s", err, out)
+	}
+	waitStatus(t, ctl, "2 workers after the file said 2", func(st status) bool { return len(st.Workers) == 2 })
+}

@@ -222,6 +222,20 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 		return nil, "", err
 	}
 	ring.Forget(tlsTenants(next))
+	// The file's worker counts compare with the file before, not with the
+	// running count: a count the file did not change stays as scaled.
+	for name, n := range current.WorkersChanged(next) {
+		grp, err := cl.Group(name)
+		if err == nil {
+			err = grp.Scale(ctx, n)
+		}
+		if err != nil {
+			// The configuration is applied; only the count is not.
+			log.Error("reloaded, but scaling to the file's worker count failed", "group", name, "workers", n, "err", err)
+			continue
+		}
+		log.Info("scaled to the file's worker count", "group", name, "workers", n)
+	}
 	return next, configHash(dcs), nil
 }
 
