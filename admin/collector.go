@@ -79,6 +79,7 @@ func newCollector(src Source) *collector {
 	add("wcluster_reload_generation", "Completed reloads.", "group")
 	add("wcluster_workers", "Worker slots in the group.", "group")
 	add("wcluster_master_requeued_total", "Connections the group requeued because the worker holding them died before acknowledging them (all worker slots, replaced workers included).", "group")
+	add("wcluster_certificate_expiry_timestamp_seconds", "When a tenant's TLS certificate expires (Unix seconds): alert well before it.", "group", "tenant")
 	add("wcluster_build_info", "The running build: always 1.", "version", "commit", "go", "wazero")
 	add("wcluster_reloads_total", "Reloads by outcome (ok, failed), whatever asked for them.", "outcome")
 	add("wcluster_reload_last_success_timestamp_seconds", "When the running configuration was applied (the last reload that worked, or the start).")
@@ -109,6 +110,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		emit("wcluster_queue_depth", prometheus.GaugeValue, float64(g.Totals.Queued), group)
 		emit("wcluster_queue_timeouts_total", prometheus.CounterValue, float64(g.Totals.QueueTimeouts), group)
 		emit("wcluster_master_requeued_total", prometheus.CounterValue, float64(g.Totals.Requeued), group)
+		for _, cert := range g.Certificates {
+			emit("wcluster_certificate_expiry_timestamp_seconds", prometheus.GaugeValue, cert.NotAfter, group, cert.Tenant)
+		}
 		// Restarts counts every unplanned replacement; hung ones are among them.
 		emit("wcluster_worker_restarts_total", prometheus.CounterValue, float64(g.Totals.Restarts-min(g.Totals.HungKilled, g.Totals.Restarts)), group, "crash")
 		emit("wcluster_worker_restarts_total", prometheus.CounterValue, float64(g.Totals.HungKilled), group, "hung")

@@ -101,6 +101,7 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 			return nil, err
 		}
 		g.Tenants = slices.Clone(g.Tenants)
+		var certs []dispatch.Certificate
 		for j := range g.Tenants {
 			t := &g.Tenants[j]
 			where := t.Name
@@ -117,6 +118,9 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 			if t.Files, err = ReadFiles(HandlerBytes(t.Handler, wasm), t.TLSCert, t.TLSKey); err != nil {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
+			if c, ok := t.Files.certificate(t.Name); ok {
+				certs = append(certs, c)
+			}
 		}
 		wc, err := json.Marshal(&g)
 		if err != nil {
@@ -128,6 +132,7 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 			ShutdownTimeout: cl.ShutdownTimeout, WorkerTimeout: cl.WorkerTimeout,
 			MaxRequests: cl.MaxRequests, MaxMemory: cl.MaxWorkerMemory,
 			WorkerConfig: wc, WorkerEnv: g.WorkerEnv, Credential: u.Credential(),
+			Certificates: certs,
 		})
 	}
 	return out, nil

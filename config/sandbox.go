@@ -63,6 +63,21 @@ func (f *Files) KeyPair() (tls.Certificate, error) {
 	return tls.X509KeyPair(f.CertPEM, f.KeyPEM)
 }
 
+// certificate describes tenant's certificate in f for status and metrics
+// (false when it has none).
+func (f *Files) certificate(tenant string) (dispatch.Certificate, bool) {
+	kp, err := f.KeyPair()
+	if err != nil || kp.Leaf == nil {
+		return dispatch.Certificate{}, false
+	}
+	c := dispatch.Certificate{Tenant: tenant, Names: append([]string{}, kp.Leaf.DNSNames...),
+		NotAfter: float64(kp.Leaf.NotAfter.Unix())}
+	for _, ip := range kp.Leaf.IPAddresses {
+		c.Names = append(c.Names, ip.String())
+	}
+	return c, true
+}
+
 // Sandbox is what a worker applies to itself before building its
 // handlers, so before any guest code runs.
 type Sandbox struct {

@@ -35,6 +35,11 @@ var ErrMasterClosed = errors.New("dispatch: master closed")
 
 // Config configures a Group. Zero values take the defaults given.
 type Config struct {
+	// Certificates are those the group's workers serve, for status and
+	// metrics (the bytes travel in WorkerConfig); SetCertificates replaces
+	// them on a reload.
+	Certificates []Certificate
+
 	// Listen are the addresses ("host:port") to serve; a worker's handler
 	// learns which one a connection came from by its index here.
 	Listen []string
@@ -138,3 +143,11 @@ func (c *Config) defaults() error {
 // maxListeners bounds Config.Listen: the index travels in a newconn message
 // as one byte, and shared workers inherit one fd per listener.
 const maxListeners = 64
+
+// Certificate describes a certificate a group serves.
+type Certificate struct {
+	Tenant string   `json:"tenant"`
+	Names  []string `json:"names"`
+	// NotAfter is when it expires, in Unix seconds.
+	NotAfter float64 `json:"not_after_unix"`
+}

@@ -44,6 +44,8 @@ type Status struct {
 	FDs        int            `json:"fds"`
 	Totals     Totals         `json:"totals"`
 	Workers    []WorkerStatus `json:"workers"`
+	// Certificates are the group's TLS certificates, with their expiry.
+	Certificates []Certificate `json:"certificates"`
 }
 
 // WorkerStatus is one worker's counters. For rr, Accepted, InFlight,
@@ -94,6 +96,14 @@ func (m *Group) Ready() bool {
 	return false
 }
 
+// SetCertificates records the certificates the group serves after a
+// reload.
+func (m *Group) SetCertificates(certs []Certificate) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cfg.Certificates = certs
+}
+
 // Status reports the current counters.
 func (m *Group) Status() Status {
 	m.mu.Lock()
@@ -101,7 +111,8 @@ func (m *Group) Status() Status {
 	// Lists are never null in JSON: a group whose workers are all down
 	// has "workers": [].
 	s := Status{Group: m.cfg.Name, Listen: m.lis[0].addr.String(), Sched: m.cfg.Sched, PID: os.Getpid(), Totals: m.stats,
-		Goroutines: runtime.NumGoroutine(), FDs: openFDs(), Workers: []WorkerStatus{}, Listeners: []string{}}
+		Goroutines: runtime.NumGoroutine(), FDs: openFDs(), Workers: []WorkerStatus{}, Listeners: []string{},
+		Certificates: append([]Certificate{}, m.cfg.Certificates...)}
 	for _, l := range m.lis {
 		s.Listeners = append(s.Listeners, l.addr.String())
 	}

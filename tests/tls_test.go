@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,8 +100,10 @@ func TestTLSCertificateFromMaster(t *testing.T) {
 	dir := t.TempDir()
 	cert, key := writeTestCert(t, dir, "one", "localhost")
 	pool := certPool(t, cert)
-	s, ctl := startControlled(t, "--workers", "2", "--tls-cert", cert, "--tls-key", key)
+	s, ctl := startControlled(t, "--workers", "2", "--tls-cert", cert, "--tls-key", key, "--admin", "127.0.0.1:0")
 	want := tlsServerSerial(t, s.addr, "localhost", pool)
+	admin := "http://" + adminAddr(t, s) + "/metrics"
+	checkCertStatus(t, ctl, admin, cert)
 
 	if err := os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----\nbroken\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -139,6 +143,7 @@ func TestTLSCertificateFromMaster(t *testing.T) {
 	if renewed == want {
 		t.Fatalf("after reload: still certificate %s", want)
 	}
+	checkCertStatus(t, ctl, admin, cert)
 	if s.cmd.ProcessState != nil {
 		t.Fatal("master exited")
 	}
@@ -271,5 +276,32 @@ tls = { cert = "site.pem", key = "site-key.pem" }
 	})
 	if strings.Contains(s.output(), "TLS handshake failed") {
 		t.Errorf("a failed handshake was logged at info:\n%s", s.output())
+	}
+}
+
+// checkCertStatus: the status lists the certificate in the PEM file cert
+// (the one served), with its names and expiry, and so do the metrics.
+func checkCertStatus(t *testing.T, ctl, metrics, cert string) {
+	t.Helper()
+	b, err := os.ReadFile(cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := getStatus(t, ctl)
+	if len(st.Groups) != 1 || len(st.Groups[0].Certificates) != 1 {
+		t.Fatalf("status certificates: %+v", st.Groups)
+	}
+	c := st.Groups[0].Certificates[0]
+	if int64(c.NotAfter) != leaf.NotAfter.Unix() || !slices.Equal(c.Names, leaf.DNSNames) {
+		t.Fatalf("status certificate %+v, want names %v expiring %d", c, leaf.DNSNames, leaf.NotAfter.Unix())
+	}
+	_, scrape := httpGet(t, metrics)
+	if v, ok := metricSum(scrape, "wcluster_certificate_expiry_timestamp_seconds"); !ok || int64(v) != leaf.NotAfter.Unix() {
+		t.Fatalf("wcluster_certificate_expiry_timestamp_seconds = %v (present %v), want %d", v, ok, leaf.NotAfter.Unix())
 	}
 }

@@ -222,6 +222,11 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 		return nil, "", err
 	}
 	ring.Forget(tlsTenants(next))
+	for _, dc := range dcs {
+		if grp, err := cl.Group(dc.Name); err == nil {
+			grp.SetCertificates(dc.Certificates)
+		}
+	}
 	// The file's worker counts compare with the file before, not with the
 	// running count: a count the file did not change stays as scaled.
 	for name, n := range current.WorkersChanged(next) {
