@@ -61,6 +61,7 @@ func newCollector(src Source) *collector {
 	for _, g := range guestCounters {
 		add(g.name, g.help, tenantLabels...)
 	}
+	add("wcluster_http_responses_total", "Responses of an http-wasm tenant, by status class (1xx ... 5xx).", append(tenantLabels, "class")...)
 	add("wcluster_guest_call_duration_seconds", "Time of each call into the guest: one request for a handler that answers one per call.", tenantLabels...)
 	add("wcluster_guest_memory_budget_bytes", "The worker's guest memory budget: linear memory all its guest instances may hold together (0: none).", workerLabels...)
 	add("wcluster_guest_memory_in_use_bytes", "Linear memory the worker's guest instances hold now.", workerLabels...)
@@ -158,6 +159,11 @@ func (c *collector) collectWorker(ch chan<- prometheus.Metric, emit func(string,
 		emit("wcluster_tenant_memory_refusals_total", counter, float64(t.MemoryRefusals), group, id, name)
 		for _, g := range guestCounters {
 			emit(g.name, counter, float64(g.value(&t.Counters)), group, id, name)
+		}
+		if t.Responses != [5]uint64{} { // an http-wasm tenant that answered
+			for i, n := range t.Responses {
+				emit("wcluster_http_responses_total", counter, float64(n), group, id, name, strconv.Itoa(i+1)+"xx")
+			}
 		}
 		if h, ok := histogram(t); ok {
 			ch <- prometheus.MustNewConstHistogram(c.desc["wcluster_guest_call_duration_seconds"],

@@ -155,6 +155,9 @@ type Limits struct {
 	// get_config returns.
 	Upstream    string `json:"upstream,omitempty"`
 	GuestConfig []byte `json:"guest_config,omitempty"`
+	// AccessLog is the format of the tenant's access log on the workers'
+	// standard output: "off", "common" or "json".
+	AccessLog string `json:"access_log"`
 }
 
 const defaultGroup = "default"
@@ -507,7 +510,7 @@ var (
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit", "kv_max_value", "kv_quota",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
 		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget",
-		"first_byte_timeout", "first_byte_limit", "partial_timeout", "drain_grace", "user", "upstream", "guest_config"}
+		"first_byte_timeout", "first_byte_limit", "partial_timeout", "drain_grace", "user", "upstream", "guest_config", "access_log"}
 )
 
 func (cr *configReader) read(doc map[string]any) *Config {
@@ -726,6 +729,10 @@ func (cr *configReader) readTenant(i int, m map[string]any) Tenant {
 	t.FirstByteLimit = s.int("first_byte_limit", dl.FirstByteLimit, 0)
 	t.PartialTimeout = s.duration("partial_timeout", dl.PartialTimeout)
 	t.DrainGrace = s.duration("drain_grace", dl.DrainGrace)
+	t.AccessLog = s.str("access_log", dl.AccessLog)
+	if err := CheckAccessLog(t.AccessLog); err != nil {
+		s.errorf("access_log", "access_log = %q: %v", t.AccessLog, err)
+	}
 	t.Instances = s.int("instances", dl.Instances, 1)
 	t.MinInstances = s.int("instances_min", min(dl.MinInstances, t.Instances), 0)
 	if t.MinInstances > t.Instances {

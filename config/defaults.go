@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -80,6 +81,7 @@ func Flags() []Flag {
 		{"first-byte-timeout", "tenant first_byte_timeout", "20s", "close a new connection that sends nothing for this long (it holds no instance meanwhile)", "", false},
 		{"first-byte-limit", "tenant first_byte_limit", "8192", "new connections waiting for their first byte per worker; past it the oldest is closed (0: no bound)", "", false},
 		{"partial-timeout", "tenant partial_timeout", "30s", "close a connection whose incomplete request (pushed back by the handler) stays incomplete this long", "", false},
+		{"access-log", "tenant access_log", "off", "log each request (http-wasm handlers) or connection (others) to standard output: off, common (the common log format) or json", "", false},
 		{"drain-grace", "tenant drain_grace", "1s", "how long a draining worker keeps an idle kept-alive connection for the client's next request", "", false},
 		{"instances", "tenant instances", "64", "guest instances alive at once per worker", "", false},
 		{"instances-min", "tenant instances_min", "2", "guest instances created at start and kept warm", "", false},
@@ -239,6 +241,11 @@ func (d *Defaults) Set(name, v string) error {
 		l.PartialTimeout = dur()
 	case "drain-grace":
 		l.DrainGrace = dur()
+	case "access-log":
+		if e := CheckAccessLog(v); e != nil {
+			err = fmt.Errorf("--access-log %q: %w", v, e)
+		}
+		l.AccessLog = v
 	case "instances":
 		l.Instances = atoi(1)
 	case "instances-min":
@@ -313,4 +320,13 @@ func ParseLevel(s string) (slog.Level, error) {
 		return l, fmt.Errorf("--log-level %q: use debug, info, warn or error", s)
 	}
 	return l, nil
+}
+
+// CheckAccessLog checks an access log format.
+func CheckAccessLog(format string) error {
+	switch format {
+	case "off", "common", "json":
+		return nil
+	}
+	return errors.New("use off, common or json")
 }

@@ -33,7 +33,7 @@ func (t *Tenant) Options(wasm []byte, cacheDir string, workerID int, log *slog.L
 		// host reads 0 as its default; 0 here has always meant 1.
 		Instances: l.Instances, MinInstances: max(l.MinInstances, 1), MaxReuse: l.MaxReuse, Fresh: l.Fresh,
 		MemoryBudget: l.MemoryBudget, Logger: log.With("tenant", t.Name), Upstream: l.Upstream, GuestConfig: l.GuestConfig,
-		Env: t.Env, Config: t.Config, Mount: t.Mount,
+		Env: t.Env, Config: t.Config, Mount: t.Mount, AccessLog: l.AccessLog,
 	}
 }
 

@@ -25,6 +25,10 @@ import (
 // where a wait on the raw socket would not see them. (The TLS state hangs
 // off a pointer: a plaintext conn need not carry it.)
 type conn struct {
+	// nIn and nOut count the bytes the handler read and wrote (the
+	// access log's).
+	nIn, nOut int64
+
 	f   *os.File
 	rc  syscall.RawConn
 	tls *tlsState // nil for plaintext
@@ -164,6 +168,7 @@ func (c *conn) read(p []byte) int32 {
 		c.pending = c.pending[n:]
 		c.unseen = min(c.unseen, len(c.pending))
 		c.progress = true
+		c.nIn += int64(n)
 		if len(c.pending) == 0 {
 			c.pending = nil
 			c.giveBack()
@@ -197,6 +202,7 @@ func (c *conn) read(p []byte) int32 {
 			n = c.route.cut(p[:n])
 		}
 		c.progress = true
+		c.nIn += int64(n)
 		return int32(n)
 	}
 	return ioCode(err)
@@ -264,6 +270,7 @@ func (c *conn) write(p []byte) int32 {
 		n, werr := c.ioN, c.ioErr
 		switch {
 		case werr == nil && n == len(p):
+			c.nOut += int64(all)
 			return all
 		case werr != nil && werr != unix.EAGAIN && werr != unix.EINTR:
 			return abi.ErrClosed
@@ -284,6 +291,7 @@ func (c *conn) write(p []byte) int32 {
 	if err != nil {
 		return ioCode(err)
 	}
+	c.nOut += int64(all)
 	return all
 }
 

@@ -99,6 +99,11 @@ type Options struct {
 	Upstream string
 	// GuestConfig is what an http-wasm guest's get_config returns.
 	GuestConfig []byte
+	// AccessLog is the access log's format: "" or "off" (none), "common"
+	// or "json"; lines go to AccessLogTo (default os.Stdout), one write
+	// each.
+	AccessLog   string
+	AccessLogTo io.Writer
 }
 
 // MountPoint is where the guest sees Options.Mount.
@@ -122,6 +127,9 @@ func (o *Options) defaults() {
 	}
 	if o.MemoryWait <= 0 {
 		o.MemoryWait = 10 * time.Second
+	}
+	if o.AccessLogTo == nil {
+		o.AccessLogTo = os.Stdout
 	}
 }
 
@@ -157,6 +165,9 @@ type Stats struct {
 	// UpstreamErrors counts requests an http-wasm guest passed on that the
 	// upstream failed (answered 502 or 504).
 	UpstreamErrors uint64
+	// Responses counts an http-wasm handler's responses by status class:
+	// Responses[0] 1xx (final ones: 101) ... Responses[4] 5xx.
+	Responses [5]uint64
 }
 
 // Handler serves connections with one compiled guest module.
@@ -168,6 +179,8 @@ type Handler struct {
 	modCfg   wazero.ModuleConfig
 
 	root *os.Root // Options.Mount, opened
+
+	access *accessLog // nil: off
 
 	sem chan struct{} // one token per instance in use
 	// creating is held while a pooled instance is created (one at a time);
@@ -236,7 +249,7 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
-		stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget)}
+		stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget), access: newAccessLog(&opts)}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
 	if opts.Timeout > 0 {
 		// Before init: the first instances' start functions run under the
@@ -388,6 +401,7 @@ func (h *Handler) Stats() Stats {
 		Latency: h.latency(), LatencyNs: h.stats.latencyNs.Load(),
 		Memory:         h.budget.Stats(),
 		UpstreamErrors: h.upstreamErrors(),
+		Responses:      h.responses(),
 	}
 }
 
@@ -554,6 +568,7 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 	// does, holding no instance, unless the module speaks first.
 	first := !h.info.SpeaksFirst
 	c.lastActive = time.Now() // the first-byte deadline counts from here
+	began := c.lastActive
 	var shed *conn
 	h.mu.Lock()
 	h.conns[c] = struct{}{}
@@ -579,6 +594,9 @@ func (h *Handler) serve(ctx context.Context, c *conn) {
 		h.mu.Lock()
 		delete(h.conns, c)
 		h.mu.Unlock()
+		if h.access != nil && h.web == nil { // http-wasm logs each request
+			h.access.conn(c.peerAddr(), c.nIn, c.nOut, began, time.Now())
+		}
 		if c.route == nil || !c.route.back { // else the Router takes it back
 			c.close()
 		}

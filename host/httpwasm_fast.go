@@ -430,11 +430,19 @@ func (fc *fastConn) serve(req *http.Request) (keep bool) {
 			keep = false
 		}
 	}()
-	fc.w.ServeHTTP(fw, req)
-	if err := fw.finish(); err != nil {
-		return false
+	var begin time.Time
+	method, uri := req.Method, req.RequestURI // as the client sent them: the guest may change both
+	if fc.w.h.access != nil {
+		begin = time.Now()
 	}
-	return !fw.close
+	fc.w.serve(fw, req)
+	err := fw.finish()
+	status := fw.status
+	if status == 0 && fw.wrote {
+		status = http.StatusOK
+	}
+	fc.w.account(req, method, uri, status, fw.written, begin)
+	return err == nil && !fw.close
 }
 
 // prefixConn reads prefix before the connection.

@@ -59,6 +59,7 @@ type web struct {
 	cancelShut context.CancelFunc
 
 	upstreamErrors atomic.Uint64
+	responses      [5]atomic.Uint64 // by status class
 }
 
 // initWeb readies a Handler whose guest speaks http-wasm: the host module,
@@ -427,8 +428,80 @@ type webReq struct {
 // errBodyTooLarge is a request body past webMaxBody.
 var errBodyTooLarge = errors.New("request body too large")
 
-// ServeHTTP serves one request with a pooled instance of the guest.
+// ServeHTTP serves a request net/http's server read (a connection the
+// fast path handed over, HTTP/2): counted and logged as the fast path's.
 func (w *web) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	cw := &countWriter{ResponseWriter: rw}
+	var begin time.Time
+	method, uri := r.Method, r.RequestURI // as the client sent them: the guest may change both
+	if w.h.access != nil {
+		begin = time.Now()
+	}
+	defer func() { w.account(r, method, uri, cw.status, cw.bytes, begin) }()
+	w.serve(cw, r)
+}
+
+// account counts a response by its status class and logs it with the
+// request's method and target as received (status 0: none was sent);
+// begin is zero when the access log is off.
+func (w *web) account(r *http.Request, method, uri string, status int, bytes int64, begin time.Time) {
+	if status == 0 && bytes > 0 {
+		status = http.StatusOK
+	}
+	if c := statusClass(status); c >= 0 {
+		w.responses[c].Add(1)
+	}
+	if w.h.access != nil {
+		w.h.access.request(r, method, uri, status, bytes, begin, time.Now())
+	}
+}
+
+// countWriter notes the status and body bytes of a response net/http
+// writes.
+type countWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (cw *countWriter) WriteHeader(code int) {
+	if cw.status == 0 || (cw.status < 200 && code >= 200) {
+		cw.status = code
+	}
+	cw.ResponseWriter.WriteHeader(code)
+}
+
+func (cw *countWriter) Write(p []byte) (int, error) {
+	if cw.status == 0 || cw.status < 200 {
+		cw.status = http.StatusOK
+	}
+	n, err := cw.ResponseWriter.Write(p)
+	cw.bytes += int64(n)
+	return n, err
+}
+
+// Flush and Unwrap keep http.ResponseController working through it.
+func (cw *countWriter) Flush() {
+	if cw.status == 0 {
+		cw.status = http.StatusOK
+	}
+	http.NewResponseController(cw.ResponseWriter).Flush()
+}
+
+func (cw *countWriter) Unwrap() http.ResponseWriter { return cw.ResponseWriter }
+
+func (h *Handler) responses() (out [5]uint64) {
+	if h.web == nil {
+		return out
+	}
+	for i := range out {
+		out[i] = h.web.responses[i].Load()
+	}
+	return out
+}
+
+// serve serves one request with a pooled instance of the guest.
+func (w *web) serve(rw http.ResponseWriter, r *http.Request) {
 	h := w.h
 	if r.ContentLength > webMaxBody {
 		http.Error(rw, "request body too large", http.StatusRequestEntityTooLarge)

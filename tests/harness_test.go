@@ -305,6 +305,36 @@ func (s *server) waitOutput(re string, d time.Duration) []string {
 	return m
 }
 
+// waitOutputN waits (at most d) until n lines of the output match re and
+// returns the first n such lines, whole.
+func (s *server) waitOutputN(re string, n int, d time.Duration) []string {
+	s.t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		changed := s.changed
+		var lines []string
+		for _, l := range strings.Split(s.out.String(), "\n") {
+			if rx.MatchString(l) {
+				lines = append(lines, l)
+			}
+		}
+		s.mu.Unlock()
+		if len(lines) >= n {
+			return lines[:n]
+		}
+		select {
+		case <-changed:
+		case <-s.done:
+			s.t.Fatalf("exited (%v) with %d of %d lines matching %q", s.err, len(lines), n, re)
+		case <-deadline.C:
+			s.t.Fatalf("%d of %d lines matching %q within %v", len(lines), n, re, d)
+		}
+	}
+}
+
 // tryWaitOutput is waitOutput returning the failure; it wakes at every new
 // line instead of polling.
 func (s *server) tryWaitOutput(re string, d time.Duration) ([]string, error) {

@@ -3,10 +3,12 @@ package tests
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -309,4 +311,74 @@ listen = ["127.0.0.1:%d"]
 		t.Fatalf("reload, workers 1 → 2 in the file: %v %s", err, out)
 	}
 	waitStatus(t, ctl, "2 workers after the file said 2", func(st status) bool { return len(st.Workers) == 2 })
+}
+
+// TestAccessLog: --access-log json writes one object per http-wasm request
+// on standard output (method, URI, status, bytes, duration), common writes
+// the common log format, a raw handler logs each connection with its bytes;
+// responses are counted by status class.
+func TestAccessLog(t *testing.T) {
+	t.Parallel()
+	t.Run("json", func(t *testing.T) {
+		s, ctl := startControlled(t, "--workers", "1", "--access-log", "json", "--admin", "127.0.0.1:0", httpWasmExample(t, "router"))
+		client := newClient()
+		for _, p := range []string{"a?b=c", "host/x", "a?b=c"} {
+			do(t, client, newRequest(t, "GET", s.url()+p, "", "User-Agent", "probe/1"))
+		}
+		lines := s.waitOutputN(`\{"time":"[^"]+","tenant":`, 3, 30*time.Second)
+		var got []map[string]any
+		for _, l := range lines {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatalf("access log line is not JSON: %q", l)
+			}
+			got = append(got, m)
+		}
+		for i, want := range []struct {
+			uri    string
+			status float64
+			bytes  float64
+		}{{"/a?b=c", 200, 11}, {"/host/x", 404, -1}, {"/a?b=c", 200, 11}} {
+			m := got[i]
+			if m["method"] != "GET" || m["uri"] != want.uri || m["status"] != want.status || m["proto"] != "HTTP/1.1" || m["user_agent"] != "probe/1" {
+				t.Errorf("line %d: %v, want GET %s %v", i, m, want.uri, want.status)
+			}
+			if d, ok := m["duration_seconds"].(float64); !ok || d < 0 || d > 30 {
+				t.Errorf("line %d: duration_seconds %v", i, m["duration_seconds"])
+			}
+			if want.bytes >= 0 && m["bytes"] != want.bytes {
+				t.Errorf("line %d: bytes %v, want %v", i, m["bytes"], want.bytes)
+			}
+		}
+		waitStatus(t, ctl, "responses counted", func(st status) bool {
+			r := st.Workers[0].Handler.Tenants
+			for _, tn := range r {
+				return tn.Responses[1] == 2 && tn.Responses[3] == 1
+			}
+			return false
+		})
+		_, scrape := httpGet(t, "http://"+adminAddr(t, s)+"/metrics")
+		if !regexp.MustCompile(`wcluster_http_responses_total\{class="2xx",.*\} 2`).MatchString(scrape) {
+			t.Errorf("/metrics lacks wcluster_http_responses_total 2xx = 2")
+		}
+	})
+	t.Run("common", func(t *testing.T) {
+		s := start(t, "--workers", "1", "--access-log", "common", httpWasmExample(t, "router"))
+		do(t, newClient(), newRequest(t, "GET", s.url()+`q"x`, ""))
+		// host ident authuser [date] "request" status bytes; the quote in
+		// the target escaped.
+		s.waitOutput(`(?m)^127\.0\.0\.1 - - \[\d\d/\w\w\w/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /q%22x HTTP/1\.1" 200 11$`, 30*time.Second)
+	})
+	t.Run("raw", func(t *testing.T) {
+		s := start(t, "--workers", "1", "--access-log", "json", guest(t, "wat-hello"))
+		c := s.dial(t)
+		req := "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+		c.Write([]byte(req))
+		resp, _ := io.ReadAll(c)
+		c.Close()
+		line := s.waitOutput(`\{"time":"[^"]+","tenant":.*"bytes_in":(\d+),"bytes":(\d+),`, 30*time.Second)
+		if line[1] != strconv.Itoa(len(req)) || line[2] != strconv.Itoa(len(resp)) {
+			t.Fatalf("connection logged with %s bytes in, %s out; the client sent %d and read %d", line[1], line[2], len(req), len(resp))
+		}
+	})
 }

@@ -28,6 +28,7 @@ func tenantStats(s host.Stats) stats.Tenant {
 			FirstByteTimeouts: s.FirstByteTimeouts, FirstByteShed: s.FirstByteShed,
 			PartialTimeouts: s.PartialTimeouts, AwaitingFirstByte: s.AwaitingFirst, LatencyNs: s.LatencyNs,
 			MemoryWaits: s.Memory.Waits, MemoryRefusals: s.Memory.Refusals,
+			Responses: s.Responses,
 		},
 		Latency:      s.Latency[:],
 		MemoryBudget: s.Memory.Limit, MemoryInUse: s.Memory.Used,

@@ -41,11 +41,17 @@ type Counters struct {
 	MemoryWaits       uint64 `json:"memory_waits"`        // calls that waited for guest memory
 	MemoryRefusals    uint64 `json:"memory_refusals"`     // memory.grow refused, waits given up
 	Refused           uint64 `json:"refused"`             // connections turned away at the tenant's max_conns
+	// Responses counts an http-wasm tenant's responses by status class:
+	// [0] 1xx ... [4] 5xx.
+	Responses [5]uint64 `json:"responses"`
 }
 
 // Add adds c's counters to s.
 func (s *Counters) Add(c Counters) {
 	s.Conns += c.Conns
+	for i := range s.Responses {
+		s.Responses[i] += c.Responses[i]
+	}
 	s.Calls += c.Calls
 	s.Traps += c.Traps
 	s.Timeouts += c.Timeouts
