@@ -138,35 +138,41 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 	return out, nil
 }
 
-// SameShape refuses a reload to next that changes what the master binds or
-// forks: groups, their listeners, their workers' user. Those need a
-// restart; everything a worker builds (handlers, hosts, limits, env,
-// config, mounts, certificates) reloads, and a changed worker count is
-// applied by scaling (see WorkersChanged).
+// SameShape refuses a reload to next that changes what the master set up
+// at start beside its groups: the control socket, the admin endpoint, its
+// log and the ticket key rotation need a restart. Groups, listeners, users
+// and everything workers build reload (dispatch.Cluster.Apply).
 func (c *Config) SameShape(next *Config) error {
-	if len(c.Groups) != len(next.Groups) {
-		return fmt.Errorf("%s: the worker groups changed (%d → %d): restart wcluster to apply that", next.Path, len(c.Groups), len(next.Groups))
-	}
-	for i := range c.Groups {
-		ga, gb := &c.Groups[i], &next.Groups[i]
-		if ga.Name != gb.Name || !slices.Equal(ga.Addrs(), gb.Addrs()) {
-			return fmt.Errorf("%s: group %q's listeners changed (%v → %v): restart wcluster to apply that", next.Path, ga.Name, ga.Addrs(), gb.Addrs())
-		}
-		if ga.User != gb.User || !slices.Equal(ga.WorkerEnv, gb.WorkerEnv) {
-			return fmt.Errorf("%s: group %q's worker user or worker_env changed: restart wcluster to apply that", next.Path, ga.Name)
+	a, b := &c.Cluster, &next.Cluster
+	for _, k := range []struct {
+		key    string
+		before any
+		after  any
+	}{
+		{"control", a.Control, b.Control}, {"admin", a.Admin, b.Admin},
+		{"log_level", a.LogLevel, b.LogLevel}, {"log_format", a.LogFormat, b.LogFormat},
+		{"tls_ticket_rotation", a.TicketRotation, b.TicketRotation},
+	} {
+		if k.before != k.after {
+			return fmt.Errorf("%s: [cluster] %s changed (%v → %v): restart wcluster to apply that", next.Path, k.key, k.before, k.after)
 		}
 	}
 	return nil
 }
 
 // WorkersChanged lists the groups of next whose `workers` the file changed
-// since c, with the new count. A group the file did not change keeps its
-// running count, which `wcluster scale` or TTIN/TTOU may have moved.
+// since c (by group name), with the new count. A group the file did not
+// change keeps its running count, which `wcluster scale` or TTIN/TTOU may
+// have moved.
 func (c *Config) WorkersChanged(next *Config) map[string]int {
+	before := map[string]int{}
+	for _, g := range c.Groups {
+		before[g.Name] = g.Workers
+	}
 	out := map[string]int{}
-	for i := range next.Groups {
-		if i < len(c.Groups) && c.Groups[i].Workers != next.Groups[i].Workers {
-			out[next.Groups[i].Name] = next.Groups[i].Workers
+	for _, g := range next.Groups {
+		if n, ok := before[g.Name]; ok && n != g.Workers {
+			out[g.Name] = g.Workers
 		}
 	}
 	return out

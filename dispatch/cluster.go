@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -19,16 +20,23 @@ import (
 // Cluster is one master process: a Group per group of workers (each group
 // with its own listeners, workers and worker config), run together and
 // controlled as one. A single-handler server is a Cluster of one group.
+// Apply changes the groups while it runs (a reload).
 type Cluster struct {
-	groups []*Group
-	log    *slog.Logger
-
+	log   *slog.Logger
 	build buildinfo.Info
 
 	mu       sync.Mutex
+	groups   []*Group           // in configuration order
 	stop     context.CancelFunc // ends Run gracefully; set while Run runs
 	stopping bool               // Run is stopping: no more reload notices
 	reloads  Reloads
+	// While Run runs: the context groups run under, each group's own
+	// cancel (a removed group drains alone), the runners, and the first
+	// error of a group whose failure stops the cluster.
+	runCtx  context.Context
+	cancels map[*Group]context.CancelFunc
+	runners sync.WaitGroup
+	failed  error
 }
 
 // Reloads is what the master's reloads came to, whatever asked for them
@@ -58,48 +66,66 @@ func NewCluster(log *slog.Logger, cfgs ...Config) (*Cluster, error) {
 	if err := activate(cfgs, listenFDsStart, log); err != nil {
 		return nil, fmt.Errorf("dispatch: %w", err)
 	}
-	c := &Cluster{log: log, build: buildinfo.Read()}
+	c := &Cluster{log: log, build: buildinfo.Read(), cancels: map[*Group]context.CancelFunc{}}
 	c.reloads.LastSuccess = unixSeconds(time.Now())
-	seen := map[string]bool{}
+	if err := uniqueNames(cfgs); err != nil {
+		closeInherited(cfgs)
+		return nil, err
+	}
 	for _, cfg := range cfgs {
 		// With several groups, one group's crash loop must not stop the
 		// others: it backs off instead.
 		cfg.KeepOnCrashLoop = cfg.KeepOnCrashLoop || len(cfgs) > 1
-		if seen[cfg.Name] {
-			c.closeAll()
-			closeInherited(cfgs)
-			return nil, fmt.Errorf("dispatch: two worker groups named %q", cfg.Name)
-		}
-		seen[cfg.Name] = true
 		m, err := NewGroup(cfg)
 		if err != nil {
 			c.closeAll()
 			closeInherited(cfgs)
-			if cfg.Name != "" {
-				return nil, fmt.Errorf("group %s: %w", cfg.Name, err)
-			}
-			return nil, err
+			return nil, groupError(cfg.Name, len(cfgs), err)
 		}
 		c.groups = append(c.groups, m)
 	}
 	return c, nil
 }
 
+func uniqueNames(cfgs []Config) error {
+	seen := map[string]bool{}
+	for _, cfg := range cfgs {
+		if seen[cfg.Name] {
+			return fmt.Errorf("dispatch: two worker groups named %q", cfg.Name)
+		}
+		seen[cfg.Name] = true
+	}
+	return nil
+}
+
+// groupError names the group of err where there are several.
+func groupError(name string, groups int, err error) error {
+	if name != "" && groups > 1 {
+		return fmt.Errorf("group %s: %w", name, err)
+	}
+	return err
+}
+
 func (c *Cluster) closeAll() {
-	for _, m := range c.groups {
+	for _, m := range c.Groups() {
 		m.closeListeners()
 	}
 }
 
-// Groups are the cluster's masters, in config order.
-func (c *Cluster) Groups() []*Group { return c.groups }
+// Groups are the cluster's groups, in configuration order.
+func (c *Cluster) Groups() []*Group {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.groups)
+}
 
 // Group finds a group by name ("" is the first).
 func (c *Cluster) Group(name string) (*Group, error) {
+	groups := c.Groups()
 	if name == "" {
-		return c.groups[0], nil
+		return groups[0], nil
 	}
-	for _, m := range c.groups {
+	for _, m := range groups {
 		if m.cfg.Name == name {
 			return m, nil
 		}
@@ -115,30 +141,19 @@ func (c *Cluster) Run(ctx context.Context, ready func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	c.mu.Lock()
-	c.stop = cancel
+	c.stop, c.runCtx = cancel, ctx
+	groups := slices.Clone(c.groups)
 	c.mu.Unlock()
 
-	var wg sync.WaitGroup
 	var readyWG sync.WaitGroup
-	errs := make([]error, len(c.groups))
-	readyWG.Add(len(c.groups))
-	allReady := make(chan struct{})
-	for i, m := range c.groups {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var once sync.Once
-			done := func() { once.Do(readyWG.Done) }
-			errs[i] = m.Run(ctx, done)
-			done()
-			if !errors.Is(errs[i], ErrMasterClosed) {
-				cancel() // one group failed: stop the others
-			}
-		}()
+	readyWG.Add(len(groups))
+	for _, m := range groups {
+		c.runGroup(m, len(groups), true, readyWG.Done)
 	}
-	wg.Add(1)
+	allReady := make(chan struct{})
+	c.runners.Add(1)
 	go func() {
-		defer wg.Done()
+		defer c.runners.Done()
 		readyWG.Wait()
 		close(allReady)
 	}()
@@ -157,16 +172,47 @@ func (c *Cluster) Run(ctx context.Context, ready func()) error {
 	c.stopping = true
 	c.mu.Unlock()
 	c.notify(StateStopping)
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil && !errors.Is(err, ErrMasterClosed) {
-			if name := c.groups[i].cfg.Name; name != "" && len(c.groups) > 1 {
-				return fmt.Errorf("group %s: %w", name, err)
-			}
-			return err
-		}
+	c.runners.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failed != nil {
+		return c.failed
 	}
 	return ErrMasterClosed
+}
+
+// runGroup runs m under a context of its own within Run's, until that ends
+// (Stop, or Apply removing m). With fatal, m failing stops the cluster
+// (the groups Run started with); otherwise the failure is m's own (a group
+// Apply added reports its start failure to Apply). ready is called once
+// m's workers serve, or m has ended.
+func (c *Cluster) runGroup(m *Group, groups int, fatal bool, ready func()) <-chan error {
+	c.mu.Lock()
+	ctx, cancel := context.WithCancel(c.runCtx)
+	c.cancels[m] = cancel
+	stopAll := c.stop
+	c.mu.Unlock()
+	done := make(chan error, 1)
+	c.runners.Add(1)
+	go func() {
+		defer c.runners.Done()
+		defer cancel()
+		var once sync.Once
+		r := func() { once.Do(ready) }
+		err := m.Run(ctx, r)
+		c.mu.Lock()
+		delete(c.cancels, m)
+		if fatal && !errors.Is(err, ErrMasterClosed) && c.failed == nil {
+			c.failed = groupError(m.cfg.Name, groups, err)
+		}
+		c.mu.Unlock()
+		if fatal && !errors.Is(err, ErrMasterClosed) {
+			stopAll() // one group failed: stop the others
+		}
+		done <- err // before r: who waits for r then finds why it ended
+		r()
+	}()
+	return done
 }
 
 func (c *Cluster) isStopping() bool {
@@ -179,7 +225,7 @@ func (c *Cluster) isStopping() bool {
 // are killed at once instead of draining.
 func (c *Cluster) Stop(now bool) {
 	if now {
-		for _, m := range c.groups {
+		for _, m := range c.Groups() {
 			m.immediate.Store(true)
 		}
 	}
@@ -191,34 +237,152 @@ func (c *Cluster) Stop(now bool) {
 	}
 }
 
-// Reload replaces the workers of each group named in configs (by group
-// name) with ones started with the new worker config, one group after the
-// other. The first failure stops there; groups already reloaded stay so.
-func (c *Cluster) Reload(ctx context.Context, configs map[string][]byte) error {
+// Apply makes the running cluster serve cfgs, in their order (a reload):
+//   - a group whose listeners, policy, user, environment and limits are
+//     unchanged gets new workers started with its new WorkerConfig, ready
+//     before the old ones drain (Group.Reload), keeping its running count;
+//   - a new group is started, and a changed one replaced by a new one: a
+//     listening address kept keeps its socket (the new group serves a
+//     duplicate of it, so no connection is refused meanwhile);
+//   - groups no longer in cfgs, and replaced ones, stop accepting and drain.
+//
+// New and replacing groups start first: if one cannot, they are stopped and
+// nothing changed. A failed Group.Reload stops there, as Group.Reload says;
+// groups already reloaded stay so.
+func (c *Cluster) Apply(ctx context.Context, cfgs []Config) error {
+	if err := uniqueNames(cfgs); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.runCtx == nil || c.stopping {
+		c.mu.Unlock()
+		return ErrMasterClosed
+	}
+	old := slices.Clone(c.groups)
+	c.mu.Unlock()
 	// The service manager hears RELOADING=1, then READY=1 whether or not
 	// the reload worked (either way workers serve); nothing once stopping,
 	// where it would undo STOPPING=1.
-	if !c.isStopping() {
-		c.notify(StateReloading())
-		defer func() {
-			if !c.isStopping() {
-				c.notify(StateReady)
-			}
-		}()
+	c.notify(StateReloading())
+	defer func() {
+		if !c.isStopping() {
+			c.notify(StateReady)
+		}
+	}()
+
+	byName := map[string]*Group{}
+	for _, m := range old {
+		byName[m.cfg.Name] = m
 	}
-	for _, m := range c.groups {
-		cfg, ok := configs[m.cfg.Name]
-		if !ok {
+	next := make([]*Group, len(cfgs))
+	keep := map[*Group]bool{}
+	var started []*Group
+	abort := func(err error) error {
+		for _, m := range started {
+			c.stopGroup(m)
+		}
+		return err
+	}
+	for i, cfg := range cfgs {
+		if m := byName[cfg.Name]; m != nil && m.sameShape(cfg) {
+			next[i], keep[m] = m, true
 			continue
 		}
-		if err := m.Reload(ctx, cfg); err != nil {
-			if m.cfg.Name != "" && len(c.groups) > 1 {
-				return fmt.Errorf("group %s: %w", m.cfg.Name, err)
+		m, err := c.startGroup(ctx, cfg, old, len(cfgs))
+		if err != nil {
+			return abort(groupError(cfg.Name, len(cfgs), err))
+		}
+		next[i] = m
+		started = append(started, m)
+	}
+	for i, cfg := range cfgs {
+		if m := next[i]; keep[m] {
+			if err := m.Reload(ctx, cfg.WorkerConfig); err != nil {
+				return abort(groupError(cfg.Name, len(cfgs), err))
 			}
-			return err
+			m.SetCertificates(cfg.Certificates)
+		}
+	}
+	c.mu.Lock()
+	c.groups = next
+	c.mu.Unlock()
+	for _, m := range old {
+		if !keep[m] {
+			m.log.Info("group no longer configured as it runs: draining it", "workers", m.Workers())
+			c.stopGroup(m)
 		}
 	}
 	return nil
+}
+
+// sameShape reports whether cfg can be served by m's master side as it is:
+// the same listeners, policy, workers' user and environment, and limits.
+func (m *Group) sameShape(cfg Config) bool {
+	a := m.cfg
+	sameCred := (a.Credential == nil) == (cfg.Credential == nil) &&
+		(a.Credential == nil || (a.Credential.Uid == cfg.Credential.Uid && a.Credential.Gid == cfg.Credential.Gid))
+	return slices.Equal(a.Listen, cfg.Listen) && a.Sched == cfg.Sched && sameCred &&
+		slices.Equal(a.WorkerEnv, cfg.WorkerEnv) && a.Backlog == cfg.Backlog && a.MaxConns == cfg.MaxConns &&
+		a.QueueSize == cfg.QueueSize && a.QueueTimeout == cfg.QueueTimeout && a.ShutdownTimeout == cfg.ShutdownTimeout &&
+		a.WorkerTimeout == cfg.WorkerTimeout && a.MaxRequests == cfg.MaxRequests && a.MaxMemory == cfg.MaxMemory
+}
+
+// startGroup starts a group for cfg while the cluster runs, serving
+// duplicates of the sockets of old groups on the addresses it keeps, and
+// waits until its workers serve.
+func (c *Cluster) startGroup(ctx context.Context, cfg Config, old []*Group, groups int) (*Group, error) {
+	cfg.KeepOnCrashLoop = true // a later crash loop backs off: it must not stop the others
+	if cfg.Logger == nil {
+		cfg.Logger = c.log
+	}
+	cfg.inherited = make([]*listener, len(cfg.Listen))
+	for j, addr := range cfg.Listen {
+		for _, m := range old {
+			for _, l := range m.lis {
+				if cfg.inherited[j] == nil && sameListenAddr(addr, l.addr) {
+					d, err := l.dup()
+					if err != nil {
+						closeInherited([]Config{cfg})
+						return nil, err
+					}
+					cfg.inherited[j] = d
+				}
+			}
+		}
+	}
+	m, err := NewGroup(cfg)
+	if err != nil {
+		closeInherited([]Config{cfg})
+		return nil, err
+	}
+	if cfg.Secrets != nil {
+		m.SetSecrets(cfg.Secrets)
+	}
+	ready := make(chan struct{})
+	done := c.runGroup(m, groups, false, func() { close(ready) })
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		c.stopGroup(m)
+		return nil, ctx.Err()
+	}
+	select {
+	case err := <-done: // ready was called because it ended
+		return nil, err
+	default:
+	}
+	m.log.Info("group started", "listeners", strings.Join(cfg.Listen, ","), "workers", cfg.Workers)
+	return m, nil
+}
+
+// stopGroup ends m's Run: it stops accepting and drains its workers.
+func (c *Cluster) stopGroup(m *Group) {
+	c.mu.Lock()
+	cancel := c.cancels[m]
+	c.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 }
 
 // RecordConfig notes the hash of the configuration now served (at start).
@@ -255,7 +419,7 @@ func (c *Cluster) Ready() bool {
 	if !running {
 		return false
 	}
-	for _, m := range c.groups {
+	for _, m := range c.Groups() {
 		if !m.Ready() {
 			return false
 		}
@@ -285,7 +449,7 @@ func (c *Cluster) Status() ClusterStatus {
 	c.mu.Unlock()
 	s := ClusterStatus{PID: os.Getpid(), Goroutines: runtime.NumGoroutine(), FDs: openFDs(), Workers: []WorkerStatus{}, Groups: []Status{},
 		Build: c.build, Reloads: reloads}
-	for i, m := range c.groups {
+	for i, m := range c.Groups() {
 		g := m.Status()
 		if i == 0 {
 			s.Listen, s.Sched = g.Listen, g.Sched

@@ -267,6 +267,17 @@ func resourceErr(err error) bool {
 	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.ENOMEM)
 }
 
+// dup is another listener on the same socket (a descriptor of its own, so
+// either may be closed first).
+func (l *listener) dup() (*listener, error) {
+	var fd int
+	var derr error
+	if err := l.rc.Control(func(f uintptr) { fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || derr != nil {
+		return nil, fmt.Errorf("duplicate the socket on %s: %v %v", l.addr, err, derr)
+	}
+	return newListener(os.NewFile(uintptr(fd), l.f.Name()))
+}
+
 func (l *listener) close() error {
 	l.closed.Store(true)
 	return l.f.Close()

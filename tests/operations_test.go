@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -264,7 +266,13 @@ func TestScaleSignalsActOnEveryGroup(t *testing.T) {
 		n := count(st)
 		return n["default"] == 3 && n["gamma"] == 2
 	})
+	// One at a time: the kernel merges a signal sent while the same one
+	// is pending.
 	syscall.Kill(pid, syscall.SIGTTOU)
+	waitStatus(t, ctl, "2 and 1 workers after TTOU", func(st status) bool {
+		n := count(st)
+		return n["default"] == 2 && n["gamma"] == 1 && len(st.Workers) == 3
+	})
 	syscall.Kill(pid, syscall.SIGTTOU)
 	waitStatus(t, ctl, "1 and 1 workers after TTOU twice", func(st status) bool {
 		n := count(st)
@@ -381,4 +389,97 @@ func TestAccessLog(t *testing.T) {
 			t.Fatalf("connection logged with %s bytes in, %s out; the client sent %d and read %d", line[1], line[2], len(req), len(resp))
 		}
 	})
+}
+
+// TestReloadChangesShape: a reload adds a group with a new listener, drops
+// a group (its port closes), and gives a kept group a second listener; the
+// kept port serves throughout, without a failed request.
+func TestReloadChangesShape(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	probe := probeGuest(t)
+	ctl := filepath.Join(dir, "ctl.sock")
+	cfg := filepath.Join(dir, "wcluster.toml")
+	pa, pb, pc, pd := freePort(t), freePort(t), freePort(t), freePort(t)
+	head := fmt.Sprintf("[cluster]\nworkers = 1\ncache_dir = %q\ncontrol = %q\n", env.cache, ctl)
+	tenant := func(name string, group string, ports ...int) string {
+		var ls []string
+		for _, p := range ports {
+			ls = append(ls, fmt.Sprintf("%q", fmt.Sprintf("127.0.0.1:%d", p)))
+		}
+		return fmt.Sprintf("\n[[tenant]]\nname = %q\nhandler = %q\nlisten = [%s]\nconfig = { name = %q }\ngroup = %q\n",
+			name, probe, strings.Join(ls, ", "), name, group)
+	}
+	writeConfig(t, cfg, head+tenant("alpha", "default", pa)+tenant("gamma", "gamma", pb))
+	startConfig(t, cfg)
+	addr := func(p int) string { return fmt.Sprintf("127.0.0.1:%d", p) }
+	expect := func(p int, name string) {
+		t.Helper()
+		if code, body := mustGet(t, addr(p), "x.test", "/"); code != 200 || !strings.Contains(body, "tenant "+name) {
+			t.Fatalf("port %d: %d %q, want tenant %s", p, code, body, name)
+		}
+	}
+	expect(pa, "alpha")
+	expect(pb, "gamma")
+
+	// Requests to the kept port all through the reload.
+	stop := make(chan struct{})
+	result := make(chan [2]int, 1)
+	go func() {
+		ok, failed := 0, 0
+		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); {
+			select {
+			case <-stop:
+				result <- [2]int{ok, failed}
+				return
+			default:
+			}
+			resp, err := client.Get("http://" + addr(pa) + "/")
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 && strings.Contains(string(b), "tenant alpha") {
+					ok++
+					continue
+				}
+			}
+			failed++
+		}
+		result <- [2]int{ok, failed}
+	}()
+
+	writeConfig(t, cfg, head+tenant("alpha", "default", pa, pd)+tenant("delta", "delta", pc))
+	if out, err := run(t, "reload", "--control", ctl); err != nil {
+		close(stop)
+		t.Fatalf("reload: %v %s", err, out)
+	}
+	expect(pc, "delta")
+	expect(pd, "alpha")
+	expect(pa, "alpha")
+	close(stop)
+	r := <-result
+	if r[1] != 0 || r[0] == 0 {
+		t.Fatalf("port %d during the reload: %d answered, %d failed", pa, r[0], r[1])
+	}
+	t.Logf("port %d during the reload: %d answered, none failed", pa, r[0])
+	// gamma's group drains and its port closes.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr(pb), 2*time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("port %d of the removed group still accepts", pb)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	st := waitStatus(t, ctl, "groups default and delta", func(st status) bool {
+		return len(st.Groups) == 2 && st.Groups[0].Group == "default" && st.Groups[1].Group == "delta"
+	})
+	if got := st.Groups[0].Listeners; len(got) != 2 {
+		t.Fatalf("group default listens on %v, want two", got)
+	}
 }

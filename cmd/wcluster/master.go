@@ -211,22 +211,17 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 	if err != nil {
 		return nil, "", err
 	}
-	configs := map[string][]byte{}
-	for _, dc := range dcs {
-		configs[dc.Name] = dc.WorkerConfig
-	}
 	// The new workers start with the keys of the tenants they serve; a
 	// tenant kept keeps its keys, so its sessions resume across the reload.
+	for i := range dcs {
+		dcs[i].Logger = log
+		dcs[i].Secrets = ticketKeys(ring, &next.Groups[i])
+	}
 	giveTicketKeys(cl, ring, next)
-	if err := cl.Reload(ctx, configs); err != nil {
+	if err := cl.Apply(ctx, dcs); err != nil {
 		return nil, "", err
 	}
 	ring.Forget(tlsTenants(next))
-	for _, dc := range dcs {
-		if grp, err := cl.Group(dc.Name); err == nil {
-			grp.SetCertificates(dc.Certificates)
-		}
-	}
 	// The file's worker counts compare with the file before, not with the
 	// running count: a count the file did not change stays as scaled.
 	for name, n := range current.WorkersChanged(next) {
@@ -260,17 +255,26 @@ func configHash(groups []dispatch.Config) string {
 // TLS tenants (the same to every worker: a session resumes on any).
 func giveTicketKeys(cl *dispatch.Cluster, ring *tickets.Ring, c *config.Config) {
 	for i := range c.Groups {
-		g := &c.Groups[i]
-		var names []string
-		for _, t := range g.Tenants {
-			if t.TLSCert != "" {
-				names = append(names, t.Name)
+		if keys := ticketKeys(ring, &c.Groups[i]); keys != nil {
+			if grp, err := cl.Group(c.Groups[i].Name); err == nil {
+				grp.SetSecrets(keys)
 			}
 		}
-		if grp, err := cl.Group(g.Name); err == nil && len(names) > 0 {
-			grp.SetSecrets(ring.For(names).Encode())
+	}
+}
+
+// ticketKeys are the encoded ticket keys of g's TLS tenants (nil: none).
+func ticketKeys(ring *tickets.Ring, g *config.Group) []byte {
+	var names []string
+	for _, t := range g.Tenants {
+		if t.TLSCert != "" {
+			names = append(names, t.Name)
 		}
 	}
+	if len(names) == 0 {
+		return nil
+	}
+	return ring.For(names).Encode()
 }
 
 // tlsTenants names c's tenants that serve TLS.
