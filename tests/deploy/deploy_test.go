@@ -925,6 +925,9 @@ func TestDeploySystemdUnits(t *testing.T) {
 	if v, ok := flagValue(argv, "cache-dir"); ok {
 		paths[v] = filepath.Join(tmp, "cache")
 	}
+	if v, ok := flagValue(argv, "kv-dir"); ok {
+		paths[v] = filepath.Join(tmp, "state", "kv")
+	}
 	if v, ok := flagValue(argv, "control"); ok {
 		paths[filepath.Dir(v)] = filepath.Join(tmp, "run")
 		os.MkdirAll(filepath.Join(tmp, "run"), 0o755)
