@@ -197,6 +197,17 @@ func TestDeploySystemdSecurity(t *testing.T) {
 		if u.get("Service", "ProcSubset") == "pid" {
 			t.Errorf("%s: ProcSubset=pid hides /proc/meminfo, which the automatic guest memory budget reads", name)
 		}
+		for _, key := range []string{"CapabilityBoundingSet", "AmbientCapabilities"} {
+			v, set := u["Service"][key]
+			if !set {
+				t.Errorf("%s: no %s=: the service would keep every capability it gets", name, key)
+			}
+			for _, c := range strings.Fields(strings.Join(v, " ")) {
+				if c != "CAP_NET_BIND_SERVICE" {
+					t.Errorf("%s: %s= has %s; wcluster needs at most CAP_NET_BIND_SERVICE", name, key, c)
+				}
+			}
+		}
 		argv := execStart(t, u, name)
 		if _, ok := flagValue(argv, "user"); ok {
 			t.Errorf("%s: --user with DynamicUser=yes: the master cannot switch users", name)
@@ -427,6 +438,7 @@ func TestDeploySystemdConfigUnit(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the config %s names: %v (ship it as deploy/systemd/%s)", cfg, err, filepath.Base(cfg))
 	}
+	orig := slices.Clone(toml)
 	tlsRe := regexp.MustCompile(`tls = \{ cert = "([^"]+)", key = "([^"]+)" \}`)
 	tlsm := tlsRe.FindAllSubmatch(toml, -1)
 	if len(tlsm) == 0 {
@@ -475,6 +487,16 @@ func TestDeploySystemdConfigUnit(t *testing.T) {
 	})
 	if len(addrs) == 0 {
 		t.Fatalf("%s: no tenant with listen = [...]", filepath.Base(cfg))
+	}
+	// A port below 1024 needs CAP_NET_BIND_SERVICE, the master binding
+	// it as the dynamic user.
+	for _, m := range regexp.MustCompile(`(?m)^listen = \[([^\]]*)\]`).FindAllSubmatch(orig, -1) {
+		for _, a := range regexp.MustCompile(`"[^"]*:(\d+)"`).FindAllSubmatch(m[1], -1) {
+			if p, _ := strconv.Atoi(string(a[1])); p < 1024 && (!strings.Contains(u.get("Service", "AmbientCapabilities"), "CAP_NET_BIND_SERVICE") ||
+				!strings.Contains(u.get("Service", "CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE")) {
+				t.Errorf("%s listens on port %d: %s needs CAP_NET_BIND_SERVICE in AmbientCapabilities= and CapabilityBoundingSet=", filepath.Base(cfg), p, name)
+			}
+		}
 	}
 	toml = bytes.ReplaceAll(toml, []byte(credDir), []byte(credTmp))
 	if err := os.WriteFile(filepath.Join(etc, filepath.Base(cfg)), toml, 0o644); err != nil {
