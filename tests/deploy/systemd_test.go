@@ -394,8 +394,9 @@ func selfSigned(t *testing.T) (certPEM, keyPEM []byte, pool *x509.CertPool) {
 
 // TestDeploySystemdConfigUnit: the config-mode unit's ExecStart with the
 // shipped wcluster.toml, its TLS certificate and key where LoadCredential=
-// puts them (a directory only the service's user could read), run as
-// systemd would with a NOTIFY_SOCKET: READY=1, HTTPS from the tenant,
+// puts them (a directory only the service's user can read), run as systemd
+// would: as an unprivileged uid of the DynamicUser= range owning only its
+// directories and credentials, HOME=/, a NOTIFY_SOCKET: READY=1, HTTPS from the tenant,
 // /readyz on the admin address, status over the control socket, a reload
 // on ExecReload's SIGHUP and a graceful stop within TimeoutStopSec.
 func TestDeploySystemdConfigUnit(t *testing.T) {
@@ -503,7 +504,39 @@ func TestDeploySystemdConfigUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	paths := unitPaths(t, argv, env.bin, tmp)
+	// As DynamicUser= and LoadCredential= run it (when the test runs as
+	// root): a uid of systemd's dynamic range that owns the directories
+	// systemd makes and the credentials' copies (0400), and nothing else;
+	// HOME is /, as systemd sets it for a dynamic user.
+	bin := env.bin
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		cred = &syscall.Credential{Uid: dynamicUID, Gid: dynamicUID}
+		bin = filepath.Join(tmp, "bin", "wcluster")
+		copyFile(t, env.bin, bin, 0o755)
+		for _, d := range []string{filepath.Dir(tmp), tmp, etc} {
+			chmod(t, d, 0o755)
+		}
+		for _, d := range []string{"cache", "state", "run"} {
+			mkdirOwned(t, filepath.Join(tmp, d), dynamicUID)
+		}
+		entries, _ := os.ReadDir(credTmp)
+		for _, e := range entries {
+			chown(t, filepath.Join(credTmp, e.Name()), dynamicUID)
+		}
+		chown(t, credTmp, dynamicUID)
+		chmod(t, credTmp, 0o500)
+	} else {
+		t.Log("not root: the service runs as the test's user")
+	}
+	serviceCmd := func(ctx context.Context, argv ...string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+		cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/", "CREDENTIALS_DIRECTORY=" + credTmp}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		return cmd
+	}
+
+	paths := unitPaths(t, argv, bin, tmp)
 	paths[filepath.Dir(cfg)] = etc
 	adminAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	argv = rewriteArgs(argv, map[string]string{"admin": adminAddr}, paths)
@@ -511,15 +544,26 @@ func TestDeploySystemdConfigUnit(t *testing.T) {
 	cacheDir, _ := flagValue(argv, "cache-dir")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if out, err := exec.CommandContext(ctx, env.bin, "check", "--config", cfgPath, "--cache-dir", cacheDir).CombinedOutput(); err != nil {
+	if out, err := serviceCmd(ctx, bin, "check", "--config", cfgPath, "--cache-dir", cacheDir).CombinedOutput(); err != nil {
 		t.Fatalf("wcluster check --config (the shipped %s): %v\n%s", filepath.Base(cfg), err, out)
 	}
 
 	n := sdNotifySocket(t)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path, "CREDENTIALS_DIRECTORY="+credTmp)
+	if cred != nil { // systemd's notify socket takes any sender
+		chmod(t, filepath.Dir(filepath.Dir(n.path)), 0o755)
+		chmod(t, filepath.Dir(n.path), 0o755)
+		chmod(t, n.path, 0o666)
+	}
+	cmd := serviceCmd(context.Background(), argv...)
+	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+n.path)
 	w := launch(t, cmd)
 	n.expect(w, "READY", 3*time.Minute)
+	if cred != nil {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", w.cmd.Process.Pid))
+		if m := regexp.MustCompile(`(?m)^Uid:\s+(\d+)`).FindSubmatch(b); err != nil || m == nil || string(m[1]) != strconv.Itoa(dynamicUID) {
+			t.Fatalf("the master does not run as uid %d: %v %q", dynamicUID, err, m)
+		}
+	}
 
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig:   &tls.Config{RootCAs: pool},
@@ -570,5 +614,44 @@ func TestDeploySystemdConfigUnit(t *testing.T) {
 		}
 	case <-time.After(stopTimeout):
 		t.Fatal(fmt.Sprintf("still running TimeoutStopSec (%v) after SIGTERM", stopTimeout))
+	}
+}
+
+// dynamicUID is the first uid of systemd's range for DynamicUser=.
+const dynamicUID = 61184
+
+func chmod(t *testing.T, path string, mode os.FileMode) {
+	t.Helper()
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func chown(t *testing.T, path string, uid int) {
+	t.Helper()
+	if err := os.Chown(path, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mkdirOwned(t *testing.T, dir string, uid int) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	chown(t, dir, uid)
+}
+
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, mode); err != nil {
+		t.Fatal(err)
 	}
 }
