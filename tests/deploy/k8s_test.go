@@ -393,6 +393,9 @@ func TestDeployKubernetesBase(t *testing.T) {
 	if ref := hpa.Spec.ScaleTargetRef; ref.Kind != "Deployment" || ref.Name != dep.Name || ref.APIVersion != "apps/v1" {
 		t.Errorf("HPA scales %+v, not the Deployment %s", ref, dep.Name)
 	}
+	if dep.Spec.Replicas != nil {
+		t.Errorf("the Deployment sets replicas: %d; with an HPA every kubectl apply would reset the count it chose", *dep.Spec.Replicas)
+	}
 	cpuMetric := false
 	for _, mt := range hpa.Spec.Metrics {
 		cpuMetric = cpuMetric || mt.Type == autoscalingv2.ResourceMetricSourceType && mt.Resource != nil && mt.Resource.Name == corev1.ResourceCPU
