@@ -260,15 +260,51 @@ func TestDeploySystemdSyscalls(t *testing.T) {
 	bin := buildStatic(t, readDockerfile(t))
 	argv := execStart(t, u, "wcluster.service")
 	tmp := t.TempDir()
-	argv = rewriteArgs(argv, nil, unitPaths(t, argv, bin, tmp))
+	// Not root, as under DynamicUser= (root's paths differ: a root master
+	// warns and its workers keep files' owners): strace -u runs it as
+	// nobody, owning only the directories systemd would make.
+	var asUser []string
+	if os.Geteuid() == 0 {
+		const nobody = 65534
+		asUser = []string{"-u", "nobody"}
+		chmod(t, filepath.Dir(tmp), 0o755)
+		chmod(t, tmp, 0o755)
+		copyFile(t, bin, filepath.Join(tmp, "bin", "wcluster"), 0o755)
+		bin = filepath.Join(tmp, "bin", "wcluster")
+		for _, d := range []string{"cache", "state", "run"} {
+			mkdirOwned(t, filepath.Join(tmp, d), nobody)
+		}
+	} else {
+		t.Log("not root: traced as the test's user")
+	}
+	paths := unitPaths(t, argv, bin, tmp)
+	if h := argv[len(argv)-1]; strings.HasSuffix(h, ".wasm") {
+		paths[h] = filepath.Join(tmp, "handler.wasm")
+		copyFile(t, helloGuest(t), paths[h], 0o644)
+	}
+	argv = rewriteArgs(argv, nil, paths)
 	// No socket unit here: the master binds loopback itself.
 	argv = append([]string{argv[0], argv[1], "--listen", "127.0.0.1:0"}, argv[2:]...)
 	if dir, ok := flagValue(argv, "cache-dir"); ok {
 		warm(t, dir, argv[len(argv)-1])
+		if asUser != nil {
+			err := filepath.WalkDir(dir, func(p string, _ os.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				return os.Chown(p, 65534, 65534)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	ctl, _ := flagValue(argv, "control")
 	trace := filepath.Join(tmp, "strace.txt")
-	w := launch(t, exec.Command(strace, append([]string{"-f", "-qq", "-s", "8", "-e", "signal=none", "-o", trace}, argv...)...))
+	straceArgs := append(append([]string{"-f", "-qq", "-s", "8", "-e", "signal=none", "-o", trace}, asUser...), argv...)
+	cmd := exec.Command(strace, straceArgs...)
+	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/"}
+	w := launch(t, cmd)
 	banner := w.waitOutput(`serving .* on (\S+) \(`, 3*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -290,6 +326,9 @@ func TestDeploySystemdSyscalls(t *testing.T) {
 		t.Fatal("still running 2 minutes after wcluster stop")
 	}
 
+	if asUser != nil && strings.Contains(w.output(), "workers run as root") {
+		t.Error("strace -u nobody: the master still ran as root")
+	}
 	b, err := os.ReadFile(trace)
 	if err != nil {
 		t.Fatal(err)
