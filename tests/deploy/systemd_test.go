@@ -543,37 +543,7 @@ func TestDeploySystemdConfigUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// As DynamicUser= and LoadCredential= run it (when the test runs as
-	// root): a uid of systemd's dynamic range that owns the directories
-	// systemd makes and the credentials' copies (0400), and nothing else;
-	// HOME is /, as systemd sets it for a dynamic user.
-	bin := env.bin
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 {
-		cred = &syscall.Credential{Uid: dynamicUID, Gid: dynamicUID}
-		bin = filepath.Join(tmp, "bin", "wcluster")
-		copyFile(t, env.bin, bin, 0o755)
-		for _, d := range []string{filepath.Dir(tmp), tmp, etc} {
-			chmod(t, d, 0o755)
-		}
-		for _, d := range []string{"cache", "state", "run"} {
-			mkdirOwned(t, filepath.Join(tmp, d), dynamicUID)
-		}
-		entries, _ := os.ReadDir(credTmp)
-		for _, e := range entries {
-			chown(t, filepath.Join(credTmp, e.Name()), dynamicUID)
-		}
-		chown(t, credTmp, dynamicUID)
-		chmod(t, credTmp, 0o500)
-	} else {
-		t.Log("not root: the service runs as the test's user")
-	}
-	serviceCmd := func(ctx context.Context, argv ...string) *exec.Cmd {
-		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-		cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/", "CREDENTIALS_DIRECTORY=" + credTmp}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		return cmd
-	}
+	bin, cred, serviceCmd := asDynamicUser(t, tmp, credTmp, etc)
 
 	paths := unitPaths(t, argv, bin, tmp)
 	paths[filepath.Dir(cfg)] = etc
@@ -692,5 +662,146 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	}
 	if err := os.WriteFile(to, b, mode); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// asDynamicUser prepares tmp as DynamicUser= and LoadCredential= would
+// (when the test runs as root): a uid of systemd's dynamic range owns the
+// directories systemd makes (tmp/cache, tmp/state, tmp/run) and the
+// credentials' copies in credDir (0400, the directory 0500), and nothing
+// else; readable dirs are made traversable. It returns the binary to run
+// (a copy others may execute), the credential, and a command maker that
+// runs as that user with HOME=/ and $CREDENTIALS_DIRECTORY, as systemd
+// runs a dynamic user's service.
+func asDynamicUser(t *testing.T, tmp, credDir string, readable ...string) (string, *syscall.Credential, func(context.Context, ...string) *exec.Cmd) {
+	t.Helper()
+	bin := env.bin
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		cred = &syscall.Credential{Uid: dynamicUID, Gid: dynamicUID}
+		bin = filepath.Join(tmp, "bin", "wcluster")
+		copyFile(t, env.bin, bin, 0o755)
+		for _, d := range append([]string{filepath.Dir(tmp), tmp}, readable...) {
+			chmod(t, d, 0o755)
+		}
+		for _, d := range []string{"cache", "state", "run"} {
+			mkdirOwned(t, filepath.Join(tmp, d), dynamicUID)
+		}
+		entries, _ := os.ReadDir(credDir)
+		for _, e := range entries {
+			chown(t, filepath.Join(credDir, e.Name()), dynamicUID)
+		}
+		chown(t, credDir, dynamicUID)
+		chmod(t, credDir, 0o500)
+	} else {
+		t.Log("not root: the service runs as the test's user")
+	}
+	return bin, cred, func(ctx context.Context, argv ...string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+		cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/", "CREDENTIALS_DIRECTORY=" + credDir}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		return cmd
+	}
+}
+
+// TestDeploySystemdTLSCredentials follows wcluster.service's TLS comment
+// literally: its LoadCredential= lines uncommented and the flags it names
+// added to ExecStart. systemd-analyze verify accepts the result and still
+// rates it at most 2.0, and the command, %d expanded to the credentials'
+// directory, run as the dynamic user, serves HTTPS with the copies.
+func TestDeploySystemdTLSCredentials(t *testing.T) {
+	t.Parallel()
+	analyze := lookTool(t, "systemd-analyze", "systemd")
+	b, err := os.ReadFile(filepath.Join(systemdDir(), "wcluster.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	m := regexp.MustCompile(`TLS \(add (--tls-cert \S+ --tls-key \S+) to ExecStart\)`).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatal("wcluster.service does not say which flags TLS adds to ExecStart (\"TLS (add --tls-cert ... --tls-key ... to ExecStart)\")")
+	}
+	creds := regexp.MustCompile(`(?m)^#(LoadCredential=(\S+?):(\S+))$`).FindAllStringSubmatch(text, -1)
+	if len(creds) != 2 {
+		t.Fatalf("wcluster.service: want two commented LoadCredential= lines, got %d", len(creds))
+	}
+	for _, c := range creds {
+		text = strings.Replace(text, "#"+c[1], c[1], 1)
+	}
+	text = regexp.MustCompile(`(?m)^ExecStart=(\S+) serve `).ReplaceAllString(text, "ExecStart=$1 serve "+m[1]+" ")
+
+	// The unit as an operator would have it, checked as shipped units are.
+	vdir := t.TempDir()
+	for _, name := range []string{"wcluster.service", "wcluster.socket"} {
+		data := text
+		if name == "wcluster.socket" {
+			b, err := os.ReadFile(filepath.Join(systemdDir(), name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			data = string(b)
+		}
+		data = regexp.MustCompile(`(?m)^ExecStart=\S+ `).ReplaceAllString(data, "ExecStart="+env.bin+" ")
+		if err := os.WriteFile(filepath.Join(vdir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	unit := filepath.Join(vdir, "wcluster.service")
+	if out, err := exec.CommandContext(ctx, analyze, "verify", "--man=no", "--generators=no", unit, filepath.Join(vdir, "wcluster.socket")).CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify, with TLS: %v\n%s", err, out)
+	}
+	out, err := exec.CommandContext(ctx, analyze, "security", "--offline=yes", "--no-pager", unit).CombinedOutput()
+	sm := regexp.MustCompile(`Overall exposure level for \S+: (\d+\.\d+)`).FindSubmatch(out)
+	if err != nil || sm == nil {
+		t.Errorf("systemd-analyze security, with TLS: %v\n%s", err, out)
+	} else if score, _ := strconv.ParseFloat(string(sm[1]), 64); score > 2.0 {
+		t.Errorf("with TLS, exposure %.1f, want at most 2.0:\n%s", score, out)
+	}
+
+	// Run it: %d is the credentials' directory.
+	tmp := t.TempDir()
+	credTmp := filepath.Join(tmp, "credentials")
+	if err := os.MkdirAll(credTmp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, pool := selfSigned(t)
+	for _, c := range creds {
+		data := certPEM
+		if strings.Contains(c[2], "key") {
+			data = keyPEM
+		}
+		if err := os.WriteFile(filepath.Join(credTmp, c[2]), data, 0o400); err != nil {
+			t.Fatal(err)
+		}
+	}
+	handler := filepath.Join(tmp, "handler.wasm")
+	copyFile(t, helloGuest(t), handler, 0o644)
+	bin, _, serviceCmd := asDynamicUser(t, tmp, credTmp)
+	u := readUnit(t, unit)
+	line := strings.ReplaceAll(u.get("Service", "ExecStart"), "%d", credTmp)
+	argv := strings.Fields(line)
+	paths := unitPaths(t, argv, bin, tmp)
+	paths[argv[len(argv)-1]] = handler
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	argv = rewriteArgs(argv, nil, paths)
+	// No socket unit here: the master binds loopback itself.
+	argv = append([]string{argv[0], argv[1], "--listen", addr}, argv[2:]...)
+	w := launch(t, serviceCmd(context.Background(), argv...))
+	w.waitOutput(`serving .* on `+regexp.QuoteMeta(addr), 3*time.Minute)
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool},
+		DisableKeepAlives: true,
+	}}
+	req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addr+"/", nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("https://%s/: %v", addr, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || string(body) != "hello world\n" {
+		t.Fatalf("https://%s/: %d %q %v", addr, resp.StatusCode, body, err)
 	}
 }
