@@ -34,7 +34,7 @@ go-guests:
 embedded:
 	$(GOWASM) -buildmode=c-shared -o guests/embedded/hello.wasm ./guests/go/hello
 
-# tests/deploy is a module of its own (its YAML parser stays out of go.mod).
+# tests/deploy is a module of its own (kustomize and the Kubernetes API types stay out of go.mod).
 test: deps guests
 	WCLUSTER_GUESTS=$(OUT) go test -race -count=1 -timeout 30m ./...
 	cd tests/deploy && WCLUSTER_GUESTS=$(OUT) go test -race -count=1 -timeout 30m ./...

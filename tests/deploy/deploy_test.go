@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // The deployment files in deploy/ checked against each other and against
@@ -167,242 +167,6 @@ func portOf(t *testing.T, addr string) int {
 	return p
 }
 
-// ---- Kubernetes manifests ----
-
-// intOrString is a port (number or name) or a count (number or percentage).
-type intOrString struct{ s string }
-
-func (v *intOrString) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want a number or a string", n.Line)
-	}
-	v.s = n.Value
-	return nil
-}
-
-type k8sMeta struct {
-	Name        string            `yaml:"name"`
-	Namespace   string            `yaml:"namespace"`
-	Labels      map[string]string `yaml:"labels"`
-	Annotations map[string]string `yaml:"annotations"`
-}
-
-type k8sSelector struct {
-	MatchLabels map[string]string `yaml:"matchLabels"`
-}
-
-type k8sProbe struct {
-	HTTPGet *struct {
-		Path   string      `yaml:"path"`
-		Port   intOrString `yaml:"port"`
-		Scheme string      `yaml:"scheme"`
-	} `yaml:"httpGet"`
-	InitialDelaySeconds int `yaml:"initialDelaySeconds"`
-	PeriodSeconds       int `yaml:"periodSeconds"`
-	TimeoutSeconds      int `yaml:"timeoutSeconds"`
-	SuccessThreshold    int `yaml:"successThreshold"`
-	FailureThreshold    int `yaml:"failureThreshold"`
-}
-
-type k8sContainer struct {
-	Name    string   `yaml:"name"`
-	Image   string   `yaml:"image"`
-	Command []string `yaml:"command"`
-	Args    []string `yaml:"args"`
-	Env     []struct {
-		Name  string `yaml:"name"`
-		Value string `yaml:"value"`
-	} `yaml:"env"`
-	Ports []struct {
-		Name          string `yaml:"name"`
-		ContainerPort int    `yaml:"containerPort"`
-		Protocol      string `yaml:"protocol"`
-	} `yaml:"ports"`
-	Resources struct {
-		Requests map[string]string `yaml:"requests"`
-		Limits   map[string]string `yaml:"limits"`
-	} `yaml:"resources"`
-	StartupProbe   *k8sProbe `yaml:"startupProbe"`
-	ReadinessProbe *k8sProbe `yaml:"readinessProbe"`
-	LivenessProbe  *k8sProbe `yaml:"livenessProbe"`
-	Lifecycle      struct {
-		PreStop *struct {
-			Sleep *struct {
-				Seconds int `yaml:"seconds"`
-			} `yaml:"sleep"`
-			Exec *struct {
-				Command []string `yaml:"command"`
-			} `yaml:"exec"`
-		} `yaml:"preStop"`
-	} `yaml:"lifecycle"`
-	SecurityContext struct {
-		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
-		ReadOnlyRootFilesystem   bool  `yaml:"readOnlyRootFilesystem"`
-		RunAsNonRoot             *bool `yaml:"runAsNonRoot"`
-		Capabilities             struct {
-			Drop []string `yaml:"drop"`
-		} `yaml:"capabilities"`
-	} `yaml:"securityContext"`
-	VolumeMounts []struct {
-		Name      string `yaml:"name"`
-		MountPath string `yaml:"mountPath"`
-		ReadOnly  bool   `yaml:"readOnly"`
-	} `yaml:"volumeMounts"`
-}
-
-type k8sDeployment struct {
-	APIVersion string  `yaml:"apiVersion"`
-	Kind       string  `yaml:"kind"`
-	Metadata   k8sMeta `yaml:"metadata"`
-	Spec       struct {
-		Replicas             int         `yaml:"replicas"`
-		RevisionHistoryLimit int         `yaml:"revisionHistoryLimit"`
-		Selector             k8sSelector `yaml:"selector"`
-		Strategy             struct {
-			Type          string `yaml:"type"`
-			RollingUpdate struct {
-				MaxUnavailable intOrString `yaml:"maxUnavailable"`
-				MaxSurge       intOrString `yaml:"maxSurge"`
-			} `yaml:"rollingUpdate"`
-		} `yaml:"strategy"`
-		Template struct {
-			Metadata k8sMeta `yaml:"metadata"`
-			Spec     struct {
-				TerminationGracePeriodSeconds *int `yaml:"terminationGracePeriodSeconds"`
-				SecurityContext               struct {
-					RunAsNonRoot   bool  `yaml:"runAsNonRoot"`
-					RunAsUser      int64 `yaml:"runAsUser"`
-					RunAsGroup     int64 `yaml:"runAsGroup"`
-					SeccompProfile struct {
-						Type string `yaml:"type"`
-					} `yaml:"seccompProfile"`
-				} `yaml:"securityContext"`
-				Containers []k8sContainer `yaml:"containers"`
-				Volumes    []struct {
-					Name     string `yaml:"name"`
-					EmptyDir *struct {
-						Medium    string `yaml:"medium"`
-						SizeLimit string `yaml:"sizeLimit"`
-					} `yaml:"emptyDir"`
-				} `yaml:"volumes"`
-			} `yaml:"spec"`
-		} `yaml:"template"`
-	} `yaml:"spec"`
-}
-
-type k8sService struct {
-	APIVersion string  `yaml:"apiVersion"`
-	Kind       string  `yaml:"kind"`
-	Metadata   k8sMeta `yaml:"metadata"`
-	Spec       struct {
-		Type     string            `yaml:"type"`
-		Selector map[string]string `yaml:"selector"`
-		Ports    []struct {
-			Name       string      `yaml:"name"`
-			Port       int         `yaml:"port"`
-			TargetPort intOrString `yaml:"targetPort"`
-			Protocol   string      `yaml:"protocol"`
-		} `yaml:"ports"`
-	} `yaml:"spec"`
-}
-
-type k8sPDB struct {
-	APIVersion string  `yaml:"apiVersion"`
-	Kind       string  `yaml:"kind"`
-	Metadata   k8sMeta `yaml:"metadata"`
-	Spec       struct {
-		MaxUnavailable *intOrString `yaml:"maxUnavailable"`
-		MinAvailable   *intOrString `yaml:"minAvailable"`
-		Selector       k8sSelector  `yaml:"selector"`
-	} `yaml:"spec"`
-}
-
-type manifests struct {
-	deployments []k8sDeployment
-	services    []k8sService
-	pdbs        []k8sPDB
-}
-
-// readManifests decodes every document of deploy/k8s/*.yaml strictly: a
-// field these types do not know (a typo such as readinesProbe) fails.
-func readManifests(t *testing.T) manifests {
-	t.Helper()
-	files, _ := filepath.Glob(filepath.Join(env.root, "deploy", "k8s", "*.yaml"))
-	if len(files) == 0 {
-		t.Fatal("no manifests in deploy/k8s")
-	}
-	var m manifests
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(b))
-		for i := 0; ; i++ {
-			var doc yaml.Node
-			err := dec.Decode(&doc)
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s: document %d: %v", filepath.Base(f), i, err)
-			}
-			var head struct {
-				APIVersion string `yaml:"apiVersion"`
-				Kind       string `yaml:"kind"`
-			}
-			if err := doc.Decode(&head); err != nil {
-				t.Fatalf("%s: document %d: %v", filepath.Base(f), i, err)
-			}
-			raw, err := yaml.Marshal(&doc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			strict := func(v any) {
-				d := yaml.NewDecoder(bytes.NewReader(raw))
-				d.KnownFields(true)
-				if err := d.Decode(v); err != nil {
-					t.Fatalf("%s: %s: %v", filepath.Base(f), head.Kind, err)
-				}
-			}
-			switch head.APIVersion + " " + head.Kind {
-			case "apps/v1 Deployment":
-				var d k8sDeployment
-				strict(&d)
-				m.deployments = append(m.deployments, d)
-			case "v1 Service":
-				var s k8sService
-				strict(&s)
-				m.services = append(m.services, s)
-			case "policy/v1 PodDisruptionBudget":
-				var p k8sPDB
-				strict(&p)
-				m.pdbs = append(m.pdbs, p)
-			default:
-				t.Fatalf("%s: document %d: %q %q is not a kind this test knows: add it here", filepath.Base(f), i, head.APIVersion, head.Kind)
-			}
-		}
-	}
-	if len(m.deployments) != 1 || len(m.services) != 1 {
-		t.Fatalf("want one Deployment and one Service, got %d and %d", len(m.deployments), len(m.services))
-	}
-	return m
-}
-
-func (c *k8sContainer) port(t *testing.T, ref string) int {
-	t.Helper()
-	if n, err := strconv.Atoi(ref); err == nil {
-		return n
-	}
-	for _, p := range c.Ports {
-		if p.Name == ref {
-			return p.ContainerPort
-		}
-	}
-	t.Fatalf("container %s has no port named %q", c.Name, ref)
-	return 0
-}
-
 func selects(sel, labels map[string]string) bool {
 	if len(sel) == 0 {
 		return false
@@ -452,8 +216,8 @@ func TestDeployManifests(t *testing.T) {
 	m := readManifests(t)
 	dep := m.deployments[0]
 	pod := dep.Spec.Template
-	if !selects(dep.Spec.Selector.MatchLabels, pod.Metadata.Labels) {
-		t.Errorf("Deployment selector %v does not select its pods %v", dep.Spec.Selector.MatchLabels, pod.Metadata.Labels)
+	if !selects(dep.Spec.Selector.MatchLabels, pod.Labels) {
+		t.Errorf("Deployment selector %v does not select its pods %v", dep.Spec.Selector.MatchLabels, pod.Labels)
 	}
 	if len(pod.Spec.Containers) != 1 {
 		t.Fatalf("want one container, got %d", len(pod.Spec.Containers))
@@ -473,10 +237,10 @@ func TestDeployManifests(t *testing.T) {
 		t.Fatalf("entrypoint %v has no --admin (the probes' server)", argv)
 	}
 	httpPort, adminPort := portOf(t, listen), portOf(t, admin)
-	if got := c.port(t, "http"); got != httpPort {
+	if got := containerPort(t, c, "http"); got != httpPort {
 		t.Errorf("container port http is %d, the entrypoint listens on %d", got, httpPort)
 	}
-	if got := c.port(t, "admin"); got != adminPort {
+	if got := containerPort(t, c, "admin"); got != adminPort {
 		t.Errorf("container port admin is %d, the entrypoint's --admin is %d", got, adminPort)
 	}
 	for _, p := range []int{httpPort, adminPort} {
@@ -491,7 +255,7 @@ func TestDeployManifests(t *testing.T) {
 
 	for _, pr := range []struct {
 		name  string
-		probe *k8sProbe
+		probe *corev1.Probe
 		path  string
 		need  bool
 	}{
@@ -512,7 +276,7 @@ func TestDeployManifests(t *testing.T) {
 		if pr.probe.HTTPGet.Path != pr.path {
 			t.Errorf("%s path %q, want %q", pr.name, pr.probe.HTTPGet.Path, pr.path)
 		}
-		if got := c.port(t, pr.probe.HTTPGet.Port.s); got != adminPort {
+		if got := containerPort(t, c, pr.probe.HTTPGet.Port.String()); got != adminPort {
 			t.Errorf("%s on port %d, want the admin port %d", pr.name, got, adminPort)
 		}
 	}
@@ -520,10 +284,10 @@ func TestDeployManifests(t *testing.T) {
 	// Grace: preStop sleep + --shutdown-timeout + the master's second of
 	// kill grace, all within terminationGracePeriodSeconds.
 	shutdown := shutdownTimeout(t, argv)
-	preStop := 0
-	if ps := c.Lifecycle.PreStop; ps == nil {
+	preStop := int64(0)
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil {
 		t.Error("no preStop: the pod would stop accepting before it leaves the Service's endpoints")
-	} else if ps.Sleep != nil {
+	} else if ps := c.Lifecycle.PreStop; ps.Sleep != nil {
 		preStop = ps.Sleep.Seconds
 	}
 	if pod.Spec.TerminationGracePeriodSeconds == nil {
@@ -538,7 +302,7 @@ func TestDeployManifests(t *testing.T) {
 	}
 
 	// Everything the master writes is on a volume: the root is read-only.
-	if c.SecurityContext.ReadOnlyRootFilesystem {
+	if sc := c.SecurityContext; sc != nil && sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem {
 		mounted := func(p string) bool {
 			for _, vm := range c.VolumeMounts {
 				if p == vm.MountPath || strings.HasPrefix(p, vm.MountPath+"/") {
@@ -571,17 +335,17 @@ func TestDeployManifests(t *testing.T) {
 	}
 
 	svc := m.services[0]
-	if !selects(svc.Spec.Selector, pod.Metadata.Labels) {
-		t.Errorf("Service selector %v does not select the pods %v", svc.Spec.Selector, pod.Metadata.Labels)
+	if !selects(svc.Spec.Selector, pod.Labels) {
+		t.Errorf("Service selector %v does not select the pods %v", svc.Spec.Selector, pod.Labels)
 	}
 	for _, p := range svc.Spec.Ports {
-		if got := c.port(t, p.TargetPort.s); got != httpPort {
+		if got := containerPort(t, c, p.TargetPort.String()); got != httpPort {
 			t.Errorf("Service port %s targets %d, want the http port %d (the admin port stays off the Service)", p.Name, got, httpPort)
 		}
 	}
 	for _, pdb := range m.pdbs {
-		if !selects(pdb.Spec.Selector.MatchLabels, pod.Metadata.Labels) {
-			t.Errorf("PodDisruptionBudget %s selects %v, not the pods %v", pdb.Metadata.Name, pdb.Spec.Selector.MatchLabels, pod.Metadata.Labels)
+		if !selects(pdb.Spec.Selector.MatchLabels, pod.Labels) {
+			t.Errorf("PodDisruptionBudget %s selects %v, not the pods %v", pdb.Name, pdb.Spec.Selector.MatchLabels, pod.Labels)
 		}
 	}
 }
@@ -669,6 +433,32 @@ func TestDeployEntrypoint(t *testing.T) {
 		}
 		paths[vm.MountPath] = dir
 	}
+	// What the volumes hold: a ConfigMap's files (their paths to other
+	// volumes made ours), the hello guest as every file of the handlers'
+	// image that the ConfigMap names.
+	for _, v := range pod.Spec.Volumes {
+		if v.ConfigMap == nil {
+			continue
+		}
+		dir := filepath.Join(tmp, "vol-"+v.Name)
+		for name, data := range m.configMapFor(t, v).Data {
+			for _, vm := range c.VolumeMounts {
+				data = strings.ReplaceAll(data, `"`+vm.MountPath+"/", `"`+paths[vm.MountPath]+"/")
+			}
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, h := range regexp.MustCompile(`(?m)^handler = "([^"]+)"`).FindAllStringSubmatch(data, -1) {
+				b, err := os.ReadFile(helloGuest(t))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(h[1], b, 0o644); err != nil {
+					t.Fatalf("the handler %s of %s: %v", h[1], name, err)
+				}
+			}
+		}
+	}
 	if dir, ok := flagValue(argv, "cache-dir"); ok {
 		if _, mapped := paths[dir]; !mapped {
 			paths[dir] = filepath.Join(tmp, "cache")
@@ -695,7 +485,7 @@ func TestDeployEntrypoint(t *testing.T) {
 	// bounded by timeoutSeconds; it must succeed before failureThreshold
 	// tries fail in a row (a liveness probe would restart the container,
 	// a readiness probe would keep the pod out of the Service).
-	probe := func(name string, p *k8sProbe) {
+	probe := func(name string, p *corev1.Probe) {
 		t.Helper()
 		if p == nil || p.HTTPGet == nil {
 			return
@@ -708,7 +498,7 @@ func TestDeployEntrypoint(t *testing.T) {
 		if period == 0 {
 			period = 10 * time.Second
 		}
-		tries := p.FailureThreshold
+		tries := int(p.FailureThreshold)
 		if tries == 0 {
 			tries = 3
 		}
@@ -765,7 +555,8 @@ func TestDeployEntrypoint(t *testing.T) {
 	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
 		grace = time.Duration(*g) * time.Second
 	}
-	if ps := c.Lifecycle.PreStop; ps != nil && ps.Sleep != nil {
+	if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
+		ps := c.Lifecycle.PreStop
 		grace -= time.Duration(ps.Sleep.Seconds) * time.Second
 	}
 	w.cmd.Process.Signal(syscall.SIGTERM)
@@ -924,6 +715,9 @@ func TestDeploySystemdUnits(t *testing.T) {
 	paths := map[string]string{argv[0]: env.bin}
 	if v, ok := flagValue(argv, "cache-dir"); ok {
 		paths[v] = filepath.Join(tmp, "cache")
+	}
+	if v, ok := flagValue(argv, "kv-dir"); ok {
+		paths[v] = filepath.Join(tmp, "state", "kv")
 	}
 	if v, ok := flagValue(argv, "control"); ok {
 		paths[filepath.Dir(v)] = filepath.Join(tmp, "run")

@@ -1,7 +1,8 @@
 // Package deploy checks the deployment files in deploy/ (Dockerfile,
 // Kubernetes manifests, systemd units) against each other and against the
-// real binary. It is a module of its own so that the YAML parser it needs
-// stays out of the product's go.mod; `make test` runs it.
+// real binary. It is a module of its own so that what it needs to render
+// and decode manifests (kustomize, the Kubernetes API types) stays out of
+// the product's go.mod; `make test` runs it.
 //
 // Its harness is the small part of tests/harness_test.go these checks
 // need: build the binary, launch a process and wait on its output lines,
