@@ -29,6 +29,7 @@ go-guests:
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-waf.wasm ./guests/go/waf
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-kv.wasm ./guests/go/kv
 	$(GOWASM) -o $(OUT)/go-cat.wasm ./guests/go/catcmd
+	$(GOWASM) -o $(OUT)/go-httpcmd.wasm ./guests/go/httpcmd
 
 # The default handler embedded in the binary (a test checks it is current).
 embedded:

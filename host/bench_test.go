@@ -556,3 +556,46 @@ func BenchmarkRouteHead(b *testing.B) {
 	unix.Getrusage(unix.RUSAGE_SELF, &ru1)
 	b.ReportMetric(float64(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano())/float64(b.N), "cpu-ns/op")
 }
+
+// BenchmarkCommandConn: one connection per request to a WASI command that
+// answers it and exits (a fresh instance, started, per connection), with
+// the CLI's limits: what bounds commands' connections per second.
+func BenchmarkCommandConn(b *testing.B) {
+	for _, guest := range []string{"c-httpcmd", "go-httpcmd"} {
+		b.Run(guest, func(b *testing.B) {
+			h := benchHandler(b, benchOptions(benchGuest(b, guest), guest, true))
+			defer h.Close(context.Background())
+			req, buf := []byte(benchRequest), make([]byte, 4096)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					h.ServeConn(context.Background(), os.NewFile(uintptr(fds[0]), "server"))
+				}()
+				c := os.NewFile(uintptr(fds[1]), "client")
+				if _, err := c.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				n := 0
+				for {
+					m, err := c.Read(buf[n:])
+					n += m
+					if err != nil {
+						break
+					}
+				}
+				c.Close()
+				<-done
+				if !bytes.Contains(buf[:n], []byte("hello world")) {
+					b.Fatalf("answer %q", buf[:n])
+				}
+			}
+		})
+	}
+}

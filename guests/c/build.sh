@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the C guests into OUTDIR: c-hello.wasm, c-echo.wasm, c-trace.wasm,
-# c-kv.wasm (ABI v1 reactors), c-httpwasm.wasm (an http-wasm handler) and c-cat.wasm
-# (a plain WASI command).
+# c-kv.wasm (ABI v1 reactors), c-httpwasm.wasm (an http-wasm handler), c-cat.wasm
+# and c-httpcmd.wasm (plain WASI commands).
 #   guests/c/build.sh OUTDIR
 # CC and WASI_SYSROOT may be overridden from the environment.
 set -eu
@@ -55,9 +55,10 @@ done
 "$CC" --target=wasm32-wasi --sysroot="$WASI_SYSROOT" -mexec-model=reactor \
 	-o "$out/c-trace.wasm" "$out/c-trace.o"
 rm "$out/c-trace.o"
-# WASI command: _start, stdin/stdout are the connection.
+# WASI commands: _start, stdin/stdout are the connection.
 "$CC" $cflags -o "$out/c-cat.wasm" "$here/examples/cat.c"
+"$CC" $cflags -o "$out/c-httpcmd.wasm" "$here/examples/httpcmd.c"
 # An http-wasm handler (import module http_handler): a reactor too.
 "$CC" $cflags -mexec-model=reactor -I "$here/sdk" -o "$out/c-httpwasm.wasm" "$here/examples/httpwasm.c"
 
-echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-kv.wasm $out/c-trace.wasm $out/c-httpwasm.wasm $out/c-cat.wasm"
+echo "built $out/c-hello.wasm $out/c-echo.wasm $out/c-kv.wasm $out/c-trace.wasm $out/c-httpwasm.wasm $out/c-cat.wasm $out/c-httpcmd.wasm"

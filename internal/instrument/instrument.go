@@ -195,6 +195,7 @@ const (
 	secExport    = 7
 	secStart     = 8
 	secCode      = 10
+	secData      = 11
 	secDataCount = 12
 	secTag       = 13
 )
