@@ -7,6 +7,9 @@
 #   wcluster-gohello-rr  wcluster serve guests/go/hello (built here), --sched rr, 2 workers
 #   node-rr, node-none   bench/node-cluster.js, 2 workers, SCHED_RR / SCHED_NONE
 #   nethttp              bench/nethttp, single-process Go net/http
+#   nginx                nginx (Debian's nginx-light), WORKERS worker processes,
+#                        return 200 "hello world\n", keep-alive requests unlimited;
+#                        skipped with a message when nginx is not installed
 #   wcluster-rr-t0       (not run by default) wcluster-rr with --timeout 0:
 #                        no termination checks in the guest
 #
@@ -39,7 +42,7 @@ CONNS=${CONNS:-64}
 WORKERS=${WORKERS:-2}
 VIEWS=${VIEWS:-unpinned pinned}
 MODES=${MODES:-keepalive close}
-SERVERS=${SERVERS:-wcluster-rr wcluster-shared wcluster-gohello-rr node-rr node-none nethttp}
+SERVERS=${SERVERS:-wcluster-rr wcluster-shared wcluster-gohello-rr node-rr node-none nethttp nginx}
 PORT_BASE=${PORT_BASE:-19100}
 READY_TIMEOUT=${READY_TIMEOUT:-60} # seconds a server may take to answer
 SERVER_CORE=${SERVER_CORE:-0}
@@ -50,6 +53,11 @@ command -v curl >/dev/null || { echo "bench: curl is missing" >&2; exit 3; }
 if ! command -v node >/dev/null; then
 	echo "bench: node is missing: the node-* rows are skipped" >&2
 	SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -v '^node-' | tr '\n' ' ')
+fi
+
+if ! command -v nginx >/dev/null && [[ " $SERVERS " == *" nginx "* ]]; then
+	echo "bench: nginx is missing (apt-get install -y nginx-light): the nginx rows are skipped" >&2
+	SERVERS=$(tr ' ' '\n' <<<"$SERVERS" | grep -v '^nginx$' | tr '\n' ' ')
 fi
 
 out=$(mktemp -d)
@@ -101,6 +109,28 @@ start_server() {
 	wcluster-rr-t0) cmd=("${wc[@]}" --sched rr --timeout 0) ;; # no termination checks compiled in
 	node-rr | node-none) cmd=(env PORT="$p" WORKERS="$WORKERS" NODE_CLUSTER_SCHED_POLICY="${name#node-}" node bench/node-cluster.js) ;;
 	nethttp) cmd=("$out/nethttp" -listen "127.0.0.1:$p") ;;
+	nginx)
+		local d=$out/nginx-$p
+		mkdir -p "$d/logs"
+		cat >"$d/nginx.conf" <<CONF
+worker_processes $WORKERS;
+pid $d/nginx.pid;
+error_log $d/logs/error.log crit;
+events { worker_connections 4096; }
+http {
+	access_log off;
+	keepalive_requests 1000000000;
+	client_body_temp_path $d; proxy_temp_path $d; fastcgi_temp_path $d;
+	uwsgi_temp_path $d; scgi_temp_path $d;
+	server {
+		listen 127.0.0.1:$p;
+		location / { return 200 "hello world\n"; }
+	}
+}
+CONF
+		echo "serving (nginx)" >"$out/$name.log" # nginx says nothing when it starts
+		cmd=(nginx -p "$d" -c "$d/nginx.conf" -g 'daemon off;')
+		;;
 	*) echo "bench: unknown server $name" >&2; exit 2 ;;
 	esac
 	setsid "${pin[@]}" "${cmd[@]}" </dev/null >>"$out/$name.log" 2>&1 &
@@ -243,50 +273,53 @@ function fmtus(v) { return v < 0 ? "?" : (v >= 1000 ? sprintf("%.2fms", v/1000) 
 }
 END {
 	print ""
-	print "# per-round ratios (same round, same view): server ÷ node-rr, server ÷ nethttp"
+	print "# per-round ratios (same round, same view): server ÷ node-rr, server ÷ nethttp, server ÷ nginx"
 	for (vi = 1; vi <= nv; vi++) for (mi = 1; mi <= nm; mi++) for (si = 1; si <= ns; si++) {
 		v = views[vi]; m = modes[mi]; s = srv[si]
-		if (s ~ /^(node-rr|nethttp)$/) continue
+		if (s ~ /^(node-rr|nethttp|nginx)$/) continue
 		line = sprintf("%-8s %-9s %-20s", v, m, s)
 		for (ri = 1; ri <= nr; ri++) {
-			r = rounds[ri]; xv = get(v, r, s, m); a = get(v, r, "node-rr", m); b = get(v, r, "nethttp", m)
-			line = line sprintf("  r%s: %s/%s", r, (xv > 0 && a > 0) ? sprintf("%.2f", xv/a) : "-", (xv > 0 && b > 0) ? sprintf("%.2f", xv/b) : "-")
+			r = rounds[ri]; xv = get(v, r, s, m); a = get(v, r, "node-rr", m); b = get(v, r, "nethttp", m); c = get(v, r, "nginx", m)
+			line = line sprintf("  r%s: %s/%s/%s", r, (xv > 0 && a > 0) ? sprintf("%.2f", xv/a) : "-", (xv > 0 && b > 0) ? sprintf("%.2f", xv/b) : "-", (xv > 0 && c > 0) ? sprintf("%.2f", xv/c) : "-")
 		}
 		print line
 	}
 	print ""
-	print "| view | mode | server | req/s (median) | p50 (median) | p99 (median) | ÷ node-rr (median of rounds) | ÷ nethttp (median of rounds) |"
-	print "|---|---|---|---|---|---|---|---|"
+	print "| view | mode | server | req/s (median) | p50 (median) | p99 (median) | ÷ node-rr (median of rounds) | ÷ nethttp (median of rounds) | ÷ nginx (median of rounds) |"
+	print "|---|---|---|---|---|---|---|---|---|"
 	for (vi = 1; vi <= nv; vi++) for (mi = 1; mi <= nm; mi++) for (si = 1; si <= ns; si++) {
 		v = views[vi]; m = modes[mi]; s = srv[si]
-		n = 0; na = 0; nb = 0; n50 = 0; n99 = 0
-		delete x; delete ra; delete rb; delete l50; delete l99
+		n = 0; na = 0; nb = 0; nc = 0; n50 = 0; n99 = 0
+		delete x; delete ra; delete rb; delete rc; delete l50; delete l99
 		for (ri = 1; ri <= nr; ri++) {
 			r = rounds[ri]
 			if (!((v, r, s, m) in rps)) continue
 			val = rps[v, r, s, m]; x[++n] = val
 			if (p50[v, r, s, m] >= 0) l50[++n50] = p50[v, r, s, m]
 			if (p99[v, r, s, m] >= 0) l99[++n99] = p99[v, r, s, m]
-			a = get(v, r, "node-rr", m); b = get(v, r, "nethttp", m)
+			a = get(v, r, "node-rr", m); b = get(v, r, "nethttp", m); c = get(v, r, "nginx", m)
 			if (val > 0 && a > 0) ra[++na] = val / a
 			if (val > 0 && b > 0) rb[++nb] = val / b
+			if (val > 0 && c > 0) rc[++nc] = val / c
 		}
 		if (!n && !((v, s, m) in failed)) continue
-		if (!n) { printf "| %s | %s | %s | failed | | | | |\n", v, m, s; continue }
+		if (!n) { printf "| %s | %s | %s | failed | | | | | |\n", v, m, s; continue }
 		med[v, m, s, "a"] = na ? median(ra, na) : -1
 		med[v, m, s, "b"] = nb ? median(rb, nb) : -1
-		printf "| %s | %s | %s | %.0f | %s | %s | %s | %s |\n", v, m, s, median(x, n),
+		med[v, m, s, "c"] = nc ? median(rc, nc) : -1
+		printf "| %s | %s | %s | %.0f | %s | %s | %s | %s | %s |\n", v, m, s, median(x, n),
 			n50 ? fmtus(median(l50, n50)) : "?", n99 ? fmtus(median(l99, n99)) : "?",
-			na ? sprintf("%.2f", med[v, m, s, "a"]) : "-", nb ? sprintf("%.2f", med[v, m, s, "b"]) : "-"
+			na ? sprintf("%.2f", med[v, m, s, "a"]) : "-", nb ? sprintf("%.2f", med[v, m, s, "b"]) : "-",
+			nc ? sprintf("%.2f", med[v, m, s, "c"]) : "-"
 	}
 	print ""
-	print "# targets of issue 6 (medians of the per-round ratios)"
-	nt = split("keepalive wcluster-rr a 2.0|keepalive wcluster-shared a 2.0|keepalive wcluster-rr b 1.3|keepalive wcluster-shared b 1.3|keepalive wcluster-gohello-rr b 1.0|close wcluster-rr a 4.0|close wcluster-rr b 0.8", t, "|")
+	print "# targets of issues 6 and 19 (medians of the per-round ratios)"
+	nt = split("keepalive wcluster-rr a 2.0|keepalive wcluster-shared a 2.0|keepalive wcluster-rr b 1.3|keepalive wcluster-shared b 1.3|keepalive wcluster-gohello-rr b 1.0|close wcluster-rr a 4.0|close wcluster-rr b 1.0|keepalive wcluster-rr c 1.0|close wcluster-rr c 0.8", t, "|")
 	for (vi = 1; vi <= nv; vi++) for (i = 1; i <= nt; i++) {
 		split(t[i], f, " "); v = views[vi]
 		if (!((v, f[1], f[2], f[3]) in med)) continue
 		got = med[v, f[1], f[2], f[3]]
-		printf "%-8s %-9s %-20s ÷ %-7s %6s  target ≥ %s  %s\n", v, f[1], f[2], f[3] == "a" ? "node-rr" : "nethttp",
+		printf "%-8s %-9s %-20s ÷ %-7s %6s  target ≥ %s  %s\n", v, f[1], f[2], f[3] == "a" ? "node-rr" : (f[3] == "b" ? "nethttp" : "nginx"),
 			got < 0 ? "-" : sprintf("%.2f", got), f[4], got < 0 ? "no data" : (got >= f[4] ? "met" : "MISSED")
 	}
 }' "$rows"
