@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -548,5 +549,64 @@ func TestServeWatch(t *testing.T) {
 	answers("hello world")
 	if st := getStatus(t, ctl); st.Reloads.OK < 2 || st.Reloads.Failed < 1 {
 		t.Fatalf("reloads: %+v, want ≥ 2 ok and ≥ 1 failed", st.Reloads)
+	}
+}
+
+// TestTopFrames: `wcluster top` without a terminal prints a plain frame
+// per interval naming every worker (its pid), with the requests per second
+// it served.
+func TestTopFrames(t *testing.T) {
+	t.Parallel()
+	s, ctl := startControlled(t, "--workers", "2")
+	// Workers report requests with their heartbeat (every second): top
+	// reads them from there.
+	waitStatus(t, ctl, "a heartbeat from each worker", func(st status) bool {
+		return len(st.Workers) == 2 && st.Workers[0].Handler.Version != 0 && st.Workers[1].Handler.Version != 0
+	})
+	stop := make(chan struct{})
+	served := make(chan int, 1)
+	go func() {
+		n := 0
+		client := newClient()
+		defer func() { served <- n }()
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, _, err := get(ctx, client, s.url(), false)
+			cancel()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	out, err := run(t, "top", "--control", ctl, "--frames", "3", "--interval", "1s")
+	close(stop)
+	<-served
+	if err != nil {
+		t.Fatalf("top: %v\n%s", err, out)
+	}
+	frames := strings.Split(out, "wcluster top ")
+	if len(frames) != 4 { // what precedes the first, then three
+		t.Fatalf("%d frames, want 3:\n%s", len(frames)-1, out)
+	}
+	st := getStatus(t, ctl)
+	busy := false
+	for _, f := range frames[1:] {
+		for _, w := range st.Workers {
+			row := regexp.MustCompile(fmt.Sprintf(`(?m)^workers +%d +%d +ready +(\d+)`, w.ID, w.PID)).FindStringSubmatch(f)
+			if row == nil {
+				t.Fatalf("frame without worker %d (pid %d):\n%s", w.ID, w.PID, f)
+			}
+			if row[1] != "0" {
+				busy = true
+			}
+		}
+	}
+	if !busy {
+		t.Fatalf("no worker served anything per second in any frame while requests ran:\n%s", out)
 	}
 }
