@@ -30,6 +30,7 @@
 #   SERVERS="wcluster-rr nethttp" bench/run.sh
 #   WCLUSTER_BIN=/path/wcluster bench/run.sh        # a prebuilt binary
 #   RAW=/tmp/rows.txt bench/run.sh                  # also keep the raw rows
+#   CHARTS= bench/run.sh                            # no SVG charts (default: bench/charts/)
 #
 # Every server runs in its own session (setsid) and is stopped, with all of
 # its children, after its measurements and on any exit (trap).
@@ -242,6 +243,13 @@ for view in $VIEWS; do
 done
 
 if [ -n "${RAW:-}" ]; then cp "$rows" "$RAW"; fi
+# Charts of the medians (bench/chart, a module of its own): CHARTS= skips.
+CHARTS=${CHARTS-bench/charts}
+if [ -n "$CHARTS" ]; then
+	mkdir -p "$CHARTS"
+	(cd bench/chart && go run . -rows "$rows" -out "$OLDPWD/$CHARTS" \
+		-title "$(date -u '+%F') $(git rev-parse --short HEAD 2>/dev/null)") >&2 || log "charts not drawn"
+fi
 
 echo
 echo "# $(date -u '+%F %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -r)"
