@@ -610,3 +610,45 @@ func TestTopFrames(t *testing.T) {
 		t.Fatalf("no worker served anything per second in any frame while requests ran:\n%s", out)
 	}
 }
+
+// TestNewTemplates: for every template, `wcluster new` writes a project
+// whose build.sh makes a handler that check accepts, and whose test.sh
+// serves it and gets its answer.
+func TestNewTemplates(t *testing.T) {
+	t.Parallel()
+	out, err := run(t, "new")
+	if err != nil {
+		t.Fatalf("new: %v %s", err, out)
+	}
+	rows := regexp.MustCompile(`(?m)^  (\S+) +--kind (\S+) `).FindAllStringSubmatch(out, -1)
+	if len(rows) < 4 {
+		t.Fatalf("new lists %d templates:\n%s", len(rows), out)
+	}
+	for _, r := range rows {
+		lang, kind := r[1], r[2]
+		t.Run(lang+"-"+kind, func(t *testing.T) {
+			t.Parallel()
+			dir := filepath.Join(t.TempDir(), "my-"+lang)
+			if out, err := run(t, "new", "--kind", kind, lang, dir); err != nil {
+				t.Fatalf("new: %v %s", err, out)
+			}
+			for _, f := range []string{"build.sh", "test.sh", "README.md"} {
+				if !exists(filepath.Join(dir, f)) {
+					t.Fatalf("%s missing from the project", f)
+				}
+			}
+			cmd := exec.Command(filepath.Join(dir, "test.sh"))
+			cmd.Env = append(os.Environ(), "WCLUSTER="+env.bin, fmt.Sprintf("PORT=%d", freePort(t)))
+			b, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(b), "ok: hello from my-"+lang) {
+				t.Fatalf("test.sh: %v\n%s", err, b)
+			}
+			if out, err := run(t, "check", filepath.Join(dir, "handler.wasm")); err != nil {
+				t.Fatalf("check: %v %s", err, out)
+			}
+		})
+	}
+	if out, err := run(t, "new", "cobol", t.TempDir()); err == nil || !strings.Contains(out, `no template for "cobol"`) {
+		t.Fatalf("new cobol: %v %s", err, out)
+	}
+}

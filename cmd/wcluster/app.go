@@ -28,7 +28,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// rather than by os.Exit inside the library, so deferred cleanup runs.
 		ExitErrHandler: func(*cli.Context, error) {},
 		Commands: []*cli.Command{serveCommand(), checkCommand(), statusCommand(),
-			reloadCommand(), scaleCommand(), stopCommand(), topCommand()},
+			reloadCommand(), scaleCommand(), stopCommand(), topCommand(), newCommand()},
 	}
 	if err := app.Run(args); err != nil {
 		fmt.Fprintf(stderr, "wcluster: %v\n", err)
