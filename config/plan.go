@@ -117,6 +117,11 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 			if t.Files, err = ReadFiles(HandlerBytes(t.Handler, wasm), t.TLSCert, t.TLSKey); err != nil {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
+			if t.ACME != nil {
+				if err := c.acmeFiles(t); err != nil {
+					return nil, fmt.Errorf("%s: %w", where, err)
+				}
+			}
 		}
 		wc, err := json.Marshal(&g)
 		if err != nil {

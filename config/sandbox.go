@@ -30,6 +30,9 @@ type Files struct {
 	Wasm    []byte `json:"wasm,omitempty"`
 	CertPEM []byte `json:"cert_pem,omitempty"`
 	KeyPEM  []byte `json:"key_pem,omitempty"`
+	// ExtraCerts are an ACME tenant's certificates of its other hosts
+	// (one per host; CertPEM and KeyPEM hold the first's).
+	ExtraCerts []KeyPairPEM `json:"extra_certs,omitempty"`
 }
 
 // ReadFiles reads what a worker needs of a handler and its certificate.
@@ -61,6 +64,19 @@ func (f *Files) KeyPair() (tls.Certificate, error) {
 		return tls.Certificate{}, errors.New("no certificate from the master")
 	}
 	return tls.X509KeyPair(f.CertPEM, f.KeyPEM)
+}
+
+// ExtraKeyPairs are the certificates of ExtraCerts.
+func (f *Files) ExtraKeyPairs() ([]tls.Certificate, error) {
+	var out []tls.Certificate
+	for _, p := range f.ExtraCerts {
+		c, err := tls.X509KeyPair(p.Cert, p.Key)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // Sandbox is what a worker applies to itself before building its

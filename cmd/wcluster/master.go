@@ -22,6 +22,7 @@ import (
 	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
+	"github.com/wcluster/wcluster/internal/acme"
 	"github.com/wcluster/wcluster/internal/tickets"
 )
 
@@ -44,14 +45,27 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		return err
 	}
 	cache := config.CacheState(cfg.Cluster.CacheDir, cached)
+	// ACME tenants start with their stored certificates (or self-signed
+	// ones until the CA's arrive); the CA is asked once workers serve, as
+	// they answer its challenges.
+	var cl *dispatch.Cluster
+	mgr := acme.New(log, func(b []byte) { giveChallenges(cl, b) })
+	defer mgr.Close()
+	if err := useACME(mgr, cfg); err != nil {
+		return err
+	}
 	groups, err := cfg.Masters()
 	if err != nil {
 		return err
 	}
+	workerConfigs := map[string][]byte{} // each group's latest, for renewals
+	for _, g := range groups {
+		workerConfigs[g.Name] = g.WorkerConfig
+	}
 	for i := range groups {
 		groups[i].Logger = log
 	}
-	cl, err := dispatch.NewCluster(log, groups...)
+	cl, err = dispatch.NewCluster(log, groups...)
 	if err != nil {
 		return err
 	}
@@ -72,9 +86,9 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	doReload := func(ctx context.Context) error {
 		mu.Lock()
 		defer mu.Unlock()
-		next, err := reload(ctx, cl, ring, current, load, log)
+		next, configs, err := reload(ctx, cl, ring, mgr, current, load, log)
 		if err == nil {
-			current = next
+			current, workerConfigs = next, configs
 		}
 		return err
 	}
@@ -91,6 +105,22 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		wg.Wait()
 	}()
 	handleSignals(ctx, &wg, cl, doReload, log)
+	wg.Add(1)
+	go func() { // certificates obtained or renewed go to the workers
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-mgr.Changed():
+			}
+			mu.Lock()
+			if err := renewACME(ctx, cl, mgr, workerConfigs, log); err != nil {
+				log.Error("acme: the new certificates could not be given to the workers; the old ones keep serving", "err", err)
+			}
+			mu.Unlock()
+		}
+	}()
 	if every := cfg.Cluster.TicketRotation; every > 0 {
 		wg.Add(1)
 		go func() {
@@ -128,6 +158,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	err = cl.Run(ctx, func() {
 		fmt.Fprintf(out, "wcluster: %s in %v\n", cfg.Banner(cl.Groups()[0].Addr().String(), infos[0], cache),
 			time.Since(start).Round(time.Millisecond))
+		mgr.Start(ctx)
 	})
 	if errors.Is(err, dispatch.ErrMasterClosed) {
 		log.Info("stopped")
@@ -169,7 +200,7 @@ func prepare(ctx context.Context, c *config.Config, log *slog.Logger) ([]host.In
 // compile and its groups and listeners are unchanged, replaces every
 // group's workers with ones serving it. Otherwise the old workers keep
 // serving.
-func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, current *config.Config, load func() (*config.Config, error), log *slog.Logger) (*config.Config, error) {
+func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, mgr *acme.Manager, current *config.Config, load func() (*config.Config, error), log *slog.Logger) (*config.Config, map[string][]byte, error) {
 	if current.Path != "" {
 		log.Info("reloading", "config", current.Path)
 	} else {
@@ -183,11 +214,22 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 		_, err = prepare(ctx, next, slog.New(slog.DiscardHandler))
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	// An ACME tenant kept as it was keeps its certificates; a new one
+	// starts as at start, and is obtained once its workers serve.
+	if err := useACME(mgr, next); err != nil {
+		return nil, nil, err
+	}
+	undo := func() {
+		if err := useACME(mgr, current); err != nil {
+			log.Warn("acme: could not go back to the certificates before the reload", "err", err)
+		}
 	}
 	dcs, err := next.Masters()
 	if err != nil {
-		return nil, err
+		undo()
+		return nil, nil, err
 	}
 	configs := map[string][]byte{}
 	for _, dc := range dcs {
@@ -197,10 +239,12 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 	// tenant kept keeps its keys, so its sessions resume across the reload.
 	giveTicketKeys(cl, ring, next)
 	if err := cl.Reload(ctx, configs); err != nil {
-		return nil, err
+		undo()
+		return nil, nil, err
 	}
 	ring.Forget(tlsTenants(next))
-	return next, nil
+	mgr.Start(ctx)
+	return next, configs, nil
 }
 
 // giveTicketKeys gives each group's workers the session ticket keys of its
@@ -210,7 +254,7 @@ func giveTicketKeys(cl *dispatch.Cluster, ring *tickets.Ring, c *config.Config) 
 		g := &c.Groups[i]
 		var names []string
 		for _, t := range g.Tenants {
-			if t.TLSCert != "" {
+			if t.HasTLS() {
 				names = append(names, t.Name)
 			}
 		}
@@ -224,7 +268,7 @@ func giveTicketKeys(cl *dispatch.Cluster, ring *tickets.Ring, c *config.Config) 
 func tlsTenants(c *config.Config) []string {
 	var names []string
 	for _, t := range c.Tenants {
-		if t.TLSCert != "" {
+		if t.HasTLS() {
 			names = append(names, t.Name)
 		}
 	}
