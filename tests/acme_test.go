@@ -273,7 +273,9 @@ func TestACMETLSALPN(t *testing.T) {
 // answered by the host on the plaintext listener of another tenant
 // (whose guest never sees it), and is renewed (Pebble issues for 30 s,
 // renewal comes with 60% of that left) while clients keep connecting:
-// the new certificate replaces the old without a failed request.
+// the new certificate replaces the old without a failed request. A
+// renewal failing (Pebble stopped) is logged, and the current certificate
+// serves on.
 func TestACMEHTTP01Renewal(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -310,4 +312,16 @@ func TestACMEHTTP01Renewal(t *testing.T) {
 	}
 	s.waitOutput(`acme: certificate obtained.*renewal=true`, 5*time.Second)
 	t.Logf("renewed after %d requests, none failed", requests)
+
+	// The CA gone, the next renewal fails: logged, and the current
+	// certificate keeps serving.
+	renewed, err := acmeGet(tlsAddr, "site.test", roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.stop()
+	s.waitOutput(`level=ERROR msg="acme: renewal failed; the current certificate keeps serving`, 30*time.Second)
+	if serial, err := acmeGet(tlsAddr, "site.test", roots); err != nil || serial != renewed {
+		t.Fatalf("after a failed renewal: serial %s, %v; want the current %s", serial, err, renewed)
+	}
 }
