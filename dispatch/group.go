@@ -42,10 +42,14 @@ type Group struct {
 	// started are the worker processes not yet exited, installed or not.
 	secrets    []byte
 	secretsGen uint64
-	// challenges are the program's live ACME challenges
-	// (SetChallenges), given to every worker at its start while any.
-	challenges []byte
 	started    map[*proc]struct{}
+	// challenges are the program's live ACME challenges
+	// (SetChallenges), given to every worker at its start while any;
+	// challengesGen counts the changes, and seenCh is closed (and
+	// replaced) when a worker says it answers a generation.
+	challenges    []byte
+	challengesGen uint64
+	seenCh        chan struct{}
 	// load is the shared policy's table of open connections per worker,
 	// loadFile what the workers map (see load.go); nil for rr, reuseport.
 	load     *loadTable

@@ -264,7 +264,7 @@ func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) 
 		m.sendSecretsLocked(p)
 	}
 	if len(m.challenges) > 0 {
-		m.sendLocked(p, ipc.MsgChallenges, m.challenges)
+		m.sendChallengesLocked(p)
 	}
 	m.mu.Unlock()
 	if install {
@@ -308,26 +308,6 @@ func (m *Group) SetSecrets(b []byte) {
 	m.secretsGen++
 	for p := range m.started {
 		m.sendSecretsLocked(p)
-	}
-}
-
-// SetChallenges gives the program's live ACME challenges to every worker
-// of the group, now and at each start, until the next call (empty: none
-// live). On the channel, they come before any connection dispatched
-// after the call.
-func (m *Group) SetChallenges(b []byte) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.challenges = slices.Clone(b)
-	for p := range m.started {
-		m.sendLocked(p, ipc.MsgChallenges, m.challenges)
-	}
-}
-
-// sendLocked sends p a message of type typ without blocking.
-func (m *Group) sendLocked(p *proc, typ byte, b []byte) {
-	if err := p.ch.SendNow(append([]byte{typ}, b...), -1); err != nil {
-		m.log.Warn("could not give a worker a message", "type", typ, "worker", p.id, "pid", p.pid, "err", err)
 	}
 }
 

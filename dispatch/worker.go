@@ -409,10 +409,14 @@ func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, tru
 		}
 		return acks
 	}
-	if len(msg) > 0 && msg[0] == ipc.MsgChallenges {
+	if len(msg) >= 9 && msg[0] == ipc.MsgChallenges {
 		ipc.CloseAll(fds)
 		if w.onChallenges != nil {
-			w.onChallenges(msg[1:])
+			w.onChallenges(msg[9:])
+		}
+		seen := append([]byte{ipc.MsgChallengesSeen}, msg[1:9]...)
+		if err := w.send(seen, -1); err != nil {
+			w.log.Debug("could not confirm the ACME challenges", "err", err)
 		}
 		return acks
 	}

@@ -65,11 +65,22 @@ func acmeCerts(mgr *acme.Manager) func(string) ([]config.KeyPairPEM, error) {
 	}
 }
 
-// giveChallenges gives every worker of every group the live challenges:
-// an HTTP-01 validation may come on any plaintext listener.
-func giveChallenges(cl *dispatch.Cluster, b []byte) {
-	for _, g := range cl.Groups() {
-		g.SetChallenges(b)
+// giveChallenges gives every worker of every group the live challenges
+// (an HTTP-01 validation may come on any plaintext listener), and returns
+// a wait until all answer them.
+func giveChallenges(cl *dispatch.Cluster, b []byte) func(context.Context) error {
+	groups := cl.Groups()
+	gens := make([]uint64, len(groups))
+	for i, g := range groups {
+		gens[i] = g.SetChallenges(b)
+	}
+	return func(ctx context.Context) error {
+		for i, g := range groups {
+			if err := g.WaitChallenges(ctx, gens[i]); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 }
 

@@ -49,7 +49,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	// ones until the CA's arrive); the CA is asked once workers serve, as
 	// they answer its challenges.
 	var cl *dispatch.Cluster
-	mgr := acme.New(log, func(b []byte) { giveChallenges(cl, b) })
+	mgr := acme.New(log, func(b []byte) func(context.Context) error { return giveChallenges(cl, b) })
 	defer mgr.Close()
 	if err := useACME(mgr, cfg); err != nil {
 		return err

@@ -66,15 +66,16 @@ func (s *Spec) same(o *Spec) bool {
 // Changed signals that one was obtained or renewed, and the owner then
 // hands the new bytes to the workers (a reload of the groups concerned).
 type Manager struct {
-	log          *slog.Logger
-	onChallenges func([]byte)
-	changed      chan struct{}
+	log     *slog.Logger
+	give    func([]byte) (wait func(context.Context) error)
+	changed chan struct{}
 
 	mu      sync.Mutex
 	base    context.Context // the first Start's: every management's
 	tenants map[string]*managed
 	http    map[string]HTTPAnswer
 	alpn    map[string]PEMPair
+	wait    func(context.Context) error // until the workers answer the last given
 }
 
 // managed is one tenant's management.
@@ -88,10 +89,11 @@ type managed struct {
 	cancel context.CancelFunc // nil until Start
 }
 
-// New returns a Manager; onChallenges is given the live challenges
-// (Challenges.Encode) each time they change, and must not block.
-func New(log *slog.Logger, onChallenges func([]byte)) *Manager {
-	return &Manager{log: log, onChallenges: onChallenges, changed: make(chan struct{}, 1),
+// New returns a Manager; give is given the live challenges
+// (Challenges.Encode) each time they change, must not block, and returns
+// a wait until every worker answers them.
+func New(log *slog.Logger, give func([]byte) (wait func(context.Context) error)) *Manager {
+	return &Manager{log: log, give: give, changed: make(chan struct{}, 1),
 		tenants: map[string]*managed{}, http: map[string]HTTPAnswer{}, alpn: map[string]PEMPair{}}
 }
 
@@ -338,5 +340,5 @@ func selfSigned(host string) (PEMPair, error) {
 // push gives the workers the live challenges; m.mu is held.
 func (m *Manager) pushLocked() {
 	c := Challenges{HTTP: maps.Clone(m.http), ALPN: maps.Clone(m.alpn)}
-	m.onChallenges(c.Encode())
+	m.wait = m.give(c.Encode())
 }

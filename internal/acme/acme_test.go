@@ -1,6 +1,7 @@
 package acme
 
 import (
+	"context"
 	"crypto/tls"
 	"log/slog"
 	"strings"
@@ -26,7 +27,7 @@ func TestChallengesWire(t *testing.T) {
 // TestManagerStartsSelfSigned: with nothing stored, a tenant's names get
 // self-signed certificates at once, without asking the CA (none runs).
 func TestManagerStartsSelfSigned(t *testing.T) {
-	m := New(slog.New(slog.DiscardHandler), func([]byte) {})
+	m := New(slog.New(slog.DiscardHandler), func([]byte) func(context.Context) error { return nil })
 	defer m.Close()
 	err := m.Set([]Spec{{Tenant: "a", Hosts: []string{"a.test", "www.a.test"}, CA: "https://127.0.0.1:1/dir",
 		Storage: t.TempDir(), Challenges: []string{TLSALPN01}, RenewCheck: time.Minute}})

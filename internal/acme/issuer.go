@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"net/http"
 	"path"
+	"time"
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3"
@@ -144,6 +145,24 @@ func (s solver) Present(_ context.Context, chal acme.Challenge) error {
 		s.m.http[chal.Token] = HTTPAnswer{Host: chal.Identifier.Value, KeyAuth: chal.KeyAuthorization}
 	}
 	s.m.pushLocked()
+	return nil
+}
+
+// Wait holds the CA's validation until every worker answers the
+// challenge (bounded: a worker that does not confirm is logged, and the
+// CA asked anyway; a failed validation is retried).
+func (s solver) Wait(ctx context.Context, chal acme.Challenge) error {
+	s.m.mu.Lock()
+	wait := s.m.wait
+	s.m.mu.Unlock()
+	if wait == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := wait(ctx); err != nil {
+		s.m.log.Warn("acme: not every worker confirmed the challenge; asking the CA to validate anyway", "host", chal.Identifier.Value, "err", err)
+	}
 	return nil
 }
 

@@ -33,10 +33,13 @@ const (
 	// MsgRecycle (worker→master): served u64, then one of Recycle*: the
 	// worker's progress towards its request limit.
 	MsgRecycle byte = 9
-	// MsgChallenges (master→worker) carries the live ACME challenges
-	// (opaque bytes: what the host answers for the CA), replacing the
-	// last ones.
+	// MsgChallenges (master→worker): gen u64, then the live ACME
+	// challenges (opaque bytes: what the host answers for the CA),
+	// replacing the last ones. The worker answers MsgChallengesSeen.
 	MsgChallenges byte = 10
+	// MsgChallengesSeen (worker→master): gen u64 of the challenges it
+	// now answers.
+	MsgChallengesSeen byte = 11
 )
 
 // What a MsgRecycle says.
