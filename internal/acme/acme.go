@@ -28,7 +28,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 )
 
 // LetsEncrypt is the default CA: Let's Encrypt's production directory.
@@ -222,7 +221,7 @@ func (m *Manager) newManaged(s Spec) (*managed, error) {
 	t.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return t.magic, nil },
 		RenewCheckInterval: s.RenewCheck,
-		Logger:             zap.NewNop(),
+		Logger:             zapToSlog(m.log.With("tenant", s.Tenant)),
 	})
 	t.magic = certmagic.New(t.cache, certmagic.Config{
 		Storage:            storage,
@@ -230,7 +229,7 @@ func (m *Manager) newManaged(s Spec) (*managed, error) {
 		RenewalWindowRatio: s.RenewWindow,
 		DisableARI:         true, // the issuer asks for no renewal info
 		OCSP:               certmagic.OCSPConfig{DisableStapling: true},
-		Logger:             zap.NewNop(), // its events are logged instead (onEvent)
+		Logger:             zapToSlog(m.log.With("tenant", s.Tenant)), // errors; the rest by onEvent
 		OnEvent: func(ctx context.Context, event string, data map[string]any) error {
 			m.onEvent(ctx, t, event, data)
 			return nil
@@ -337,7 +336,7 @@ func selfSigned(host string) (PEMPair, error) {
 	return pairOf(&tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key})
 }
 
-// push gives the workers the live challenges; m.mu is held.
+// pushLocked gives the workers the live challenges; m.mu is held.
 func (m *Manager) pushLocked() {
 	c := Challenges{HTTP: maps.Clone(m.http), ALPN: maps.Clone(m.alpn)}
 	m.wait = m.give(c.Encode())
