@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -209,10 +210,10 @@ func waitACMECert(t *testing.T, addr, name string, roots *x509.CertPool, d time.
 }
 
 // acmeConfig is a config (2 workers, policy sched) with tenant "site" on
-// TLS address tlsAddr getting its certificate for site.test from Pebble,
-// allowing challenges (and the tls keys renew), and tenant "web", the
-// plaintext default of httpAddr.
-func acmeConfig(t *testing.T, dir string, p *pebble, sched, tlsAddr, httpAddr, challenges, renew string) string {
+// TLS address tlsAddr getting its certificates for hosts (TOML strings)
+// from Pebble, allowing challenges (and the tls keys renew), and tenant
+// "web", the plaintext default of httpAddr.
+func acmeConfig(t *testing.T, dir string, p *pebble, sched, tlsAddr, httpAddr, hosts, challenges, renew string) string {
 	t.Helper()
 	cfg := filepath.Join(dir, "wcluster.toml")
 	writeConfig(t, cfg, fmt.Sprintf(`[cluster]
@@ -224,21 +225,21 @@ cache_dir = %q
 name = "site"
 handler = %q
 listen = [%q]
-hosts = ["site.test"]
+hosts = [%s]
 tls = { acme = true, ca = %q, ca_root = %q, email = "ops@site.test", storage = "acme", challenges = [%s]%s }
 
 [[tenant]]
 name = "web"
 handler = %q
 listen = [%q]
-`, sched, env.cache, guest(t, "go-hello"), tlsAddr, p.directory, p.minica, challenges, renew, guest(t, "go-hello"), httpAddr))
+`, sched, env.cache, guest(t, "go-hello"), tlsAddr, hosts, p.directory, p.minica, challenges, renew, guest(t, "go-hello"), httpAddr))
 	return cfg
 }
 
-// TestACMETLSALPN: a tenant with tls acme gets its certificate from
-// Pebble through TLS-ALPN-01, answered by the workers' TLS (the guest sees
-// nothing of it), and serves it; restarted with the same storage and
-// Pebble stopped, wcluster serves the stored certificate at once.
+// TestACMETLSALPN: a tenant with tls acme gets its certificates from
+// Pebble, one per host name, through TLS-ALPN-01 answered by the workers'
+// TLS (policy shared), and serves them by SNI; restarted with the same
+// storage and Pebble stopped, wcluster serves the stored ones at once.
 func TestACMETLSALPN(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -248,25 +249,35 @@ func TestACMETLSALPN(t *testing.T) {
 	tlsAddr := fmt.Sprintf("127.0.0.1:%d", tlsPort)
 	// Policy shared: the workers accept connections themselves, so the
 	// CA validates only once each has confirmed the challenge.
-	cfg := acmeConfig(t, dir, p, "shared", tlsAddr, fmt.Sprintf("127.0.0.1:%d", httpPort), `"tls-alpn-01"`, "")
+	// Two names: a certificate each, the handshake picking by SNI.
+	names := []string{"site.test", "www.site.test"}
+	cfg := acmeConfig(t, dir, p, "shared", tlsAddr, fmt.Sprintf("127.0.0.1:%d", httpPort), `"site.test", "www.site.test"`, `"tls-alpn-01"`, "")
 
 	s := startConfig(t, cfg)
-	s.waitOutput(`acme: certificate obtained.*host=site.test`, 30*time.Second)
-	serial := waitACMECert(t, tlsAddr, "site.test", roots, 30*time.Second)
+	serials := map[string]string{}
+	for _, name := range names {
+		s.waitOutput(`acme: certificate obtained.*host=`+regexp.QuoteMeta(name)+` `, 30*time.Second)
+		serials[name] = waitACMECert(t, tlsAddr, name, roots, 30*time.Second)
+	}
+	if serials[names[0]] == serials[names[1]] {
+		t.Errorf("one certificate for both names, want one each")
+	}
 	if strings.Contains(s.output(), "not every worker confirmed") {
 		t.Error("the workers did not confirm the challenge")
 	}
-	// The certificate names the host, and nothing was asked twice.
-	if n := strings.Count(s.output(), "acme: obtaining a certificate"); n != 1 {
-		t.Errorf("%d certificates asked for, want 1", n)
+	// Nothing was asked twice.
+	if n := strings.Count(s.output(), "acme: obtaining a certificate"); n != len(names) {
+		t.Errorf("%d certificates asked for, want %d", n, len(names))
 	}
 
 	s.stop()
 	p.stop()
 	s = startConfig(t, cfg)
 	// Served from the first request: the CA (stopped) is not asked.
-	if got, err := acmeGet(tlsAddr, "site.test", roots); err != nil || got != serial {
-		t.Fatalf("after a restart with the same storage: serial %s, %v; want the stored %s", got, err, serial)
+	for _, name := range names {
+		if got, err := acmeGet(tlsAddr, name, roots); err != nil || got != serials[name] {
+			t.Fatalf("%s after a restart with the same storage: serial %s, %v; want the stored %s", name, got, err, serials[name])
+		}
 	}
 	if strings.Contains(s.output(), "acme: obtaining") {
 		t.Errorf("the restarted master asked the CA for a certificate it had stored")
@@ -287,7 +298,7 @@ func TestACMEHTTP01Renewal(t *testing.T) {
 	p := startPebble(t, httpPort, tlsPort, 30*time.Second)
 	roots := p.root(t)
 	tlsAddr, httpAddr := fmt.Sprintf("127.0.0.1:%d", tlsPort), fmt.Sprintf("127.0.0.1:%d", httpPort)
-	cfg := acmeConfig(t, dir, p, "rr", tlsAddr, httpAddr, `"http-01"`, `, renew_check = "1s", renew_window = 0.6`)
+	cfg := acmeConfig(t, dir, p, "rr", tlsAddr, httpAddr, `"site.test"`, `"http-01"`, `, renew_check = "1s", renew_window = 0.6`)
 
 	s := startConfig(t, cfg)
 	s.waitOutput(`acme: certificate obtained.*host=site.test`, 30*time.Second)
