@@ -243,7 +243,7 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, mgr *
 		return nil, nil, err
 	}
 	ring.Forget(tlsTenants(next))
-	mgr.Start(ctx)
+	mgr.Resume()
 	return next, configs, nil
 }
 

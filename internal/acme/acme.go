@@ -149,6 +149,20 @@ func (m *Manager) Start(ctx context.Context) {
 	if m.base == nil {
 		m.base = ctx
 	}
+	m.startLocked()
+}
+
+// Resume starts the tenants Set added since, if Start was called (else
+// the first Start will).
+func (m *Manager) Resume() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.base != nil {
+		m.startLocked()
+	}
+}
+
+func (m *Manager) startLocked() {
 	for _, t := range m.tenants {
 		if t.cancel != nil {
 			continue
