@@ -108,17 +108,22 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	wg.Add(1)
 	go func() { // certificates obtained or renewed go to the workers
 		defer wg.Done()
+		var retry <-chan time.Time
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-mgr.Changed():
+			case <-retry:
 			}
 			mu.Lock()
-			if err := renewACME(ctx, cl, mgr, workerConfigs, log); err != nil {
-				log.Error("acme: the new certificates could not be given to the workers; the old ones keep serving", "err", err)
-			}
+			err := renewACME(ctx, cl, mgr, workerConfigs, log)
 			mu.Unlock()
+			retry = nil
+			if err != nil {
+				log.Error("acme: the new certificates could not be given to the workers; the old ones keep serving, retrying in 30s", "err", err)
+				retry = time.After(30 * time.Second)
+			}
 		}
 	}()
 	if every := cfg.Cluster.TicketRotation; every > 0 {
