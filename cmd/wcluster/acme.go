@@ -57,12 +57,16 @@ func useACME(mgr *acme.Manager, c *config.Config) error {
 func acmeCerts(mgr *acme.Manager) func(string) ([]config.KeyPairPEM, error) {
 	return func(tenant string) ([]config.KeyPairPEM, error) {
 		pairs, err := mgr.Certs(tenant)
-		out := make([]config.KeyPairPEM, len(pairs))
-		for i, p := range pairs {
-			out[i] = config.KeyPairPEM{Cert: p.Cert, Key: p.Key}
-		}
-		return out, err
+		return toKeyPairs(pairs), err
 	}
+}
+
+func toKeyPairs(pairs []acme.PEMPair) []config.KeyPairPEM {
+	out := make([]config.KeyPairPEM, len(pairs))
+	for i, p := range pairs {
+		out[i] = config.KeyPairPEM{Cert: p.Cert, Key: p.Key}
+	}
+	return out
 }
 
 // giveChallenges gives every worker of every group the live challenges
@@ -90,9 +94,15 @@ func giveChallenges(cl *dispatch.Cluster, b []byte) func(context.Context) error 
 // refused). configs (the last worker configuration of each group) is
 // updated; nothing else is re-read from disk.
 func renewACME(ctx context.Context, cl *dispatch.Cluster, mgr *acme.Manager, configs map[string][]byte, log *slog.Logger) error {
+	selfSigned := 0 // of the names in what the workers get
+	certs := func(tenant string) ([]config.KeyPairPEM, error) {
+		pairs, n, err := mgr.CertsCounted(tenant)
+		selfSigned += n
+		return toKeyPairs(pairs), err
+	}
 	next := map[string][]byte{}
 	for name, wc := range configs {
-		b, changed, err := config.WithACMECerts(wc, acmeCerts(mgr))
+		b, changed, err := config.WithACMECerts(wc, certs)
 		if err != nil {
 			return err
 		}
@@ -110,6 +120,7 @@ func renewACME(ctx context.Context, cl *dispatch.Cluster, mgr *acme.Manager, con
 	for name, b := range next {
 		configs[name] = b
 	}
+	log.Info("acme: the workers serve the new certificates", "self_signed", selfSigned)
 	return nil
 }
 

@@ -189,21 +189,28 @@ func (m *Manager) Close() {
 // Certs are tenant's certificates, one per host in its order: the CA's
 // where obtained, else the self-signed one standing in.
 func (m *Manager) Certs(tenant string) ([]PEMPair, error) {
+	pairs, _, err := m.CertsCounted(tenant)
+	return pairs, err
+}
+
+// CertsCounted is Certs, and how many of them are self-signed.
+func (m *Manager) CertsCounted(tenant string) (pairs []PEMPair, selfSigned int, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t := m.tenants[tenant]
 	if t == nil {
-		return nil, fmt.Errorf("tenant %q: no ACME certificate managed", tenant)
+		return nil, 0, fmt.Errorf("tenant %q: no ACME certificate managed", tenant)
 	}
-	out := make([]PEMPair, 0, len(t.spec.Hosts))
+	pairs = make([]PEMPair, 0, len(t.spec.Hosts))
 	for _, h := range t.spec.Hosts {
 		p, ok := t.pairs[h]
 		if !ok {
 			p = t.temp[h]
+			selfSigned++
 		}
-		out = append(out, p)
+		pairs = append(pairs, p)
 	}
-	return out, nil
+	return pairs, selfSigned, nil
 }
 
 func (t *managed) stop() {
