@@ -36,6 +36,9 @@ type Config struct {
 	Cluster Cluster
 	Tenants []Tenant // in file order
 	Groups  []Group  // in order of first appearance; "default" among them
+	// ACMECerts gives an ACME tenant's current certificates, one per host
+	// in its order (the master's ACME manager).
+	ACMECerts func(tenant string) ([]KeyPairPEM, error)
 }
 
 // Cluster is the [cluster] table (or serve's flags), defaults filled in.
@@ -92,6 +95,9 @@ type Group struct {
 	// ForeignHosts are the hosts of other groups' tenants (none of this
 	// group's): a request naming one here is answered 421.
 	ForeignHosts []string `json:"foreign_hosts,omitempty"`
+	// ACME: some tenant's certificate is from an ACME CA, so the group's
+	// workers answer its challenges (on every plaintext listener).
+	ACME bool `json:"acme,omitempty"`
 }
 
 // Listener is one listening address and the tenants on it.
@@ -110,6 +116,7 @@ type Tenant struct {
 	Hosts   []string `json:"hosts,omitempty"`
 	TLSCert string   `json:"tls_cert,omitempty"`
 	TLSKey  string   `json:"tls_key,omitempty"`
+	ACME    *ACME    `json:"acme,omitempty"` // tls = { acme = true }: from an ACME CA
 	Limits
 	MaxConns int               `json:"max_conns"`
 	Env      []string          `json:"env,omitempty"` // KEY=value, sorted
@@ -696,9 +703,16 @@ func (cr *configReader) readTenant(i int, m map[string]any) Tenant {
 			s.errorf("tls", "tls must be a table: tls = { cert = \"cert.pem\", key = \"key.pem\" }, not %s", tomlType(v))
 		} else {
 			ts := &section{cr: cr, at: s.at + ".tls", who: s.who, values: tm}
-			ts.unknown("cert", "key")
-			t.TLSCert, t.TLSKey = ts.path("cert"), ts.path("key")
-			if t.TLSCert == "" || t.TLSKey == "" {
+			ts.unknown(append([]string{"cert", "key"}, acmeKeys...)...)
+			acme, isBool := tm["acme"].(bool)
+			if v, ok := tm["acme"]; ok && !isBool {
+				ts.errorf("acme", "tls acme must be true or false, not %s", tomlType(v))
+			}
+			if acme {
+				readACME(ts, &t)
+			} else if extra := slices.DeleteFunc(slices.Clone(acmeKeys), func(k string) bool { return k == "acme" || !ts.has(k) }); len(extra) > 0 {
+				ts.errorf(extra[0], "tls %s is for a certificate from an ACME CA: add acme = true, or drop it", extra[0])
+			} else if t.TLSCert, t.TLSKey = ts.path("cert"), ts.path("key"); t.TLSCert == "" || t.TLSKey == "" {
 				ts.errorf("", "tls needs both cert and key: tls = { cert = \"cert.pem\", key = \"key.pem\" } (PEM files)")
 			} else {
 				checkCert(ts, t.TLSCert, t.TLSKey, t.Hosts)
@@ -905,7 +919,7 @@ func (cr *configReader) plan(c *Config) {
 		l := byAddr[a]
 		var def *Tenant
 		hosts := map[string]*Tenant{}
-		secure := slices.ContainsFunc(l.tenants, func(t *Tenant) bool { return t.TLSCert != "" })
+		secure := slices.ContainsFunc(l.tenants, (*Tenant).HasTLS)
 		first := l.tenants[0]
 		listenerGroup[a] = first.Group
 		for _, t := range l.tenants {
@@ -913,10 +927,10 @@ func (cr *configReader) plan(c *Config) {
 				errAt(t, "group", "shares listen %q with %s, but is in group %q, not %q: tenants of one listener must be in one worker group (the group's workers accept its connections); give them the same group, or this tenant its own listen address",
 					a, first.who, t.Group, first.Group)
 			}
-			if secure && t.TLSCert == "" {
+			if secure && !t.HasTLS() {
 				var with string
 				for _, o := range l.tenants {
-					if o.TLSCert != "" {
+					if o.HasTLS() {
 						with = o.who
 						break
 					}
@@ -1042,13 +1056,15 @@ func (cr *configReader) plan(c *Config) {
 		for _, t := range l.tenants {
 			if t.Group == g.Name {
 				lp.Tenants = append(lp.Tenants, t.Name)
-				lp.TLS = lp.TLS || t.TLSCert != ""
+				lp.TLS = lp.TLS || t.HasTLS()
 			}
 		}
 		g.Listeners = append(g.Listeners, lp)
 	}
+	acme := slices.ContainsFunc(c.Tenants, func(t Tenant) bool { return t.ACME != nil })
 	for i := range c.Groups {
 		g := &c.Groups[i]
+		g.ACME = acme
 		own := map[string]bool{}
 		for _, t := range g.Tenants {
 			for _, h := range t.Hosts {

@@ -118,9 +118,12 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 			if t.Files, err = ReadFiles(HandlerBytes(t.Handler, wasm), t.TLSCert, t.TLSKey); err != nil {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
-			if c, ok := t.Files.certificate(t.Name); ok {
-				certs = append(certs, c)
+			if t.ACME != nil {
+				if err := c.acmeFiles(t); err != nil {
+					return nil, fmt.Errorf("%s: %w", where, err)
+				}
 			}
+			certs = append(certs, t.Files.certificates(t.Name)...)
 		}
 		wc, err := json.Marshal(&g)
 		if err != nil {

@@ -30,6 +30,9 @@ type Files struct {
 	Wasm    []byte `json:"wasm,omitempty"`
 	CertPEM []byte `json:"cert_pem,omitempty"`
 	KeyPEM  []byte `json:"key_pem,omitempty"`
+	// ExtraCerts are an ACME tenant's certificates of its other hosts
+	// (one per host; CertPEM and KeyPEM hold the first's).
+	ExtraCerts []KeyPairPEM `json:"extra_certs,omitempty"`
 }
 
 // ReadFiles reads what a worker needs of a handler and its certificate.
@@ -63,19 +66,39 @@ func (f *Files) KeyPair() (tls.Certificate, error) {
 	return tls.X509KeyPair(f.CertPEM, f.KeyPEM)
 }
 
-// certificate describes tenant's certificate in f for status and metrics
-// (false when it has none).
-func (f *Files) certificate(tenant string) (dispatch.Certificate, bool) {
-	kp, err := f.KeyPair()
-	if err != nil || kp.Leaf == nil {
-		return dispatch.Certificate{}, false
+// certificates describe tenant's certificates in f for status and
+// metrics.
+func (f *Files) certificates(tenant string) []dispatch.Certificate {
+	var out []dispatch.Certificate
+	pairs, _ := f.ExtraKeyPairs()
+	if kp, err := f.KeyPair(); err == nil {
+		pairs = append([]tls.Certificate{kp}, pairs...)
 	}
-	c := dispatch.Certificate{Tenant: tenant, Names: append([]string{}, kp.Leaf.DNSNames...),
-		NotAfter: float64(kp.Leaf.NotAfter.Unix())}
-	for _, ip := range kp.Leaf.IPAddresses {
-		c.Names = append(c.Names, ip.String())
+	for _, kp := range pairs {
+		if kp.Leaf == nil {
+			continue
+		}
+		c := dispatch.Certificate{Tenant: tenant, Names: append([]string{}, kp.Leaf.DNSNames...),
+			NotAfter: float64(kp.Leaf.NotAfter.Unix())}
+		for _, ip := range kp.Leaf.IPAddresses {
+			c.Names = append(c.Names, ip.String())
+		}
+		out = append(out, c)
 	}
-	return c, true
+	return out
+}
+
+// ExtraKeyPairs are the certificates of ExtraCerts.
+func (f *Files) ExtraKeyPairs() ([]tls.Certificate, error) {
+	var out []tls.Certificate
+	for _, p := range f.ExtraCerts {
+		c, err := tls.X509KeyPair(p.Cert, p.Key)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // Sandbox is what a worker applies to itself before building its

@@ -315,6 +315,34 @@ func (c *Cluster) Apply(ctx context.Context, cfgs []Config) error {
 	return nil
 }
 
+// Reload gives the workers of each group named in configs (by group name)
+// a new worker configuration, nothing else changing: new workers start
+// with it and the old ones drain once they serve (Group.Reload), one group
+// after the other. The first failure stops there; groups already reloaded
+// stay so. (A renewed certificate takes this way; a new configuration
+// takes Apply.)
+func (c *Cluster) Reload(ctx context.Context, configs map[string][]byte) error {
+	if !c.isStopping() {
+		c.notify(StateReloading())
+		defer func() {
+			if !c.isStopping() {
+				c.notify(StateReady)
+			}
+		}()
+	}
+	groups := c.Groups()
+	for _, m := range groups {
+		cfg, ok := configs[m.cfg.Name]
+		if !ok {
+			continue
+		}
+		if err := m.Reload(ctx, cfg); err != nil {
+			return groupError(m.cfg.Name, len(groups), err)
+		}
+	}
+	return nil
+}
+
 // sameShape reports whether cfg can be served by m's master side as it is:
 // the same listeners, policy, workers' user and environment, and limits.
 func (m *Group) sameShape(cfg Config) bool {

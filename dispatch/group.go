@@ -43,6 +43,13 @@ type Group struct {
 	secrets    []byte
 	secretsGen uint64
 	started    map[*proc]struct{}
+	// challenges are the program's live ACME challenges
+	// (SetChallenges), given to every worker at its start while any;
+	// challengesGen counts the changes, and seenCh is closed (and
+	// replaced) when a worker says it answers a generation.
+	challenges    []byte
+	challengesGen uint64
+	seenCh        chan struct{}
 	// load is the shared policy's table of open connections per worker,
 	// loadFile what the workers map (see load.go); nil for rr, reuseport.
 	load     *loadTable

@@ -102,6 +102,10 @@ func (m *Group) readWorker(p *proc) {
 				continue
 			}
 			m.recycleMsg(p, binary.LittleEndian.Uint64(msg[1:9]), msg[9])
+		case ipc.MsgChallengesSeen:
+			if len(msg) >= 9 {
+				m.challengesSeen(p, binary.LittleEndian.Uint64(msg[1:9]))
+			}
 		case ipc.MsgFatal:
 			m.mu.Lock()
 			p.fatal = string(msg[1:])

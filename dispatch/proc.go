@@ -64,6 +64,9 @@ type proc struct {
 	lastBeat   time.Time
 	report     workerReport
 
+	// challengesSeen: the generation of ACME challenges it answers.
+	challengesSeen uint64
+
 	pending map[uint64]sent // fds sent, not yet acknowledged, by seq
 	// pendingSince is when pending last became non-empty, lastAck when an
 	// acknowledgement last came (see stalledLocked).

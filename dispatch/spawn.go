@@ -263,6 +263,9 @@ func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) 
 	if gen != m.secretsGen { // changed while it started: it missed that
 		m.sendSecretsLocked(p)
 	}
+	if len(m.challenges) > 0 {
+		m.sendChallengesLocked(p)
+	}
 	m.mu.Unlock()
 	if install {
 		m.mu.Lock()

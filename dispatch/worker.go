@@ -95,10 +95,11 @@ type Worker struct {
 	// load: the group's open connections per worker (shared; load.go).
 	load *loadTable
 	// secrets and onSecrets: see Secrets, OnSecrets.
-	secrets   []byte
-	onSecrets func([]byte)
-	ch        *ipc.Channel
-	log       *slog.Logger
+	secrets      []byte
+	onSecrets    func([]byte)
+	onChallenges func([]byte)
+	ch           *ipc.Channel
+	log          *slog.Logger
 
 	inFlight  atomic.Int64
 	accepted  atomic.Uint64
@@ -172,6 +173,12 @@ func (w *Worker) Secrets() []byte { return w.secrets }
 // OnSecrets has f called with each later set of secrets, on the goroutine
 // that reads the master's messages (so briefly). Call it before Serve.
 func (w *Worker) OnSecrets(f func([]byte)) { w.onSecrets = f }
+
+// OnChallenges has f called with each set of ACME challenges the master
+// gives (see Group.SetChallenges), on the goroutine that reads the
+// master's messages, before any connection the master sends after them.
+// Call it before Serve.
+func (w *Worker) OnChallenges(f func([]byte)) { w.onChallenges = f }
 
 // Fatal tells the master why this worker cannot serve; the master shows it.
 func (w *Worker) Fatal(err error) {
@@ -399,6 +406,17 @@ func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, tru
 		ipc.CloseAll(fds)
 		if w.onSecrets != nil {
 			w.onSecrets(msg[1:])
+		}
+		return acks
+	}
+	if len(msg) >= 9 && msg[0] == ipc.MsgChallenges {
+		ipc.CloseAll(fds)
+		if w.onChallenges != nil {
+			w.onChallenges(msg[9:])
+		}
+		seen := append([]byte{ipc.MsgChallengesSeen}, msg[1:9]...)
+		if err := w.send(seen, -1); err != nil {
+			w.log.Debug("could not confirm the ACME challenges", "err", err)
 		}
 		return acks
 	}

@@ -35,6 +35,9 @@ type Tenant struct {
 	// Cert is its certificate. A listener with any tenant holding one is a
 	// TLS listener, and every tenant on it must hold one.
 	Cert *tls.Certificate
+	// MoreCerts are certificates of its other names (an ACME tenant has
+	// one per host); a handshake picks the one its SNI fits.
+	MoreCerts []tls.Certificate
 	// MaxConns caps the connections it holds at once in this worker; past
 	// it new ones are refused (a 503 when the listener routes HTTP, else
 	// closed). 0: no cap.
@@ -69,6 +72,27 @@ type RouterOptions struct {
 	// of other worker groups serve: a request naming one is answered 421,
 	// never given to a default tenant here.
 	ForeignHosts []string
+	// ACME routes every plaintext listener (none is given straight to a
+	// lone default tenant), so the host can answer the HTTP-01 challenges
+	// of SetChallenges before a guest sees the request.
+	ACME bool
+}
+
+// Challenges are the ACME challenges live for the master's certificates,
+// answered by the host, never by a guest.
+type Challenges struct {
+	// HTTP: GET /.well-known/acme-challenge/TOKEN on a plaintext listener,
+	// by token.
+	HTTP map[string]HTTPChallenge
+	// ALPN: a TLS hello offering ALPN "acme-tls/1" for a name gets that
+	// name's challenge certificate, and the connection ends there.
+	ALPN map[string]*tls.Certificate
+}
+
+// HTTPChallenge is one HTTP-01 answer: KeyAuth, to a request naming Host.
+type HTTPChallenge struct {
+	Host    string
+	KeyAuth string
 }
 
 // Router serves the connections of a worker group's listeners, each
@@ -108,6 +132,7 @@ type Router struct {
 	foreign hostSet // names of other groups' tenants
 	// handshakes holds a token per TLS handshake computing (see hsConn).
 	handshakes chan struct{}
+	challenges atomic.Pointer[Challenges]
 
 	misdirected, malformed, tlsFailures atomic.Uint64
 }
@@ -183,7 +208,7 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 				names[t.Name] = t
 				st = &tenantState{Tenant: t}
 				if t.Cert != nil {
-					st.tls = tenantTLS(t.Cert, t.Handler.Info().Kind == KindHTTP, t.TicketKeys)
+					st.tls = tenantTLS(t.Cert, t.MoreCerts, t.Handler.Info().Kind == KindHTTP, t.TicketKeys)
 				}
 				states[t] = st
 				r.tenants = append(r.tenants, st)
@@ -220,7 +245,7 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 		if secure {
 			rt.tls = &tls.Config{GetConfigForClient: r.configFor(&rt), MinVersion: tls.VersionTLS12}
 			rt.checkHost = len(l.Tenants) > 1 || rt.def == nil
-		} else if len(l.Tenants) == 1 && rt.def != nil {
+		} else if len(l.Tenants) == 1 && rt.def != nil && !o.ACME {
 			rt.direct = rt.def
 		}
 		r.lis = append(r.lis, rt)
@@ -261,8 +286,8 @@ var tlsSuites = []uint16{
 // later with AEAD suites, ALPN http/1.1 (h2 too when the host speaks HTTP
 // for the tenant), and its session ticket keys, so a session resumes only
 // with the tenant that issued it.
-func tenantTLS(cert *tls.Certificate, h2 bool, keys [][32]byte) *tls.Config {
-	cfg := &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12, CipherSuites: tlsSuites,
+func tenantTLS(cert *tls.Certificate, more []tls.Certificate, h2 bool, keys [][32]byte) *tls.Config {
+	cfg := &tls.Config{Certificates: append([]tls.Certificate{*cert}, more...), MinVersion: tls.VersionTLS12, CipherSuites: tlsSuites,
 		NextProtos: []string{"http/1.1"}}
 	if h2 {
 		cfg.NextProtos = []string{"h2", "http/1.1"}
@@ -287,6 +312,54 @@ func (r *Router) SetTicketKeys(keys map[string][][32]byte) {
 	}
 }
 
+// SetChallenges replaces the ACME challenges the host answers.
+func (r *Router) SetChallenges(c Challenges) { r.challenges.Store(&c) }
+
+// acmeALPN is the ALPN protocol of the TLS-ALPN-01 challenge (RFC 8737).
+const acmeALPN = "acme-tls/1"
+
+// challengeTLS is the config answering a TLS-ALPN-01 validation of
+// hello, if it is one and the challenge is live; nil otherwise.
+func (r *Router) challengeTLS(hello *tls.ClientHelloInfo) *tls.Config {
+	if !slices.Contains(hello.SupportedProtos, acmeALPN) {
+		return nil
+	}
+	c := r.challenges.Load()
+	if c == nil {
+		return nil
+	}
+	cert := c.ALPN[normalizeHost(hello.ServerName)]
+	if cert == nil {
+		return nil
+	}
+	return &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{acmeALPN}, MinVersion: tls.VersionTLS12}
+}
+
+// httpChallenge is the answer to an HTTP-01 validation request whose
+// head starts pending and names host, if it is one and the challenge is
+// live; nil otherwise.
+func (r *Router) httpChallenge(pending, host []byte) []byte {
+	c := r.challenges.Load()
+	if c == nil || len(c.HTTP) == 0 {
+		return nil
+	}
+	const prefix = "GET /.well-known/acme-challenge/"
+	if !bytes.HasPrefix(pending, []byte(prefix)) {
+		return nil
+	}
+	rest := pending[len(prefix):]
+	end := bytes.IndexAny(rest, " ?\r\n")
+	if end < 0 {
+		return nil
+	}
+	ch, ok := c.HTTP[string(rest[:end])]
+	if !ok || normalizeHost(ch.Host) != string(host) {
+		return nil
+	}
+	return []byte("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: " +
+		strconv.Itoa(len(ch.KeyAuth)) + "\r\nConnection: close\r\n\r\n" + ch.KeyAuth)
+}
+
 // noTenant answers an SNI no tenant serves: with no certificate, crypto/tls
 // sends the unrecognized_name alert.
 var noTenant = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -295,6 +368,9 @@ var noTenant = &tls.Config{MinVersion: tls.VersionTLS12}
 // handshake is free (see RouterOptions.Handshakes and hsConn).
 func (r *Router) configFor(rt *routeTable) func(*tls.ClientHelloInfo) (*tls.Config, error) {
 	return func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if cfg := r.challengeTLS(hello); cfg != nil {
+			return cfg, nil
+		}
 		t := rt.lookup(normalizeHost(hello.ServerName))
 		if t == nil {
 			return noTenant, nil
@@ -593,6 +669,11 @@ func (r *Router) serveTLS(ctx context.Context, rt *routeTable, f *os.File, rc sy
 		f.Close()
 		return
 	}
+	if tc.ConnectionState().NegotiatedProtocol == acmeALPN {
+		// A CA's TLS-ALPN-01 validation: the handshake was all of it.
+		tc.Close()
+		return
+	}
 	t := rt.lookup(normalizeHost(tc.ConnectionState().ServerName))
 	if t == nil { // configFor refused such a name: cannot happen
 		tc.Close()
@@ -805,6 +886,12 @@ func (rs *routing) readMore(c *conn, deadline time.Time) error {
 func (rs *routing) dispatch(c *conn, h head) bool {
 	var buf [64]byte
 	host := appendNormalHost(buf[:0], h.host)
+	if rs.sni == nil {
+		if answer := rs.r.httpChallenge(c.pending, host); answer != nil {
+			rs.reply, rs.back = answer, true
+			return false
+		}
+	}
 	t, foreign := rs.rt.route(host, &rs.r.foreign)
 	switch {
 	case foreign:

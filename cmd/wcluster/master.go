@@ -24,6 +24,7 @@ import (
 	"github.com/wcluster/wcluster/config"
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
+	"github.com/wcluster/wcluster/internal/acme"
 	"github.com/wcluster/wcluster/internal/tickets"
 	"github.com/wcluster/wcluster/internal/watch"
 )
@@ -53,14 +54,25 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		return err
 	}
 	cache := config.CacheState(cfg.Cluster.CacheDir, cached)
+	// ACME tenants start with their stored certificates (or self-signed
+	// ones until the CA's arrive); the CA is asked once workers serve, as
+	// they answer its challenges.
+	var cl *dispatch.Cluster
+	mgr := acme.New(log, func(b []byte) func(context.Context) error { return giveChallenges(cl, b) })
+	defer mgr.Close()
+	if err := useACME(mgr, cfg); err != nil {
+		return err
+	}
 	groups, err := cfg.Masters()
 	if err != nil {
 		return err
 	}
+	workerConfigs := map[string][]byte{} // each group's latest, for renewals
 	for i := range groups {
 		groups[i].Logger = log
+		workerConfigs[groups[i].Name] = groups[i].WorkerConfig
 	}
-	cl, err := dispatch.NewCluster(log, groups...)
+	cl, err = dispatch.NewCluster(log, groups...)
 	if err != nil {
 		return err
 	}
@@ -85,13 +97,18 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		mu.Lock()
 		defer mu.Unlock()
 		began := time.Now()
-		next, hash, err := reload(ctx, cl, ring, current, load, log)
+		next, dcs, err := reload(ctx, cl, ring, mgr, current, load, log)
+		hash := configHash(dcs)
 		cl.RecordReload(err, hash)
 		if err != nil {
 			log.Error("reload failed; the old workers keep serving", "err", err)
 			return err
 		}
 		current = next
+		workerConfigs = map[string][]byte{}
+		for _, dc := range dcs {
+			workerConfigs[dc.Name] = dc.WorkerConfig
+		}
 		log.Info("reloaded", "config_hash", hash, "took", time.Since(began))
 		return nil
 	}
@@ -108,6 +125,27 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		wg.Wait()
 	}()
 	handleSignals(ctx, &wg, cl, doReload, log, cfg.Cluster.LogFormat)
+	wg.Add(1)
+	go func() { // certificates obtained or renewed go to the workers
+		defer wg.Done()
+		var retry <-chan time.Time
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-mgr.Changed():
+			case <-retry:
+			}
+			mu.Lock()
+			err := renewACME(ctx, cl, mgr, workerConfigs, log)
+			mu.Unlock()
+			retry = nil
+			if err != nil {
+				log.Error("acme: the new certificates could not be given to the workers; the old ones keep serving, retrying in 30s", "err", err)
+				retry = time.After(30 * time.Second)
+			}
+		}
+	}()
 	if w.on {
 		files := func() []string {
 			mu.Lock()
@@ -158,6 +196,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		log.Info("admin endpoint: /metrics /healthz /readyz", "addr", bound)
 	}
 	err = cl.Run(ctx, func() {
+		defer mgr.Start(ctx) // the CA's challenges need serving workers
 		addr := cl.Groups()[0].Addr().String()
 		banner, took := cfg.Banner(addr, infos[0], cache), time.Since(start)
 		if cfg.Cluster.LogFormat != "json" {
@@ -209,11 +248,11 @@ func prepare(ctx context.Context, c *config.Config, log *slog.Logger) ([]host.In
 	return infos, nil
 }
 
-// reload re-reads the configuration and, if it is valid, its modules
-// compile and its groups and listeners are unchanged, replaces every
-// group's workers with ones serving it. Otherwise the old workers keep
-// serving.
-func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, current *config.Config, load func() (*config.Config, error), log *slog.Logger) (*config.Config, string, error) {
+// reload re-reads the configuration and, if it is valid and its modules
+// compile, makes the cluster serve it (dispatch.Cluster.Apply). Otherwise
+// the old workers keep serving. It returns the new configuration and its
+// groups' dispatch configurations.
+func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, mgr *acme.Manager, current *config.Config, load func() (*config.Config, error), log *slog.Logger) (*config.Config, []dispatch.Config, error) {
 	if current.Path != "" {
 		log.Info("reloading", "config", current.Path)
 	} else {
@@ -227,11 +266,22 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 		_, err = prepare(ctx, next, slog.New(slog.DiscardHandler))
 	}
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
+	}
+	// An ACME tenant kept as it was keeps its certificates; a new one
+	// starts as at start, and is obtained once its workers serve.
+	if err := useACME(mgr, next); err != nil {
+		return nil, nil, err
+	}
+	undo := func() {
+		if err := useACME(mgr, current); err != nil {
+			log.Warn("acme: could not go back to the certificates before the reload", "err", err)
+		}
 	}
 	dcs, err := next.Masters()
 	if err != nil {
-		return nil, "", err
+		undo()
+		return nil, nil, err
 	}
 	// The new workers start with the keys of the tenants they serve; a
 	// tenant kept keeps its keys, so its sessions resume across the reload.
@@ -241,9 +291,11 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 	}
 	giveTicketKeys(cl, ring, next)
 	if err := cl.Apply(ctx, dcs); err != nil {
-		return nil, "", err
+		undo()
+		return nil, nil, err
 	}
 	ring.Forget(tlsTenants(next))
+	mgr.Resume()
 	// The file's worker counts compare with the file before, not with the
 	// running count: a count the file did not change stays as scaled.
 	for name, n := range current.WorkersChanged(next) {
@@ -258,7 +310,7 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, curre
 		}
 		log.Info("scaled to the file's worker count", "group", name, "workers", n)
 	}
-	return next, configHash(dcs), nil
+	return next, dcs, nil
 }
 
 // configHash identifies what the workers of groups are given: every
@@ -289,7 +341,7 @@ func giveTicketKeys(cl *dispatch.Cluster, ring *tickets.Ring, c *config.Config) 
 func ticketKeys(ring *tickets.Ring, g *config.Group) []byte {
 	var names []string
 	for _, t := range g.Tenants {
-		if t.TLSCert != "" {
+		if t.HasTLS() {
 			names = append(names, t.Name)
 		}
 	}
@@ -303,7 +355,7 @@ func ticketKeys(ring *tickets.Ring, g *config.Group) []byte {
 func tlsTenants(c *config.Config) []string {
 	var names []string
 	for _, t := range c.Tenants {
-		if t.TLSCert != "" {
+		if t.HasTLS() {
 			names = append(names, t.Name)
 		}
 	}

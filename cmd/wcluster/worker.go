@@ -70,6 +70,14 @@ func runWorker(stderr io.Writer) int {
 		}
 		r.SetTicketKeys(keys.Tenants)
 	})
+	w.OnChallenges(func(b []byte) {
+		c, err := acmeChallenges(b)
+		if err != nil {
+			log.Warn("ACME challenges unusable; the CA's validation will fail and be retried", "err", err)
+			return
+		}
+		r.SetChallenges(c)
+	})
 	if err := w.Serve(ctx, r, func() *stats.Worker { return routerStats(r, budget) }); err != nil {
 		log.Warn("worker stopped", "err", err)
 		return 1
@@ -121,12 +129,15 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.
 			return nil, fmt.Errorf("tenant %q: handler %s", tp.Name, config.HandlerError(tp.Handler, err))
 		}
 		t := &host.Tenant{Name: tp.Name, Hosts: tp.Hosts, MaxConns: tp.MaxConns, TicketKeys: keys.Tenants[tp.Name]}
-		if tp.TLSCert != "" {
+		if tp.HasTLS() {
 			var cert tls.Certificate
 			if cert, err = tp.KeyPair(); err != nil {
 				return nil, fmt.Errorf("tenant %q: tls: %w", tp.Name, err)
 			}
 			t.Cert = &cert
+			if t.MoreCerts, err = tp.ExtraKeyPairs(); err != nil {
+				return nil, fmt.Errorf("tenant %q: tls: %w", tp.Name, err)
+			}
 		}
 		o := tp.Options(wasm, g.CacheDir, workerID, log)
 		o.Budget, o.MemoryWait = budget, g.MemoryWait
@@ -145,6 +156,6 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.
 		}
 	}
 	var r *host.Router
-	r, err = host.NewRouter(ls, host.RouterOptions{Logger: log, ForeignHosts: g.ForeignHosts})
+	r, err = host.NewRouter(ls, host.RouterOptions{Logger: log, ForeignHosts: g.ForeignHosts, ACME: g.ACME})
 	return r, err
 }

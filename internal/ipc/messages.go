@@ -12,7 +12,7 @@ import "encoding/binary"
 // boot configuration) and a worker of another version refuses to start:
 // that is a worker from another binary, replaced on disk while an older
 // master runs.
-const Version = 2
+const Version = 3
 
 // Message types on a worker's channel; the first byte of every message.
 const (
@@ -33,6 +33,13 @@ const (
 	// MsgRecycle (worker→master): served u64, then one of Recycle*: the
 	// worker's progress towards its request limit.
 	MsgRecycle byte = 9
+	// MsgChallenges (master→worker): gen u64, then the live ACME
+	// challenges (opaque bytes: what the host answers for the CA),
+	// replacing the last ones. The worker answers MsgChallengesSeen.
+	MsgChallenges byte = 10
+	// MsgChallengesSeen (worker→master): gen u64 of the challenges it
+	// now answers.
+	MsgChallengesSeen byte = 11
 )
 
 // What a MsgRecycle says.
