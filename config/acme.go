@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/wcluster/wcluster/dispatch"
 	"net"
 	"net/url"
 	"os"
@@ -165,4 +166,18 @@ func WithACMECerts(workerConfig []byte, certs func(tenant string) ([]KeyPairPEM,
 	}
 	b, err = json.Marshal(&g)
 	return b, true, err
+}
+
+// Certificates are the certificates a group's worker configuration
+// carries, for status and metrics (after a renewal changed them).
+func Certificates(workerConfig []byte) ([]dispatch.Certificate, error) {
+	var g Group
+	if err := json.Unmarshal(workerConfig, &g); err != nil {
+		return nil, err
+	}
+	var out []dispatch.Certificate
+	for _, t := range g.Tenants {
+		out = append(out, t.Files.certificates(t.Name)...)
+	}
+	return out, nil
 }

@@ -119,6 +119,12 @@ func renewACME(ctx context.Context, cl *dispatch.Cluster, mgr *acme.Manager, con
 	}
 	for name, b := range next {
 		configs[name] = b
+		// The expiry metrics follow what the workers serve.
+		if certs, err := config.Certificates(b); err == nil {
+			if grp, err := cl.Group(name); err == nil {
+				grp.SetCertificates(certs)
+			}
+		}
 	}
 	log.Info("acme: the workers serve the new certificates", "self_signed", selfSigned)
 	return nil
