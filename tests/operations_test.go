@@ -621,7 +621,7 @@ func TestNewTemplates(t *testing.T) {
 		t.Fatalf("new: %v %s", err, out)
 	}
 	rows := regexp.MustCompile(`(?m)^  (\S+) +--kind (\S+) `).FindAllStringSubmatch(out, -1)
-	if len(rows) < 4 {
+	if len(rows) < 6 {
 		t.Fatalf("new lists %d templates:\n%s", len(rows), out)
 	}
 	for _, r := range rows {
@@ -639,6 +639,21 @@ func TestNewTemplates(t *testing.T) {
 			}
 			cmd := exec.Command(filepath.Join(dir, "test.sh"))
 			cmd.Env = append(os.Environ(), "WCLUSTER="+env.bin, fmt.Sprintf("PORT=%d", freePort(t)))
+			// The toolchains `make guests` installed, not another download.
+			switch lang {
+			case "assemblyscript":
+				nm := filepath.Join(env.root, "guests", "assemblyscript", "node_modules")
+				if !exists(filepath.Join(nm, "assemblyscript")) {
+					missing(t, "%s: no AssemblyScript: run make guests", nm)
+				}
+				cmd.Env = append(cmd.Env, "NODE_MODULES="+nm)
+			case "zig":
+				zig := filepath.Join(env.root, "guests", "zig", "node_modules", "@ryoppippi", "zig-linux-x64", "zig")
+				if !exists(zig) {
+					missing(t, "%s: no Zig: run make guests", zig)
+				}
+				cmd.Env = append(cmd.Env, "ZIG="+zig)
+			}
 			b, err := cmd.CombinedOutput()
 			if err != nil || !strings.Contains(string(b), "ok: hello from my-"+lang) {
 				t.Fatalf("test.sh: %v\n%s", err, b)

@@ -47,6 +47,8 @@ func Templates() []Template {
 		{Name: "go-http", Lang: "go", Language: "Go", Kind: "http-wasm", Source: "main.go", sdk: goSDK, sdkDir: "wcluster-sdk/"},
 		{Name: "c", Lang: "c", Language: "C", Kind: "abi", Source: "handler.c", sdk: map[string]string{"c/sdk": "sdk"}, sdkDir: "sdk/"},
 		{Name: "rust", Lang: "rust", Language: "Rust", Kind: "abi", Source: "src/lib.rs", sdk: map[string]string{"rust/sdk": "wcluster-sdk"}, sdkDir: "wcluster-sdk/"},
+		{Name: "assemblyscript", Lang: "assemblyscript", Language: "AssemblyScript", Kind: "abi", Source: "main.ts", sdk: map[string]string{"assemblyscript/sdk": "sdk"}, sdkDir: "sdk/"},
+		{Name: "zig", Lang: "zig", Language: "Zig", Kind: "abi", Source: "main.zig", sdk: map[string]string{"zig/sdk": "sdk"}, sdkDir: "sdk/"},
 	}
 }
 
