@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wcluster/wcluster/internal/buildinfo"
 )
 
@@ -62,6 +64,7 @@ func NewCluster(log *slog.Logger, cfgs ...Config) (*Cluster, error) {
 		return nil, errors.New("dispatch: no worker group")
 	}
 	ignoreSIGPIPE()
+	allowNiceBack()
 	cfgs = slices.Clone(cfgs)
 	if err := activate(cfgs, listenFDsStart, log); err != nil {
 		return nil, fmt.Errorf("dispatch: %w", err)
@@ -508,3 +511,14 @@ func (t *Totals) add(o Totals) {
 // write to fd 1 or 2 meets a broken pipe, unless SIGPIPE is handled.
 // Writes then fail with EPIPE; the lines are lost, the service is not.
 func ignoreSIGPIPE() { signal.Ignore(syscall.SIGPIPE) }
+
+// allowNiceBack lets workers that run as another user (--user, no
+// capabilities) give a thread back the priority they lowered for a TLS
+// handshake: RLIMIT_NICE 20 allows nice 0 again, nothing below. Workers
+// inherit it. Only root may raise the limit; otherwise it stays as it is.
+func allowNiceBack() {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NICE, &lim) == nil && lim.Cur < 20 && os.Geteuid() == 0 {
+		unix.Setrlimit(unix.RLIMIT_NICE, &unix.Rlimit{Cur: 20, Max: max(lim.Max, 20)})
+	}
+}

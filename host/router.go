@@ -657,7 +657,9 @@ func (r *Router) serveTLS(ctx context.Context, rt *routeTable, f *os.File, rc sy
 	hc := &hsConn{fileConn: fileConn{f}, r: r}
 	tc := tls.Server(hc, rt.tls)
 	hctx, cancel := context.WithTimeout(ctx, r.opts.HandshakeTimeout)
+	restore := lowerPriority()
 	err := tc.HandshakeContext(hctx)
+	restore()
 	cancel()
 	hc.release()
 	f.SetDeadline(time.Time{})

@@ -244,6 +244,9 @@ func conditional() []seccomp.NameWithConditions {
 		{Name: "clone", Conditions: seccomp.ArgumentConditions{{Argument: 0, Operation: seccomp.BitsSet, Value: unix.CLONE_THREAD}}},
 		// Signals to its own threads only (the runtime's preemption).
 		{Name: "tgkill", Conditions: eq(0, self)},
+		// The calling thread's own priority (who 0): TLS handshakes run
+		// below serving.
+		{Name: "setpriority", Conditions: and(eq(0, unix.PRIO_PROCESS), eq(1, 0))},
 		// Its own limits, read only.
 		{Name: "prlimit64", Conditions: and(eq(0, 0), eq(2, 0))},
 		// TCP sockets (reuseport listeners) and nothing else: not MPTCP,
