@@ -29,9 +29,15 @@ func newAccessLog(o *Options) *accessLog {
 	return &accessLog{tenant: o.Name, worker: o.WorkerID, json: o.AccessLog == "json", w: o.AccessLogTo}
 }
 
-// maxLoggedURI bounds the target written, so that a line stays under
-// PIPE_BUF (4 KiB) and several workers' lines never interleave in a pipe.
-const maxLoggedURI = 2048
+// maxLoggedURI and maxLoggedText bound the target and the other texts a
+// client chooses (host, user agent), so that a line stays under PIPE_BUF
+// (4 KiB) and several workers' lines never interleave in a pipe.
+const (
+	maxLoggedURI  = 2048
+	maxLoggedText = 512
+)
+
+func clip(s string, n int) string { return s[:min(len(s), n)] }
 
 // request logs one HTTP request, with the method and target the client
 // sent: its status (0: nothing was sent), the body bytes sent and the time
@@ -53,9 +59,9 @@ func (a *accessLog) request(r *http.Request, method, uri string, status int, byt
 		b = append(b, `,"remote":`...)
 		b = strconv.AppendQuote(b, r.RemoteAddr)
 		b = append(b, `,"host":`...)
-		b = strconv.AppendQuote(b, r.Host)
+		b = strconv.AppendQuote(b, clip(r.Host, maxLoggedText))
 		b = append(b, `,"method":`...)
-		b = strconv.AppendQuote(b, method)
+		b = strconv.AppendQuote(b, clip(method, maxLoggedText))
 		b = append(b, `,"uri":`...)
 		b = strconv.AppendQuote(b, uri)
 		b = append(b, `,"proto":`...)
@@ -67,7 +73,7 @@ func (a *accessLog) request(r *http.Request, method, uri string, status int, byt
 		b = append(b, `,"duration_seconds":`...)
 		b = strconv.AppendFloat(b, end.Sub(begin).Seconds(), 'f', -1, 64)
 		b = append(b, `,"user_agent":`...)
-		b = strconv.AppendQuote(b, r.UserAgent())
+		b = strconv.AppendQuote(b, clip(r.UserAgent(), maxLoggedText))
 		b = append(b, "}\n"...)
 	} else {
 		// The common log format: host ident authuser [date] "request"
@@ -76,7 +82,7 @@ func (a *accessLog) request(r *http.Request, method, uri string, status int, byt
 		b = append(b, " - - ["...)
 		b = end.AppendFormat(b, "02/Jan/2006:15:04:05 -0700")
 		b = append(b, `] "`...)
-		b = appendCLFText(b, method)
+		b = appendCLFText(b, clip(method, maxLoggedText))
 		b = append(b, ' ')
 		b = appendCLFText(b, uri)
 		b = append(b, ' ')
