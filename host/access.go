@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // accessLog writes lines in one format ("common" or "json"); nil is off.
@@ -53,19 +54,19 @@ func (a *accessLog) request(r *http.Request, method, uri string, status int, byt
 		b = append(b, `{"time":"`...)
 		b = end.UTC().AppendFormat(b, time.RFC3339Nano)
 		b = append(b, `","tenant":`...)
-		b = strconv.AppendQuote(b, a.tenant)
+		b = appendJSONString(b, a.tenant)
 		b = append(b, `,"worker":`...)
 		b = strconv.AppendInt(b, int64(a.worker), 10)
 		b = append(b, `,"remote":`...)
-		b = strconv.AppendQuote(b, r.RemoteAddr)
+		b = appendJSONString(b, r.RemoteAddr)
 		b = append(b, `,"host":`...)
-		b = strconv.AppendQuote(b, clip(r.Host, maxLoggedText))
+		b = appendJSONString(b, clip(r.Host, maxLoggedText))
 		b = append(b, `,"method":`...)
-		b = strconv.AppendQuote(b, clip(method, maxLoggedText))
+		b = appendJSONString(b, clip(method, maxLoggedText))
 		b = append(b, `,"uri":`...)
-		b = strconv.AppendQuote(b, uri)
+		b = appendJSONString(b, uri)
 		b = append(b, `,"proto":`...)
-		b = strconv.AppendQuote(b, r.Proto)
+		b = appendJSONString(b, r.Proto)
 		b = append(b, `,"status":`...)
 		b = strconv.AppendInt(b, int64(status), 10)
 		b = append(b, `,"bytes":`...)
@@ -73,7 +74,7 @@ func (a *accessLog) request(r *http.Request, method, uri string, status int, byt
 		b = append(b, `,"duration_seconds":`...)
 		b = strconv.AppendFloat(b, end.Sub(begin).Seconds(), 'f', -1, 64)
 		b = append(b, `,"user_agent":`...)
-		b = strconv.AppendQuote(b, clip(r.UserAgent(), maxLoggedText))
+		b = appendJSONString(b, clip(r.UserAgent(), maxLoggedText))
 		b = append(b, "}\n"...)
 	} else {
 		// The common log format: host ident authuser [date] "request"
@@ -115,11 +116,11 @@ func (a *accessLog) conn(remote string, in, out int64, begin, end time.Time) {
 		b = append(b, `{"time":"`...)
 		b = end.UTC().AppendFormat(b, time.RFC3339Nano)
 		b = append(b, `","tenant":`...)
-		b = strconv.AppendQuote(b, a.tenant)
+		b = appendJSONString(b, a.tenant)
 		b = append(b, `,"worker":`...)
 		b = strconv.AppendInt(b, int64(a.worker), 10)
 		b = append(b, `,"remote":`...)
-		b = strconv.AppendQuote(b, remote)
+		b = appendJSONString(b, remote)
 		b = append(b, `,"bytes_in":`...)
 		b = strconv.AppendInt(b, in, 10)
 		b = append(b, `,"bytes":`...)
@@ -160,6 +161,24 @@ func clfHost(addr string) string {
 		return "-"
 	}
 	return addr
+}
+
+// appendJSONString appends s as a JSON string: quotes, backslashes and
+// control bytes escaped, invalid UTF-8 as U+FFFD.
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for _, r := range s { // an invalid byte comes as utf8.RuneError
+		switch {
+		case r == '"' || r == '\\':
+			b = append(b, '\\', byte(r))
+		case r < 0x20 || r == 0x7f:
+			b = append(b, `\u00`...)
+			b = append(b, "0123456789abcdef"[r>>4], "0123456789abcdef"[r&15])
+		default:
+			b = utf8.AppendRune(b, r)
+		}
+	}
+	return append(b, '"')
 }
 
 // appendCLFText appends s with quotes, backslashes and control bytes
