@@ -495,7 +495,7 @@ func (h *Handler) maintain() {
 			h.mu.Lock()
 			// idle is a stack: the least recently used are at the bottom.
 			n := 0
-			for n < len(h.idle)-h.opts.MinInstances && now.Sub(h.idle[n].last) > idleInstance {
+			for n < len(h.idle)-h.warm() && now.Sub(h.idle[n].last) > idleInstance {
 				n++
 			}
 			old = append(old, h.idle[:n]...)

@@ -1,0 +1,50 @@
+package host
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"testing"
+)
+
+// TestSharedModule: tenants given one Modules compile their module once,
+// each still answers as itself (its config, through host functions of the
+// shared runtime), and with MinInstances < 0 a tenant holds no instance
+// until its first request.
+func TestSharedModule(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ms := NewModules()
+	t.Cleanup(func() { ms.Close(ctx) })
+	var tenants []*Tenant
+	for i := range 3 {
+		name := fmt.Sprintf("s%d", i)
+		h := newProbe(t, name, Options{Modules: ms, MinInstances: -1, MemoryLimit: 64 << 20})
+		if live := h.Stats().Live; live != 0 {
+			t.Errorf("%s: %d instances before any request, want 0", name, live)
+		}
+		tenants = append(tenants, &Tenant{Name: name, Handler: h, Hosts: []string{name + ".test"}})
+	}
+	// Another memory limit is another runtime.
+	other := newProbe(t, "other", Options{Modules: ms, MinInstances: -1, MemoryLimit: 32 << 20})
+	tenants = append(tenants, &Tenant{Name: "other", Handler: other, Hosts: []string{"other.test"}})
+	if n := ms.Len(); n != 2 {
+		t.Errorf("%d compiled modules, want 2 (one per memory limit)", n)
+	}
+	r, err := NewRouter([]Listener{{Tenants: tenants}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := serveOne(t, r, 0)
+	br := bufio.NewReader(c)
+	for _, name := range []string{"s2", "s0", "other", "s1", "s2"} {
+		if code, body := roundTrip(t, br, c, name+".test", "/config?k=name"); code != 200 || body != name {
+			t.Errorf("Host %s.test: %d %q, want 200 %q", name, code, body, name)
+		}
+	}
+	for _, tn := range tenants {
+		if s := tn.Handler.Stats(); s.Instances != 1 {
+			t.Errorf("%s: %d instances made, want 1 (made by its first request)", tn.Name, s.Instances)
+		}
+	}
+}
