@@ -92,6 +92,9 @@ type Group struct {
 	// ForeignHosts are the hosts of other groups' tenants (none of this
 	// group's): a request naming one here is answered 421.
 	ForeignHosts []string `json:"foreign_hosts,omitempty"`
+	// Modules are the bytes of the group's handlers, once each, by
+	// sha256 (hex), read by the master; a tenant names its own in Module.
+	Modules map[string][]byte `json:"modules,omitempty"`
 }
 
 // Listener is one listening address and the tenants on it.
@@ -117,6 +120,7 @@ type Tenant struct {
 	Mount    string            `json:"mount,omitempty"`
 	User     string            `json:"-"` // the group's worker user, USER[:GROUP]
 	Files                      // read by the master for the workers
+	Module   string            `json:"module,omitempty"` // its handler in Group.Modules ("": the default)
 	// HandlerLine is the line of its handler key, for messages about the
 	// module (0 without a file).
 	HandlerLine int `json:"-"`
@@ -158,6 +162,11 @@ type Limits struct {
 }
 
 const defaultGroup = "default"
+
+// ManyTenants is the number of tenants above which instances_min defaults
+// to 0: a tenant's instances are made by its first request and closed
+// again once it is idle.
+const ManyTenants = 16
 
 // Addrs are the group's listening addresses, in listener-index order.
 func (g *Group) Addrs() []string {
@@ -208,6 +217,10 @@ type configReader struct {
 	lines map[string]int
 	errs  []configError
 	def   Defaults // what the file does not set
+	// handlers are the handler files read so far and what was wrong with
+	// each (nil: a module), so that thousands of tenants naming one file
+	// read it once.
+	handlers map[string]error
 }
 
 type configError struct {
@@ -535,6 +548,11 @@ func (cr *configReader) read(doc map[string]any) *Config {
 	if len(tenants) == 0 && doc["tenant"] == nil {
 		cr.errs = append(cr.errs, configError{0, "no [[tenant]]: add at least one, with a name, a handler and a listen address"})
 	}
+	if len(tenants) > ManyTenants && cr.def.Limits.MinInstances == Default().Limits.MinInstances {
+		// Most of many tenants are idle at any moment: their instances are
+		// made on demand (see docs/config.md).
+		cr.def.Limits.MinInstances = 0
+	}
 	names := map[string]int{}
 	for i, tv := range tenants {
 		t := cr.readTenant(i, tv)
@@ -791,15 +809,28 @@ func errText(err error) string {
 	return err.Error()
 }
 
+// errNoMagic: a handler file that is not a WebAssembly module.
+var errNoMagic = errors.New("no \\0asm magic")
+
 func checkHandlerFile(s *section, path string) {
-	wasm, err := ReadHandler(path)
+	err, seen := s.cr.handlers[path]
+	if !seen {
+		var wasm []byte
+		if wasm, err = ReadHandler(path); err == nil && (len(wasm) < 4 || string(wasm[:4]) != "\x00asm") {
+			err = errNoMagic
+		}
+		if s.cr.handlers == nil {
+			s.cr.handlers = map[string]error{}
+		}
+		s.cr.handlers[path] = err
+	}
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		s.errorf("handler", "handler %s: no such file: build it, or fix the path (relative to this file's directory)", path)
+	case err == errNoMagic:
+		s.errorf("handler", "handler %s is not a WebAssembly module (no \\0asm magic): give a .wasm file", path)
 	case err != nil:
 		s.errorf("handler", "handler %s", HandlerError(path, err))
-	case len(wasm) < 4 || string(wasm[:4]) != "\x00asm":
-		s.errorf("handler", "handler %s is not a WebAssembly module (no \\0asm magic): give a .wasm file", path)
 	}
 }
 
