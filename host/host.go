@@ -214,6 +214,8 @@ type Handler struct {
 	// limited holds every instance under the time limit, for watch.
 	limitMu sync.Mutex
 	limited map[*instance]struct{}
+	// limitWake wakes watch when limited gains its first instance.
+	limitWake chan struct{}
 
 	stop chan struct{} // closed by Close: stops maintain and watch
 	done sync.WaitGroup
@@ -250,7 +252,7 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{opts: opts, rt: m.rt, compiled: m.compiled, info: m.info, ownModules: own, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
-		stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget)}
+		limitWake: make(chan struct{}, 1), stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget)}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
 	if opts.Timeout > 0 {
 		// Before init: the first instances' start functions run under the

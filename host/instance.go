@@ -442,6 +442,12 @@ func (h *Handler) track(inst *instance, add bool) {
 	h.limitMu.Lock()
 	defer h.limitMu.Unlock()
 	if add {
+		if len(h.limited) == 0 {
+			select { // wake watch, asleep without instances
+			case h.limitWake <- struct{}{}:
+			default:
+			}
+		}
 		h.limited[inst] = struct{}{}
 	} else {
 		delete(h.limited, inst)
@@ -451,11 +457,13 @@ func (h *Handler) track(inst *instance, add bool) {
 // watch stops calls that overrun the time limit, checking every eighth of
 // it (1 s at most, 5 ms at least): a call is stopped within that much after
 // its limit. One goroutine per handler rather than a timer per call keeps
-// the time limit off each request's path. It runs until Close.
+// the time limit off each request's path. While the handler has no
+// instance it sleeps (most of many tenants are idle). It runs until Close.
 func (h *Handler) watch() {
 	defer h.done.Done()
 	limit := h.opts.Timeout
-	tick := time.NewTicker(min(max(limit/8, 5*time.Millisecond), time.Second))
+	every := min(max(limit/8, 5*time.Millisecond), time.Second)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var insts []*instance
 	for {
@@ -473,6 +481,15 @@ func (h *Handler) watch() {
 				inst.expire(now, limit)
 			}
 			clear(insts)
+			if len(insts) == 0 {
+				tick.Stop()
+				select {
+				case <-h.stop:
+					return
+				case <-h.limitWake: // track added the first instance
+				}
+				tick.Reset(every)
+			}
 		}
 	}
 }

@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 )
 
 // TestSharedModule: tenants given one Modules compile their module once,
@@ -46,5 +49,29 @@ func TestSharedModule(t *testing.T) {
 		if s := tn.Handler.Stats(); s.Instances != 1 {
 			t.Errorf("%s: %d instances made, want 1 (made by its first request)", tn.Name, s.Instances)
 		}
+	}
+}
+
+// TestLazyTimeLimit: a handler without instances has its watchdog asleep;
+// the instance its first request makes is still held to the time limit.
+func TestLazyTimeLimit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h, err := New(ctx, Options{Name: "lazy", Wasm: probeWasm(t), Timeout: 500 * time.Millisecond, MinInstances: -1,
+		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(ctx) })
+	time.Sleep(100 * time.Millisecond) // the watchdog finds no instance and sleeps
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{{Name: "lazy", Handler: h}}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, done := serveOne(t, r, 0)
+	fmt.Fprintf(c, "GET /loop HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitClosed(t, done)
+	if s := h.Stats(); s.Timeouts != 1 || s.Instances != 1 {
+		t.Errorf("timeouts %d, instances %d: want the first instance's call stopped at the limit", s.Timeouts, s.Instances)
 	}
 }
