@@ -82,7 +82,7 @@ func Flags() []Flag {
 		{"partial-timeout", "tenant partial_timeout", "30s", "close a connection whose incomplete request (pushed back by the handler) stays incomplete this long", "", false},
 		{"drain-grace", "tenant drain_grace", "1s", "how long a draining worker keeps an idle kept-alive connection for the client's next request", "", false},
 		{"instances", "tenant instances", "64", "guest instances alive at once per worker", "", false},
-		{"instances-min", "tenant instances_min", "2", "guest instances created at start and kept warm", "", false},
+		{"instances-min", "tenant instances_min", "2", "guest instances created at start and kept warm (0: made by the first request; the default above 16 tenants)", "", false},
 		{"max-reuse", "tenant max_reuse", "0", "retire an instance after this many calls (0: never)", "", false},
 		{"instance-mode", "tenant instance_mode", "pooled", "pooled, or fresh: a new instance per connection", "", false},
 		{"cache-dir", "[cluster] cache_dir", defaultCacheDir(), "compilation cache shared by the workers (\"\" disables it)", "", false},

@@ -35,8 +35,9 @@ func distinctHandlers(src, dir string, n int) ([]string, error) {
 	out := make([]string, n)
 	for i := range n {
 		name := fmt.Sprintf("copy-%d", i)
-		// A custom section: id 0, size, name (length-prefixed), no payload.
-		sec := append([]byte{0, byte(1 + len(name)), byte(len(name))}, name...)
+		// A custom section: id 0, size, name (length-prefixed), one byte
+		// of payload (wazero refuses an empty one).
+		sec := append(append([]byte{0, byte(2 + len(name)), byte(len(name))}, name...), 'x')
 		p := filepath.Join(dir, fmt.Sprintf("handler-%d.wasm", i))
 		if err := os.WriteFile(p, append(append([]byte{}, wasm...), sec...), 0o644); err != nil {
 			return nil, err
