@@ -963,18 +963,40 @@ func (cr *configReader) plan(c *Config) {
 		}
 	}
 	// Two different addresses binding one port: a wildcard and anything.
-	for i, a := range order {
-		ha, pa, _ := net.SplitHostPort(a)
-		for _, b := range order[i+1:] {
-			hb, pb, _ := net.SplitHostPort(b)
-			if pa != pb || pa == "0" || pa == "" {
-				continue
-			}
-			if isWildcard(ha) || isWildcard(hb) || ha == hb {
-				l := byAddr[b]
-				errAt(l.tenants[0], "listen", "listen %q and %q (of %s) bind the same port %s: use one address for both (tenants can share it), or different ports",
-					b, a, byAddr[a].tenants[0].who, pa)
-			}
+	// Each address is checked against the first before it on its port
+	// (and the first wildcard), so thousands of listeners check in linear time.
+	type portSeen struct {
+		first, wildcard string            // addresses
+		hosts           map[string]string // host → its first address
+	}
+	ports := map[string]*portSeen{}
+	for _, b := range order {
+		hb, pb, _ := net.SplitHostPort(b)
+		if pb == "0" || pb == "" {
+			continue
+		}
+		p := ports[pb]
+		if p == nil {
+			p = &portSeen{first: b, hosts: map[string]string{}}
+			ports[pb] = p
+		}
+		a := p.hosts[hb] // another spelling of the same host
+		switch {
+		case a != "" || p.first == b:
+		case isWildcard(hb):
+			a = p.first
+		case p.wildcard != "":
+			a = p.wildcard
+		}
+		if a != "" {
+			errAt(byAddr[b].tenants[0], "listen", "listen %q and %q (of %s) bind the same port %s: use one address for both (tenants can share it), or different ports",
+				b, a, byAddr[a].tenants[0].who, pb)
+		}
+		if isWildcard(hb) && p.wildcard == "" {
+			p.wildcard = b
+		}
+		if p.hosts[hb] == "" {
+			p.hosts[hb] = b
 		}
 	}
 
