@@ -102,6 +102,10 @@ type Options struct {
 	// Modules shares the compiled module with the other Handlers given the
 	// same Modules (nil: the Handler compiles its own).
 	Modules *Modules
+
+	// idleInstance: instances idle for longer, beyond MinInstances, are
+	// closed (0: 30s; shorter in tests).
+	idleInstance time.Duration
 }
 
 // MountPoint is where the guest sees Options.Mount.
@@ -125,6 +129,9 @@ func (o *Options) defaults() {
 	}
 	if o.MemoryWait <= 0 {
 		o.MemoryWait = 10 * time.Second
+	}
+	if o.idleInstance <= 0 {
+		o.idleInstance = 30 * time.Second
 	}
 }
 

@@ -499,7 +499,7 @@ func (h *Handler) watch() {
 // limit dropped once the limit lifts. It runs until Close.
 func (h *Handler) maintain() {
 	defer h.done.Done()
-	const idleInstance = 30 * time.Second
+	idleInstance := h.opts.idleInstance
 	tick := time.NewTicker(idleInstance / 3)
 	defer tick.Stop()
 	for {

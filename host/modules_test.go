@@ -75,3 +75,29 @@ func TestLazyTimeLimit(t *testing.T) {
 		t.Errorf("timeouts %d, instances %d: want the first instance's call stopped at the limit", s.Timeouts, s.Instances)
 	}
 }
+
+// TestLazyShrinksToNone: with MinInstances < 0 the instances a request made
+// are closed once idle, back to none; the next request makes one again.
+func TestLazyShrinksToNone(t *testing.T) {
+	t.Parallel()
+	h := newProbe(t, "shrink", Options{MinInstances: -1, idleInstance: 300 * time.Millisecond})
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{{Name: "shrink", Handler: h}}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := range 2 {
+		c, _ := serveOne(t, r, 0)
+		if code, body := roundTrip(t, bufio.NewReader(c), c, "x", "/"); code != 200 || body != "tenant shrink\n" {
+			t.Fatalf("round %d: %d %q", round, code, body)
+		}
+		c.Close()
+		for deadline := time.Now().Add(20 * time.Second); h.Stats().Live != 0; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %d instances live 20s after the last request, want none", round, h.Stats().Live)
+			}
+		}
+	}
+	if s := h.Stats(); s.Instances != 2 {
+		t.Errorf("%d instances made, want 2 (one per request, the first closed when idle)", s.Instances)
+	}
+}
