@@ -23,7 +23,8 @@ import (
 
 // Options configure a Handler. Zero values mean "no limit" unless said.
 type Options struct {
-	// Wasm is the module's bytes; Name names it in messages.
+	// Wasm is the module's bytes, not modified once given (Modules knows
+	// the bytes it hashed by their address); Name names it in messages.
 	Wasm []byte
 	Name string
 	// CacheDir holds compiled code shared by every worker ("" disables it).
