@@ -630,14 +630,22 @@ func TestManyTenants(t *testing.T) {
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	ctl := filepath.Join(dir, "ctl.sock")
-	var b strings.Builder
-	fmt.Fprintf(&b, "[cluster]\nworkers = 2\ncache_dir = %q\ncontrol = %q\n", env.cache, ctl)
-	for i := range n {
-		fmt.Fprintf(&b, "\n[[tenant]]\nname = \"t%d\"\nhandler = %q\nlisten = [%q]\nhosts = [\"t%d.test\"]\nconfig = { name = \"t%d\" }\n",
-			i, probe, addr, i, i)
+	// configText is the file; t1 serves handler1 with config name1.
+	configText := func(handler1, name1 string) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "[cluster]\nworkers = 2\ncache_dir = %q\ncontrol = %q\n", env.cache, ctl)
+		for i := range n {
+			handler, name := probe, fmt.Sprintf("t%d", i)
+			if i == 1 {
+				handler, name = handler1, name1
+			}
+			fmt.Fprintf(&b, "\n[[tenant]]\nname = \"t%d\"\nhandler = %q\nlisten = [%q]\nhosts = [\"t%d.test\"]\nconfig = { name = %q }\n",
+				i, handler, addr, i, name)
+		}
+		return b.String()
 	}
 	cfg := filepath.Join(dir, "wcluster.toml")
-	writeConfig(t, cfg, b.String())
+	writeConfig(t, cfg, configText(probe, "t1"))
 
 	begin := time.Now()
 	out, err := run(t, "check", "--config", cfg)
@@ -704,4 +712,51 @@ func TestManyTenants(t *testing.T) {
 	if len(st.Workers) != 2 || created < 51 || created > 2*51 || live > created {
 		t.Errorf("%d workers, %d instances made, %d live after 51 tenants' first requests: want 2 workers, 51 to 102 instances, made on demand", len(st.Workers), created, live)
 	}
+
+	// A reload that gives t1 another handler (the C hello, small enough to
+	// compile quickly under the race detector, with a custom section of
+	// this run's own appended: bytes never compiled before): that module
+	// is compiled (one entry more in the compilation cache; nothing else
+	// runs meanwhile, this test is not parallel), the others come from the
+	// cache, and every tenant answers as the new file says.
+	wasm, err := os.ReadFile(guest(t, "c-hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := fmt.Sprintf("reload-%d", time.Now().UnixNano())
+	wasm = append(append(append(wasm, 0, byte(len(section)+2), byte(len(section))), section...), 'x')
+	changed := filepath.Join(dir, "changed.wasm")
+	if err := os.WriteFile(changed, wasm, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, cfg, configText(changed, "t1"))
+	before := cacheFiles(t)
+	if out, err := run(t, "reload", "--control", ctl); err != nil || !strings.Contains(out, "reloaded") {
+		t.Fatalf("reload: %v %s", err, out)
+	}
+	if added := cacheFiles(t) - before; added != 1 {
+		t.Errorf("the reload added %d entries to the compilation cache, want 1 (the changed handler's)", added)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for host, want := range map[string]string{"t1.test": "hello world\n", "t4321.test": "tenant t4321\n"} {
+		if code, body, err := hostGet(ctx, client, addr, host, "/"); err != nil || code != 200 || body != want {
+			t.Errorf("after the reload, Host %s: %d %q %v, want %q", host, code, body, err, want)
+		}
+	}
+}
+
+// cacheFiles counts the files of the tests' compilation cache.
+func cacheFiles(t *testing.T) int {
+	n := 0
+	err := filepath.WalkDir(env.cache, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			n++
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
