@@ -271,6 +271,9 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 	if err := h.init(ctx); err != nil {
 		close(h.stop)
 		h.done.Wait()
+		for _, inst := range h.idle { // the runtime may be shared: close them here
+			inst.close(ctx)
+		}
 		if own != nil {
 			own.Close(ctx)
 		}
