@@ -12,7 +12,7 @@ import (
 
 // tenantReports makes a worker's heartbeat counters. With many tenants a
 // report carries only the tenants whose figures changed since they were
-// last sent, at most reportTenants of them (the rest follow in the next
+// last sent, as many as fit reportBytes (the rest follow in the next
 // reports): the whole set would outgrow a heartbeat, and most tenants are
 // idle. The sums always cover every tenant.
 type tenantReports struct {
@@ -21,9 +21,10 @@ type tenantReports struct {
 	sent   map[string]stats.Tenant // as last sent (many tenants only)
 }
 
-// reportTenants bounds the tenants of one partial heartbeat (some 700
-// bytes each in JSON, the master reading 64 KiB at most).
-const reportTenants = 64
+// reportBytes bounds the tenants of one partial heartbeat, counted as
+// tenantBytes and its name each in JSON (at most 673 bytes of figures),
+// within the 64 KiB the master reads of a message.
+const reportBytes, tenantBytes = 40 << 10, 700
 
 // next is the report of this heartbeat.
 func (tr *tenantReports) next() *stats.Worker {
@@ -36,6 +37,7 @@ func (tr *tenantReports) next() *stats.Worker {
 		}
 		w.Partial, w.Tenants = true, map[string]stats.Tenant{}
 	}
+	size := 0
 	for name, t := range s.Tenants {
 		st := tenantStats(t.Stats)
 		st.Refused = t.Refused
@@ -48,9 +50,10 @@ func (tr *tenantReports) next() *stats.Worker {
 		if !ok {
 			last = stats.Tenant{Latency: st.Latency} // a tenant never used is not reported
 		}
-		if len(w.Tenants) < reportTenants && !sameTenant(last, st) {
+		if n := tenantBytes + len(name); size+n <= reportBytes && !sameTenant(last, st) {
 			w.Tenants[name] = st
 			tr.sent[name] = st
+			size += n
 		}
 	}
 	return withBudget(w, tr.budget)
