@@ -6,10 +6,10 @@
 # handlers (one guest, each copy with a custom section of its own).
 # Every tenant has its own host name (tN.test) on one port.
 #   bench/tenants.sh            (from the repository root, after `make guests`)
-# N, ROUNDS, DURATION, PORT, BIN, SHARED (the shared handler), DISTINCT (the
+# N, ROUNDS, RROUNDS (of routing), DURATION, PORT, BIN, SHARED (the shared handler), DISTINCT (the
 # guest copied for the distinct handlers) change the defaults.
 set -u
-N=${N:-10000} ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s} PORT=${PORT:-18941}
+N=${N:-10000} ROUNDS=${ROUNDS:-3} RROUNDS=${RROUNDS:-5} DURATION=${DURATION:-5s} PORT=${PORT:-18941}
 SHARED=${SHARED:-$PWD/out/guests/go-probe.wasm}
 HELLO=${HELLO:-$PWD/out/guests/go-hello.wasm}
 DISTINCT=${DISTINCT:-$PWD/out/guests/rust-hello.wasm}
@@ -43,6 +43,7 @@ serve() {
 	STARTED=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 stop() { kill $PID; wait $PID 2>/dev/null; }
+cpu() { t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 echo "# $(date -u '+%F %H:%M UTC'), commit $(git rev-parse --short HEAD), $(nproc) CPUs"
@@ -69,20 +70,26 @@ echo "## routing: 10 against $N tenants sharing $(basename $HELLO), 1 worker, wr
 gen 10 "$HELLO" 1 r10.toml
 gen $N "$HELLO" 1 rmany.toml
 "$BIN" check --config $D/r10.toml >/dev/null || exit 1
-for round in $(seq $ROUNDS); do
+for round in $(seq $RROUNDS); do
 	for cfg in r10.toml rmany.toml; do
 		serve $cfg --instances-min 0 || exit 1
 		timeout 10 wrk -t1 -c64 -d1s -H 'Host: t1.test' http://127.0.0.1:$PORT/ >/dev/null # warm: the instances
+		procs="$(master $PID) $(workers $PID)"
+		c0=$(cpu $procs)
 		timeout 60 wrk -t1 -c64 -d$DURATION -H 'Host: t1.test' http://127.0.0.1:$PORT/ >$D/wrk.out
+		c1=$(cpu $procs)
+		n=$(awk '/requests in/{print $1}' $D/wrk.out)
 		rps=$(awk '/Requests\/sec/{print $2}' $D/wrk.out)
 		bad=$(awk '/Non-2xx|Socket errors/' $D/wrk.out)
-		echo "routing $cfg round $round: req/s $rps load $(load) $bad"
+		echo "routing $cfg round $round: req/s $rps cpu-us/req $(echo "scale=2; ($c1-$c0)*1000000/$(getconf CLK_TCK)/$n" | bc) load $(load) $bad"
 		stop
 	done
 done | tee $D/routing.txt
 few=$(awk '/routing r10.toml/{print $6}' $D/routing.txt | median)
 many=$(awk '/routing rmany.toml/{print $6}' $D/routing.txt | median)
-echo "routing medians: 10 tenants $few req/s, $N tenants $many req/s, $N ÷ 10: $(echo "scale=3; $many/$few" | bc)"
+fewcpu=$(awk '/routing r10.toml/{print $8}' $D/routing.txt | median)
+manycpu=$(awk '/routing rmany.toml/{print $8}' $D/routing.txt | median)
+echo "routing medians: 10 tenants $few req/s $fewcpu cpu-us/req, $N tenants $many req/s $manycpu cpu-us/req; $N ÷ 10: req/s $(echo "scale=3; $many/$few" | bc), cpu/req $(echo "scale=3; $manycpu/$fewcpu" | bc)"
 
 echo "## first request of a cold tenant ($N tenants sharing $(basename $SHARED), 1 worker): 20 tenants, each its first request then its second"
 gen $N "$SHARED" 1 cold.toml
