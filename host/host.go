@@ -222,8 +222,8 @@ type Handler struct {
 	// limited holds every instance under the time limit, for watch.
 	limitMu sync.Mutex
 	limited map[*instance]struct{}
-	// limitWake wakes watch when limited gains its first instance.
-	limitWake chan struct{}
+	// watching: watch runs (it does while limited holds an instance).
+	watching bool
 
 	stop chan struct{} // closed by Close: stops maintain and watch
 	done sync.WaitGroup
@@ -260,14 +260,8 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 		return nil, err
 	}
 	h := &Handler{opts: opts, rt: m.rt, compiled: m.compiled, info: m.info, ownModules: own, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
-		limitWake: make(chan struct{}, 1), stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget)}
+		stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget)}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
-	if opts.Timeout > 0 {
-		// Before init: the first instances' start functions run under the
-		// limit too.
-		h.done.Add(1)
-		go h.watch()
-	}
 	if err := h.init(ctx); err != nil {
 		close(h.stop)
 		h.done.Wait()

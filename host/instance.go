@@ -442,13 +442,14 @@ func (h *Handler) track(inst *instance, add bool) {
 	h.limitMu.Lock()
 	defer h.limitMu.Unlock()
 	if add {
-		if len(h.limited) == 0 {
-			select { // wake watch, asleep without instances
-			case h.limitWake <- struct{}{}:
-			default:
-			}
-		}
 		h.limited[inst] = struct{}{}
+		if !h.watching {
+			// The first instance under the limit (its start functions
+			// already run under it): watch runs until none is left.
+			h.watching = true
+			h.done.Add(1)
+			go h.watch()
+		}
 	} else {
 		delete(h.limited, inst)
 	}
@@ -457,13 +458,13 @@ func (h *Handler) track(inst *instance, add bool) {
 // watch stops calls that overrun the time limit, checking every eighth of
 // it (1 s at most, 5 ms at least): a call is stopped within that much after
 // its limit. One goroutine per handler rather than a timer per call keeps
-// the time limit off each request's path. While the handler has no
-// instance it sleeps (most of many tenants are idle). It runs until Close.
+// the time limit off each request's path. It runs while the handler has
+// instances (track starts it; most of many tenants have none), or until
+// Close.
 func (h *Handler) watch() {
 	defer h.done.Done()
 	limit := h.opts.Timeout
-	every := min(max(limit/8, 5*time.Millisecond), time.Second)
-	tick := time.NewTicker(every)
+	tick := time.NewTicker(min(max(limit/8, 5*time.Millisecond), time.Second))
 	defer tick.Stop()
 	var insts []*instance
 	for {
@@ -472,6 +473,11 @@ func (h *Handler) watch() {
 			return
 		case now := <-tick.C:
 			h.limitMu.Lock()
+			if len(h.limited) == 0 {
+				h.watching = false // the next track starts another
+				h.limitMu.Unlock()
+				return
+			}
 			insts = insts[:0]
 			for inst := range h.limited {
 				insts = append(insts, inst)
@@ -481,15 +487,6 @@ func (h *Handler) watch() {
 				inst.expire(now, limit)
 			}
 			clear(insts)
-			if len(insts) == 0 {
-				tick.Stop()
-				select {
-				case <-h.stop:
-					return
-				case <-h.limitWake: // track added the first instance
-				}
-				tick.Reset(every)
-			}
 		}
 	}
 }
