@@ -187,8 +187,9 @@ type Handler struct {
 	// creating is held while a pooled instance is created (one at a time);
 	// returned is signalled when an instance goes back to the pool.
 	creating, returned chan struct{}
-	mu                 sync.Mutex // mu guards idle and conns
+	mu                 sync.Mutex // mu guards idle, maintaining and conns
 	idle               []*instance
+	maintaining        bool // maintain runs (it does while idle holds instances)
 	// conns are the open connections, for Drain to wake the parked ones.
 	conns    map[*conn]struct{}
 	draining atomic.Bool // set once, by Drain, under mu
@@ -277,8 +278,9 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 		return nil, err
 	}
 	h.opts.Budget.join(h, true)
-	h.done.Add(1)
-	go h.maintain()
+	h.mu.Lock()
+	h.startMaintain()
+	h.mu.Unlock()
 	return h, nil
 }
 

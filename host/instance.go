@@ -426,6 +426,7 @@ func (h *Handler) release(inst *instance, healthy bool, now time.Time) {
 		inst.last = now
 		h.mu.Lock()
 		h.idle = append(h.idle, inst)
+		h.startMaintain()
 		h.mu.Unlock()
 		select {
 		case h.returned <- struct{}{}:
@@ -435,6 +436,16 @@ func (h *Handler) release(inst *instance, healthy bool, now time.Time) {
 		inst.close(context.Background())
 	}
 	<-h.sem
+}
+
+// startMaintain starts maintain if the pool holds instances and it does
+// not run. Call it with mu held.
+func (h *Handler) startMaintain() {
+	if len(h.idle) > 0 && !h.maintaining {
+		h.maintaining = true
+		h.done.Add(1)
+		go h.maintain()
+	}
 }
 
 // track adds inst to (or removes it from) the instances the watchdog checks.
@@ -493,7 +504,9 @@ func (h *Handler) watch() {
 
 // maintain shrinks the pool: instances idle for longer than idleInstance,
 // beyond MinInstances, are closed; and it reports guest output the rate
-// limit dropped once the limit lifts. It runs until Close.
+// limit dropped once the limit lifts. It runs while the pool holds
+// instances (startMaintain starts it; most of many tenants have none), or
+// until Close.
 func (h *Handler) maintain() {
 	defer h.done.Done()
 	idleInstance := h.opts.idleInstance
@@ -507,6 +520,11 @@ func (h *Handler) maintain() {
 			h.flushDropped(now)
 			var old []*instance
 			h.mu.Lock()
+			if len(h.idle) == 0 {
+				h.maintaining = false // the next instance pooled starts another
+				h.mu.Unlock()
+				return
+			}
 			// idle is a stack: the least recently used are at the bottom.
 			n := 0
 			for n < len(h.idle)-h.warm() && now.Sub(h.idle[n].last) > idleInstance {
