@@ -98,6 +98,9 @@ type Group struct {
 	// ACME: some tenant's certificate is from an ACME CA, so the group's
 	// workers answer its challenges (on every plaintext listener).
 	ACME bool `json:"acme,omitempty"`
+	// Modules are the bytes of the group's handlers, once each, by
+	// sha256 (hex), read by the master; a tenant names its own in Module.
+	Modules map[string][]byte `json:"modules,omitempty"`
 }
 
 // Listener is one listening address and the tenants on it.
@@ -124,6 +127,7 @@ type Tenant struct {
 	Mount    string            `json:"mount,omitempty"`
 	User     string            `json:"-"` // the group's worker user, USER[:GROUP]
 	Files                      // read by the master for the workers
+	Module   string            `json:"module,omitempty"` // its handler in Group.Modules ("": the default)
 	// HandlerLine is the line of its handler key, for messages about the
 	// module (0 without a file).
 	HandlerLine int `json:"-"`
@@ -168,6 +172,11 @@ type Limits struct {
 }
 
 const defaultGroup = "default"
+
+// ManyTenants is the number of tenants above which instances_min defaults
+// to 0: a tenant's instances are made by its first request and closed
+// again once it is idle.
+const ManyTenants = 16
 
 // Addrs are the group's listening addresses, in listener-index order.
 func (g *Group) Addrs() []string {
@@ -218,6 +227,10 @@ type configReader struct {
 	lines map[string]int
 	errs  []configError
 	def   Defaults // what the file does not set
+	// handlers are the handler files read so far and what was wrong with
+	// each (nil: a module), so that thousands of tenants naming one file
+	// read it once.
+	handlers map[string]error
 }
 
 type configError struct {
@@ -545,6 +558,11 @@ func (cr *configReader) read(doc map[string]any) *Config {
 	if len(tenants) == 0 && doc["tenant"] == nil {
 		cr.errs = append(cr.errs, configError{0, "no [[tenant]]: add at least one, with a name, a handler and a listen address"})
 	}
+	if len(tenants) > ManyTenants && cr.def.Limits.MinInstances == Default().Limits.MinInstances {
+		// Most of many tenants are idle at any moment: their instances are
+		// made on demand (see docs/config.md).
+		cr.def.Limits.MinInstances = 0
+	}
 	names := map[string]int{}
 	for i, tv := range tenants {
 		t := cr.readTenant(i, tv)
@@ -812,15 +830,28 @@ func errText(err error) string {
 	return err.Error()
 }
 
+// errNoMagic: a handler file that is not a WebAssembly module.
+var errNoMagic = errors.New("no \\0asm magic")
+
 func checkHandlerFile(s *section, path string) {
-	wasm, err := ReadHandler(path)
+	err, seen := s.cr.handlers[path]
+	if !seen {
+		var wasm []byte
+		if wasm, err = ReadHandler(path); err == nil && (len(wasm) < 4 || string(wasm[:4]) != "\x00asm") {
+			err = errNoMagic
+		}
+		if s.cr.handlers == nil {
+			s.cr.handlers = map[string]error{}
+		}
+		s.cr.handlers[path] = err
+	}
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		s.errorf("handler", "handler %s: no such file: build it, or fix the path (relative to this file's directory)", path)
+	case err == errNoMagic:
+		s.errorf("handler", "handler %s is not a WebAssembly module (no \\0asm magic): give a .wasm file", path)
 	case err != nil:
 		s.errorf("handler", "handler %s", HandlerError(path, err))
-	case len(wasm) < 4 || string(wasm[:4]) != "\x00asm":
-		s.errorf("handler", "handler %s is not a WebAssembly module (no \\0asm magic): give a .wasm file", path)
 	}
 }
 
@@ -953,18 +984,40 @@ func (cr *configReader) plan(c *Config) {
 		}
 	}
 	// Two different addresses binding one port: a wildcard and anything.
-	for i, a := range order {
-		ha, pa, _ := net.SplitHostPort(a)
-		for _, b := range order[i+1:] {
-			hb, pb, _ := net.SplitHostPort(b)
-			if pa != pb || pa == "0" || pa == "" {
-				continue
-			}
-			if isWildcard(ha) || isWildcard(hb) || ha == hb {
-				l := byAddr[b]
-				errAt(l.tenants[0], "listen", "listen %q and %q (of %s) bind the same port %s: use one address for both (tenants can share it), or different ports",
-					b, a, byAddr[a].tenants[0].who, pa)
-			}
+	// Each address is checked against the first before it on its port
+	// (and the first wildcard), so thousands of listeners check in linear time.
+	type portSeen struct {
+		first, wildcard string            // addresses
+		hosts           map[string]string // host → its first address
+	}
+	ports := map[string]*portSeen{}
+	for _, b := range order {
+		hb, pb, _ := net.SplitHostPort(b)
+		if pb == "0" || pb == "" {
+			continue
+		}
+		p := ports[pb]
+		if p == nil {
+			p = &portSeen{first: b, hosts: map[string]string{}}
+			ports[pb] = p
+		}
+		a := p.hosts[hb] // another spelling of the same host
+		switch {
+		case a != "" || p.first == b:
+		case isWildcard(hb):
+			a = p.first
+		case p.wildcard != "":
+			a = p.wildcard
+		}
+		if a != "" {
+			errAt(byAddr[b].tenants[0], "listen", "listen %q and %q (of %s) bind the same port %s: use one address for both (tenants can share it), or different ports",
+				b, a, byAddr[a].tenants[0].who, pb)
+		}
+		if isWildcard(hb) && p.wildcard == "" {
+			p.wildcard = b
+		}
+		if p.hosts[hb] == "" {
+			p.hosts[hb] = b
 		}
 	}
 

@@ -215,6 +215,8 @@ func TestLoadConfigMore(t *testing.T) {
 		{"tls half", "[[tenant]]\nname = \"a\"\nhandler = \"h.wasm\"\nlisten = [\"127.0.0.1:1\"]\ntls = { cert = \"cert.pem\" }\n", `:5: tenant "a": tls needs both cert and key`},
 		{"port overlap", "[[tenant]]\nname = \"a\"\nhandler = \"h.wasm\"\nlisten = [\":80\"]\n[[tenant]]\nname = \"b\"\nhandler = \"h.wasm\"\nlisten = [\"127.0.0.1:80\"]\nhosts=[\"b\"]\n",
 			`:8: tenant "b": listen "127.0.0.1:80" and ":80" (of tenant "a") bind the same port 80`},
+		{"port overlap wildcard after", "[[tenant]]\nname = \"a\"\nhandler = \"h.wasm\"\nlisten = [\"127.0.0.1:80\"]\n[[tenant]]\nname = \"b\"\nhandler = \"h.wasm\"\nlisten = [\"127.0.0.2:80\"]\n[[tenant]]\nname = \"c\"\nhandler = \"h.wasm\"\nlisten = [\"0.0.0.0:80\"]\n",
+			`:12: tenant "c": listen "0.0.0.0:80" and "127.0.0.1:80" (of tenant "a") bind the same port 80`},
 		{"group workers", "[[tenant]]\nname = \"a\"\nhandler = \"h.wasm\"\nlisten = [\":1\"]\ngroup = \"g\"\nworkers = 2\n[[tenant]]\nname = \"b\"\nhandler = \"h.wasm\"\nlisten = [\":2\"]\ngroup = \"g\"\nworkers = 3\n",
 			`:12: tenant "b": workers = 3, but tenant "a" of the same group "g" says 2`},
 		{"types", "[[tenant]]\nname = \"a\"\nhandler = \"h.wasm\"\nlisten = \"127.0.0.1:1\"\nhosts = [1]\nworkers = \"two\"\n",

@@ -84,7 +84,7 @@ func Flags() []Flag {
 		{"access-log", "tenant access_log", "off", "log each request (http-wasm handlers) or connection (others) to standard output: off, common (the common log format) or json", "", false},
 		{"drain-grace", "tenant drain_grace", "1s", "how long a draining worker keeps an idle kept-alive connection for the client's next request", "", false},
 		{"instances", "tenant instances", "64", "guest instances alive at once per worker", "", false},
-		{"instances-min", "tenant instances_min", "2", "guest instances created at start and kept warm", "", false},
+		{"instances-min", "tenant instances_min", "2", "guest instances created at start and kept warm (0: made by the first request; the default above 16 tenants)", "", false},
 		{"max-reuse", "tenant max_reuse", "0", "retire an instance after this many calls (0: never)", "", false},
 		{"instance-mode", "tenant instance_mode", "pooled", "pooled, or fresh: a new instance per connection", "", false},
 		{"cache-dir", "[cluster] cache_dir", defaultCacheDir(), "compilation cache shared by the workers (\"\" disables it)", "", false},

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -76,6 +78,52 @@ func fileKind(m fs.FileMode) string {
 		return "a device"
 	}
 	return "a special file"
+}
+
+// HandlerFiles reads each handler file once: the tenants serving one file
+// get the same bytes (one slice) and its sha256.
+type HandlerFiles map[string]*handlerFile
+
+type handlerFile struct {
+	wasm []byte
+	sum  string
+	err  error
+}
+
+// Read is tenant t's module, as ReadWasm, read once per file.
+func (hf HandlerFiles) Read(t *Tenant) ([]byte, error) {
+	wasm, _, err := hf.read(t)
+	return wasm, err
+}
+
+func (hf HandlerFiles) read(t *Tenant) ([]byte, string, error) {
+	if len(t.Wasm) > 0 {
+		sum := sha256.Sum256(t.Wasm)
+		return t.Wasm, hex.EncodeToString(sum[:]), nil
+	}
+	f := hf[t.Handler]
+	if f == nil {
+		f = &handlerFile{}
+		if f.wasm, f.err = t.ReadWasm(); f.err == nil {
+			sum := sha256.Sum256(f.wasm)
+			f.sum = hex.EncodeToString(sum[:])
+		}
+		hf[t.Handler] = f
+	}
+	return f.wasm, f.sum, f.err
+}
+
+// Wasm is tenant t's module in a worker: its bytes in the group's Modules
+// (the master read them), else ReadWasm.
+func (g *Group) Wasm(t *Tenant) ([]byte, error) {
+	if t.Module == "" {
+		return t.ReadWasm()
+	}
+	wasm, ok := g.Modules[t.Module]
+	if !ok {
+		return nil, fmt.Errorf("module %s is missing from the worker configuration", t.Module)
+	}
+	return wasm, nil
 }
 
 // ReadWasm is the tenant's module: the bytes the master read for a worker,

@@ -30,11 +30,19 @@ func (t *Tenant) Options(wasm []byte, cacheDir string, workerID int, log *slog.L
 		ReadTimeout: l.ReadTimeout, WriteTimeout: l.WriteTimeout, IdleTimeout: l.IdleTimeout,
 		FirstByteTimeout: l.FirstByteTimeout, FirstByteLimit: l.FirstByteLimit,
 		PartialTimeout: l.PartialTimeout, DrainGrace: l.DrainGrace,
-		// host reads 0 as its default; 0 here has always meant 1.
-		Instances: l.Instances, MinInstances: max(l.MinInstances, 1), MaxReuse: l.MaxReuse, Fresh: l.Fresh,
+		Instances: l.Instances, MinInstances: minInstances(l.MinInstances), MaxReuse: l.MaxReuse, Fresh: l.Fresh,
 		MemoryBudget: l.MemoryBudget, Logger: log.With("tenant", t.Name), Upstream: l.Upstream, GuestConfig: l.GuestConfig,
 		Env: t.Env, Config: t.Config, Mount: t.Mount, AccessLog: l.AccessLog,
 	}
+}
+
+// minInstances is host.Options.MinInstances for instances_min n: host
+// reads 0 as its default, and a negative number as none.
+func minInstances(n int) int {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }
 
 // in names where err is: the file and group, or for flags the flag.
@@ -88,6 +96,7 @@ func (c *Config) ModuleError(t *Tenant, err error, compiling bool) string {
 func (c *Config) Masters() ([]dispatch.Config, error) {
 	var out []dispatch.Config
 	cl := c.Cluster
+	handlers := HandlerFiles{}
 	for i := range c.Groups {
 		g := c.Groups[i] // a copy: the files read stay out of c
 		u, err := LookupUser(g.User)
@@ -102,6 +111,7 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 		}
 		g.Tenants = slices.Clone(g.Tenants)
 		var certs []dispatch.Certificate
+		g.Modules = map[string][]byte{}
 		for j := range g.Tenants {
 			t := &g.Tenants[j]
 			where := t.Name
@@ -111,11 +121,16 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 			if err := u.CheckMount(t.Mount); err != nil {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
-			wasm, err := t.ReadWasm()
+			wasm, sum, err := handlers.read(t)
 			if err != nil {
 				return nil, fmt.Errorf("%s: handler %s", where, HandlerError(t.Handler, err))
 			}
-			if t.Files, err = ReadFiles(HandlerBytes(t.Handler, wasm), t.TLSCert, t.TLSKey); err != nil {
+			// Each module's bytes once in the group, however many tenants
+			// serve it (the embedded default: none, the worker has it).
+			if HandlerBytes(t.Handler, wasm) != nil {
+				t.Module, g.Modules[sum] = sum, wasm
+			}
+			if t.Files, err = ReadFiles(nil, t.TLSCert, t.TLSKey); err != nil {
 				return nil, fmt.Errorf("%s: %w", where, err)
 			}
 			if t.ACME != nil {
@@ -218,6 +233,10 @@ func (c *Config) Banner(addr string, info host.Info, cache string) string {
 	var names, budgets []string
 	workers := 0
 	for _, t := range c.Tenants {
+		if len(names) == ManyTenants {
+			names = append(names, fmt.Sprintf("and %d more", len(c.Tenants)-ManyTenants))
+			break
+		}
 		names = append(names, t.Name)
 	}
 	for _, g := range c.Groups {
@@ -237,6 +256,10 @@ func (c *Config) Describe(w io.Writer) {
 	fmt.Fprintf(w, "%s: ok, %d tenants in %d worker groups\n", c.Path, len(c.Tenants), len(c.Groups))
 	for _, g := range c.Groups {
 		fmt.Fprintf(w, "group %s: %d workers, %s\n", g.Name, g.Workers, g.BudgetText)
+		byName := make(map[string]*Tenant, len(g.Tenants))
+		for i := range g.Tenants {
+			byName[g.Tenants[i].Name] = &g.Tenants[i]
+		}
 		for _, l := range g.Listeners {
 			kind := "http"
 			if l.TLS {
@@ -244,14 +267,12 @@ func (c *Config) Describe(w io.Writer) {
 			}
 			var ts []string
 			for _, name := range l.Tenants {
-				for _, t := range g.Tenants {
-					if t.Name == name {
-						hosts := "default"
-						if len(t.Hosts) > 0 {
-							hosts = strings.Join(t.Hosts, ",")
-						}
-						ts = append(ts, fmt.Sprintf("%s (%s)", name, hosts))
+				if t := byName[name]; t != nil {
+					hosts := "default"
+					if len(t.Hosts) > 0 {
+						hosts = strings.Join(t.Hosts, ",")
 					}
+					ts = append(ts, fmt.Sprintf("%s (%s)", name, hosts))
 				}
 			}
 			fmt.Fprintf(w, "  %s %s: %s\n", kind, l.Addr, strings.Join(ts, ", "))

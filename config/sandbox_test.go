@@ -81,8 +81,11 @@ config = { k = "b-config-secret" }
 		if err := json.Unmarshal(dc.WorkerConfig, &wc); err != nil {
 			t.Fatal(err)
 		}
-		if len(wc.Tenants) != 1 || string(wc.Tenants[0].Wasm) != wasmMagic+strings.Repeat(strings.ToUpper(own), 4) {
-			t.Errorf("group %s: handler bytes not passed: %+v", dc.Name, wc.Tenants)
+		if len(wc.Tenants) != 1 {
+			t.Fatalf("group %s: tenants %+v", dc.Name, wc.Tenants)
+		}
+		if wasm, err := wc.Wasm(&wc.Tenants[0]); err != nil || string(wasm) != wasmMagic+strings.Repeat(strings.ToUpper(own), 4) || len(wc.Modules) != 1 {
+			t.Errorf("group %s: handler bytes not passed: %q %v (modules %d)", dc.Name, wasm, err, len(wc.Modules))
 		}
 		if want := 1 + map[string]int{"a": 1, "b": 0}[own]; len(wc.Sandbox.ReadPaths) != want {
 			t.Errorf("group %s: sandbox read paths %v", dc.Name, wc.Sandbox.ReadPaths)

@@ -75,6 +75,7 @@ func (m *Group) readWorker(p *proc) {
 			}
 			m.mu.Lock()
 			p.lastBeat = time.Now()
+			r.Handler = r.Handler.Merge(p.report.Handler)
 			p.report = r
 			// A worker that ran out of descriptors is offered one more
 			// connection at each beat, in case what held them was not

@@ -245,15 +245,8 @@ func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) 
 // checks stay off: a time limit is kept by instrument's cheaper ones.
 func newRuntime(ctx context.Context, o *Options) (wazero.Runtime, error) {
 	cfg := wazero.NewRuntimeConfigCompiler()
-	if o.MemoryLimit > 0 {
-		pages := o.MemoryLimit / 65536
-		if pages < 1 {
-			pages = 1
-		}
-		if pages > 65536 {
-			pages = 65536
-		}
-		cfg = cfg.WithMemoryLimitPages(uint32(pages))
+	if pages := memoryPages(o.MemoryLimit); pages > 0 {
+		cfg = cfg.WithMemoryLimitPages(pages)
 	}
 	if o.CacheDir != "" {
 		// The instrumented module is other bytes, so it has its own key.

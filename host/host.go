@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/tetratelabs/wazero"
-	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/wcluster/wcluster/abi"
 	"github.com/wcluster/wcluster/internal/kvstore"
@@ -24,7 +23,8 @@ import (
 
 // Options configure a Handler. Zero values mean "no limit" unless said.
 type Options struct {
-	// Wasm is the module's bytes; Name names it in messages.
+	// Wasm is the module's bytes, not modified once given (Modules knows
+	// the bytes it hashed by their address); Name names it in messages.
 	Wasm []byte
 	Name string
 	// CacheDir holds compiled code shared by every worker ("" disables it).
@@ -65,7 +65,8 @@ type Options struct {
 	// the calls running at once (default 64). Connections wait for one.
 	Instances int
 	// MinInstances are created at start and kept warm (default 2, as
-	// config.Default; at most Instances).
+	// config.Default; at most Instances). Negative: none, the first is made
+	// by the first call, and idle instances shrink back to none.
 	MinInstances int
 	// MaxReuse retires an instance after this many calls (0: never).
 	MaxReuse int
@@ -104,6 +105,13 @@ type Options struct {
 	// each.
 	AccessLog   string
 	AccessLogTo io.Writer
+	// Modules shares the compiled module with the other Handlers given the
+	// same Modules (nil: the Handler compiles its own).
+	Modules *Modules
+
+	// idleInstance: instances idle for longer, beyond MinInstances, are
+	// closed (0: 30s; shorter in tests).
+	idleInstance time.Duration
 }
 
 // MountPoint is where the guest sees Options.Mount.
@@ -113,8 +121,8 @@ func (o *Options) defaults() {
 	if o.Instances <= 0 {
 		o.Instances = 64
 	}
-	if o.MinInstances <= 0 {
-		o.MinInstances = 2
+	if o.MinInstances == 0 {
+		o.MinInstances = 2 // negative stays: none (see warm)
 	}
 	if o.MinInstances > o.Instances {
 		o.MinInstances = o.Instances
@@ -130,6 +138,9 @@ func (o *Options) defaults() {
 	}
 	if o.AccessLogTo == nil {
 		o.AccessLogTo = os.Stdout
+	}
+	if o.idleInstance <= 0 {
+		o.idleInstance = 30 * time.Second
 	}
 }
 
@@ -174,9 +185,12 @@ type Stats struct {
 type Handler struct {
 	opts     Options
 	info     Info
-	rt       wazero.Runtime
+	rt       wazero.Runtime // shared: see Modules
 	compiled wazero.CompiledModule
 	modCfg   wazero.ModuleConfig
+	// ownModules are the Modules made for this Handler alone (nil
+	// Options.Modules), closed with it.
+	ownModules *Modules
 
 	root *os.Root // Options.Mount, opened
 
@@ -186,8 +200,9 @@ type Handler struct {
 	// creating is held while a pooled instance is created (one at a time);
 	// returned is signalled when an instance goes back to the pool.
 	creating, returned chan struct{}
-	mu                 sync.Mutex // mu guards idle and conns
+	mu                 sync.Mutex // mu guards idle, maintaining and conns
 	idle               []*instance
+	maintaining        bool // maintain runs (it does while idle holds instances)
 	// conns are the open connections, for Drain to wake the parked ones.
 	conns    map[*conn]struct{}
 	draining atomic.Bool // set once, by Drain, under mu
@@ -221,6 +236,8 @@ type Handler struct {
 	// limited holds every instance under the time limit, for watch.
 	limitMu sync.Mutex
 	limited map[*instance]struct{}
+	// watching: watch runs (it does while limited holds an instance).
+	watching bool
 
 	stop chan struct{} // closed by Close: stops maintain and watch
 	done sync.WaitGroup
@@ -244,51 +261,45 @@ func New(ctx context.Context, opts Options) (*Handler, error) {
 // newHandler is New; its error does not name the module.
 func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 	opts.defaults()
-	rt, err := newRuntime(ctx, &opts)
+	var own *Modules
+	if opts.Modules == nil {
+		own = NewModules()
+		opts.Modules = own
+	}
+	m, err := opts.Modules.get(ctx, &opts)
 	if err != nil {
+		if own != nil {
+			own.Close(ctx)
+		}
 		return nil, err
 	}
-	h := &Handler{opts: opts, rt: rt, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
+	h := &Handler{opts: opts, rt: m.rt, compiled: m.compiled, info: m.info, ownModules: own, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
 		stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget), access: newAccessLog(&opts)}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
-	if opts.Timeout > 0 {
-		// Before init: the first instances' start functions run under the
-		// limit too.
-		h.done.Add(1)
-		go h.watch()
-	}
 	if err := h.init(ctx); err != nil {
 		close(h.stop)
 		h.done.Wait()
-		rt.Close(ctx)
+		for _, inst := range h.idle { // the runtime may be shared: close them here
+			inst.close(ctx)
+		}
+		if own != nil {
+			own.Close(ctx)
+		}
 		if h.root != nil {
 			h.root.Close()
 		}
 		return nil, err
 	}
 	h.opts.Budget.join(h, true)
-	h.done.Add(1)
-	go h.maintain()
+	h.mu.Lock()
+	h.startMaintain()
+	h.mu.Unlock()
 	return h, nil
 }
 
 func (h *Handler) init(ctx context.Context) error {
-	cm, err := compile(ctx, h.rt, h.opts.Wasm, h.opts.Timeout > 0)
-	if err != nil {
-		return err
-	}
-	h.compiled = cm
-	if h.info, err = inspect(cm); err != nil {
-		return err
-	}
-	for _, m := range cm.ExportedMemories() {
+	for _, m := range h.compiled.ExportedMemories() {
 		h.startMem.Store(uint64(m.Min()) << 16)
-	}
-	if _, err := wasi_snapshot_preview1.Instantiate(ctx, h.rt); err != nil {
-		return fmt.Errorf("instantiate WASI: %w", err)
-	}
-	if err := h.instantiateHostModule(ctx); err != nil {
-		return err
 	}
 	if h.info.Kind == KindHTTP {
 		if err := h.initWeb(ctx); err != nil {
@@ -320,7 +331,7 @@ func (h *Handler) init(ctx context.Context) error {
 	h.returned = make(chan struct{}, 1)
 	if (h.info.Kind == KindABI || h.info.Kind == KindHTTP) && !h.opts.Fresh {
 		// A module that cannot even start is reported now, not per connection.
-		for i := range h.opts.MinInstances {
+		for i := range h.warm() {
 			// Warm instances only as far as the budgets allow, but the
 			// first always: it tells whether the module can start.
 			n := h.startMem.Load()
@@ -340,6 +351,10 @@ func (h *Handler) init(ctx context.Context) error {
 	}
 	return nil
 }
+
+// warm is the number of instances kept warm (MinInstances, none when
+// negative).
+func (h *Handler) warm() int { return max(h.opts.MinInstances, 0) }
 
 func cutEnv(kv string) (string, string, bool) {
 	for i := 0; i < len(kv); i++ {
@@ -542,7 +557,10 @@ func (h *Handler) Close(ctx context.Context) error {
 	if h.root != nil {
 		defer h.root.Close()
 	}
-	return h.rt.Close(ctx)
+	if h.ownModules != nil {
+		return h.ownModules.Close(ctx)
+	}
+	return nil
 }
 
 // ServeConn serves one connection until it is closed, then closes f. f must

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 
+	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 
 	"github.com/wcluster/wcluster/abi"
@@ -13,33 +14,37 @@ import (
 
 // instantiateHostModule registers the ABI's host functions, in spec order,
 // as GoModuleFuncs (no reflection on the call path).
-func (h *Handler) instantiateHostModule(ctx context.Context) error {
+func instantiateHostModule(ctx context.Context, rt wazero.Runtime) error {
 	i32, i64 := api.ValueTypeI32, api.ValueTypeI64
-	b := h.rt.NewHostModuleBuilder(abi.HostModule)
+	b := rt.NewHostModuleBuilder(abi.HostModule)
 	fns := []struct {
 		name    string
-		fn      api.GoModuleFunc
+		fn      func(*Handler, context.Context, api.Module, []uint64)
 		params  []api.ValueType
 		names   []string
 		results []api.ValueType
 	}{
-		{abi.FuncConnRead, h.connRead, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
-		{abi.FuncConnWrite, h.connWrite, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
-		{abi.FuncConnCloseWrite, h.connCloseWrite, nil, nil, []api.ValueType{i32}},
-		{abi.FuncConnUnread, h.connUnread, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
-		{abi.FuncConnPeerAddr, h.connPeerAddr, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
-		{abi.FuncConnID, h.connID, nil, nil, []api.ValueType{i64}},
-		{abi.FuncWorkerID, h.workerID, nil, nil, []api.ValueType{i32}},
-		{abi.FuncLog, h.log, []api.ValueType{i32, i32, i32}, []string{"level", "buf", "buf_len"}, []api.ValueType{i32}},
-		{abi.FuncConfigGet, h.configGet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "buf", "buf_len"}, []api.ValueType{i32}},
-		{abi.FuncKVGet, h.kvGet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "buf", "buf_len"}, []api.ValueType{i32}},
-		{abi.FuncKVSet, h.kvSet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "value", "value_len"}, []api.ValueType{i32}},
-		{abi.FuncKVDelete, h.kvDelete, []api.ValueType{i32, i32}, []string{"key", "key_len"}, []api.ValueType{i32}},
-		{abi.FuncKVAdd, h.kvAdd, []api.ValueType{i32, i32, i64, i32}, []string{"key", "key_len", "delta", "out"}, []api.ValueType{i32}},
-		{abi.FuncKVList, h.kvList, []api.ValueType{i32, i32, i32, i32}, []string{"prefix", "prefix_len", "buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConnRead, (*Handler).connRead, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConnWrite, (*Handler).connWrite, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConnCloseWrite, (*Handler).connCloseWrite, nil, nil, []api.ValueType{i32}},
+		{abi.FuncConnUnread, (*Handler).connUnread, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConnPeerAddr, (*Handler).connPeerAddr, []api.ValueType{i32, i32}, []string{"buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConnID, (*Handler).connID, nil, nil, []api.ValueType{i64}},
+		{abi.FuncWorkerID, (*Handler).workerID, nil, nil, []api.ValueType{i32}},
+		{abi.FuncLog, (*Handler).log, []api.ValueType{i32, i32, i32}, []string{"level", "buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncConfigGet, (*Handler).configGet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncKVGet, (*Handler).kvGet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "buf", "buf_len"}, []api.ValueType{i32}},
+		{abi.FuncKVSet, (*Handler).kvSet, []api.ValueType{i32, i32, i32, i32}, []string{"key", "key_len", "value", "value_len"}, []api.ValueType{i32}},
+		{abi.FuncKVDelete, (*Handler).kvDelete, []api.ValueType{i32, i32}, []string{"key", "key_len"}, []api.ValueType{i32}},
+		{abi.FuncKVAdd, (*Handler).kvAdd, []api.ValueType{i32, i32, i64, i32}, []string{"key", "key_len", "delta", "out"}, []api.ValueType{i32}},
+		{abi.FuncKVList, (*Handler).kvList, []api.ValueType{i32, i32, i32, i32}, []string{"prefix", "prefix_len", "buf", "buf_len"}, []api.ValueType{i32}},
 	}
 	for _, f := range fns {
-		b.NewFunctionBuilder().WithGoModuleFunction(f.fn, f.params, f.results).
+		// The runtime is shared by the Handlers serving its module: a call
+		// goes to the calling instance's.
+		fn := f.fn
+		call := func(ctx context.Context, mod api.Module, stack []uint64) { fn(handlerOf(ctx), ctx, mod, stack) }
+		b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(call), f.params, f.results).
 			WithParameterNames(f.names...).Export(f.name)
 	}
 	if _, err := b.Instantiate(ctx); err != nil {
@@ -64,6 +69,14 @@ func buffer(mod api.Module, stack []uint64) ([]byte, int32) {
 		return nil, abi.ErrFault
 	}
 	return b, 0
+}
+
+// handlerOf is the Handler of the instance calling a host function.
+func handlerOf(ctx context.Context) *Handler {
+	if inst := instanceOf(ctx); inst != nil {
+		return inst.h
+	}
+	panic("wcluster: a host function called outside an instance")
 }
 
 func current(ctx context.Context) *conn {

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 )
 
@@ -29,32 +30,35 @@ func trap(format string, args ...any) {
 }
 
 // instantiateHostModule registers the http_handler host functions.
-func (w *web) instantiateHostModule(ctx context.Context) error {
-	fns := map[string]api.GoModuleFunc{
-		"enable_features":      w.enableFeatures,
-		"get_config":           w.getConfig,
-		"log_enabled":          w.logEnabled,
-		"log":                  w.log,
-		"get_method":           w.getMethod,
-		"set_method":           w.setMethod,
-		"get_uri":              w.getURI,
-		"set_uri":              w.setURI,
-		"get_protocol_version": w.getProtocolVersion,
-		"get_source_addr":      w.getSourceAddr,
-		"get_header_names":     w.getHeaderNames,
-		"get_header_values":    w.getHeaderValues,
-		"set_header_value":     w.setHeaderValue,
-		"add_header_value":     w.addHeaderValue,
-		"remove_header":        w.removeHeader,
-		"read_body":            w.readBody,
-		"write_body":           w.writeBody,
-		"get_status_code":      w.getStatusCode,
-		"set_status_code":      w.setStatusCode,
+func instantiateHTTPModule(ctx context.Context, rt wazero.Runtime) error {
+	fns := map[string]func(*web, context.Context, api.Module, []uint64){
+		"enable_features":      (*web).enableFeatures,
+		"get_config":           (*web).getConfig,
+		"log_enabled":          (*web).logEnabled,
+		"log":                  (*web).log,
+		"get_method":           (*web).getMethod,
+		"set_method":           (*web).setMethod,
+		"get_uri":              (*web).getURI,
+		"set_uri":              (*web).setURI,
+		"get_protocol_version": (*web).getProtocolVersion,
+		"get_source_addr":      (*web).getSourceAddr,
+		"get_header_names":     (*web).getHeaderNames,
+		"get_header_values":    (*web).getHeaderValues,
+		"set_header_value":     (*web).setHeaderValue,
+		"add_header_value":     (*web).addHeaderValue,
+		"remove_header":        (*web).removeHeader,
+		"read_body":            (*web).readBody,
+		"write_body":           (*web).writeBody,
+		"get_status_code":      (*web).getStatusCode,
+		"set_status_code":      (*web).setStatusCode,
 	}
-	b := w.h.rt.NewHostModuleBuilder(httpModule)
+	b := rt.NewHostModuleBuilder(httpModule)
 	for name, fn := range fns {
 		sig := httpSignatures[name]
-		b.NewFunctionBuilder().WithGoModuleFunction(fn, sig[0], sig[1]).Export(name)
+		// The runtime is shared (see Modules): a call goes to the calling
+		// instance's Handler.
+		call := func(ctx context.Context, mod api.Module, stack []uint64) { fn(handlerOf(ctx).web, ctx, mod, stack) }
+		b.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(call), sig[0], sig[1]).Export(name)
 	}
 	if _, err := b.Instantiate(ctx); err != nil {
 		return fmt.Errorf("instantiate %s host module: %w", httpModule, err)

@@ -67,9 +67,6 @@ type web struct {
 func (h *Handler) initWeb(ctx context.Context) error {
 	w := &web{h: h, lis: newWebListener()}
 	w.shutCtx, w.cancelShut = context.WithCancel(context.Background())
-	if err := w.instantiateHostModule(ctx); err != nil {
-		return err
-	}
 	if h.opts.Upstream != "" {
 		u, err := url.Parse(h.opts.Upstream)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

@@ -426,6 +426,7 @@ func (h *Handler) release(inst *instance, healthy bool, now time.Time) {
 		inst.last = now
 		h.mu.Lock()
 		h.idle = append(h.idle, inst)
+		h.startMaintain()
 		h.mu.Unlock()
 		select {
 		case h.returned <- struct{}{}:
@@ -437,12 +438,29 @@ func (h *Handler) release(inst *instance, healthy bool, now time.Time) {
 	<-h.sem
 }
 
+// startMaintain starts maintain if the pool holds instances and it does
+// not run. Call it with mu held.
+func (h *Handler) startMaintain() {
+	if len(h.idle) > 0 && !h.maintaining {
+		h.maintaining = true
+		h.done.Add(1)
+		go h.maintain()
+	}
+}
+
 // track adds inst to (or removes it from) the instances the watchdog checks.
 func (h *Handler) track(inst *instance, add bool) {
 	h.limitMu.Lock()
 	defer h.limitMu.Unlock()
 	if add {
 		h.limited[inst] = struct{}{}
+		if !h.watching {
+			// The first instance under the limit (its start functions
+			// already run under it): watch runs until none is left.
+			h.watching = true
+			h.done.Add(1)
+			go h.watch()
+		}
 	} else {
 		delete(h.limited, inst)
 	}
@@ -451,7 +469,9 @@ func (h *Handler) track(inst *instance, add bool) {
 // watch stops calls that overrun the time limit, checking every eighth of
 // it (1 s at most, 5 ms at least): a call is stopped within that much after
 // its limit. One goroutine per handler rather than a timer per call keeps
-// the time limit off each request's path. It runs until Close.
+// the time limit off each request's path. It runs while the handler has
+// instances (track starts it; most of many tenants have none), or until
+// Close.
 func (h *Handler) watch() {
 	defer h.done.Done()
 	limit := h.opts.Timeout
@@ -464,6 +484,11 @@ func (h *Handler) watch() {
 			return
 		case now := <-tick.C:
 			h.limitMu.Lock()
+			if len(h.limited) == 0 {
+				h.watching = false // the next track starts another
+				h.limitMu.Unlock()
+				return
+			}
 			insts = insts[:0]
 			for inst := range h.limited {
 				insts = append(insts, inst)
@@ -479,10 +504,12 @@ func (h *Handler) watch() {
 
 // maintain shrinks the pool: instances idle for longer than idleInstance,
 // beyond MinInstances, are closed; and it reports guest output the rate
-// limit dropped once the limit lifts. It runs until Close.
+// limit dropped once the limit lifts. It runs while the pool holds
+// instances (startMaintain starts it; most of many tenants have none), or
+// until Close.
 func (h *Handler) maintain() {
 	defer h.done.Done()
-	const idleInstance = 30 * time.Second
+	idleInstance := h.opts.idleInstance
 	tick := time.NewTicker(idleInstance / 3)
 	defer tick.Stop()
 	for {
@@ -493,9 +520,14 @@ func (h *Handler) maintain() {
 			h.flushDropped(now)
 			var old []*instance
 			h.mu.Lock()
+			if len(h.idle) == 0 {
+				h.maintaining = false // the next instance pooled starts another
+				h.mu.Unlock()
+				return
+			}
 			// idle is a stack: the least recently used are at the bottom.
 			n := 0
-			for n < len(h.idle)-h.opts.MinInstances && now.Sub(h.idle[n].last) > idleInstance {
+			for n < len(h.idle)-h.warm() && now.Sub(h.idle[n].last) > idleInstance {
 				n++
 			}
 			old = append(old, h.idle[:n]...)

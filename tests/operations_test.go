@@ -667,3 +667,28 @@ func TestNewTemplates(t *testing.T) {
 		t.Fatalf("new cobol: %v %s", err, out)
 	}
 }
+
+// TestCompileProgress: without a terminal, a module compiled on a cache
+// miss is one log line with its size and the time taken; from a warm cache
+// it is not said at info.
+func TestCompileProgress(t *testing.T) {
+	t.Parallel()
+	cache := t.TempDir()
+	handler := guest(t, "c-hello")
+	st, err := os.Stat(handler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []bool{true, false} {
+		s, err := launch(t, exec.Command(env.bin, "serve", "--listen", "127.0.0.1:0", "--workers", "1", "--cache-dir", cache, handler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		line := regexp.MustCompile(fmt.Sprintf(`msg="module ready" .*handler=c-hello.wasm bytes=%d compiled=true took=\S+`, st.Size())).FindString(s.output())
+		if (line != "") != want {
+			t.Fatalf("start %d: compile line %q, want one: %v\n%s", i, line, want, s.output())
+		}
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		s.waitExit(30 * time.Second)
+	}
+}

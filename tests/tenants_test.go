@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -604,4 +605,158 @@ func groupWorkerPIDs(t *testing.T, ctl, group string) []int {
 	}
 	walk(doc)
 	return pids
+}
+
+// TestManyTenants: 5,000 tenants in one file, each its own host name on
+// one port, sharing one handler (the probe, which answers with its
+// tenant's config value): `check --config` within 10s, `serve --config`
+// answering within 20s, 50 random tenants each answered as itself (their
+// instances made by these first requests: none is kept warm with this
+// many tenants), and the largest worker's RSS within 1 GiB. These are
+// the bounds of a plain build; a race build (the default of the tests)
+// runs the master and workers several times slower and holds the race
+// detector's shadow memory, so it is given twice the time and 512 MiB
+// more. It measures timing: it runs alone.
+func TestManyTenants(t *testing.T) {
+	const n = 5000
+	checkBound, serveBound, rssBound := 10*time.Second, 20*time.Second, uint64(1<<30)
+	build := "plain build"
+	if raceBuild(t, env.bin) {
+		checkBound, serveBound, rssBound = 2*checkBound, 2*serveBound, rssBound+512<<20
+		build = "race build: twice the time, 512 MiB more"
+	}
+	dir := t.TempDir()
+	probe := probeGuest(t)
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ctl := filepath.Join(dir, "ctl.sock")
+	// configText is the file; t1 serves handler1 with config name1.
+	configText := func(handler1, name1 string) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "[cluster]\nworkers = 2\ncache_dir = %q\ncontrol = %q\n", env.cache, ctl)
+		for i := range n {
+			handler, name := probe, fmt.Sprintf("t%d", i)
+			if i == 1 {
+				handler, name = handler1, name1
+			}
+			fmt.Fprintf(&b, "\n[[tenant]]\nname = \"t%d\"\nhandler = %q\nlisten = [%q]\nhosts = [\"t%d.test\"]\nconfig = { name = %q }\n",
+				i, handler, addr, i, name)
+		}
+		return b.String()
+	}
+	cfg := filepath.Join(dir, "wcluster.toml")
+	writeConfig(t, cfg, configText(probe, "t1"))
+
+	begin := time.Now()
+	out, err := run(t, "check", "--config", cfg)
+	took := time.Since(begin)
+	if err != nil || !strings.Contains(out, fmt.Sprintf("ok, %d tenants", n)) {
+		t.Fatalf("check --config: %v\n%.2000s", err, out)
+	}
+	t.Logf("check --config of %d tenants: %v (%s)", n, took.Round(time.Millisecond), build)
+	if took > checkBound {
+		t.Errorf("check --config of %d tenants took %v, more than %v (%s)", n, took.Round(time.Millisecond), checkBound, build)
+	}
+
+	begin = time.Now()
+	startConfig(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for {
+		code, body, err := hostGet(ctx, client, addr, "t0.test", "/")
+		if err == nil && code == 200 && body == "tenant t0\n" {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("tenant t0 not answering 60s after start: %d %q %v", code, body, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took = time.Since(begin)
+	t.Logf("serve --config of %d tenants answering after %v (%s)", n, took.Round(time.Millisecond), build)
+	if took > serveBound {
+		t.Errorf("serve --config of %d tenants answered after %v, more than %v (%s)", n, took.Round(time.Millisecond), serveBound, build)
+	}
+
+	// 50 random tenants, each cold: its first request makes its instance.
+	for _, i := range mrand.Perm(n)[:50] {
+		host := fmt.Sprintf("t%d.test", i)
+		code, body, err := hostGet(ctx, client, addr, host, "/")
+		if err != nil || code != 200 || body != fmt.Sprintf("tenant t%d\n", i) {
+			t.Errorf("Host %s: %d %q %v, want 200 \"tenant t%d\\n\"", host, code, body, err, i)
+		}
+	}
+	// The workers report their counters every so often: wait for the
+	// instances those requests made.
+	var st status
+	var largest uint64
+	var created, live int64
+	for wait := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		readStatus(t, ctl, &st)
+		largest, created, live = 0, 0, 0
+		for _, w := range st.Workers {
+			largest = max(largest, uint64(procKiB(t, w.PID)["VmRSS"])<<10)
+			created += int64(w.Handler.InstancesCreated)
+			live += w.Handler.InstancesLive
+		}
+		if created >= 51 || time.Now().After(wait) {
+			break
+		}
+	}
+	t.Logf("largest worker RSS %d MiB, %d instances made and %d live in %d workers", largest>>20, created, live, len(st.Workers))
+	if largest == 0 || largest > rssBound {
+		t.Errorf("largest worker RSS %d MiB, want at most %d MiB (%s)", largest>>20, rssBound>>20, build)
+	}
+	// Each tenant's first request made its instance; none was made before.
+	if len(st.Workers) != 2 || created < 51 || created > 2*51 || live > created {
+		t.Errorf("%d workers, %d instances made, %d live after 51 tenants' first requests: want 2 workers, 51 to 102 instances, made on demand", len(st.Workers), created, live)
+	}
+
+	// A reload that gives t1 another handler (the C hello, small enough to
+	// compile quickly under the race detector, with a custom section of
+	// this run's own appended: bytes never compiled before): that module
+	// is compiled (one entry more in the compilation cache; nothing else
+	// runs meanwhile, this test is not parallel), the others come from the
+	// cache, and every tenant answers as the new file says.
+	wasm, err := os.ReadFile(guest(t, "c-hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := fmt.Sprintf("reload-%d", time.Now().UnixNano())
+	wasm = append(append(append(wasm, 0, byte(len(section)+2), byte(len(section))), section...), 'x')
+	changed := filepath.Join(dir, "changed.wasm")
+	if err := os.WriteFile(changed, wasm, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, cfg, configText(changed, "t1"))
+	before := cacheFiles(t)
+	if out, err := run(t, "reload", "--control", ctl); err != nil || !strings.Contains(out, "reloaded") {
+		t.Fatalf("reload: %v %s", err, out)
+	}
+	if added := cacheFiles(t) - before; added != 1 {
+		t.Errorf("the reload added %d entries to the compilation cache, want 1 (the changed handler's)", added)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for host, want := range map[string]string{"t1.test": "hello world\n", "t4321.test": "tenant t4321\n"} {
+		if code, body, err := hostGet(ctx, client, addr, host, "/"); err != nil || code != 200 || body != want {
+			t.Errorf("after the reload, Host %s: %d %q %v, want %q", host, code, body, err, want)
+		}
+	}
+}
+
+// cacheFiles counts the files of the tests' compilation cache.
+func cacheFiles(t *testing.T) int {
+	n := 0
+	err := filepath.WalkDir(env.cache, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			n++
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -61,7 +61,7 @@ func checkHandler(c *cli.Context, d config.Defaults) error {
 		return err
 	}
 	// The guest's own output while it starts is not check's to show.
-	infos, err := prepare(c.Context, cfg, slog.New(slog.DiscardHandler))
+	infos, err := prepare(c.Context, cfg, slog.New(slog.DiscardHandler), c.App.ErrWriter)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -49,7 +50,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	// Compile once here, as the workers will: a bad module stops us before
 	// any worker starts, and the workers find the cache warm.
 	cached := config.CacheEntries(cfg.Cluster.CacheDir)
-	infos, err := prepare(parent, cfg, log)
+	infos, err := prepare(parent, cfg, log, out)
 	if err != nil {
 		return err
 	}
@@ -222,30 +223,77 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 // prepare compiles every tenant's module as the workers will (filling the
 // compilation cache) and checks it can be served; the error names each
 // tenant whose module cannot, one per line. The master calls it before
-// starting workers, and on reload before replacing them.
-func prepare(ctx context.Context, c *config.Config, log *slog.Logger) ([]host.Info, error) {
+// starting workers, and on reload before replacing them. Each distinct
+// module is compiled once, and started once per set of what its start
+// functions see or are limited by (startKey): tenants differing in their
+// hosts, certificates or config values only share one check.
+func prepare(ctx context.Context, c *config.Config, log *slog.Logger, progress ...io.Writer) ([]host.Info, error) {
 	var errs []string
 	var infos []host.Info
+	modules := host.NewModules()
+	defer modules.Close(ctx)
+	handlers := config.HandlerFiles{}
+	type checked struct {
+		info host.Info
+		err  error
+	}
+	done := map[startKey]checked{}
 	for i := range c.Tenants {
 		t := &c.Tenants[i]
-		wasm, err := t.ReadWasm()
+		wasm, err := handlers.Read(t)
 		if err != nil {
 			errs = append(errs, c.ModuleError(t, err, false))
 			continue
 		}
-		info, err := host.Prepare(ctx, t.Options(wasm, c.Cluster.CacheDir, 0, log))
-		if err != nil {
-			errs = append(errs, c.ModuleError(t, err, true))
+		k := keyOf(t)
+		r, ok := done[k]
+		if !ok {
+			o := t.Options(wasm, c.Cluster.CacheDir, 0, log)
+			o.Modules = modules
+			shown := func(error) {}
+			if len(progress) > 0 {
+				shown = compileProgress(progress[0], log, handlerName(t), len(wasm), c.Cluster.CacheDir)
+			}
+			r.info, r.err = host.Prepare(ctx, o)
+			shown(r.err)
+			done[k] = r
+			for _, w := range r.info.Warnings {
+				log.Warn(w, "tenant", t.Name)
+			}
 		}
-		for _, w := range info.Warnings {
-			log.Warn(w, "tenant", t.Name)
+		if r.err != nil {
+			errs = append(errs, c.ModuleError(t, r.err, true))
 		}
-		infos = append(infos, info)
+		infos = append(infos, r.info)
 	}
 	if len(errs) > 0 {
 		return nil, errors.New(strings.Join(errs, "\n"))
 	}
 	return infos, nil
+}
+
+// handlerName names t's handler in progress lines.
+func handlerName(t *config.Tenant) string {
+	if t.Handler == "" {
+		return "the embedded handler"
+	}
+	return filepath.Base(t.Handler)
+}
+
+// startKey is what a module's start depends on: the module (by file),
+// the limits it starts within and what it sees (env, mount, an http-wasm
+// guest's configuration and upstream).
+type startKey struct {
+	handler                   string
+	memoryLimit, memoryBudget uint64
+	timeout                   time.Duration
+	env, mount                string
+	upstream, guestConfig     string
+}
+
+func keyOf(t *config.Tenant) startKey {
+	return startKey{handler: t.Handler, memoryLimit: t.MemoryLimit, memoryBudget: t.MemoryBudget, timeout: t.Timeout,
+		env: strings.Join(t.Env, "\x00"), mount: t.Mount, upstream: t.Upstream, guestConfig: string(t.GuestConfig)}
 }
 
 // reload re-reads the configuration and, if it is valid and its modules

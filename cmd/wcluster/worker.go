@@ -15,7 +15,6 @@ import (
 	"github.com/wcluster/wcluster/dispatch"
 	"github.com/wcluster/wcluster/host"
 	"github.com/wcluster/wcluster/internal/kvstore"
-	"github.com/wcluster/wcluster/internal/stats"
 	"github.com/wcluster/wcluster/internal/tickets"
 )
 
@@ -78,7 +77,8 @@ func runWorker(stderr io.Writer) int {
 		}
 		r.SetChallenges(c)
 	})
-	if err := w.Serve(ctx, r, func() *stats.Worker { return routerStats(r, budget) }); err != nil {
+	reports := &tenantReports{r: r, budget: budget}
+	if err := w.Serve(ctx, r, reports.next); err != nil {
 		log.Warn("worker stopped", "err", err)
 		return 1
 	}
@@ -115,17 +115,24 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.
 			return s, nil
 		})
 	}
+	// The tenants serving one module share its compiled code; the
+	// worker's runtimes live as long as it does.
+	modules := host.NewModules()
 	defer func() { // on an error, close what was built
+		if err == nil {
+			return
+		}
 		for _, t := range tenants {
-			if err != nil && t.Handler != nil {
+			if t.Handler != nil {
 				t.Handler.Close(ctx)
 			}
 		}
+		modules.Close(ctx)
 	}()
 	for i := range g.Tenants {
 		tp := &g.Tenants[i]
 		var wasm []byte
-		if wasm, err = tp.ReadWasm(); err != nil {
+		if wasm, err = g.Wasm(tp); err != nil {
 			return nil, fmt.Errorf("tenant %q: handler %s", tp.Name, config.HandlerError(tp.Handler, err))
 		}
 		t := &host.Tenant{Name: tp.Name, Hosts: tp.Hosts, MaxConns: tp.MaxConns, TicketKeys: keys.Tenants[tp.Name]}
@@ -140,7 +147,7 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.
 			}
 		}
 		o := tp.Options(wasm, g.CacheDir, workerID, log)
-		o.Budget, o.MemoryWait = budget, g.MemoryWait
+		o.Budget, o.MemoryWait, o.Modules = budget, g.MemoryWait, modules
 		if kv != nil {
 			o.KV = &kvstore.Tenant{Backend: kv, NS: tp.Name, Limits: kvstore.Limits{MaxValue: int(tp.KVMaxValue), Quota: int64(tp.KVQuota)}}
 		}

@@ -92,6 +92,11 @@ type Worker struct {
 	// counters finds them whatever the worker serves.
 	Counters
 	Tenants map[string]Tenant `json:"tenants,omitempty"`
+	// Partial: Tenants holds only some tenants (those whose figures
+	// changed since the last report, a bounded number per report, for a
+	// worker of many tenants); the others are as last reported. Merge
+	// folds such a report into the last one.
+	Partial bool `json:"partial,omitempty"`
 	// Routing: requests no tenant served (421), request heads refused
 	// (400, 431, 408), failed TLS handshakes.
 	Misdirected uint64 `json:"misdirected"`
@@ -104,6 +109,24 @@ type Worker struct {
 	GuestMemoryInUse    uint64 `json:"guest_memory_in_use"`
 	GuestMemoryWaits    uint64 `json:"guest_memory_waits"`
 	GuestMemoryRefusals uint64 `json:"guest_memory_refusals"`
+}
+
+// Merge returns w with the tenants of last that a Partial w leaves out
+// (w itself when whole). last is not modified: readers may hold it.
+func (w *Worker) Merge(last *Worker) *Worker {
+	if w == nil || !w.Partial || last == nil {
+		return w
+	}
+	merged := *w
+	merged.Partial = false
+	merged.Tenants = make(map[string]Tenant, len(last.Tenants)+len(w.Tenants))
+	for name, t := range last.Tenants {
+		merged.Tenants[name] = t
+	}
+	for name, t := range w.Tenants {
+		merged.Tenants[name] = t
+	}
+	return &merged
 }
 
 // Reported reports whether w holds a worker's report (a heartbeat came).
