@@ -24,9 +24,11 @@ import (
 // autocommit, ended by the reset): it sees every write committed before it
 // began, in any process, so nothing is cached between reads.
 
-// maxReaders bounds the read connections of one store: a worker runs at
-// most a few reads at once per core.
-const maxReaders = 8
+// maxReaders bounds the read connections of one store (each has a page
+// cache of its own, up to SQLite's 2 MB): a worker runs a few reads at
+// once per core, and a read waits for a free connection rather than open
+// more.
+const maxReaders = 4
 
 // reader is one read connection, used by one goroutine at a time.
 type reader struct {
