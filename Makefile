@@ -28,6 +28,7 @@ go-guests:
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-httpwasm.wasm ./guests/go/hwhello
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-waf.wasm ./guests/go/waf
 	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-kv.wasm ./guests/go/kv
+	$(GOWASM) -buildmode=c-shared -o $(OUT)/go-httpkv.wasm ./guests/go/httpkv
 	$(GOWASM) -o $(OUT)/go-cat.wasm ./guests/go/catcmd
 	$(GOWASM) -o $(OUT)/go-httpcmd.wasm ./guests/go/httpcmd
 

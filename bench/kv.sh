@@ -33,6 +33,7 @@ start() { # NAME CMD...
 	shift
 	setsid "$@" </dev/null >>"$out/$name.log" 2>&1 &
 	pids+=("$!")
+	disown "$!" # cleanup kills it: no "Killed" line from the shell
 }
 declare -A port path
 port[hello]=$((PORT_BASE + 1)) port[kv-embedded]=$((PORT_BASE + 2)) port[kv-redis]=$((PORT_BASE + 3))

@@ -78,7 +78,7 @@ const wasiModule = "wasi_snapshot_preview1"
 
 // connless are the wcluster functions that need no connection: an http-wasm
 // guest may import them beside http_handler.
-var connless = map[string]bool{abi.FuncConfigGet: true, abi.FuncKVGet: true, abi.FuncKVSet: true,
+var connless = map[string]bool{abi.FuncConfigGet: true, abi.FuncWorkerID: true, abi.FuncKVGet: true, abi.FuncKVSet: true,
 	abi.FuncKVDelete: true, abi.FuncKVAdd: true, abi.FuncKVList: true}
 
 // inspect checks that a compiled module can be served and says how.
@@ -135,12 +135,13 @@ func inspect(m wazero.CompiledModule) (Info, error) {
 	if _, ok := exports[httpHandleRequest]; ok && !handles || importsFrom(info.Imports, httpModule) {
 		info.Kind = KindHTTP
 		// Beside http_handler, only wcluster's functions that need no
-		// connection: its configuration and the key-value store.
+		// connection: its configuration, the worker's id and the
+		// key-value store.
 		for _, imp := range info.Imports {
 			name, ok := strings.CutPrefix(imp, abi.HostModule+".")
 			if ok && !connless[name] {
 				return info, fmt.Errorf("imports %s from %q beside %q: an http-wasm guest may use only %s of wcluster's functions (the connection is the host's)",
-					imp, abi.HostModule, httpModule, "config_get and kv_*")
+					imp, abi.HostModule, httpModule, "config_get, worker_id and kv_*")
 			}
 		}
 		return info, checkHTTPExports(m)

@@ -657,8 +657,8 @@ func TestHTTPWasmCheck(t *testing.T) {
 		{"no-response", `(import "http_handler" "get_uri" (func (param i32 i32) (result i32))) ` + exports,
 			"exports handle_request but no handle_response"},
 		{"mixed", `(import "http_handler" "get_uri" (func (param i32 i32) (result i32)))
-  (import "wcluster" "worker_id" (func (result i32))) ` + exports + ` (func (export "handle_response") (param i32 i32))`,
-			`imports wcluster.worker_id from "wcluster" beside "http_handler": an http-wasm guest may use only config_get and kv_*`},
+  (import "wcluster" "conn_id" (func (result i64))) ` + exports + ` (func (export "handle_response") (param i32 i32))`,
+			`imports wcluster.conn_id from "wcluster" beside "http_handler": an http-wasm guest may use only config_get, worker_id and kv_*`},
 	} {
 		wat := filepath.Join(dir, tc.name+".wat")
 		wasm := filepath.Join(dir, tc.name+".wasm")

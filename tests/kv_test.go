@@ -152,24 +152,7 @@ hosts = ["beta.test"]
 	if code, body, _ := kvDo(t, addr, "beta.test", "GET", "/kv/?prefix=", ""); code != 200 || body != "" {
 		t.Fatalf("beta lists %d %q, want none of alpha's keys", code, body)
 	}
-	if code, _, _ := kvDo(t, addr, "alpha.test", "PUT", "/kv/big", strings.Repeat("x", 2048)); code != 413 {
-		t.Fatalf("a 2 KiB value with kv_max_value 1KiB: %d, want 413", code)
-	}
-	if code, _, _ := kvDo(t, addr, "alpha.test", "PUT", "/kv/"+strings.Repeat("k", 1500), "v"); code != 413 {
-		t.Fatalf("a 1,500-byte key: %d, want 413", code)
-	}
-	full := 0
-	for i := range 6 {
-		code, _, _ := kvDo(t, addr, "alpha.test", "PUT", fmt.Sprintf("/kv/fill%d", i), strings.Repeat("y", 1000))
-		if code == 413 {
-			full++
-		} else if code != 204 {
-			t.Fatalf("fill %d: %d", i, code)
-		}
-	}
-	if full == 0 {
-		t.Fatal("6 KB written to a 4 KiB quota: no 413")
-	}
+	checkKVLimits(t, addr, "alpha.test")
 	// beta has no quota of its own but the default; it is unaffected.
 	if code, _, _ := kvDo(t, addr, "beta.test", "PUT", "/kv/x", strings.Repeat("z", 1000)); code != 204 {
 		t.Fatalf("beta PUT while alpha is full: %d", code)
@@ -191,19 +174,48 @@ hosts = ["beta.test"]
 	}
 }
 
-// kvExamples are the kv examples of guests/<lang>/kv, one per language.
-var kvExamples = []string{"go-kv", "c-kv", "rust-kv", "as-kv", "zig-kv"}
+// checkKVLimits checks a kv example's answers at the store's limits, on a
+// tenant whose kv_max_value is 1KiB and kv_quota 4KiB: an oversize value
+// and an oversize key (over 1,024 bytes) get 413 (ErrTooLarge), and so
+// does a write past the quota (ErrQuota) once the tenant's store is full.
+func checkKVLimits(t *testing.T, addr, host string) {
+	t.Helper()
+	if code, body, _ := kvDo(t, addr, host, "PUT", "/kv/big", strings.Repeat("x", 2048)); code != 413 {
+		t.Fatalf("a 2 KiB value with kv_max_value 1KiB: %d %q, want 413", code, body)
+	}
+	if code, body, _ := kvDo(t, addr, host, "PUT", "/kv/"+strings.Repeat("k", 1500), "v"); code != 413 {
+		t.Fatalf("a 1,500-byte key: %d %q, want 413", code, body)
+	}
+	full := 0
+	for i := range 6 {
+		code, body, _ := kvDo(t, addr, host, "PUT", fmt.Sprintf("/kv/fill%d", i), strings.Repeat("y", 1000))
+		if code == 413 {
+			full++
+		} else if code != 204 {
+			t.Fatalf("fill %d: %d %q", i, code, body)
+		}
+	}
+	if full == 0 {
+		t.Fatal("6 KB written to a 4 KiB quota: no 413")
+	}
+}
+
+// kvExamples are the kv examples of guests/<lang>/kv, one per language,
+// and the Go http-wasm one (guests/go/httpkv).
+var kvExamples = []string{"go-kv", "c-kv", "rust-kv", "as-kv", "zig-kv", "go-httpkv"}
 
 // TestKVExamples: every language's kv example speaks the same HTTP
 // key-value API on the same store: PUT → 204, GET → 200 with the bytes (any
 // bytes, empty too) from every worker, or 404, DELETE → 204; two requests
-// on one kept-alive connection.
+// on one kept-alive connection; 413 for an oversize key or value and past
+// the quota.
 func TestKVExamples(t *testing.T) {
 	t.Parallel()
 	for _, name := range kvExamples {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			s := start(t, "--workers", "2", "--kv-dir", filepath.Join(t.TempDir(), "kv"), guest(t, name))
+			s := start(t, "--workers", "2", "--kv-dir", filepath.Join(t.TempDir(), "kv"),
+				"--kv-max-value", "1KiB", "--kv-quota", "4KiB", guest(t, name))
 			binary := make([]byte, 256)
 			for i := range binary {
 				binary[i] = byte(i)
@@ -242,6 +254,7 @@ func TestKVExamples(t *testing.T) {
 			if resp.StatusCode != 200 || string(b) != "abc" {
 				t.Fatalf("GET on the same connection: %d %q", resp.StatusCode, b)
 			}
+			checkKVLimits(t, s.addr, "")
 		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/wcluster/wcluster/internal/testfiles"
@@ -90,4 +91,79 @@ func TestBackends(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSQLiteReadsSeeWrites: two stores on one directory, as two worker
+// processes open it: every value one acknowledges the other reads at once,
+// from 8 goroutines at a time (more than the read connections), empty
+// values included; a closed store refuses reads.
+func TestSQLiteReadsSeeWrites(t *testing.T) {
+	dir := t.TempDir()
+	a, err := OpenSQLite(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := OpenSQLite(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for g := range 2 * maxReaders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := []byte("k" + strconv.Itoa(g))
+			for i := range 50 {
+				want := strconv.Itoa(i)
+				if i%10 == 0 {
+					want = ""
+				}
+				if err := a.Set(ctx, "ns", key, []byte(want), 0); err != nil {
+					t.Errorf("set: %v", err)
+					return
+				}
+				if v, err := b.Get(ctx, "ns", key); err != nil || string(v) != want || v == nil {
+					t.Errorf("%s: got %q (nil %v), %v after setting %q", key, v, v == nil, err, want)
+					return
+				}
+			}
+			if err := a.Delete(ctx, "ns", key); err != nil {
+				t.Errorf("delete: %v", err)
+			}
+			if _, err := b.Get(ctx, "ns", key); !errors.Is(err, ErrNotFound) {
+				t.Errorf("%s after delete: %v", key, err)
+			}
+		}()
+	}
+	wg.Wait()
+	b.Close()
+	if _, err := b.Get(ctx, "ns", []byte("k0")); err == nil {
+		t.Fatal("a closed store answered a read")
+	}
+}
+
+// BenchmarkSQLiteGet: a GET of a small key on the embedded store, from as
+// many goroutines as a worker runs instances.
+func BenchmarkSQLiteGet(b *testing.B) {
+	s, err := OpenSQLite(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	key := []byte("small")
+	if err := s.Set(ctx, "tenant", key, []byte("a small value"), 0); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if v, err := s.Get(ctx, "tenant", key); err != nil || len(v) != 13 {
+				b.Errorf("get: %q %v", v, err)
+				return
+			}
+		}
+	})
 }

@@ -19,8 +19,8 @@ import (
 // that survive the kill of any process (synchronous=NORMAL: a power loss
 // may take the last commits, a crash does not).
 type SQLite struct {
-	db  *sql.DB
-	get *sql.Stmt // prepared once: parsing the query cost more than running it
+	db    *sql.DB  // writes and lists
+	reads *readers // GETs, see reader.go
 }
 
 // FileName is the database's name in the store's directory.
@@ -47,25 +47,21 @@ CREATE TABLE IF NOT EXISTS usage (ns TEXT PRIMARY KEY, bytes INTEGER NOT NULL) W
 		db.Close()
 		return nil, fmt.Errorf("kv store %s: %w", dir, err)
 	}
-	get, err := db.PrepareContext(ctx, `SELECT v FROM kv WHERE ns = ? AND k = ?`)
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("kv store %s: %w", dir, err)
-	}
-	return &SQLite{db: db, get: get}, nil
+	return &SQLite{db: db, reads: newReaders(filepath.Join(dir, FileName))}, nil
 }
 
 func (s *SQLite) Close() error {
-	s.get.Close()
+	s.reads.close()
 	return s.db.Close()
 }
 
 func (s *SQLite) Get(ctx context.Context, ns string, key []byte) ([]byte, error) {
-	var v []byte
-	err := s.get.QueryRowContext(ctx, ns, key).Scan(&v)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, ErrNotFound
+	r, err := s.reads.take()
+	if err != nil {
+		return nil, err
 	}
+	v, err := r.lookup(ns, key)
+	s.reads.put(r, err != nil && err != ErrNotFound)
 	return v, err
 }
 

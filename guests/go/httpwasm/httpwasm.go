@@ -23,11 +23,19 @@
 // Returning next = true passes the request on to the host's next handler
 // (with wcluster, the --upstream); the handler registered with
 // HandleResponse then sees the response before it is sent.
+//
+// Beside the http-wasm ABI, wcluster gives such a handler its tenant's
+// config values (ConfigGet), its worker's id (WorkerID) and the key-value
+// store (KVGet, KVSet, KVDelete, KVAdd, KVList: the functions and errors of
+// package wcluster). A handler that calls none of them imports nothing but
+// http_handler, and runs on any http-wasm host.
 package httpwasm
 
 import (
 	"io"
 	"unsafe"
+
+	"github.com/wcluster/wcluster/guests/go/wcluster/store"
 )
 
 //go:wasmimport http_handler enable_features
@@ -356,3 +364,71 @@ func handleResponse(reqCtx uint32, isError uint32) {
 		registered.response(reqCtx, Request{}, Response{}, isError == 1)
 	}
 }
+
+// wcluster's functions that need no connection (abi/README.md): an http-wasm
+// guest may import them beside http_handler.
+
+//go:wasmimport wcluster worker_id
+func workerID() int32
+
+//go:wasmimport wcluster config_get
+func configGet(key unsafe.Pointer, keyLen int32, buf unsafe.Pointer, n int32) int32
+
+// WorkerID is the id (1..N) of the wcluster worker process serving the
+// request.
+func WorkerID() int { return int(workerID()) }
+
+// ConfigGet returns the operator's config value named key (the tenant's
+// `config` table, wcluster's config_get), and whether it is set. Config
+// returns the http-wasm guest configuration instead (get_config).
+func ConfigGet(key string) (string, bool) {
+	k := unsafe.Pointer(unsafe.StringData(key))
+	b := make([]byte, 256)
+	for {
+		n := configGet(k, int32(len(key)), unsafe.Pointer(&b[0]), int32(len(b)))
+		if n < 0 {
+			return "", false
+		}
+		if int(n) <= len(b) {
+			return string(b[:n]), true
+		}
+		b = make([]byte, n)
+	}
+}
+
+// Error is a wcluster host error code (always negative), the type of
+// package wcluster's errors.
+type Error = store.Error
+
+// The key-value store's error codes, as package wcluster names them; see
+// abi/README.md.
+const (
+	ErrFault       = store.ErrFault
+	ErrInvalid     = store.ErrInvalid
+	ErrTooLarge    = store.ErrTooLarge
+	ErrNotFound    = store.ErrNotFound
+	ErrUnavailable = store.ErrUnavailable
+	ErrQuota       = store.ErrQuota
+)
+
+// The key-value store: the tenant's own, shared by every instance of every
+// worker, durable (see abi/README.md, "Where state lives").
+
+// KVGet returns the value of key, or ErrNotFound.
+func KVGet(key string) ([]byte, error) { return store.Get(key) }
+
+// KVSet sets key to value; it returns once every worker reads it.
+// ErrTooLarge for a key or value over the store's limits, ErrQuota when
+// the tenant's store would pass its quota.
+func KVSet(key string, value []byte) error { return store.Set(key, value) }
+
+// KVDelete removes key (no error when it had no value).
+func KVDelete(key string) error { return store.Delete(key) }
+
+// KVAdd atomically adds delta to the integer value of key (none counts as
+// 0) and returns the sum.
+func KVAdd(key string, delta int64) (int64, error) { return store.Add(key, delta) }
+
+// KVList returns the keys beginning with prefix, in byte order (at most
+// 1,000).
+func KVList(prefix string) ([]string, error) { return store.List(prefix) }

@@ -17,6 +17,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"net/url"
 	"strconv"
@@ -142,14 +143,15 @@ func reason(code int) string {
 }
 
 type request struct {
-	method, target string
+	method, target []byte // views of the read buffer
 	body           []byte
 	size           int // head and body bytes
 	keepAlive      bool
 }
 
-// parse finds one complete request at the start of b. ok is false while
-// more bytes are needed; bad reports one this handler cannot serve.
+// parse finds one complete request at the start of b, in one pass over its
+// head and without allocating (as hello's parse). ok is false while more
+// bytes are needed; bad reports one this handler cannot serve.
 func parse(b []byte) (req request, ok, bad bool) {
 	start, clen := 0, 0
 	for i := 0; i < len(b); i++ {
@@ -172,35 +174,32 @@ func parse(b []byte) (req request, ok, bad bool) {
 			req.body = b[i+1 : req.size]
 			return req, true, false
 		case start == 0: // METHOD TARGET HTTP/1.x
-			s := string(line)
-			sp1 := strings.IndexByte(s, ' ')
-			sp2 := strings.LastIndexByte(s, ' ')
-			if sp1 <= 0 || sp2 <= sp1 || !strings.HasPrefix(s[sp2+1:], "HTTP/1.") || len(s)-sp2 != 9 {
+			sp1 := bytes.IndexByte(line, ' ')
+			sp2 := bytes.LastIndexByte(line, ' ')
+			if sp1 <= 0 || sp2 <= sp1 || len(line)-sp2 != 9 || string(line[sp2+1:sp2+8]) != "HTTP/1." {
 				return req, false, true
 			}
-			req.method, req.target = s[:sp1], s[sp1+1:sp2]
-			req.keepAlive = s[len(s)-1] == '1'
+			req.method, req.target = line[:sp1], line[sp1+1:sp2]
+			req.keepAlive = line[len(line)-1] == '1'
 		default:
-			colon := strings.IndexByte(string(line), ':')
+			colon := bytes.IndexByte(line, ':')
 			if colon <= 0 {
 				return req, false, true
 			}
-			name := strings.ToLower(string(line[:colon]))
-			value := strings.TrimSpace(string(line[colon+1:]))
-			switch name {
-			case "content-length":
-				v, err := strconv.Atoi(value)
-				if err != nil || v < 0 {
+			name, value := line[:colon], bytes.TrimSpace(line[colon+1:])
+			switch {
+			case bytes.EqualFold(name, []byte("content-length")):
+				v, good := atoi(value)
+				if !good {
 					return req, false, true
 				}
 				clen = v
-			case "transfer-encoding":
+			case bytes.EqualFold(name, []byte("transfer-encoding")):
 				return req, false, true // chunked bodies are not served here
-			case "connection":
-				switch strings.ToLower(value) {
-				case "close":
+			case bytes.EqualFold(name, []byte("connection")):
+				if bytes.EqualFold(value, []byte("close")) {
 					req.keepAlive = false
-				case "keep-alive":
+				} else if bytes.EqualFold(value, []byte("keep-alive")) {
 					req.keepAlive = true
 				}
 			}
@@ -210,18 +209,40 @@ func parse(b []byte) (req request, ok, bad bool) {
 	return req, false, false
 }
 
+// atoi parses a non-negative decimal of at most 9 digits.
+func atoi(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 9 {
+		return 0, false
+	}
+	v := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + int(c-'0')
+	}
+	return v, true
+}
+
 func handle(req request) (int, []byte) {
-	path, query, _ := strings.Cut(req.target, "?")
-	key, ok := strings.CutPrefix(path, "/kv/")
+	path, query, _ := bytes.Cut(req.target, []byte("?"))
+	k, ok := bytes.CutPrefix(path, []byte("/kv/"))
 	if !ok {
 		return 404, []byte("not found: use /kv/KEY\n")
 	}
-	if k, err := url.PathUnescape(key); err == nil {
-		key = k
+	key := string(k)
+	if bytes.IndexByte(k, '%') >= 0 {
+		if u, err := url.PathUnescape(key); err == nil {
+			key = u
+		}
 	}
-	q, _ := url.ParseQuery(query)
+	var q url.Values
+	if len(query) > 0 {
+		q, _ = url.ParseQuery(string(query))
+	}
+	method := string(req.method) // short and not kept: converted on the stack
 	switch {
-	case key == "" && req.method == "GET":
+	case key == "" && method == "GET":
 		keys, err := wcluster.KVList(q.Get("prefix"))
 		if err != nil {
 			return status(err), []byte(err.Error() + "\n")
@@ -231,23 +252,23 @@ func handle(req request) (int, []byte) {
 			b.WriteString(k + "\n")
 		}
 		return 200, []byte(b.String())
-	case req.method == "GET":
+	case method == "GET":
 		v, err := wcluster.KVGet(key)
 		if err != nil {
 			return status(err), nil
 		}
 		return 200, v
-	case req.method == "PUT":
+	case method == "PUT":
 		if err := wcluster.KVSet(key, req.body); err != nil {
 			return status(err), []byte(err.Error() + "\n")
 		}
 		return 204, nil
-	case req.method == "DELETE":
+	case method == "DELETE":
 		if err := wcluster.KVDelete(key); err != nil {
 			return status(err), []byte(err.Error() + "\n")
 		}
 		return 204, nil
-	case req.method == "POST" && q.Has("add"):
+	case method == "POST" && q.Has("add"):
 		d, err := strconv.ParseInt(q.Get("add"), 10, 64)
 		if err != nil {
 			return 400, []byte("add: give an integer\n")

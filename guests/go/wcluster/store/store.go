@@ -83,16 +83,28 @@ func str(s string) (unsafe.Pointer, int32) {
 	return unsafe.Pointer(unsafe.StringData(s)), int32(len(s))
 }
 
+// scratch receives values of up to its size: a guest instance runs one call
+// at a time, and Get returns a copy of the value's own size, so a small
+// value costs one small allocation. Made on first use: a module that never
+// calls Get does not carry it.
+var scratch []byte
+
 // Get returns the value of key, or ErrNotFound.
 func Get(key string) ([]byte, error) {
+	if scratch == nil {
+		scratch = make([]byte, 512)
+	}
 	k, kn := str(key)
-	buf := make([]byte, 512)
+	buf := scratch
 	for {
 		n := kvGet(k, kn, unsafe.Pointer(&buf[0]), int32(len(buf)))
 		if n < 0 {
 			return nil, Error(n)
 		}
 		if int(n) <= len(buf) {
+			if len(buf) == len(scratch) {
+				return append(make([]byte, 0, n), buf[:n]...), nil
+			}
 			return buf[:n], nil
 		}
 		buf = make([]byte, n)
