@@ -50,6 +50,9 @@ export declare function worker_id(): i32;
 @external("wcluster", "log")
 export declare function host_log(level: i32, buf: usize, buf_len: i32): i32;
 // @ts-ignore: decorator
+@external("wcluster", "config_get")
+export declare function config_get(key: usize, key_len: i32, buf: usize, buf_len: i32): i32;
+// @ts-ignore: decorator
 @external("wcluster", "kv_get")
 export declare function kv_get(key: usize, key_len: i32, buf: usize, buf_len: i32): i32;
 // @ts-ignore: decorator
@@ -249,6 +252,20 @@ function emit(level: i32, msg: string): void {
 
 function keyBytes(key: string): ArrayBuffer {
   return String.UTF8.encode(key);
+}
+
+/** The value of the tenant's configuration key (its `config` table in the
+ *  configuration file, or --env), or null when it has none. */
+export function config(key: string): string | null {
+  const k = Uint8Array.wrap(keyBytes(key));
+  let size = 256;
+  while (true) {
+    const buf = new Uint8Array(size);
+    const n = config_get(k.dataStart, k.length, buf.dataStart, size);
+    if (n < 0) return null; // ERR_NOT_FOUND
+    if (n <= size) return String.UTF8.decode(buf.buffer.slice(0, n));
+    size = n;
+  }
 }
 
 /** The value of key (its UTF-8 bytes), or null when the call failed: then

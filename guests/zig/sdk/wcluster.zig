@@ -43,6 +43,7 @@ pub const raw = struct {
     pub extern "wcluster" fn conn_id() i64;
     pub extern "wcluster" fn worker_id() i32;
     pub extern "wcluster" fn log(level: i32, buf: [*]const u8, buf_len: i32) i32;
+    pub extern "wcluster" fn config_get(key: [*]const u8, key_len: i32, buf: [*]u8, buf_len: i32) i32;
     pub extern "wcluster" fn kv_get(key: [*]const u8, key_len: i32, buf: [*]u8, buf_len: i32) i32;
     pub extern "wcluster" fn kv_set(key: [*]const u8, key_len: i32, value: [*]const u8, value_len: i32) i32;
     pub extern "wcluster" fn kv_delete(key: [*]const u8, key_len: i32) i32;
@@ -297,6 +298,14 @@ fn ptrOf(b: []const u8) [*]const u8 {
 /// value's full length: when it is larger than `buf.len`, call again with a
 /// larger buffer. error.NotFound when the key has no value, error.TooLarge
 /// for a key over 1,024 bytes.
+/// Copies the value of the tenant's configuration `key` (its `config`
+/// table) into `buf` (what fits) and returns its full length;
+/// error.NotFound when it has none.
+pub fn config(key: []const u8, buf: []u8) Error!usize {
+    const p: [*]u8 = if (buf.len == 0) &no_bytes else buf.ptr;
+    return check(raw.config_get(ptrOf(key), try len32(key.len), p, try len32(buf.len)));
+}
+
 pub fn kvGet(key: []const u8, buf: []u8) Error!usize {
     const p: [*]u8 = if (buf.len == 0) &no_bytes else buf.ptr;
     return check(raw.kv_get(ptrOf(key), try len32(key.len), p, try len32(buf.len)));
