@@ -152,13 +152,13 @@ func (l *listener) accept() (int, error) { return l.acceptAfter(nil) }
 // acceptAfter is accept calling before (if not nil) each time a connection
 // may be pending, before taking it: a shared worker's chance to leave it
 // to another (loadTable.yield).
-func (l *listener) acceptAfter(before func()) (int, error) {
+func (l *listener) acceptAfter(before func(fd int)) (int, error) {
 	for {
 		nfd := -1
 		var aerr error
 		err := l.rc.Read(func(fd uintptr) bool {
 			if before != nil {
-				before()
+				before(int(fd))
 			}
 			nfd, aerr = accept4(int(fd))
 			return aerr != unix.EAGAIN

@@ -542,9 +542,9 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 		limit = 1
 	}
 	pause := acceptPause{log: w.log, addr: l.addr.String()}
-	var yield func()
+	var yield func(fd int)
 	if w.load != nil { // shared: leave a connection to a less loaded worker
-		yield = func() { w.load.yield(w.id) }
+		yield = func(fd int) { w.load.yield(w.id, fd) }
 	}
 	for {
 		for w.inFlight.Load() >= limit {
