@@ -51,14 +51,7 @@ func (a *accessLog) request(r *http.Request, method, uri string, status int, byt
 	defer a.mu.Unlock()
 	b := a.buf[:0]
 	if a.json {
-		b = append(b, `{"time":"`...)
-		b = end.UTC().AppendFormat(b, time.RFC3339Nano)
-		b = append(b, `","tenant":`...)
-		b = appendJSONString(b, a.tenant)
-		b = append(b, `,"worker":`...)
-		b = strconv.AppendInt(b, int64(a.worker), 10)
-		b = append(b, `,"remote":`...)
-		b = appendJSONString(b, r.RemoteAddr)
+		b = a.jsonHead(b, r.RemoteAddr, end)
 		b = append(b, `,"host":`...)
 		b = appendJSONString(b, clip(r.Host, maxLoggedText))
 		b = append(b, `,"method":`...)
@@ -113,14 +106,7 @@ func (a *accessLog) conn(remote string, in, out int64, begin, end time.Time) {
 	defer a.mu.Unlock()
 	b := a.buf[:0]
 	if a.json {
-		b = append(b, `{"time":"`...)
-		b = end.UTC().AppendFormat(b, time.RFC3339Nano)
-		b = append(b, `","tenant":`...)
-		b = appendJSONString(b, a.tenant)
-		b = append(b, `,"worker":`...)
-		b = strconv.AppendInt(b, int64(a.worker), 10)
-		b = append(b, `,"remote":`...)
-		b = appendJSONString(b, remote)
+		b = a.jsonHead(b, remote, end)
 		b = append(b, `,"bytes_in":`...)
 		b = strconv.AppendInt(b, in, 10)
 		b = append(b, `,"bytes":`...)
@@ -144,6 +130,18 @@ func (a *accessLog) conn(remote string, in, out int64, begin, end time.Time) {
 	}
 	a.buf = b
 	a.w.Write(b)
+}
+
+// jsonHead begins a JSON line: time, tenant, worker and peer.
+func (a *accessLog) jsonHead(b []byte, remote string, end time.Time) []byte {
+	b = append(b, `{"time":"`...)
+	b = end.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","tenant":`...)
+	b = appendJSONString(b, a.tenant)
+	b = append(b, `,"worker":`...)
+	b = strconv.AppendInt(b, int64(a.worker), 10)
+	b = append(b, `,"remote":`...)
+	return appendJSONString(b, remote)
 }
 
 // clfHost is the address without its port.

@@ -20,6 +20,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
+// handlerCopy copies guest name to a file of the test's own (for tests
+// that replace the handler a server serves) and returns its path.
+func handlerCopy(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(guest(t, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "h.wasm")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // headCommit is the checkout's commit, as the binary should name it.
 func headCommit(t *testing.T) string {
 	t.Helper()
@@ -70,17 +85,9 @@ func TestVersionEverywhere(t *testing.T) {
 // socket or SIGHUP); the config hash follows what is served.
 func TestReloadOutcomes(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	handler := filepath.Join(dir, "h.wasm")
-	good, err := os.ReadFile(guest(t, "wat-hello"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	handler := handlerCopy(t, "wat-hello")
 	other, err := os.ReadFile(guest(t, "c-hello"))
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(handler, good, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s, ctl := startControlled(t, "--workers", "1", "--admin", "127.0.0.1:0", handler)
@@ -146,15 +153,7 @@ var durationText = regexp.MustCompile(`^-?[0-9.]+(ns|µs|us|ms|s|m|h)([0-9.]+(ns
 // structured.
 func TestJSONLogsIndex(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	handler := filepath.Join(dir, "h.wasm")
-	good, err := os.ReadFile(guest(t, "wat-hello"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(handler, good, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	handler := handlerCopy(t, "wat-hello")
 	s, ctl := startControlled(t, "--workers", "1", "--log-format", "json", "--log-level", "debug", handler)
 	pid := s.cmd.Process.Pid
 	run(t, "reload", "--control", ctl)
