@@ -182,7 +182,7 @@ func latency(s float64) string {
 	return fmt.Sprintf("≤%.1fs", s)
 }
 
-// Groups are the names of the frame's groups, for the `g` key to cycle.
+// GroupNames are the names of the frame's groups, for the `g` key to cycle.
 func (f Frame) GroupNames() []string {
 	var names []string
 	for _, g := range f.Groups {

@@ -294,21 +294,28 @@ fn ptrOf(b: []const u8) [*]const u8 {
     return if (b.len == 0) &no_bytes else b.ptr;
 }
 
-/// Copies the value of `key` into `buf` (as much as fits) and returns the
-/// value's full length: when it is larger than `buf.len`, call again with a
-/// larger buffer. error.NotFound when the key has no value, error.TooLarge
-/// for a key over 1,024 bytes.
+/// The host calls that copy a value for a key (or prefix) into a buffer
+/// and return its full length.
+const CopyOut = fn (key: [*]const u8, key_len: i32, buf: [*]u8, buf_len: i32) callconv(.C) i32;
+
+fn copyOut(comptime f: CopyOut, key: []const u8, buf: []u8) Error!usize {
+    const p: [*]u8 = if (buf.len == 0) &no_bytes else buf.ptr;
+    return check(f(ptrOf(key), try len32(key.len), p, try len32(buf.len)));
+}
+
 /// Copies the value of the tenant's configuration `key` (its `config`
 /// table) into `buf` (what fits) and returns its full length;
 /// error.NotFound when it has none.
 pub fn config(key: []const u8, buf: []u8) Error!usize {
-    const p: [*]u8 = if (buf.len == 0) &no_bytes else buf.ptr;
-    return check(raw.config_get(ptrOf(key), try len32(key.len), p, try len32(buf.len)));
+    return copyOut(raw.config_get, key, buf);
 }
 
+/// Copies the value of `key` into `buf` (as much as fits) and returns the
+/// value's full length: when it is larger than `buf.len`, call again with a
+/// larger buffer. error.NotFound when the key has no value, error.TooLarge
+/// for a key over 1,024 bytes.
 pub fn kvGet(key: []const u8, buf: []u8) Error!usize {
-    const p: [*]u8 = if (buf.len == 0) &no_bytes else buf.ptr;
-    return check(raw.kv_get(ptrOf(key), try len32(key.len), p, try len32(buf.len)));
+    return copyOut(raw.kv_get, key, buf);
 }
 
 /// Returns the value of `key` in memory from `allocator` (caller frees).
@@ -355,8 +362,7 @@ pub fn kvAdd(key: []const u8, delta: i64) Error!i64 {
 /// byte order) into `buf` (as much as fits) and returns its full length;
 /// read a complete listing with `KeyIterator`.
 pub fn kvList(prefix: []const u8, buf: []u8) Error!usize {
-    const p: [*]u8 = if (buf.len == 0) &no_bytes else buf.ptr;
-    return check(raw.kv_list(ptrOf(prefix), try len32(prefix.len), p, try len32(buf.len)));
+    return copyOut(raw.kv_list, prefix, buf);
 }
 
 /// Returns the listing of the keys beginning with `prefix` in memory from
