@@ -300,6 +300,9 @@ func (c *Cluster) Apply(ctx context.Context, cfgs []Config) error {
 	}
 	for i, cfg := range cfgs {
 		if m := next[i]; keep[m] {
+			if cfg.Secrets != nil {
+				m.SetSecrets(cfg.Secrets) // the new workers start with them
+			}
 			if err := m.Reload(ctx, cfg.WorkerConfig); err != nil {
 				return abort(groupError(cfg.Name, len(cfgs), err))
 			}

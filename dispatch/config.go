@@ -87,8 +87,8 @@ type Config struct {
 	// Credential, if set, runs the workers as this user and group (and
 	// that group only), so with no capabilities; the master must be root.
 	Credential *syscall.Credential
-	// Secrets, if set, are given to the workers at start as SetSecrets
-	// would (a group that Cluster.Apply starts).
+	// Secrets, if set, are what Cluster.Apply gives the group's workers
+	// (SetSecrets) before starting the new ones.
 	Secrets []byte
 	// Executable and Args start a worker (default: this binary, no args).
 	Executable string

@@ -337,7 +337,6 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, mgr *
 		dcs[i].Logger = log
 		dcs[i].Secrets = ticketKeys(ring, &next.Groups[i])
 	}
-	giveTicketKeys(cl, ring, next)
 	if err := cl.Apply(ctx, dcs); err != nil {
 		undo()
 		return nil, nil, err
