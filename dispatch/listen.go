@@ -286,9 +286,12 @@ func (l *listener) close() error {
 // accept4 accepts one connection, non-blocking and close-on-exec, asking
 // for no peer address: unix.Accept4 decodes one, which for TCP costs a
 // getsockopt(SO_PROTOCOL) system call per connection that nobody here reads.
+// On a non-blocking listener accept4 never waits, so it is made without
+// telling the Go scheduler a system call is under way: the accept loop's P
+// is not handed to another thread when the kernel stretches the call.
 func accept4(fd int) (int, error) {
 	for {
-		r, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+		r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 		switch e {
 		case 0:
 			return int(r), nil

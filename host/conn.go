@@ -119,7 +119,7 @@ func newConnOn(f *os.File, rc syscall.RawConn, tls *tlsState, id int64, h *Handl
 
 // rawWrite writes ioBuf once, without waiting.
 func (c *conn) rawWrite(fd uintptr) bool {
-	c.ioN, c.ioErr = unix.Write(int(fd), c.ioBuf)
+	c.ioN, c.ioErr = rawWrite(int(fd), c.ioBuf)
 	return true
 }
 
@@ -396,7 +396,7 @@ func (c *conn) step(fd uintptr) bool {
 	for {
 		if c.needRead {
 			bp := c.h.bufs.Get().(*[]byte)
-			n, err := unix.Read(int(fd), *bp)
+			n, err := rawRead(int(fd), *bp)
 			if err == unix.EAGAIN || err == unix.EINTR {
 				c.h.bufs.Put(bp)
 				if err == unix.EINTR {

@@ -42,3 +42,31 @@ func BenchmarkHTTPWasmServeConn(b *testing.B) {
 	b.StopTimer()
 	s.stop(b)
 }
+
+// BenchmarkHTTPWasmWAF: the CPU-heavy guest of bench/httpwasm.sh, the
+// firewall of guests/go/waf answering itself ("terminal"), one request at
+// a time: what one request costs in the guest and around it.
+//
+//	WCLUSTER_GUESTS=$PWD/out/guests go test ./host -run XXX -bench HTTPWasmWAF
+func BenchmarkHTTPWasmWAF(b *testing.B) {
+	o := benchOptions(benchGuest(b, "go-waf"), "waf", true)
+	o.GuestConfig = []byte("terminal")
+	h := benchHandler(b, o)
+	defer h.Close(context.Background())
+	s := benchServe(b, "waf", h)
+	req := []byte("GET /search?q=wasm+cluster&page=2 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\n\r\n")
+	buf := make([]byte, 4096)
+	n, err := benchRoundTrip(s.c, req, buf)
+	if err != nil || !strings.Contains(string(buf[:n]), "passed") {
+		b.Fatalf("first answer %q: %v", buf[:n], err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := benchRoundTrip(s.c, req, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	s.stop(b)
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -12,7 +14,8 @@ import (
 // Channel is one end of a SOCK_SEQPACKET socket pair: every send is one
 // message, delivered whole and in order, with its fd if any.
 type Channel struct {
-	c *net.UnixConn
+	c  *net.UnixConn
+	rc syscall.RawConn // c's, for SendNow and TryRecv
 }
 
 // NewChannel makes a Channel of f (one end of a SOCK_SEQPACKET pair),
@@ -28,7 +31,12 @@ func NewChannel(f *os.File) (*Channel, error) {
 		c.Close()
 		return nil, errors.New("channel: not a unix socket")
 	}
-	return &Channel{c: uc}, nil
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	return &Channel{c: uc, rc: rc}, nil
 }
 
 // SocketPair returns the master's and the worker's ends of a new channel.
@@ -59,17 +67,13 @@ func (ch *Channel) Send(msg []byte, fd int) error {
 // reading: hung, stopped, or far behind) is EAGAIN, not a wait, so one
 // worker cannot stall the master's accept loop.
 func (ch *Channel) SendNow(msg []byte, fd int) error {
-	rc, err := ch.c.SyscallConn()
-	if err != nil {
-		return err
-	}
 	var oob []byte
 	if fd >= 0 {
 		oob = unix.UnixRights(fd)
 	}
 	var serr error
-	if err := rc.Write(func(s uintptr) bool {
-		serr = unix.Sendmsg(int(s), msg, oob, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	if err := ch.rc.Write(func(s uintptr) bool {
+		serr = sendmsgNow(int(s), msg, oob)
 		return true
 	}); err != nil {
 		return err
@@ -78,6 +82,36 @@ func (ch *Channel) SendNow(msg []byte, fd int) error {
 		return os.NewSyscallError("sendmsg", serr)
 	}
 	return nil
+}
+
+// sendmsgNow is sendmsg(2) with MSG_DONTWAIT, made without telling the Go
+// scheduler a system call is under way: it never waits, and the master's
+// accept loop makes one per connection, so the runtime need not hand its P
+// to another thread when the kernel stretches the call (see
+// host/rawio.go). The message and oob stay referenced by the caller for
+// the call.
+func sendmsgNow(s int, msg, oob []byte) error {
+	var iov unix.Iovec
+	if len(msg) > 0 {
+		iov.Base = &msg[0]
+		iov.SetLen(len(msg))
+	}
+	var h unix.Msghdr
+	h.Iov, h.Iovlen = &iov, 1
+	if len(oob) > 0 {
+		h.Control = &oob[0]
+		h.SetControllen(len(oob))
+	}
+	for {
+		_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(s), uintptr(unsafe.Pointer(&h)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		return e
+	}
 }
 
 // Recv reads one message into buf and returns it with the fds it carried.
@@ -125,13 +159,9 @@ var ErrTruncated = errors.New("channel: fds of a message not received (MSG_CTRUN
 
 // TryRecv is Recv without waiting: ok is false when no message is there.
 func (ch *Channel) TryRecv(buf, oob []byte) (msg []byte, fds []int, ok bool, err error) {
-	rc, err := ch.c.SyscallConn()
-	if err != nil {
-		return nil, nil, false, err
-	}
 	var n, oobn, flags int
 	var rerr error
-	if err := rc.Read(func(fd uintptr) bool {
+	if err := ch.rc.Read(func(fd uintptr) bool {
 		n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
 		return true
 	}); err != nil {

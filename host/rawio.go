@@ -1,0 +1,40 @@
+package host
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawRead and rawWrite are read(2) and write(2) on a non-blocking socket
+// without telling the Go scheduler a system call is under way (no
+// entersyscall): such a call never waits, so the goroutine's P need not be
+// handed to another thread. Through the ordinary path a call that the
+// kernel stretches past the scheduler's 20 µs check — a loopback write
+// delivering to the reader inline, or a thread preempted by the kernel
+// mid-call — makes the runtime wake another thread to take the P, and a
+// worker under load cycles its work over many threads that then queue for
+// the cores. Only for descriptors in non-blocking mode.
+func rawRead(fd int, p []byte) (int, error) {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+func rawWrite(fd int, p []byte) (int, error) {
+	var ptr unsafe.Pointer
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
