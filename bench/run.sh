@@ -12,6 +12,10 @@
 #                        skipped with a message when nginx is not installed
 #   wcluster-rr-t0       (not run by default) wcluster-rr with --timeout 0:
 #                        no termination checks in the guest
+#   wcluster-rr-p2       (not run by default) wcluster-rr with --worker-procs 2:
+#                        each worker runs Go code on 2 threads (the default,
+#                        auto, shares the cores among the workers: 1 each
+#                        with 2 workers on 2 cores)
 #
 # WC_ARGS adds flags to every wcluster server (e.g. WC_ARGS="--instances 8").
 #
@@ -108,6 +112,7 @@ start_server() {
 	wcluster-shared) cmd=("${wc[@]}" --sched shared) ;;
 	wcluster-gohello-rr) cmd=("${wc[@]}" --sched rr "$out/go-hello.wasm") ;;
 	wcluster-rr-t0) cmd=("${wc[@]}" --sched rr --timeout 0) ;; # no termination checks compiled in
+	wcluster-rr-p2) cmd=("${wc[@]}" --sched rr --worker-procs 2) ;;
 	node-rr | node-none) cmd=(env PORT="$p" WORKERS="$WORKERS" NODE_CLUSTER_SCHED_POLICY="${name#node-}" node bench/node-cluster.js) ;;
 	nethttp) cmd=("$out/nethttp" -listen "127.0.0.1:$p") ;;
 	nginx)

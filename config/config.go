@@ -44,6 +44,7 @@ type Config struct {
 // Cluster is the [cluster] table (or serve's flags), defaults filled in.
 type Cluster struct {
 	Workers         int
+	WorkerProcs     int // each worker's GOMAXPROCS (0: auto, see WorkerProcsFor)
 	Sched           dispatch.Sched
 	Backlog         int
 	MaxConns        int
@@ -185,6 +186,16 @@ func (g *Group) Addrs() []string {
 		addrs[i] = l.Addr
 	}
 	return addrs
+}
+
+// TerminatesTLS: some listener of the group serves TLS.
+func (g *Group) TerminatesTLS() bool {
+	for _, l := range g.Listeners {
+		if l.TLS {
+			return true
+		}
+	}
+	return false
 }
 
 // Load reads and checks a config file; d gives what the file does not set.
@@ -524,7 +535,7 @@ var (
 )
 
 var (
-	clusterKeys = []string{"workers", "sched", "backlog", "max_conns", "queue_size", "queue_timeout",
+	clusterKeys = []string{"workers", "worker_procs", "sched", "backlog", "max_conns", "queue_size", "queue_timeout",
 		"shutdown_timeout", "worker_timeout", "max_requests", "max_worker_memory", "cache_dir", "log_level", "log_format", "control", "admin",
 		"guest_memory_budget", "user", "worker_env", "worker_sandbox", "tls_ticket_rotation", "kv_dir", "kv_redis"}
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit", "kv_max_value", "kv_quota",
@@ -595,6 +606,14 @@ func (cr *configReader) readCluster(top *section) Cluster {
 	s := &section{cr: cr, at: "cluster", who: "[cluster]", values: m}
 	s.unknown(clusterKeys...)
 	cl.Workers = s.int("workers", cl.Workers, 1)
+	if v, ok := s.values["worker_procs"].(string); ok {
+		if v != "auto" {
+			s.errorf("worker_procs", "worker_procs = %q: use \"auto\" or a number of threads ≥ 1", v)
+		}
+		cl.WorkerProcs = 0
+	} else {
+		cl.WorkerProcs = s.int("worker_procs", cl.WorkerProcs, 1)
+	}
 	if sched := s.str("sched", string(cl.Sched)); sched != "" {
 		p, err := dispatch.ParseSched(sched)
 		if err != nil {

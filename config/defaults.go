@@ -59,6 +59,7 @@ func Flags() []Flag {
 		{"tls-cert", "", "", "terminate TLS with this PEM certificate (chain); the guest sees plaintext", "", false},
 		{"tls-key", "", "", "the PEM private key of --tls-cert", "", false},
 		{"workers", "[cluster] workers", strconv.Itoa(runtime.NumCPU()), "worker processes", "", false},
+		{"worker-procs", "[cluster] worker_procs", "auto", "threads running Go code at once in each worker (its GOMAXPROCS): auto shares the CPUs among all workers, at least 1 each (GOMAXPROCS in the environment sets it too)", "", false},
 		{"sched", "[cluster] sched", "rr", "distribution policy: rr, shared or reuseport", "WCLUSTER_SCHED", false},
 		{"backlog", "[cluster] backlog", "511", "listen(2) backlog", "", false},
 		{"max-conns", "[cluster] max_conns", "10000", "connections one worker holds at most; past it new ones wait in the backlog", "", false},
@@ -157,6 +158,10 @@ func (d *Defaults) Set(name, v string) error {
 		d.Listen = v
 	case "workers":
 		c.Workers = atoi(1)
+	case "worker-procs":
+		if c.WorkerProcs, err = ParseWorkerProcs(v); err != nil {
+			err = fmt.Errorf("--worker-procs %w", err)
+		}
 	case "sched":
 		c.Sched, err = dispatch.ParseSched(v)
 	case "backlog":
@@ -329,4 +334,44 @@ func CheckAccessLog(format string) error {
 		return nil
 	}
 	return errors.New("use off, common or json")
+}
+
+// ParseWorkerProcs reads --worker-procs: "auto" is 0, otherwise a number
+// of threads ≥ 1.
+func ParseWorkerProcs(v string) (int, error) {
+	if v == "auto" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%q: use \"auto\" or a number of threads ≥ 1", v)
+	}
+	return n, nil
+}
+
+// WorkerProcs is each worker's GOMAXPROCS: procs when given; otherwise
+// (auto) the master's CPUs (GOMAXPROCS, which follows the CPU affinity and
+// a cgroup's CPU limit) shared among all workers, rounded up, at least 1,
+// and at least 2 for a group that terminates TLS; unless GOMAXPROCS is set
+// in the environment, which the workers then inherit (0 here).
+//
+// Why share: a Go process per core that each runs as many threads as there
+// are cores oversubscribes the machine, and under load the kernel keeps a
+// worker's threads waiting for a core for tens of milliseconds, which its
+// clients see as tail latency. Why two for TLS: handshakes run on a thread
+// of lowered priority (host/nice.go), which helps only while another
+// thread can serve the worker's requests meanwhile.
+func WorkerProcs(procs, workers int, tls bool) int {
+	if procs > 0 {
+		return procs
+	}
+	if _, ok := os.LookupEnv("GOMAXPROCS"); ok {
+		return 0
+	}
+	workers = max(workers, 1)
+	n := max(1, (runtime.GOMAXPROCS(0)+workers-1)/workers)
+	if tls {
+		n = max(n, 2)
+	}
+	return n
 }

@@ -97,6 +97,10 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 	var out []dispatch.Config
 	cl := c.Cluster
 	handlers := HandlerFiles{}
+	all := 0
+	for _, g := range c.Groups {
+		all += g.Workers
+	}
 	for i := range c.Groups {
 		g := c.Groups[i] // a copy: the files read stay out of c
 		u, err := LookupUser(g.User)
@@ -145,7 +149,7 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 			return nil, err
 		}
 		out = append(out, dispatch.Config{
-			Name: g.Name, Listen: g.Addrs(), Workers: g.Workers, Sched: cl.Sched,
+			Name: g.Name, Listen: g.Addrs(), Workers: g.Workers, Procs: WorkerProcs(cl.WorkerProcs, all, g.TerminatesTLS()), Sched: cl.Sched,
 			Backlog: cl.Backlog, MaxConns: cl.MaxConns, QueueSize: cl.QueueSize, QueueTimeout: cl.QueueTimeout,
 			ShutdownTimeout: cl.ShutdownTimeout, WorkerTimeout: cl.WorkerTimeout,
 			MaxRequests: cl.MaxRequests, MaxMemory: cl.MaxWorkerMemory,

@@ -48,6 +48,9 @@ type Config struct {
 	// NewCluster.
 	inherited []*listener
 	Workers   int    // >= 1
+	// Procs is each worker's GOMAXPROCS (0: the master's environment
+	// decides, as for the other runtimeEnv settings).
+	Procs int
 	Name      string // names this group of workers in logs and status
 	Sched     Sched  // default rr
 	Backlog   int    // listen(2) backlog, default 511

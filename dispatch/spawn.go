@@ -61,10 +61,15 @@ type bootConfig struct {
 // TZ too, so workers log in the master's time zone.
 var runtimeEnv = []string{"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG", "GOTRACEBACK", "TZ"}
 
-// workerEnv is a worker's whole environment.
-func workerEnv(id int, pass []string) []string {
+// workerEnv is a worker's whole environment; procs > 0 sets its
+// GOMAXPROCS (Config.Procs).
+func workerEnv(id, procs int, pass []string) []string {
 	env := []string{EnvWorkerID + "=" + strconv.Itoa(id)}
 	seen := map[string]bool{EnvWorkerID: true}
+	if procs > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(procs))
+		seen["GOMAXPROCS"] = true
+	}
 	for _, names := range [][]string{runtimeEnv, pass} {
 		for _, name := range names {
 			if seen[name] {
@@ -128,7 +133,7 @@ func (m *Group) workerCommand(id int, workerConfig, secrets []byte, maxServed ui
 	crash = os.NewFile(uintptr(cfd), "wcluster-worker-crash")
 
 	cmd = exec.Command(m.cfg.Executable, m.cfg.Args...)
-	cmd.Env = workerEnv(id, m.cfg.WorkerEnv)
+	cmd.Env = workerEnv(id, m.cfg.Procs, m.cfg.WorkerEnv)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{channel, boot, crash} // fds 3, 4, 5
 	if m.cfg.Sched == SchedShared {

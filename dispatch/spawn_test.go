@@ -61,7 +61,7 @@ func TestWorkerEnv(t *testing.T) {
 	t.Setenv("WCLUSTER_TEST_SECRET", "no")
 	t.Setenv("WCLUSTER_TEST_PASS", "yes")
 	t.Setenv("GOMAXPROCS", "1")
-	env := workerEnv(3, []string{"WCLUSTER_TEST_PASS", "WCLUSTER_TEST_UNSET"})
+	env := workerEnv(3, 0, []string{"WCLUSTER_TEST_PASS", "WCLUSTER_TEST_UNSET"})
 	allowed := map[string]bool{EnvWorkerID: true, "WCLUSTER_TEST_PASS": true}
 	for _, n := range runtimeEnv {
 		allowed[n] = true
@@ -76,6 +76,12 @@ func TestWorkerEnv(t *testing.T) {
 		if !slices.Contains(env, want) {
 			t.Errorf("worker env %q lacks %s", env, want)
 		}
+	}
+	// Config.Procs, when given, is the worker's GOMAXPROCS, whatever the
+	// master's environment says.
+	env = workerEnv(3, 4, nil)
+	if !slices.Contains(env, "GOMAXPROCS=4") || slices.Contains(env, "GOMAXPROCS=1") {
+		t.Errorf("worker env %q: want GOMAXPROCS=4 alone", env)
 	}
 }
 
