@@ -47,13 +47,13 @@ type Config struct {
 	// the Listen address each serves (nil: bind that one); set by
 	// NewCluster.
 	inherited []*listener
-	Workers   int    // >= 1
+	Workers   int // >= 1
 	// Procs is each worker's GOMAXPROCS (0: the master's environment
 	// decides, as for the other runtimeEnv settings).
-	Procs int
-	Name      string // names this group of workers in logs and status
-	Sched     Sched  // default rr
-	Backlog   int    // listen(2) backlog, default 511
+	Procs   int
+	Name    string // names this group of workers in logs and status
+	Sched   Sched  // default rr
+	Backlog int    // listen(2) backlog, default 511
 	// MaxConns is the most connections one worker holds at once (default
 	// 10000); at that the master (rr) or the worker (shared) stops accepting.
 	MaxConns int
