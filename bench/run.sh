@@ -175,19 +175,37 @@ stop_server() {
 	pids=("${keep[@]+"${keep[@]}"}")
 }
 
-# measure VIEW MODE PORT: one wrk run; prints "rps p50 p99 errors".
+# cpu_ticks SID: the CPU time (user + system, clock ticks) used so far by
+# the live processes of session SID: a server's master and workers.
+cpu_ticks() {
+	local t=0 p v
+	for p in $(ps -e -o pid=,sid= | awk -v s="$1" '$2 == s {print $1}'); do
+		v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) && t=$((t + v))
+	done
+	echo "$t"
+}
+
+# measure VIEW MODE PORT SID: one wrk run; prints "rps p50 p99 errors"
+# and, last, requests per CPU-second of the server's processes (session
+# SID) during the run, kernel time spent on its behalf included.
 measure() {
-	local view=$1 mode=$2 p=$3 hdr=() pin=()
+	local view=$1 mode=$2 p=$3 sid=$4 hdr=() pin=() c0 c1
 	[ "$mode" = close ] && hdr=(-H "Connection: close")
 	[ "$view" = pinned ] && pin=(taskset -c "$LOAD_CORE")
+	c0=$(cpu_ticks "$sid")
 	"${pin[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$p/" >"$out/wrk.txt" 2>&1 || true
-	awk '
+	c1=$(cpu_ticks "$sid")
+	awk -v ticks=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v d="$DURATION" '
 	/Requests\/sec/ { rps = $2 }
 	$1 == "50%" { p50 = $2 }
 	$1 == "99%" { p99 = $2 }
 	/Socket errors/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
 	/Non-2xx/ { err += $NF }
-	END { printf "%s %s %s %d\n", rps ? rps : 0, p50 ? p50 : "?", p99 ? p99 : "?", err }
+	END {
+		secs = d + 0; if (d ~ /m$/) secs *= 60
+		printf "%s %s %s %d %s\n", rps ? rps : 0, p50 ? p50 : "?", p99 ? p99 : "?", err,
+			(rps && ticks > 0) ? sprintf("%.0f", rps * secs / (ticks / hz)) : "-"
+	}
 	' "$out/wrk.txt"
 }
 
@@ -195,7 +213,7 @@ rows=$out/rows
 : >"$rows"
 read -r -a names <<<"$SERVERS"
 log "$(nproc) cores; ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS WORKERS=$WORKERS VIEWS='$VIEWS' MODES='$MODES'"
-echo "# raw rows: view round server mode req/s p50 p99 errors load1 (the machine's 1-min load average after the run)"
+echo "# raw rows: view round server mode req/s p50 p99 errors load1 (the machine's 1-min load average after the run) req/cpu-s (requests per CPU-second of the server's processes)"
 n=${#names[@]}
 declare -A ports spid
 for view in $VIEWS; do
@@ -234,11 +252,13 @@ for view in $VIEWS; do
 						log "$name exit status $st"
 						spid[$name]=""
 					fi
-					echo "$view $round $name $mode 0 ? ? -1 -" | tee -a "$rows"
+					echo "$view $round $name $mode 0 ? ? -1 - -" | tee -a "$rows"
 					continue
 				fi
-				r=$(measure "$view" "$mode" "${ports[$name]}")
-				echo "$view $round $name $mode $r $(cut -d' ' -f1 /proc/loadavg)" | tee -a "$rows"
+				r=$(measure "$view" "$mode" "${ports[$name]}" "${spid[$name]}")
+				# (load1 goes before the CPU figure: the rows' columns 1-9
+				# are as they were)
+				echo "$view $round $name $mode ${r% *} $(cut -d' ' -f1 /proc/loadavg) ${r##* }" | tee -a "$rows"
 			done
 		done
 	done
@@ -278,6 +298,7 @@ function fmtus(v) { return v < 0 ? "?" : (v >= 1000 ? sprintf("%.2fms", v/1000) 
 	view = $1; round = $2; s = $3; m = $4
 	# A failed measurement (0 req/s) is left out of every median.
 	if ($5 > 0) { rps[view, round, s, m] = $5; p50[view, round, s, m] = us($6); p99[view, round, s, m] = us($7) }
+	if ($5 > 0 && $10 > 0) cpu[view, round, s, m] = $10
 	else failed[view, s, m]++
 	if (!(view in seenv)) { seenv[view] = 1; views[++nv] = view }
 	if (!(s in seens)) { seens[s] = 1; srv[++ns] = s }
@@ -298,12 +319,12 @@ END {
 		print line
 	}
 	print ""
-	print "| view | mode | server | req/s (median) | p50 (median) | p99 (median) | ÷ node-rr (median of rounds) | ÷ nethttp (median of rounds) | ÷ nginx (median of rounds) |"
-	print "|---|---|---|---|---|---|---|---|---|"
+	print "| view | mode | server | req/s (median) | p50 (median) | p99 (median) | ÷ node-rr (median of rounds) | ÷ nethttp (median of rounds) | ÷ nginx (median of rounds) | req per CPU-second (median) | its ÷ nginx (median of rounds) | p99 ÷ nginx (median of rounds) |"
+	print "|---|---|---|---|---|---|---|---|---|---|---|---|"
 	for (vi = 1; vi <= nv; vi++) for (mi = 1; mi <= nm; mi++) for (si = 1; si <= ns; si++) {
 		v = views[vi]; m = modes[mi]; s = srv[si]
-		n = 0; na = 0; nb = 0; nc = 0; n50 = 0; n99 = 0
-		delete x; delete ra; delete rb; delete rc; delete l50; delete l99
+		n = 0; na = 0; nb = 0; nc = 0; n50 = 0; n99 = 0; ncp = 0; ncc = 0; npc = 0
+		delete x; delete ra; delete rb; delete rc; delete l50; delete l99; delete cp; delete cc; delete pc
 		for (ri = 1; ri <= nr; ri++) {
 			r = rounds[ri]
 			if (!((v, r, s, m) in rps)) continue
@@ -314,25 +335,35 @@ END {
 			if (val > 0 && a > 0) ra[++na] = val / a
 			if (val > 0 && b > 0) rb[++nb] = val / b
 			if (val > 0 && c > 0) rc[++nc] = val / c
+			if ((v, r, s, m) in cpu) {
+				cp[++ncp] = cpu[v, r, s, m]
+				if ((v, r, "nginx", m) in cpu) cc[++ncc] = cpu[v, r, s, m] / cpu[v, r, "nginx", m]
+			}
+			if (p99[v, r, s, m] > 0 && ((v, r, "nginx", m) in p99) && p99[v, r, "nginx", m] > 0) pc[++npc] = p99[v, r, s, m] / p99[v, r, "nginx", m]
 		}
 		if (!n && !((v, s, m) in failed)) continue
-		if (!n) { printf "| %s | %s | %s | failed | | | | | |\n", v, m, s; continue }
+		if (!n) { printf "| %s | %s | %s | failed | | | | | | | | |\n", v, m, s; continue }
 		med[v, m, s, "a"] = na ? median(ra, na) : -1
 		med[v, m, s, "b"] = nb ? median(rb, nb) : -1
 		med[v, m, s, "c"] = nc ? median(rc, nc) : -1
-		printf "| %s | %s | %s | %.0f | %s | %s | %s | %s | %s |\n", v, m, s, median(x, n),
+		med[v, m, s, "cpu"] = ncc ? median(cc, ncc) : -1
+		med[v, m, s, "p99"] = npc ? median(pc, npc) : -1
+		printf "| %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n", v, m, s, median(x, n),
 			n50 ? fmtus(median(l50, n50)) : "?", n99 ? fmtus(median(l99, n99)) : "?",
 			na ? sprintf("%.2f", med[v, m, s, "a"]) : "-", nb ? sprintf("%.2f", med[v, m, s, "b"]) : "-",
-			nc ? sprintf("%.2f", med[v, m, s, "c"]) : "-"
+			nc ? sprintf("%.2f", med[v, m, s, "c"]) : "-", ncp ? sprintf("%.0f", median(cp, ncp)) : "-",
+			ncc ? sprintf("%.2f", med[v, m, s, "cpu"]) : "-", npc ? sprintf("%.2f", median(pc, npc)) : "-"
 	}
 	print ""
 	print "# targets of issues 6 and 19 (medians of the per-round ratios)"
-	nt = split("keepalive wcluster-rr a 2.0|keepalive wcluster-shared a 2.0|keepalive wcluster-rr b 1.3|keepalive wcluster-shared b 1.3|keepalive wcluster-gohello-rr b 1.0|close wcluster-rr a 4.0|close wcluster-rr b 1.0|keepalive wcluster-rr c 1.0|close wcluster-rr c 0.8", t, "|")
+	nt = split("keepalive wcluster-rr a 2.0|keepalive wcluster-shared a 2.0|keepalive wcluster-rr b 1.3|keepalive wcluster-shared b 1.3|keepalive wcluster-gohello-rr b 1.0|close wcluster-rr a 4.0|close wcluster-rr b 1.0|keepalive wcluster-rr c 1.0|close wcluster-rr c 0.8|keepalive wcluster-rr cpu 0.9|keepalive wcluster-rr p99 1.5", t, "|")
 	for (vi = 1; vi <= nv; vi++) for (i = 1; i <= nt; i++) {
 		split(t[i], f, " "); v = views[vi]
 		if (!((v, f[1], f[2], f[3]) in med)) continue
 		got = med[v, f[1], f[2], f[3]]
-		printf "%-8s %-9s %-20s ÷ %-7s %6s  target ≥ %s  %s\n", v, f[1], f[2], f[3] == "a" ? "node-rr" : (f[3] == "b" ? "nethttp" : "nginx"),
-			got < 0 ? "-" : sprintf("%.2f", got), f[4], got < 0 ? "no data" : (got >= f[4] ? "met" : "MISSED")
+		what = f[3] == "a" ? "÷ node-rr" : (f[3] == "b" ? "÷ nethttp" : (f[3] == "c" ? "÷ nginx" : (f[3] == "cpu" ? "req/CPU-s ÷ nginx" : "p99 ÷ nginx")))
+		le = f[3] == "p99" # lower is better: a ceiling
+		printf "%-8s %-9s %-20s %-17s %6s  target %s %s  %s\n", v, f[1], f[2], what,
+			got < 0 ? "-" : sprintf("%.2f", got), le ? "≤" : "≥", f[4], got < 0 ? "no data" : ((le ? got <= f[4] : got >= f[4]) ? "met" : "MISSED")
 	}
 }' "$rows"
