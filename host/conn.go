@@ -72,6 +72,10 @@ type conn struct {
 	ioBuf           []byte // rawWrite's argument
 	ioN             int    // and results
 	ioErr           error
+	readFn          func(fd uintptr) bool // fileRead's, with its own argument and results
+	rBuf            []byte
+	rN              int
+	rErr            error
 	inLoop          bool     // in step, inside rc.Read: f's read lock is held
 	needRead        bool     // step reads before the next call
 	drained         bool     // the last read left nothing in the socket
@@ -113,8 +117,38 @@ func newConn(f *os.File, id int64, h *Handler) (*conn, error) {
 
 func newConnOn(f *os.File, rc syscall.RawConn, tls *tlsState, id int64, h *Handler) *conn {
 	c := &conn{f: f, rc: rc, tls: tls, id: id, h: h}
-	c.writeFn, c.stepFn = c.rawWrite, c.step
+	c.writeFn, c.stepFn, c.readFn = c.rawWrite, c.step, c.rawReadFd
 	return c
+}
+
+// rawReadFd reads rBuf once, without waiting (false: it would block).
+func (c *conn) rawReadFd(fd uintptr) bool {
+	for {
+		c.rN, c.rErr = rawRead(int(fd), c.rBuf)
+		if c.rErr != unix.EINTR {
+			return c.rErr != unix.EAGAIN
+		}
+	}
+}
+
+// fileRead is f.Read of a plaintext connection — waiting in the poller,
+// under f's read deadline — with the read itself made as rawRead makes it.
+func (c *conn) fileRead(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rBuf = p
+	err := c.rc.Read(c.readFn)
+	c.rBuf = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case c.rErr != nil:
+		return 0, c.rErr
+	case c.rN == 0:
+		return 0, io.EOF
+	}
+	return c.rN, nil
 }
 
 // rawWrite writes ioBuf once, without waiting.
@@ -194,7 +228,7 @@ func (c *conn) read(p []byte) int32 {
 		n, err = c.tls.tc.Read(p)
 	default:
 		c.setReadDeadline()
-		n, err = c.f.Read(p)
+		n, err = c.fileRead(p)
 	}
 	if n > 0 {
 		c.drained = n < len(p)

@@ -138,9 +138,9 @@ func (fc *fastConn) loop() []byte {
 				fc.c.parked.Store(false)
 				return nil
 			}
-			m, err := fc.f.Read(fc.buf)
+			m, err := fc.c.fileRead(fc.buf)
 			for m <= 0 && errors.Is(err, os.ErrDeadlineExceeded) && !fc.c.woken.Load() && fc.rearm() {
-				m, err = fc.f.Read(fc.buf)
+				m, err = fc.c.fileRead(fc.buf)
 			}
 			fc.c.parked.Store(false)
 			if m <= 0 {
@@ -168,7 +168,7 @@ func (fc *fastConn) loop() []byte {
 				fc.f.SetReadDeadline(time.Now().Add(h.opts.ReadTimeout))
 				fc.headDL, fc.idleAt = true, time.Time{} // the idle deadline is replaced
 			}
-			m, _ := fc.f.Read(fc.buf[fc.n:])
+			m, _ := fc.c.fileRead(fc.buf[fc.n:])
 			if m <= 0 {
 				return nil
 			}
