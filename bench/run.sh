@@ -193,9 +193,12 @@ measure() {
 	[ "$mode" = close ] && hdr=(-H "Connection: close")
 	[ "$view" = pinned ] && pin=(taskset -c "$LOAD_CORE")
 	c0=$(cpu_ticks "$sid")
+	local s0 s1
+	s0=$(head -1 /proc/stat)
 	"${pin[@]}" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$p/" >"$out/wrk.txt" 2>&1 || true
+	s1=$(head -1 /proc/stat)
 	c1=$(cpu_ticks "$sid")
-	awk -v ticks=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v d="$DURATION" '
+	awk -v ticks=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v d="$DURATION" -v s0="$s0" -v s1="$s1" '
 	/Requests\/sec/ { rps = $2 }
 	$1 == "50%" { p50 = $2 }
 	$1 == "99%" { p99 = $2 }
@@ -203,8 +206,12 @@ measure() {
 	/Non-2xx/ { err += $NF }
 	END {
 		secs = d + 0; if (d ~ /m$/) secs *= 60
-		printf "%s %s %s %d %s\n", rps ? rps : 0, p50 ? p50 : "?", p99 ? p99 : "?", err,
-			(rps && ticks > 0) ? sprintf("%.0f", rps * secs / (ticks / hz)) : "-"
+		# Steal by the hypervisor over the run, in % of all CPU time: a
+		# busy host under this VM shows here, not in the load average.
+		split(s0, a, " "); split(s1, b, " "); tot = 0
+		for (i = 2; i <= 9; i++) tot += b[i] - a[i]
+		printf "%s %s %s %d %s %s\n", rps ? rps : 0, p50 ? p50 : "?", p99 ? p99 : "?", err,
+			(rps && ticks > 0) ? sprintf("%.0f", rps * secs / (ticks / hz)) : "-", (tot > 0) ? sprintf("%.0f%%", 100 * (b[9] - a[9]) / tot) : "-"
 	}
 	' "$out/wrk.txt"
 }
@@ -213,7 +220,7 @@ rows=$out/rows
 : >"$rows"
 read -r -a names <<<"$SERVERS"
 log "$(nproc) cores; ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS WORKERS=$WORKERS VIEWS='$VIEWS' MODES='$MODES'"
-echo "# raw rows: view round server mode req/s p50 p99 errors load1 (the machine's 1-min load average after the run) req/cpu-s (requests per CPU-second of the server's processes)"
+echo "# raw rows: view round server mode req/s p50 p99 errors load1 (the machine's 1-min load average after the run) req/cpu-s (requests per CPU-second of the server's processes) steal (the hypervisor's share of all CPU time during the run)"
 n=${#names[@]}
 declare -A ports spid
 for view in $VIEWS; do
@@ -252,13 +259,14 @@ for view in $VIEWS; do
 						log "$name exit status $st"
 						spid[$name]=""
 					fi
-					echo "$view $round $name $mode 0 ? ? -1 - -" | tee -a "$rows"
+					echo "$view $round $name $mode 0 ? ? -1 - - -" | tee -a "$rows"
 					continue
 				fi
 				r=$(measure "$view" "$mode" "${ports[$name]}" "${spid[$name]}")
-				# (load1 goes before the CPU figure: the rows' columns 1-9
-				# are as they were)
-				echo "$view $round $name $mode ${r% *} $(cut -d' ' -f1 /proc/loadavg) ${r##* }" | tee -a "$rows"
+				# (load1 goes before the CPU and steal figures: the rows'
+				# columns 1-9 are as they were)
+				read -r rps p50 p99 errs cpus steal <<<"$r"
+				echo "$view $round $name $mode $rps $p50 $p99 $errs $(cut -d' ' -f1 /proc/loadavg) $cpus $steal" | tee -a "$rows"
 			done
 		done
 	done
