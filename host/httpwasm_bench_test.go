@@ -24,23 +24,7 @@ func BenchmarkHTTPWasmServeConn(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := benchHandler(b, benchOptions(wasm, "router", true))
-	defer h.Close(context.Background())
-	s := benchServe(b, "router", h)
-	req, buf := []byte(benchRequest), make([]byte, 4096)
-	n, err := benchRoundTrip(s.c, req, buf)
-	if err != nil || !strings.HasSuffix(string(buf[:n]), "hello world") {
-		b.Fatalf("first answer %q: %v", buf[:n], err)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for range b.N {
-		if _, err := benchRoundTrip(s.c, req, buf); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	s.stop(b)
+	benchRequests(b, "router", benchOptions(wasm, "router", true), benchRequest, "hello world")
 }
 
 // BenchmarkHTTPWasmWAF: the CPU-heavy guest of bench/httpwasm.sh, the
@@ -51,13 +35,18 @@ func BenchmarkHTTPWasmServeConn(b *testing.B) {
 func BenchmarkHTTPWasmWAF(b *testing.B) {
 	o := benchOptions(benchGuest(b, "go-waf"), "waf", true)
 	o.GuestConfig = []byte("terminal")
+	benchRequests(b, "waf", o, "GET /search?q=wasm+cluster&page=2 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\n\r\n", "passed")
+}
+
+// benchRequests serves a Handler of o over a socketpair and times keep-alive
+// requests req, one at a time, after a first answer that must contain want.
+func benchRequests(b *testing.B, name string, o Options, request, want string) {
 	h := benchHandler(b, o)
 	defer h.Close(context.Background())
-	s := benchServe(b, "waf", h)
-	req := []byte("GET /search?q=wasm+cluster&page=2 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\n\r\n")
-	buf := make([]byte, 4096)
+	s := benchServe(b, name, h)
+	req, buf := []byte(request), make([]byte, 4096)
 	n, err := benchRoundTrip(s.c, req, buf)
-	if err != nil || !strings.Contains(string(buf[:n]), "passed") {
+	if err != nil || !strings.Contains(string(buf[:n]), want) {
 		b.Fatalf("first answer %q: %v", buf[:n], err)
 	}
 	b.ReportAllocs()
