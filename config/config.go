@@ -44,7 +44,7 @@ type Config struct {
 // Cluster is the [cluster] table (or serve's flags), defaults filled in.
 type Cluster struct {
 	Workers         int
-	WorkerProcs     int // each worker's GOMAXPROCS (0: auto, see WorkerProcsFor)
+	WorkerProcs     int // each worker's GOMAXPROCS (0: auto, see WorkerProcs)
 	Sched           dispatch.Sched
 	Backlog         int
 	MaxConns        int

@@ -19,7 +19,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-var answer = []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n")
+var (
+	answer = []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n")
+	// lastAnswer answers a request that asked to close (the benchmark's
+	// new-connection mode), and the connection is then closed.
+	lastAnswer = []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhello world\n")
+)
 
 // raw is read(2) or write(2) of p on a non-blocking socket, without
 // entersyscall.
@@ -41,16 +46,21 @@ func serve(c *net.TCPConn) {
 		n, e = raw(unix.SYS_READ, fd, buf)
 		return e != unix.EAGAIN
 	}
+	out := answer
 	write := func(fd uintptr) bool {
-		raw(unix.SYS_WRITE, fd, answer) // fits the socket buffer: one write
+		raw(unix.SYS_WRITE, fd, out) // fits the socket buffer: one write
 		return true
 	}
 	for {
 		if err := rc.Read(read); err != nil || e != 0 || n <= 0 {
 			return
 		}
+		last := bytes.Contains(buf[:n], []byte("Connection: close"))
 		for range bytes.Count(buf[:n], []byte("\r\n\r\n")) {
-			if err := rc.Write(write); err != nil {
+			if last {
+				out = lastAnswer
+			}
+			if err := rc.Write(write); err != nil || last {
 				return
 			}
 		}
