@@ -69,7 +69,7 @@ type conn struct {
 	flags           int32 // for the next call
 	stalls          int   // calls in a row that left read-ahead bytes unread
 	writeFn, stepFn func(fd uintptr) bool
-	ioBuf           []byte // rawWrite's argument
+	ioBuf           []byte // writeFd's argument
 	ioN             int    // and results
 	ioErr           error
 	readFn          func(fd uintptr) bool // fileRead's, with its own argument and results
@@ -117,12 +117,12 @@ func newConn(f *os.File, id int64, h *Handler) (*conn, error) {
 
 func newConnOn(f *os.File, rc syscall.RawConn, tls *tlsState, id int64, h *Handler) *conn {
 	c := &conn{f: f, rc: rc, tls: tls, id: id, h: h}
-	c.writeFn, c.stepFn, c.readFn = c.rawWrite, c.step, c.rawReadFd
+	c.writeFn, c.stepFn, c.readFn = c.writeFd, c.step, c.readFd
 	return c
 }
 
-// rawReadFd reads rBuf once, without waiting (false: it would block).
-func (c *conn) rawReadFd(fd uintptr) bool {
+// readFd reads rBuf once, without waiting (false: it would block).
+func (c *conn) readFd(fd uintptr) bool {
 	for {
 		c.rN, c.rErr = rawRead(int(fd), c.rBuf)
 		if c.rErr != unix.EINTR {
@@ -151,8 +151,8 @@ func (c *conn) fileRead(p []byte) (int, error) {
 	return c.rN, nil
 }
 
-// rawWrite writes ioBuf once, without waiting.
-func (c *conn) rawWrite(fd uintptr) bool {
+// writeFd writes ioBuf once, without waiting.
+func (c *conn) writeFd(fd uintptr) bool {
 	c.ioN, c.ioErr = rawWrite(int(fd), c.ioBuf)
 	return true
 }
