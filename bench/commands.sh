@@ -9,7 +9,8 @@
 #   bench/commands.sh                 # ROUNDS=3 DURATION=5s
 #   ROUNDS=5 DURATION=8s bench/commands.sh
 #
-# GUESTS is the folder of built guests (make guests), default out/guests.
+# GUESTS is the folder of built guests (make guests), default out/guests;
+# WCLUSTER_BIN a prebuilt binary (default: built from this tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -33,7 +34,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-go build -o "$out/wcluster" ./cmd/wcluster
+if [ -n "${WCLUSTER_BIN:-}" ]; then
+	cp "$WCLUSTER_BIN" "$out/wcluster"
+else
+	go build -o "$out/wcluster" ./cmd/wcluster
+fi
 declare -A port guest
 servers=(c-command go-command abi-hello)
 port[c-command]=$((PORT_BASE + 1)) guest[c-command]=$GUESTS/c-httpcmd.wasm

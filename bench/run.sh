@@ -4,6 +4,12 @@
 #
 #   wcluster-rr          wcluster serve (embedded default handler), --sched rr, 2 workers
 #   wcluster-shared      the same, --sched shared
+#   wcluster-reuseport   (not run by default) the same, --sched reuseport
+#   wcluster-chello-rr, wcluster-wathello-rr
+#                        (not run by default) wcluster-rr serving guests/c's and
+#                        guests/wat's hello (from `make guests`, GUESTS=DIR
+#                        to look elsewhere than out/guests): the same answers
+#                        as the default handler, without a Go runtime inside
 #   wcluster-gohello-rr  wcluster serve guests/go/hello (built here), --sched rr, 2 workers
 #   node-rr, node-none   bench/node-cluster.js, 2 workers, SCHED_RR / SCHED_NONE
 #   nethttp              bench/nethttp, single-process Go net/http
@@ -114,7 +120,13 @@ start_server() {
 	case $name in
 	wcluster-rr) cmd=("${wc[@]}" --sched rr) ;;
 	wcluster-shared) cmd=("${wc[@]}" --sched shared) ;;
+	wcluster-reuseport) cmd=("${wc[@]}" --sched reuseport) ;;
 	wcluster-gohello-rr) cmd=("${wc[@]}" --sched rr "$out/go-hello.wasm") ;;
+	wcluster-chello-rr | wcluster-wathello-rr)
+		local g=${name#wcluster-} && g=${g%-rr} && g=${GUESTS:-out/guests}/${g%hello}-hello.wasm
+		[ -f "$g" ] || { log "$g is missing: make guests (or GUESTS=DIR)"; exit 3; }
+		cmd=("${wc[@]}" --sched rr "$g")
+		;;
 	wcluster-rr-t0) cmd=("${wc[@]}" --sched rr --timeout 0) ;; # no termination checks compiled in
 	wcluster-rr-p2) cmd=("${wc[@]}" --sched rr --worker-procs 2) ;;
 	gobare) cmd=(sh -c 'for i in $(seq "$1"); do GOMAXPROCS=1 "$2" -listen "127.0.0.1:$3" & done; wait' sh "$WORKERS" "$out/bare" "$p") ;;

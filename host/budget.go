@@ -293,8 +293,9 @@ func (h *Handler) refused(n uint64) {
 // may ever grow (mmap, no swap reserved): growing it only lengthens the
 // slice, nothing is copied, and the kernel backs pages as the guest
 // touches them; closing the instance unmaps it, so the memory returns to
-// the system at once, not at Go's next garbage collection. Where the
-// reservation fails it falls back to a Go slice.
+// the system at once, not at Go's next garbage collection. The module's
+// memory image, if it has one, is mapped over the start (memImage). Where
+// the reservation fails it falls back to a Go slice, the image copied in.
 type linearMemory struct {
 	inst    *instance
 	buf     []byte
@@ -302,6 +303,9 @@ type linearMemory struct {
 	started bool
 	charged atomic.Uint64 // bytes charged to the budgets (read by reclaim)
 	max     uint64
+	// unwritten is the module's memory image not yet copied into buf (a
+	// Go slice: a mapping gets it mapped in Allocate).
+	unwritten *memImage
 }
 
 // Allocate implements experimental.MemoryAllocator, for inst's module.
@@ -310,15 +314,22 @@ func (inst *instance) Allocate(capacity, max uint64) experimental.LinearMemory {
 	m.charged.Store(inst.prepaid)
 	inst.prepaid = 0
 	inst.lm = m
+	img := inst.h.image
 	if max > 0 && max <= 1<<32 {
 		b, err := syscall.Mmap(-1, 0, int(max), syscall.PROT_READ|syscall.PROT_WRITE,
 			syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
+		if err == nil && img != nil {
+			if err = img.mapInto(b); err != nil {
+				syscall.Munmap(b)
+			}
+		}
 		if err == nil {
 			m.buf, m.mapped = b[:0], true
 			return m
 		}
 	}
 	m.buf = make([]byte, 0, capacity)
+	m.unwritten = img // copied in when the memory is first sized
 	return m
 }
 
@@ -346,13 +357,18 @@ func (m *linearMemory) Reallocate(size uint64) []byte {
 		m.buf = m.buf[:size]
 		return m.buf
 	}
-	if size <= uint64(cap(m.buf)) {
-		m.buf = m.buf[:size]
-		return m.buf
+	if size > uint64(cap(m.buf)) {
+		nb := make([]byte, size, min(max(size, 2*uint64(cap(m.buf))), max(m.max, size)))
+		copy(nb, m.buf)
+		m.buf = nb
 	}
-	nb := make([]byte, size, min(max(size, 2*uint64(cap(m.buf))), max(m.max, size)))
-	copy(nb, m.buf)
-	m.buf = nb
+	m.buf = m.buf[:size]
+	if img := m.unwritten; img != nil {
+		m.unwritten = nil
+		if img.copyInto(m.buf) != nil {
+			return nil // the data is not there: the instantiation fails
+		}
+	}
 	return m.buf
 }
 

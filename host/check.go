@@ -214,9 +214,13 @@ func signature(params, results []api.ValueType) string {
 	return name(params) + " -> " + name(results)
 }
 
-func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) (wazero.CompiledModule, error) {
+// compile compiles a module, instrumented for a time limit when limited.
+// Its data segments come back as a memory image where they can (see
+// memImage): the module compiled must then be instantiated only in a
+// memory holding the image.
+func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) (wazero.CompiledModule, *instrument.Image, error) {
 	if len(wasm) < 4 || string(wasm[:4]) != "\x00asm" {
-		return nil, errors.New("not a WebAssembly module (no \\0asm magic): pass a .wasm file")
+		return nil, nil, errors.New("not a WebAssembly module (no \\0asm magic): pass a .wasm file")
 	}
 	code := wasm
 	if limited {
@@ -224,22 +228,26 @@ func compile(ctx context.Context, rt wazero.Runtime, wasm []byte, limited bool) 
 		if code, ierr = instrument.Module(wasm); ierr != nil {
 			// wazero's own error is the clearer one for a broken module.
 			if _, err := rt.CompileModule(ctx, wasm); err != nil {
-				return nil, fmt.Errorf("invalid WebAssembly module: %w", err)
+				return nil, nil, fmt.Errorf("invalid WebAssembly module: %w", err)
 			}
-			return nil, fmt.Errorf("cannot add time-limit checks to this module (%v): serve it with --timeout 0", ierr)
+			return nil, nil, fmt.Errorf("cannot add time-limit checks to this module (%v): serve it with --timeout 0", ierr)
 		}
 	}
-	// Fewer, larger data segments: a module instantiates faster (a
-	// command, once per connection).
-	cm, err := rt.CompileModule(ctx, instrument.CoalesceData(code))
+	// The data as one image to map, or at least fewer, larger segments: a
+	// module instantiates faster (a command, once per connection).
+	code, img := instrument.SplitData(code)
+	if img == nil {
+		code = instrument.CoalesceData(code)
+	}
+	cm, err := rt.CompileModule(ctx, code)
 	if err != nil {
 		if strings.Contains(err.Error(), " over limit of ") {
 			// wazero checks the memory's declared size against the limit.
-			return nil, fmt.Errorf("its memory does not fit the memory limit (%w): raise the limit (--memory-limit, or memory_limit in a config) or build the module with less memory", err)
+			return nil, nil, fmt.Errorf("its memory does not fit the memory limit (%w): raise the limit (--memory-limit, or memory_limit in a config) or build the module with less memory", err)
 		}
-		return nil, fmt.Errorf("invalid WebAssembly module: %w", err)
+		return nil, nil, fmt.Errorf("invalid WebAssembly module: %w", err)
 	}
-	return cm, nil
+	return cm, img, nil
 }
 
 // newRuntime makes the runtime a Handler runs in. wazero's own termination

@@ -187,6 +187,7 @@ type Handler struct {
 	info     Info
 	rt       wazero.Runtime // shared: see Modules
 	compiled wazero.CompiledModule
+	image    *memImage // the compiled module's data (nil: in the module)
 	modCfg   wazero.ModuleConfig
 	// ownModules are the Modules made for this Handler alone (nil
 	// Options.Modules), closed with it.
@@ -273,7 +274,7 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 		}
 		return nil, err
 	}
-	h := &Handler{opts: opts, rt: m.rt, compiled: m.compiled, info: m.info, ownModules: own, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
+	h := &Handler{opts: opts, rt: m.rt, compiled: m.compiled, image: m.image, info: m.info, ownModules: own, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
 		stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget), access: newAccessLog(&opts)}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
 	if err := h.init(ctx); err != nil {

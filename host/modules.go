@@ -9,6 +9,8 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/wcluster/wcluster/internal/instrument"
 )
 
 // Modules shares compiled modules among the Handlers of a process: one
@@ -51,6 +53,7 @@ type bytesID struct {
 type module struct {
 	rt       wazero.Runtime
 	compiled wazero.CompiledModule
+	image    *memImage // its data, when compiled without it
 	info     Info
 	err      error
 }
@@ -90,6 +93,7 @@ func (ms *Modules) get(ctx context.Context, o *Options) (*module, error) {
 	if m.err != nil && m.rt != nil {
 		m.rt.Close(ctx)
 		m.rt = nil
+		m.image.close()
 	}
 	ms.m[key] = m
 	return m, m.err
@@ -101,8 +105,12 @@ func (m *module) build(ctx context.Context, o *Options) error {
 		return err
 	}
 	m.rt = rt
-	if m.compiled, err = compile(ctx, rt, o.Wasm, o.Timeout > 0); err != nil {
+	var img *instrument.Image
+	if m.compiled, img, err = compile(ctx, rt, o.Wasm, o.Timeout > 0); err != nil {
 		return err
+	}
+	if img != nil {
+		m.image = newMemImage(img)
 	}
 	if m.info, err = inspect(m.compiled); err != nil {
 		return err
@@ -131,6 +139,7 @@ func (ms *Modules) Close(ctx context.Context) error {
 		if m.rt != nil {
 			errs = append(errs, m.rt.Close(ctx))
 		}
+		m.image.close()
 		delete(ms.m, k)
 	}
 	clear(ms.sums)

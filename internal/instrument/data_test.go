@@ -110,3 +110,57 @@ func TestCoalesceDataLeavesAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitData: the module without its segments, instantiated in a memory
+// holding the image, is byte for byte the original's memory — overlapping
+// segments included (the later one wins).
+func TestSplitData(t *testing.T) {
+	in := dataModule(false,
+		active(5000, "far"),
+		active(10, "hello"),
+		active(12, "XY"), // overlaps hello: wins
+		active(20, "world"),
+		active(3000, "later"),
+		active(65533, "end"),
+	)
+	out, img := SplitData(in)
+	if img == nil {
+		t.Fatal("no image")
+	}
+	if got := segmentCount(t, out); got != 0 {
+		t.Fatalf("%d segments left, want 0", got)
+	}
+	if img.Size != 65536 {
+		t.Errorf("image size %d, want 65536", img.Size)
+	}
+	mem := make([]byte, 65536)
+	for i, c := range img.Chunks {
+		if i > 0 && c.Off <= img.Chunks[i-1].Off+uint64(len(img.Chunks[i-1].Bytes)) {
+			t.Fatalf("chunk %d at %d overlaps the one before", i, c.Off)
+		}
+		copy(mem[c.Off:], c.Bytes)
+	}
+	if want := memoryOf(t, in); !bytes.Equal(mem, want) {
+		t.Fatal("the image differs from the memory the segments write")
+	}
+	if blank := memoryOf(t, out); !bytes.Equal(blank, make([]byte, 65536)) {
+		t.Fatal("the module split still writes its memory")
+	}
+}
+
+// TestSplitDataLeavesAlone: what cannot be told for sure is returned
+// unchanged, without an image.
+func TestSplitDataLeavesAlone(t *testing.T) {
+	for name, wasm := range map[string][]byte{
+		"passive":      dataModule(false, active(10, "a"), passive("p")),
+		"imported":     dataModule(true, active(10, "a")),
+		"past the end": dataModule(false, active(65535, "ab")),
+		"none":         dataModule(false),
+		"not a module": []byte("\x00asn\x01\x00\x00\x00"),
+		"truncated":    dataModule(false, active(10, "hello"))[:40],
+	} {
+		if out, img := SplitData(wasm); !bytes.Equal(out, wasm) || img != nil {
+			t.Errorf("%s: changed", name)
+		}
+	}
+}

@@ -197,6 +197,8 @@ func restrictLandlock(p Policy) (string, error) {
 var allowlist = []string{
 	// memory
 	"brk", "mmap", "munmap", "mprotect", "madvise", "mremap", "mincore", "membarrier",
+	// a module's memory image (host's memImage)
+	"memfd_create",
 	// threads, scheduling, time
 	"exit", "exit_group", "futex", "futex_waitv", "set_robust_list", "get_robust_list",
 	"rseq", "set_tid_address", "sched_yield", "sched_getaffinity", "getpriority",
