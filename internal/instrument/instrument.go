@@ -24,7 +24,8 @@ const StartExport = "wcluster.start"
 // yieldEvery is how many checks pass between two exits to Go.
 const yieldEvery = 10000
 
-// Module returns a copy of a module in which every function, on entry,
+// Module returns a copy of a module in which every function that calls
+// another, on entry (unless a loop's check comes first: needsEntryCheck),
 // and every loop, at each iteration, counts down an added global; every
 // yieldEvery counts an added function exits to Go and back (memory.grow 0,
 // which wazero runs in Go), then traps with unreachable if the added stop
@@ -302,7 +303,8 @@ func instrumentCode(sec []byte, check []byte) ([]byte, error) {
 }
 
 // instrumentBody appends to out the function body b with check inserted
-// after its locals and after the block type of every loop.
+// after its locals (where needsEntryCheck says) and after the block type
+// of every loop.
 func instrumentBody(out, b, check []byte) ([]byte, error) {
 	r := &reader{b: b}
 	for n := r.u32(); n > 0 && r.err == nil; n-- {
@@ -312,8 +314,14 @@ func instrumentBody(out, b, check []byte) ([]byte, error) {
 	if r.err != nil {
 		return nil, r.err
 	}
+	entry, err := needsEntryCheck(b, r.off)
+	if err != nil {
+		return nil, err
+	}
 	out = append(out, b[:r.off]...)
-	out = append(out, check...)
+	if entry {
+		out = append(out, check...)
+	}
 	last := r.off
 	for r.off < len(b) && r.err == nil {
 		at := r.off
@@ -333,6 +341,40 @@ func instrumentBody(out, b, check []byte) ([]byte, error) {
 		return nil, r.err
 	}
 	return append(out, b[last:]...), nil
+}
+
+// needsEntryCheck reports whether the function body b, whose code starts
+// at off, needs the check on entry. Not when it calls no function: it cannot
+// recurse, so without its loops (each checked) it runs for at most its
+// length. Nor when a loop comes first, reached on every entry through
+// instructions that neither branch nor call: the loop's check then runs on
+// entry anyway. Go's compiler starts every function so (a loop whose
+// br_table resumes it where it left off), which halves the checks a Go
+// guest passes.
+func needsEntryCheck(b []byte, off int) (bool, error) {
+	r := &reader{b: b, off: off}
+	first := true // still in the straight-line code before a first loop
+	for r.off < len(b) && r.err == nil {
+		at := r.off
+		op := r.byte()
+		switch op {
+		case opCall, 0x11, 0x12, 0x13, 0x14, 0x15: // call, call_indirect, return_call(_indirect), call_ref, return_call_ref
+			return true, nil
+		case 0x03: // loop
+			if first {
+				return false, nil
+			}
+			r.blockType()
+			continue
+		case 0x01, 0x02, 0x20, 0x21, 0x22, 0x23, 0x24, opI32Const, 0x42: // nop, block, local.*, global.get/set, i32/i64.const
+		default:
+			first = false
+		}
+		if err := r.skipImmediates(op); err != nil {
+			return false, fmt.Errorf("instruction %#x at offset %d: %w", op, at, err)
+		}
+	}
+	return false, r.err
 }
 
 // skipImmediates moves past the immediates of the instruction op.

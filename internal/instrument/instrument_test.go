@@ -62,7 +62,8 @@ func TestInstrumentGuests(t *testing.T) {
 
 // A module built by hand: "spin" loops forever; "rec" recurses into two
 // calls of itself per level, without a loop (2^n calls); "add" returns
-// a+b.
+// a+b; "recloop" is rec in the shape Go's compiler gives every function,
+// its body inside a loop that comes first.
 func handModule() []byte {
 	sec := func(id byte, parts ...[]byte) []byte { return appendSection(nil, id, parts...) }
 	m := []byte("\x00asm\x01\x00\x00\x00")
@@ -70,9 +71,9 @@ func handModule() []byte {
 		0x60, 0x00, 0x00,
 		0x60, 0x01, 0x7f, 0x00,
 		0x60, 0x02, 0x7f, 0x7f, 0x01, 0x7f})...)
-	m = append(m, sec(3, []byte{3, 0, 1, 2})...)
-	exp := appendU32(nil, 3)
-	for i, n := range []string{"spin", "rec", "add"} {
+	m = append(m, sec(3, []byte{4, 0, 1, 2, 1})...)
+	exp := appendU32(nil, 4)
+	for i, n := range []string{"spin", "rec", "add", "recloop"} {
 		exp = append(appendName(exp, n), 0x00, byte(i))
 	}
 	m = append(m, sec(7, exp)...)
@@ -82,8 +83,12 @@ func handModule() []byte {
 		0x20, 0x00, 0x41, 0x01, 0x6b, 0x10, 0x01,
 		0x0b, 0x0b}
 	add := []byte{0x00, 0x20, 0x00, 0x20, 0x01, 0x6a, 0x0b}
-	code := appendU32(nil, 3)
-	for _, b := range [][]byte{spin, rec, add} {
+	recloop := []byte{0x00, 0x02, 0x40, 0x03, 0x40, 0x20, 0x00, 0x04, 0x40,
+		0x20, 0x00, 0x41, 0x01, 0x6b, 0x10, 0x03,
+		0x20, 0x00, 0x41, 0x01, 0x6b, 0x10, 0x03,
+		0x0b, 0x0b, 0x0b, 0x0b}
+	code := appendU32(nil, 4)
+	for _, b := range [][]byte{spin, rec, add, recloop} {
 		code = append(appendU32(code, uint32(len(b))), b...)
 	}
 	m = append(m, sec(10, code)...)
@@ -112,7 +117,7 @@ func TestInstrumentStops(t *testing.T) {
 	for _, tc := range []struct {
 		fn   string
 		args []uint64
-	}{{"spin", nil}, {"rec", []uint64{64}}} {
+	}{{"spin", nil}, {"rec", []uint64{64}}, {"recloop", []uint64{64}}} {
 		mod, err := rt.InstantiateWithConfig(ctx, out, wazero.NewModuleConfig().WithName(""))
 		if err != nil {
 			t.Fatal(err)
@@ -148,6 +153,31 @@ func TestInstrumentStops(t *testing.T) {
 			t.Fatalf("%s still runs 10s after the flag was set", tc.fn)
 		}
 		mod.Close(ctx)
+	}
+}
+
+// TestEntryChecks: a function is checked on entry only when it calls
+// another and no loop's check runs first.
+func TestEntryChecks(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		body []byte // with no locals
+		want bool
+	}{
+		{"leaf", []byte{0x00, 0x20, 0x00, 0x20, 0x01, 0x6a, 0x0b}, false},
+		{"leaf with a loop", []byte{0x00, 0x41, 0x01, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b}, false},
+		{"calls", []byte{0x00, 0x10, 0x00, 0x0b}, true},
+		{"calls indirectly", []byte{0x00, 0x41, 0x00, 0x11, 0x00, 0x00, 0x0b}, true},
+		{"tail call", []byte{0x00, 0x12, 0x00, 0x0b}, true},
+		{"a loop first", []byte{0x00, 0x23, 0x00, 0x21, 0x00, 0x02, 0x40, 0x03, 0x40, 0x10, 0x00, 0x0b, 0x0b, 0x0b}, false},
+		{"a call before the loop", []byte{0x00, 0x10, 0x00, 0x03, 0x40, 0x10, 0x00, 0x0b, 0x0b}, true},
+		{"a branch before the loop", []byte{0x00, 0x02, 0x40, 0x41, 0x00, 0x0d, 0x00, 0x03, 0x40, 0x10, 0x00, 0x0b, 0x0b, 0x0b}, true},
+		{"an if before the loop", []byte{0x00, 0x41, 0x00, 0x04, 0x40, 0x0b, 0x03, 0x40, 0x10, 0x00, 0x0b, 0x0b}, true},
+	} {
+		got, err := needsEntryCheck(tc.body, 1)
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %v, %v; want %v", tc.name, got, err, tc.want)
+		}
 	}
 }
 
