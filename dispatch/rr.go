@@ -247,7 +247,7 @@ func (m *Group) ack(p *proc, seq uint64, answer byte) {
 		return
 	}
 	if answer == ipc.AckAccepted {
-		unix.Close(c.fd)
+		closeNow(c.fd)
 		return
 	}
 	m.placeExcept(c.fd, c.lis, c.since, p)

@@ -15,7 +15,7 @@ import (
 // message, delivered whole and in order, with its fd if any.
 type Channel struct {
 	c  *net.UnixConn
-	rc syscall.RawConn // c's, for SendNow and TryRecv
+	rc syscall.RawConn // c's, for SendNow, Recv and TryRecv
 }
 
 // NewChannel makes a Channel of f (one end of a SOCK_SEQPACKET pair),
@@ -120,8 +120,43 @@ func sendmsgNow(s int, msg, oob []byte) error {
 // whole, without fds, with ErrTruncated: it costs that message's fds, not
 // the channel.
 func (ch *Channel) Recv(buf, oob []byte) ([]byte, []int, error) {
-	n, oobn, flags, _, err := ch.c.ReadMsgUnix(buf, oob)
-	return received(buf, oob, n, oobn, flags, err)
+	var n, oobn, flags int
+	var rerr error
+	if err := ch.rc.Read(func(fd uintptr) bool {
+		n, oobn, flags, rerr = recvmsgNow(int(fd), buf, oob)
+		return rerr != unix.EAGAIN // else wait in the poller
+	}); err != nil {
+		return received(buf, oob, 0, 0, 0, err)
+	}
+	return received(buf, oob, n, oobn, flags, rerr)
+}
+
+// recvmsgNow is recvmsg(2) with MSG_DONTWAIT (and close-on-exec for the
+// fds it receives), made without telling the Go scheduler a system call is
+// under way, as sendmsgNow. Each side makes one per batch of new
+// connections.
+func recvmsgNow(s int, buf, oob []byte) (n, oobn, flags int, err error) {
+	var iov unix.Iovec
+	if len(buf) > 0 {
+		iov.Base = &buf[0]
+		iov.SetLen(len(buf))
+	}
+	var h unix.Msghdr
+	h.Iov, h.Iovlen = &iov, 1
+	if len(oob) > 0 {
+		h.Control = &oob[0]
+		h.SetControllen(len(oob))
+	}
+	for {
+		r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(s), uintptr(unsafe.Pointer(&h)), unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		switch e {
+		case 0:
+			return int(r), int(h.Controllen), int(h.Flags), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, 0, 0, e
+	}
 }
 
 // received turns what recvmsg returned into a message and its fds.
@@ -162,7 +197,7 @@ func (ch *Channel) TryRecv(buf, oob []byte) (msg []byte, fds []int, ok bool, err
 	var n, oobn, flags int
 	var rerr error
 	if err := ch.rc.Read(func(fd uintptr) bool {
-		n, oobn, flags, _, rerr = unix.Recvmsg(int(fd), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		n, oobn, flags, rerr = recvmsgNow(int(fd), buf, oob)
 		return true
 	}); err != nil {
 		return nil, nil, false, err
