@@ -53,14 +53,25 @@ func SocketPair() (*Channel, *os.File, error) {
 	return ch, os.NewFile(uintptr(fds[1]), "channel"), nil
 }
 
-// Send writes one message, passing fd along when fd >= 0.
+// Send writes one message, passing fd along when fd >= 0; a full channel
+// is waited out in the poller. The call itself is made as sendmsgNow
+// makes it: a worker sends one per batch of new connections.
 func (ch *Channel) Send(msg []byte, fd int) error {
 	var oob []byte
 	if fd >= 0 {
 		oob = unix.UnixRights(fd)
 	}
-	_, _, err := ch.c.WriteMsgUnix(msg, oob, nil)
-	return err
+	var serr error
+	if err := ch.rc.Write(func(s uintptr) bool {
+		serr = sendmsgNow(int(s), msg, oob)
+		return serr != unix.EAGAIN // else wait until the peer reads
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return os.NewSyscallError("sendmsg", serr)
+	}
+	return nil
 }
 
 // SendNow is Send without waiting: a full channel (the worker is not
