@@ -102,10 +102,19 @@ func (ch *Channel) SendNow(msg []byte, fd int) error {
 // host/rawio.go). The message and oob stay referenced by the caller for
 // the call.
 func sendmsgNow(s int, msg, oob []byte) error {
+	_, _, _, err := msgNow(unix.SYS_SENDMSG, s, msg, oob, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	return err
+}
+
+// msgNow makes sendmsg(2) or recvmsg(2) (trap) on s with one buffer and
+// its control bytes as sendmsgNow does; flags must hold MSG_DONTWAIT. It
+// returns the count and, for recvmsg, the control bytes' length and the
+// message's flags as the kernel set them.
+func msgNow(trap uintptr, s int, p, oob []byte, flags int) (n, oobn, mflags int, err error) {
 	var iov unix.Iovec
-	if len(msg) > 0 {
-		iov.Base = &msg[0]
-		iov.SetLen(len(msg))
+	if len(p) > 0 {
+		iov.Base = &p[0]
+		iov.SetLen(len(p))
 	}
 	var h unix.Msghdr
 	h.Iov, h.Iovlen = &iov, 1
@@ -114,14 +123,14 @@ func sendmsgNow(s int, msg, oob []byte) error {
 		h.SetControllen(len(oob))
 	}
 	for {
-		_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(s), uintptr(unsafe.Pointer(&h)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		r, _, e := unix.RawSyscall(trap, uintptr(s), uintptr(unsafe.Pointer(&h)), uintptr(flags))
 		switch e {
 		case 0:
-			return nil
+			return int(r), int(h.Controllen), int(h.Flags), nil
 		case unix.EINTR:
 			continue
 		}
-		return e
+		return 0, 0, 0, e
 	}
 }
 
@@ -143,31 +152,10 @@ func (ch *Channel) Recv(buf, oob []byte) ([]byte, []int, error) {
 }
 
 // recvmsgNow is recvmsg(2) with MSG_DONTWAIT (and close-on-exec for the
-// fds it receives), made without telling the Go scheduler a system call is
-// under way, as sendmsgNow. Each side makes one per batch of new
-// connections.
+// fds it receives), made as sendmsgNow. Each side makes one per batch of
+// new connections.
 func recvmsgNow(s int, buf, oob []byte) (n, oobn, flags int, err error) {
-	var iov unix.Iovec
-	if len(buf) > 0 {
-		iov.Base = &buf[0]
-		iov.SetLen(len(buf))
-	}
-	var h unix.Msghdr
-	h.Iov, h.Iovlen = &iov, 1
-	if len(oob) > 0 {
-		h.Control = &oob[0]
-		h.SetControllen(len(oob))
-	}
-	for {
-		r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(s), uintptr(unsafe.Pointer(&h)), unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
-		switch e {
-		case 0:
-			return int(r), int(h.Controllen), int(h.Flags), nil
-		case unix.EINTR:
-			continue
-		}
-		return 0, 0, 0, e
-	}
+	return msgNow(unix.SYS_RECVMSG, s, buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
 }
 
 // received turns what recvmsg returned into a message and its fds.
