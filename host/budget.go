@@ -304,8 +304,11 @@ type linearMemory struct {
 	charged atomic.Uint64 // bytes charged to the budgets (read by reclaim)
 	max     uint64
 	// unwritten is the module's memory image not yet copied into buf (a
-	// Go slice: a mapping gets it mapped in Allocate).
+	// Go slice: a mapping gets it mapped in Allocate); imageErr says why a
+	// copy failed, for instantiate to refuse the instance (wazero cannot
+	// be refused the initial memory).
 	unwritten *memImage
+	imageErr  error
 }
 
 // Allocate implements experimental.MemoryAllocator, for inst's module.
@@ -365,9 +368,7 @@ func (m *linearMemory) Reallocate(size uint64) []byte {
 	m.buf = m.buf[:size]
 	if img := m.unwritten; img != nil {
 		m.unwritten = nil
-		if img.copyInto(m.buf) != nil {
-			return nil // the data is not there: the instantiation fails
-		}
+		m.imageErr = img.copyInto(m.buf)
 	}
 	return m.buf
 }

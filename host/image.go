@@ -52,8 +52,9 @@ func sealedImage(img *instrument.Image, size int) (int, error) {
 	for _, c := range img.Chunks {
 		for b, off := c.Bytes, int64(c.Off); err == nil && len(b) > 0; {
 			var n int
-			n, err = unix.Pwrite(fd, b, off)
-			b, off = b[n:], off+int64(n)
+			if n, err = unix.Pwrite(fd, b, off); err == nil {
+				b, off = b[n:], off+int64(n)
+			}
 		}
 	}
 	if err == nil {
@@ -95,20 +96,15 @@ func (m *memImage) copyInto(b []byte) error {
 	p := b[:min(len(b), m.size)]
 	for off := 0; off < len(p); {
 		n, err := unix.Pread(m.fd, p[off:], int64(off))
-		if err != nil || n == 0 {
-			return fmt.Errorf("memory image: read: %v", cmpErr(err))
+		switch {
+		case err != nil:
+			return fmt.Errorf("memory image: read: %w", err)
+		case n == 0:
+			return fmt.Errorf("memory image: read: %w", io.ErrUnexpectedEOF)
 		}
 		off += n
 	}
 	return nil
-}
-
-// cmpErr names a short read.
-func cmpErr(err error) error {
-	if err == nil {
-		return io.ErrUnexpectedEOF
-	}
-	return err
 }
 
 func (m *memImage) close() {

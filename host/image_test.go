@@ -53,4 +53,10 @@ func TestMemImage(t *testing.T) {
 	if err := img.copyInto(c); err != nil || !bytes.Equal(c, want[:1<<17]) {
 		t.Errorf("copyInto: %v, or the bytes differ", err)
 	}
+	// Without a memfd the image is copied, into a mapping or a slice.
+	noFd := &memImage{fd: -1, size: img.size, img: &instrument.Image{Size: 70005, Chunks: []instrument.Chunk{{Off: 10, Bytes: []byte("hello")}, {Off: 70000, Bytes: []byte("world")}}}}
+	d := make([]byte, 4<<16)
+	if err := noFd.mapInto(d); err != nil || !bytes.Equal(d, want) {
+		t.Errorf("mapInto without a memfd: %v, or the bytes differ", err)
+	}
 }

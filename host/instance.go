@@ -120,6 +120,10 @@ func (h *Handler) instantiate(ctx context.Context, inst *instance, cfg wazero.Mo
 	}
 	inst.mod = mod
 	inst.mem = mod.Memory()
+	if inst.lm != nil && inst.lm.imageErr != nil {
+		// Its data is not in its memory: nothing of it may run.
+		return mod, fmt.Errorf("instantiate: %w", inst.lm.imageErr)
+	}
 	if h.opts.Timeout > 0 {
 		g, ok := mod.ExportedGlobal(instrument.StopExport).(api.MutableGlobal)
 		if !ok {
