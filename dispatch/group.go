@@ -250,12 +250,12 @@ func (m *Group) stopAll() {
 	var live []*proc
 	for _, p := range m.procs {
 		if p != nil {
+			p.retired = true // under mu: readWorker reads it there
 			live = append(live, p)
 		}
 	}
 	m.mu.Unlock()
 	for _, p := range live {
-		p.retired = true
 		p.ch.CloseWrite()
 	}
 	grace := m.cfg.ShutdownTimeout + time.Second

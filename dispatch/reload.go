@@ -21,8 +21,12 @@ func (m *Group) Reload(ctx context.Context, workerConfig []byte) error {
 	n := m.Workers()
 	fresh := make([]*proc, 0, n)
 	abort := func(err error) error {
+		m.mu.Lock() // readWorker reads retired under mu
 		for _, p := range fresh {
 			p.retired = true
+		}
+		m.mu.Unlock()
+		for _, p := range fresh {
 			p.ch.CloseWrite()
 		}
 		for _, p := range fresh {
