@@ -75,7 +75,7 @@ func (m *Group) challengesSeen(p *proc, gen uint64) {
 // sendChallengesLocked sends p the current challenges without blocking.
 func (m *Group) sendChallengesLocked(p *proc) {
 	msg := binary.LittleEndian.AppendUint64([]byte{ipc.MsgChallenges}, m.challengesGen)
-	if err := p.ch.SendNow(append(msg, m.challenges...), -1); err != nil {
+	if err := p.ch.SendNow(append(msg, m.challenges...), nil); err != nil {
 		m.log.Warn("could not give a worker the ACME challenges", "worker", p.id, "pid", p.pid, "err", err)
 	}
 }

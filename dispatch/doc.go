@@ -10,18 +10,20 @@
 // memfd for its crash report (fd 5) and a clean environment (see spawn.go).
 //
 // Policies:
-//   - rr: the master accepts (raw accept4) and sends each connection's fd to
-//     the least-loaded ready worker, round-robin among equals, with a newconn
-//     message; the worker answers accepted, or starved (its copy of the fd
-//     did not arrive: it is out of descriptors). The master keeps its copy
-//     of the fd until the answer, so a connection handed back, or sent to
-//     a worker that dies before answering, goes to another worker. The
-//     master never waits on a channel: one that is full (a hung worker) or
-//     short of buffers caps that worker at what it holds. Answers go
-//     in batches (ipc.MsgAcks: the newconns waiting on the channel, and the
-//     connections finished since the last report). When every
-//     worker is at MaxConns the master stops accepting and the kernel backlog
-//     holds the surplus.
+//   - rr: the master accepts (raw accept4, what the backlog holds up to
+//     ipc.MaxNewConns) and sends each connection's fd to the least-loaded
+//     ready worker, round-robin among equals, those for one worker in one
+//     newconn message; the worker answers accepted, or starved (its copy of
+//     the fd did not arrive: it is out of descriptors). The master keeps
+//     its copy of the fd until the answer, so a connection handed back, or
+//     sent to a worker that dies before answering, goes to another worker;
+//     a worker holding maxUnacked unanswered gets no more. The master never
+//     waits on a channel: one that is full (a hung worker) or short of
+//     buffers caps that worker at what it holds. Answers go in batches
+//     (ipc.MsgAcks: the newconns waiting on the channel, and the
+//     connections finished since the last report). When every worker is at
+//     MaxConns the master stops accepting and the kernel backlog holds the
+//     surplus.
 //   - shared: workers inherit the listening socket (fd 6) and accept
 //     themselves; a worker about to accept while it holds clearly more
 //     connections than the least loaded one leaves the connection to the

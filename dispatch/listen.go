@@ -169,18 +169,61 @@ func (l *listener) acceptAfter(before func(fd int)) (int, error) {
 			}
 			return -1, err
 		}
-		switch aerr {
-		case nil:
+		if aerr == nil {
 			return nfd, nil
-		// accept(2): Linux passes a new connection's pending network error
-		// on from accept; retry as for EAGAIN. EPERM: a firewall rule
-		// refused that connection.
-		case unix.ECONNABORTED, unix.EINTR, unix.EPROTO, unix.ENETDOWN, unix.ENOPROTOOPT, unix.EHOSTDOWN,
-			unix.ENONET, unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH, unix.EPERM, unix.ETIMEDOUT:
+		}
+		if retryAccept(aerr) {
 			continue
 		}
 		return -1, os.NewSyscallError("accept4", aerr)
 	}
+}
+
+// acceptBatch appends to fds the connections waiting in the backlog, at
+// least one (it waits in the poller for the first) and at most most. An
+// error after the first connection ends the batch and comes back with the
+// next call.
+func (l *listener) acceptBatch(fds []int, most int) ([]int, error) {
+	for {
+		var aerr error
+		err := l.rc.Read(func(fd uintptr) bool {
+			for len(fds) < most {
+				nfd, e := accept4(int(fd))
+				if e != nil {
+					aerr = e
+					break
+				}
+				fds = append(fds, nfd)
+			}
+			return len(fds) > 0 || aerr != unix.EAGAIN
+		})
+		if len(fds) > 0 {
+			return fds, nil
+		}
+		if err != nil {
+			if l.closed.Load() {
+				return fds, os.ErrClosed
+			}
+			return fds, err
+		}
+		if retryAccept(aerr) {
+			continue
+		}
+		return fds, os.NewSyscallError("accept4", aerr)
+	}
+}
+
+// retryAccept reports whether an accept that failed with err should just
+// be made again. accept(2): Linux passes a new connection's pending network
+// error on from accept; retry as for EAGAIN. EPERM: a firewall rule refused
+// that connection.
+func retryAccept(err error) bool {
+	switch err {
+	case unix.ECONNABORTED, unix.EINTR, unix.EPROTO, unix.ENETDOWN, unix.ENOPROTOOPT, unix.EHOSTDOWN,
+		unix.ENONET, unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH, unix.EPERM, unix.ETIMEDOUT:
+		return true
+	}
+	return false
 }
 
 // acceptPause paces an accept loop through errors that last (out of

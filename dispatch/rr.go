@@ -12,24 +12,29 @@ import (
 
 // acceptLoop is the rr policy's accept side: it accepts only while some
 // worker has room (or the queue does), so a saturated cluster leaves new
-// connections in the kernel's backlog.
+// connections in the kernel's backlog. It takes what the backlog holds at
+// once, as many as there is room for (up to ipc.MaxNewConns), so that the
+// connections one worker gets travel in one message.
 func (m *Group) acceptLoop(ctx context.Context, index int, l *listener) {
 	pause := acceptPause{log: m.log, addr: l.addr.String(), onPause: func() {
 		m.mu.Lock()
 		m.stats.AcceptPauses++
 		m.mu.Unlock()
 	}}
+	fds := make([]int, 0, ipc.MaxNewConns)
+	conns := make([]queued, 0, ipc.MaxNewConns)
 	for {
 		m.drainQueue()
+		var room int
 		for {
 			m.mu.Lock()
-			ok := m.canAcceptLocked()
+			room = m.acceptRoomLocked(ipc.MaxNewConns)
 			var wait <-chan struct{}
-			if !ok {
+			if room == 0 {
 				wait = m.capacityLocked()
 			}
 			m.mu.Unlock()
-			if ok {
+			if room > 0 {
 				break
 			}
 			select {
@@ -39,7 +44,8 @@ func (m *Group) acceptLoop(ctx context.Context, index int, l *listener) {
 				return
 			}
 		}
-		fd, err := l.accept()
+		var err error
+		fds, err = l.acceptBatch(fds[:0], room)
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) || ctx.Err() != nil || !pause.failed(ctx, err) {
 				return
@@ -47,18 +53,38 @@ func (m *Group) acceptLoop(ctx context.Context, index int, l *listener) {
 			continue
 		}
 		pause.ok()
+		now := time.Now()
+		conns = conns[:0]
+		for _, fd := range fds {
+			conns = append(conns, queued{fd: fd, lis: index, since: now})
+		}
 		m.mu.Lock()
-		m.stats.Accepted++
+		m.stats.Accepted += uint64(len(conns))
 		m.mu.Unlock()
-		m.place(fd, index, time.Now())
+		m.place(conns, nil)
 	}
 }
 
-func (m *Group) canAcceptLocked() bool {
+// acceptRoomLocked is how many connections, up to most, may be accepted
+// now: what the ready workers can take and the queue can hold, or, while
+// connections wait in the queue, what room it has left (they go first).
+func (m *Group) acceptRoomLocked(most int) int {
+	room := 0
 	if len(m.queue) > 0 {
-		return len(m.queue) < m.cfg.QueueSize
+		room = m.cfg.QueueSize - len(m.queue)
+	} else {
+		now := time.Now()
+		for _, p := range m.procs {
+			if p != nil && m.takesLocked(p, now) {
+				room += int(min(m.limitLocked(p)-p.inFlight, int64(maxUnacked-len(p.pending))))
+			}
+			if room >= most {
+				return most
+			}
+		}
+		room += m.cfg.QueueSize
 	}
-	return m.roomLocked() || m.cfg.QueueSize > 0
+	return max(0, min(room, most))
 }
 
 // roomLocked reports whether some ready worker can take a connection.
@@ -106,13 +132,21 @@ func (m *Group) uncapLocked(p *proc) {
 	}
 }
 
+// maxUnacked is the most connections a worker may hold unacknowledged:
+// one that is not reading its channel (stopped, say) takes no more than
+// this before stalledLocked says so. A worker that reads acknowledges a
+// batch within microseconds.
+const maxUnacked = 256
+
 // takesLocked reports whether p may be sent a new connection: ready, not
-// draining, below its limit, not stalled, and not at its request limit
+// draining, below its limit, not holding maxUnacked connections
+// unacknowledged, not stalled, and not at its request limit
 // (nowSaid: like gunicorn's max_requests, it takes nothing new while its
 // replacement starts; if every worker is there at once, new connections
 // wait in the backlog for the first replacement, typically 100–300 ms).
 func (m *Group) takesLocked(p *proc, now time.Time) bool {
-	return p.state == stateReady && !p.retired && !p.nowSaid && p.inFlight < m.limitLocked(p) && !m.stalledLocked(p, now)
+	return p.state == stateReady && !p.retired && !p.nowSaid && p.inFlight < m.limitLocked(p) &&
+		len(p.pending) < maxUnacked && !m.stalledLocked(p, now)
 }
 
 // stalledLocked reports whether p has had connections waiting for its
@@ -159,63 +193,89 @@ func (m *Group) pickLocked(skip *proc) *proc {
 	return best
 }
 
-// place hands a connection to a worker, or queues it when none has room.
-func (m *Group) place(fd, lis int, since time.Time) {
-	m.placeExcept(fd, lis, since, nil)
-}
-
-func (m *Group) placeExcept(fd, lis int, since time.Time, skip *proc) {
-	for {
-		m.mu.Lock()
-		if m.closing {
-			m.mu.Unlock()
-			unix.Close(fd)
-			return
+// place hands connections to workers, never to skip, or queues those no
+// worker has room for. The connections picked for one worker go to it in
+// one newconn message (up to ipc.MaxNewConns each).
+func (m *Group) place(conns []queued, skip *proc) {
+	type batch struct {
+		p    *proc
+		msg  []byte
+		fds  []int
+		seqs []uint64
+	}
+	var batches []*batch
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		for _, c := range conns {
+			unix.Close(c.fd)
 		}
+		return
+	}
+	for _, c := range conns {
 		p := m.pickLocked(skip)
 		if p == nil {
-			m.queue = append(m.queue, queued{fd: fd, lis: lis, since: since})
-			m.mu.Unlock()
-			return
+			m.queue = append(m.queue, c)
+			continue
 		}
 		m.nextSeq++
 		seq := m.nextSeq
 		if len(p.pending) == 0 {
 			p.pendingSince = time.Now()
 		}
-		p.pending[seq] = sent{fd: fd, lis: lis, since: since}
+		p.pending[seq] = sent(c)
 		p.inFlight++
-		m.mu.Unlock()
-
-		msg := ipc.NewConnMsg(seq, lis)
-		err := p.ch.SendNow(msg[:], fd)
-		if err == nil {
-			return
+		var b *batch
+		for _, o := range batches {
+			if o.p == p && len(o.fds) < ipc.MaxNewConns {
+				b = o
+			}
 		}
-		// If reap has not yet taken this fd it is still ours to place
-		// elsewhere; otherwise reap placed it.
-		m.mu.Lock()
-		_, mine := p.pending[seq]
-		if mine {
+		if b == nil {
+			b = &batch{p: p, msg: []byte{ipc.MsgNewConn}}
+			batches = append(batches, b)
+		}
+		b.msg = ipc.AppendNewConn(b.msg, seq, c.lis)
+		b.fds = append(b.fds, c.fd)
+		b.seqs = append(b.seqs, seq)
+	}
+	m.mu.Unlock()
+	for _, b := range batches {
+		if err := b.p.ch.SendNow(b.msg, b.fds); err != nil {
+			m.sendFailed(b.p, b.seqs, err)
+		}
+	}
+}
+
+// sendFailed takes back the connections of a newconn that could not be sent
+// to p and places them elsewhere: those reap has not taken already (it
+// places them itself).
+func (m *Group) sendFailed(p *proc, seqs []uint64, err error) {
+	var mine []queued
+	m.mu.Lock()
+	for _, seq := range seqs {
+		if c, ok := p.pending[seq]; ok {
 			delete(p.pending, seq)
 			p.inFlight--
 			p.requeued++
 			m.stats.Requeued++
-			if resourceErr(err) || errors.Is(err, unix.ETOOMANYREFS) || errors.Is(err, unix.EAGAIN) {
-				// Out of buffers, memory or room for fds in flight, or the
-				// worker is not reading: the channel is fine, the moment
-				// is not. Send this worker no more until it has room (see
-				// limitLocked); a hung one is killed by the watchdog.
-				m.capLocked(p, true)
-			} else {
-				p.state = stateExited // the worker is going away: stop picking it; reap will confirm
-			}
+			mine = append(mine, queued(c))
 		}
-		m.mu.Unlock()
-		if !mine {
-			return
+	}
+	if len(mine) > 0 {
+		if resourceErr(err) || errors.Is(err, unix.ETOOMANYREFS) || errors.Is(err, unix.EAGAIN) {
+			// Out of buffers, memory or room for fds in flight, or the
+			// worker is not reading: the channel is fine, the moment
+			// is not. Send this worker no more until it has room (see
+			// limitLocked); a hung one is killed by the watchdog.
+			m.capLocked(p, true)
+		} else {
+			p.state = stateExited // the worker is going away: stop picking it; reap will confirm
 		}
-		skip = p
+	}
+	m.mu.Unlock()
+	if len(mine) > 0 {
+		m.place(mine, p)
 	}
 }
 
@@ -250,7 +310,7 @@ func (m *Group) ack(p *proc, seq uint64, answer byte) {
 		closeNow(c.fd)
 		return
 	}
-	m.placeExcept(c.fd, c.lis, c.since, p)
+	m.place([]queued{queued(c)}, p)
 }
 
 // drainQueue places queued connections while workers have room. It runs on
@@ -262,10 +322,10 @@ func (m *Group) drainQueue() {
 			m.mu.Unlock()
 			return
 		}
-		q := m.queue[0]
+		q := []queued{m.queue[0]}
 		m.queue = m.queue[1:]
 		m.mu.Unlock()
-		m.place(q.fd, q.lis, q.since)
+		m.place(q, nil)
 	}
 }
 

@@ -320,7 +320,7 @@ func (m *Group) SetSecrets(b []byte) {
 // worker whose channel is full does not read it, and is replaced by the
 // heartbeat's watchdog (it keeps decrypting with the older keys meanwhile).
 func (m *Group) sendSecretsLocked(p *proc) {
-	if err := p.ch.SendNow(append([]byte{ipc.MsgSecrets}, m.secrets...), -1); err != nil {
+	if err := p.ch.SendNow(append([]byte{ipc.MsgSecrets}, m.secrets...), nil); err != nil {
 		m.log.Warn("could not give a worker the new secrets", "worker", p.id, "pid", p.pid, "err", err)
 	}
 }

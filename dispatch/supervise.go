@@ -168,9 +168,9 @@ func (m *Group) reap(p *proc) {
 		}
 	}
 	p.state = stateExited
-	var orphans []sent
+	var orphans []queued
 	for seq, c := range p.pending {
-		orphans = append(orphans, c)
+		orphans = append(orphans, queued(c))
 		delete(p.pending, seq)
 	}
 	p.inFlight = 0
@@ -178,9 +178,7 @@ func (m *Group) reap(p *proc) {
 	m.stats.Requeued += uint64(len(orphans))
 	m.mu.Unlock()
 	p.ch.Close()
-	for _, c := range orphans {
-		m.place(c.fd, c.lis, c.since)
-	}
+	m.place(orphans, nil)
 	if len(orphans) > 0 {
 		m.log.Info("requeued connections the worker never acknowledged", "worker", p.id, "count", len(orphans))
 	}

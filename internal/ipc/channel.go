@@ -74,13 +74,13 @@ func (ch *Channel) Send(msg []byte, fd int) error {
 	return nil
 }
 
-// SendNow is Send without waiting: a full channel (the worker is not
-// reading: hung, stopped, or far behind) is EAGAIN, not a wait, so one
-// worker cannot stall the master's accept loop.
-func (ch *Channel) SendNow(msg []byte, fd int) error {
+// SendNow is Send without waiting, passing fds (none when empty): a full
+// channel (the worker is not reading: hung, stopped, or far behind) is
+// EAGAIN, not a wait, so one worker cannot stall the master's accept loop.
+func (ch *Channel) SendNow(msg []byte, fds []int) error {
 	var oob []byte
-	if fd >= 0 {
-		oob = unix.UnixRights(fd)
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
 	}
 	var serr error
 	if err := ch.rc.Write(func(s uintptr) bool {

@@ -12,11 +12,14 @@ import "encoding/binary"
 // boot configuration) and a worker of another version refuses to start:
 // that is a worker from another binary, replaced on disk while an older
 // master runs.
-const Version = 3
+const Version = 4
 
 // Message types on a worker's channel; the first byte of every message.
 const (
-	MsgNewConn byte = 1 // master→worker: seq u64, listener u8, with one fd
+	// MsgNewConn (master→worker) hands over connections: seq u64 and
+	// listener u8 for each, at most MaxNewConns, with their fds in the
+	// same order in one SCM_RIGHTS.
+	MsgNewConn byte = 1
 	// 2 is unused (a single ack once; MsgAcks answers every newconn).
 	MsgDone      byte = 3 // worker→master: count u32 connections finished
 	MsgReady     byte = 4 // worker→master: serving
@@ -53,7 +56,8 @@ const (
 	RecycleFinal byte = 2
 )
 
-// MaxAcks bounds the newconns one MsgAcks answers.
+// MaxAcks is the number of answers after which a worker sends its MsgAcks
+// rather than take another message (which may add up to MaxNewConns).
 const MaxAcks = 64
 
 // A worker's answer to one newconn (the byte after its seq). A worker takes
@@ -66,13 +70,17 @@ const (
 	AckStarved byte = 2
 )
 
-// NewConnMsg is the newconn message for connection seq from listener lis.
-func NewConnMsg(seq uint64, lis int) [10]byte {
-	var msg [10]byte
-	msg[0] = MsgNewConn
-	binary.LittleEndian.PutUint64(msg[1:], seq)
-	msg[9] = byte(lis)
-	return msg
+// MaxNewConns bounds the connections one MsgNewConn hands over.
+const MaxNewConns = 16
+
+// NewConnSize is the length of one connection's record in a MsgNewConn.
+const NewConnSize = 9
+
+// AppendNewConn appends connection seq from listener lis to a MsgNewConn
+// message; b starts as []byte{MsgNewConn}.
+func AppendNewConn(b []byte, seq uint64, lis int) []byte {
+	b = binary.LittleEndian.AppendUint64(b, seq)
+	return append(b, byte(lis))
 }
 
 // AppendAck appends one newconn's answer to a MsgAcks message.
