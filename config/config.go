@@ -68,6 +68,8 @@ type Cluster struct {
 	User       string
 	WorkerEnv  []string
 	SandboxOff bool
+	// DeferAcceptOff: --defer-accept=off (see Config.DeferAccept).
+	DeferAcceptOff bool
 }
 
 // Group is one worker group: its own worker processes serving its own
@@ -537,7 +539,7 @@ var (
 var (
 	clusterKeys = []string{"workers", "worker_procs", "sched", "backlog", "max_conns", "queue_size", "queue_timeout",
 		"shutdown_timeout", "worker_timeout", "max_requests", "max_worker_memory", "cache_dir", "log_level", "log_format", "control", "admin",
-		"guest_memory_budget", "user", "worker_env", "worker_sandbox", "tls_ticket_rotation", "kv_dir", "kv_redis"}
+		"guest_memory_budget", "user", "worker_env", "worker_sandbox", "defer_accept", "tls_ticket_rotation", "kv_dir", "kv_redis"}
 	tenantKeys = []string{"name", "handler", "listen", "hosts", "tls", "group", "workers", "memory_limit", "kv_max_value", "kv_quota",
 		"timeout", "read_timeout", "write_timeout", "idle_timeout", "instances", "instances_min", "max_reuse",
 		"instance_mode", "max_conns", "env", "config", "mount", "guest_memory_budget", "group_memory_budget",
@@ -667,6 +669,13 @@ func (cr *configReader) readCluster(top *section) Cluster {
 			s.errorf("worker_sandbox", "worker_sandbox must be true or false, not %s", tomlType(v))
 		}
 		cl.SandboxOff = isBool && !on
+	}
+	if v, ok := s.values["defer_accept"]; ok {
+		on, isBool := v.(bool)
+		if !isBool {
+			s.errorf("defer_accept", "defer_accept must be true or false, not %s", tomlType(v))
+		}
+		cl.DeferAcceptOff = isBool && !on
 	}
 	if cl.KVRedis = s.str("kv_redis", cl.KVRedis); cl.KVRedis != "" {
 		if err := CheckRedisURL(cl.KVRedis); err != nil {

@@ -99,6 +99,7 @@ func Flags() []Flag {
 		{"admin", "[cluster] admin", "", "`ADDR` for /metrics (Prometheus), /healthz and /readyz, e.g. 127.0.0.1:9090 (none by default)", "", false},
 		{"user", "[cluster] user", "", "run the workers as `USER[:GROUP]` with no capabilities (the master must be root)", "", false},
 		{"worker-env", "[cluster] worker_env", "", "pass the master's environment variable `NAME` on to the workers (repeatable); they get none of it otherwise", "", true},
+		{"defer-accept", "[cluster] defer_accept", "on", "on: on a listener whose handlers all wait for the client to speak, the kernel hands over a connection once its first bytes arrive (TCP_DEFER_ACCEPT); one that sends nothing is handed over a second later. off: at once", "", false},
 		{"worker-sandbox", "[cluster] worker_sandbox", "on", "on: workers run with no_new_privs, a seccomp allowlist and Landlock; off: without (for debugging)", "", false},
 		{"upstream", "", "", "`URL` an http-wasm handler passes requests on to (its next handler; without it next answers 404)", "", false},
 		{"guest-config", "", "", "`VALUE` an http-wasm handler's get_config returns (@FILE: the file's bytes)", "", false},
@@ -208,6 +209,10 @@ func (d *Defaults) Set(name, v string) error {
 		c.User = v
 	case "worker-sandbox":
 		c.SandboxOff, err = ParseSandbox(v)
+	case "defer-accept":
+		var on bool
+		on, err = parseOnOff("defer-accept", v)
+		c.DeferAcceptOff = !on
 	case "worker-env":
 		c.WorkerEnv = append(c.WorkerEnv, v)
 	case "memory-limit":

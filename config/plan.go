@@ -160,6 +160,37 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 	return out, nil
 }
 
+// DeferAccept sets, in each group's dispatch configuration (dcs, in the
+// order of Masters), which listeners defer their connections until the
+// client's first bytes (dispatch.Config.DeferAccept): those whose every
+// tenant waits for the client to speak, that is, TLS listeners and those
+// whose handlers (infos, by tenant in c.Tenants) do not speak first;
+// none with --defer-accept=off.
+func (c *Config) DeferAccept(dcs []dispatch.Config, infos []host.Info) {
+	speaks := map[string]bool{}
+	for i, t := range c.Tenants {
+		if i < len(infos) {
+			speaks[t.Name] = infos[i].SpeaksFirst
+		} else {
+			speaks[t.Name] = true // not known: do not defer
+		}
+	}
+	for i := range dcs {
+		g := &c.Groups[i]
+		dcs[i].DeferAccept = make([]bool, len(g.Listeners))
+		if c.Cluster.DeferAcceptOff {
+			continue
+		}
+		for j, l := range g.Listeners {
+			wait := true
+			for _, name := range l.Tenants {
+				wait = wait && (l.TLS || !speaks[name])
+			}
+			dcs[i].DeferAccept[j] = wait
+		}
+	}
+}
+
 // SameShape refuses a reload to next that changes what the master set up
 // at start beside its groups: the control socket, the admin endpoint, its
 // log and the ticket key rotation need a restart. Groups, listeners, users

@@ -167,13 +167,20 @@ func (p Sandbox) Apply(bind []uint16, log *slog.Logger) error {
 
 // ParseSandbox reads --worker-sandbox / worker_sandbox.
 func ParseSandbox(s string) (off bool, err error) {
+	on, err := parseOnOff("worker-sandbox", s)
+	return !on, err
+}
+
+// parseOnOff reads the value of an on/off flag (true and false too; empty
+// is on).
+func parseOnOff(flag, s string) (on bool, err error) {
 	switch strings.ToLower(s) {
 	case "on", "true", "":
-		return false, nil
-	case "off", "false":
 		return true, nil
+	case "off", "false":
+		return false, nil
 	}
-	return false, fmt.Errorf("--worker-sandbox %q: use on or off", s)
+	return true, fmt.Errorf("--%s %q: use on or off", flag, s)
 }
 
 // User is a --user USER[:GROUP] resolved.

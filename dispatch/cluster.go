@@ -355,7 +355,7 @@ func (m *Group) sameShape(cfg Config) bool {
 	a := m.cfg
 	sameCred := (a.Credential == nil) == (cfg.Credential == nil) &&
 		(a.Credential == nil || (a.Credential.Uid == cfg.Credential.Uid && a.Credential.Gid == cfg.Credential.Gid))
-	return slices.Equal(a.Listen, cfg.Listen) && a.Sched == cfg.Sched && sameCred &&
+	return slices.Equal(a.Listen, cfg.Listen) && slices.Equal(a.DeferAccept, cfg.DeferAccept) && a.Sched == cfg.Sched && sameCred &&
 		slices.Equal(a.WorkerEnv, cfg.WorkerEnv) && a.Backlog == cfg.Backlog && a.MaxConns == cfg.MaxConns &&
 		a.QueueSize == cfg.QueueSize && a.QueueTimeout == cfg.QueueTimeout && a.ShutdownTimeout == cfg.ShutdownTimeout &&
 		a.WorkerTimeout == cfg.WorkerTimeout && a.MaxRequests == cfg.MaxRequests && a.MaxMemory == cfg.MaxMemory

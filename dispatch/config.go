@@ -43,6 +43,13 @@ type Config struct {
 	// Listen are the addresses ("host:port") to serve; a worker's handler
 	// learns which one a connection came from by its index here.
 	Listen []string
+	// DeferAccept, by index of Listen, has the kernel hand over that
+	// listener's connections only once their first bytes arrived
+	// (TCP_DEFER_ACCEPT): for listeners whose handlers all wait for the
+	// client to speak. A worker then never reads a new connection before
+	// its request is there, nor waits for it in its poller; a client that
+	// sends nothing is handed over about a second later.
+	DeferAccept []bool
 	// inherited are sockets passed by socket activation, by the index of
 	// the Listen address each serves (nil: bind that one); set by
 	// NewCluster.
@@ -156,4 +163,9 @@ type Certificate struct {
 	Names  []string `json:"names"`
 	// NotAfter is when it expires, in Unix seconds.
 	NotAfter float64 `json:"not_after_unix"`
+}
+
+// deferAccept reports whether listener j defers its connections.
+func (c *Config) deferAccept(j int) bool {
+	return j < len(c.DeferAccept) && c.DeferAccept[j]
 }

@@ -93,19 +93,31 @@ func NewGroup(cfg Config) (*Group, error) {
 	// Sockets passed by systemd (socket activation) were matched to
 	// cfg.Listen by NewCluster.
 	var lis []*listener
-	for j, addr := range cfg.Listen {
-		if j < len(cfg.inherited) && cfg.inherited[j] != nil {
-			lis = append(lis, cfg.inherited[j])
-			continue
+	closeAll := func() {
+		for _, l := range lis {
+			l.close()
 		}
-		l, err := listenTCP(addr, cfg.Backlog, cfg.Sched == SchedReusePort, cfg.Sched != SchedReusePort)
-		if err != nil {
-			for _, l := range lis {
-				l.close()
+	}
+	for j, addr := range cfg.Listen {
+		var l *listener
+		if j < len(cfg.inherited) && cfg.inherited[j] != nil {
+			l = cfg.inherited[j]
+		} else {
+			var err error
+			if l, err = listenTCP(addr, cfg.Backlog, cfg.Sched == SchedReusePort, cfg.Sched != SchedReusePort); err != nil {
+				closeAll()
+				return nil, fmt.Errorf("dispatch: %w", err)
 			}
-			return nil, fmt.Errorf("dispatch: %w", err)
 		}
 		lis = append(lis, l)
+		// Set on an inherited socket too: a reload may have changed what
+		// its handlers expect (reuseport workers set their own).
+		if cfg.Sched != SchedReusePort {
+			if err := l.setDeferAccept(cfg.deferAccept(j)); err != nil {
+				closeAll()
+				return nil, fmt.Errorf("dispatch: %w", err)
+			}
+		}
 	}
 	m := &Group{
 		cfg: cfg, log: cfg.Logger, lis: lis,

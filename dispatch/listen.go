@@ -321,6 +321,31 @@ func (l *listener) dup() (*listener, error) {
 	return newListener(os.NewFile(uintptr(fd), l.f.Name()))
 }
 
+// deferAcceptSecs is how long the kernel holds a connection that has sent
+// nothing on a listener with DeferAccept: then it is handed over all the
+// same (Linux accepts it on the client's answer to the handshake's
+// retransmission), and the first-byte timeout takes it from there.
+const deferAcceptSecs = 1
+
+// setDeferAccept makes the kernel hand over l's new connections only once
+// their first bytes arrived (TCP_DEFER_ACCEPT), or at once (on false).
+func (l *listener) setDeferAccept(on bool) error {
+	secs := 0
+	if on {
+		secs = deferAcceptSecs
+	}
+	var serr error
+	if err := l.rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, secs)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("listener %s: set TCP_DEFER_ACCEPT: %w", l.addr, serr)
+	}
+	return nil
+}
+
 func (l *listener) close() error {
 	l.closed.Store(true)
 	return l.f.Close()

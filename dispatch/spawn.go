@@ -114,7 +114,7 @@ func (m *Group) workerCommand(id int, workerConfig, secrets []byte, maxServed ui
 		Version: bootVersion, IPC: ipc.Version,
 		Dispatch: workerParams{
 			Sched: m.cfg.Sched, MaxConns: m.cfg.MaxConns, ShutdownTimeout: m.cfg.ShutdownTimeout,
-			Heartbeat: m.cfg.Heartbeat, Listen: addrs, Backlog: m.cfg.Backlog, MaxServed: maxServed,
+			Heartbeat: m.cfg.Heartbeat, Listen: addrs, Backlog: m.cfg.Backlog, DeferAccept: m.cfg.DeferAccept, MaxServed: maxServed,
 		},
 		Config: workerConfig, Secrets: secrets,
 	})

@@ -58,6 +58,9 @@ type workerParams struct {
 	// on each, shared workers inherit them as fds 4, 5, ... in this order.
 	Listen  []string
 	Backlog int
+	// DeferAccept: Config.DeferAccept, for the listeners reuseport
+	// workers bind.
+	DeferAccept []bool
 	// MaxServed is this worker's request limit (Config.MaxRequests plus
 	// its jitter; 0: none): it asks for its replacement once it served
 	// that many, rather than at the next heartbeat.
@@ -239,7 +242,11 @@ func (w *Worker) Serve(ctx context.Context, h Handler, handlerStats func() *stat
 		case SchedShared:
 			l, err = newListener(os.NewFile(uintptr(fdListener+i), "listener"))
 		case SchedReusePort:
-			l, err = listenTCP(addr, w.params.Backlog, true, true)
+			if l, err = listenTCP(addr, w.params.Backlog, true, true); err == nil {
+				if err = l.setDeferAccept(i < len(w.params.DeferAccept) && w.params.DeferAccept[i]); err != nil {
+					l.close()
+				}
+			}
 		default:
 			continue
 		}

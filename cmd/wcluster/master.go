@@ -68,6 +68,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 	if err != nil {
 		return err
 	}
+	cfg.DeferAccept(groups, infos)
 	workerConfigs := map[string][]byte{} // each group's latest, for renewals
 	for i := range groups {
 		groups[i].Logger = log
@@ -310,8 +311,9 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, mgr *
 	if err == nil {
 		err = current.SameShape(next)
 	}
+	var infos []host.Info
 	if err == nil {
-		_, err = prepare(ctx, next, slog.New(slog.DiscardHandler))
+		infos, err = prepare(ctx, next, slog.New(slog.DiscardHandler))
 	}
 	if err != nil {
 		return nil, nil, err
@@ -331,6 +333,7 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, mgr *
 		undo()
 		return nil, nil, err
 	}
+	next.DeferAccept(dcs, infos)
 	// The new workers start with the keys of the tenants they serve; a
 	// tenant kept keeps its keys, so its sessions resume across the reload.
 	for i := range dcs {
