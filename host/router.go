@@ -497,7 +497,6 @@ func normalizeHost(h string) string {
 // ServeConn serves one connection that arrived on listener (an index into
 // the listeners NewRouter was given), then closes f.
 func (r *Router) ServeConn(ctx context.Context, f *os.File, listener int) {
-	growStack()
 	if listener < 0 || listener >= len(r.lis) {
 		r.log.Error("connection from an unknown listener", "listener", listener, "listeners", len(r.lis))
 		f.Close()
@@ -1076,24 +1075,3 @@ func httpAnswer(status int, text, body string) []byte {
 	return []byte("HTTP/1.1 " + strconv.Itoa(status) + " " + text + "\r\nContent-Type: text/plain\r\nContent-Length: " +
 		strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body)
 }
-
-// stackFrame is what growStack takes of a connection's new goroutine:
-// about what a call into a guest needs (wazero's CallWithStack).
-const stackFrame = 16 << 10
-
-// growStack grows the calling goroutine's stack to what a guest call needs
-// while it is nearly empty. Grown later, inside the call, the runtime
-// copies and adjusts a dozen frames at each doubling: 16% of a worker's
-// time on new connections went there (perf, 2026-11-30), 6% with this
-// and 16 KiB (32 KiB gained no more).
-//
-//go:noinline
-func growStack() byte {
-	var frame [stackFrame]byte
-	return frame[stackSink(&frame)]
-}
-
-// stackSink keeps the frame from being optimised away.
-//
-//go:noinline
-func stackSink(b *[stackFrame]byte) int { return int(b[0]) & 1 }
