@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -165,15 +166,29 @@ func TestQueueTimeout(t *testing.T) {
 }
 
 // TestSharedBalancesKeepAlive: under keep-alive load (64 connections opened
-// at once, as wrk does), the shared policy spreads requests within 1.5×
-// (max/min per worker) with 2 and with 4 workers: a worker about to accept
-// leaves the connection to a less loaded one.
+// at once, as wrk does), the shared policy spreads the connections (as the
+// workers report them) with 2 and with 4 workers: a worker about to accept
+// while it holds more than four plus an eighth over the least loaded one
+// leaves the connection to the others (loadTable.crowded), for up to
+// yieldPatience; the test allows four more for yields that ran out of
+// patience on a loaded machine. The requests each worker served follow,
+// within 2× (max/min): they also depend on each worker's share of the
+// cores, which with 4 workers on 2 cores beside other tests varies more
+// than the policy does.
 func TestSharedBalancesKeepAlive(t *testing.T) {
 	t.Parallel()
 	for _, n := range []int{2, 4} {
-		s := start(t, "--workers", fmt.Sprint(n), "--sched", "shared")
+		s, ctl := startControlled(t, "--workers", fmt.Sprint(n), "--sched", "shared")
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64}}
+		var dialled atomic.Int64
+		dialer := &net.Dialer{Timeout: 10 * time.Second}
+		client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				dialled.Add(1)
+				return dialer.DialContext(ctx, network, addr)
+			},
+		}}
 		var mu sync.Mutex
 		per := map[string]int{}
 		var failed atomic.Int64
@@ -199,21 +214,44 @@ func TestSharedBalancesKeepAlive(t *testing.T) {
 		}
 		wg.Wait()
 		cancel()
-		client.CloseIdleConnections()
-		lo, hi := -1, 0
-		for _, c := range per {
-			if lo < 0 || c < lo {
-				lo = c
-			}
-			hi = max(hi, c)
-		}
-		t.Logf("shared, %d workers: requests per worker %v", n, per)
 		if failed.Load() > 0 {
 			t.Fatalf("%d workers: %d requests failed", n, failed.Load())
 		}
-		if len(per) != n || float64(hi) > 1.5*float64(lo) {
-			t.Errorf("%d workers: requests per worker %v: max/min over 1.5", n, per)
+		// The client keeps every connection it opened (idle in its pool);
+		// the workers report what they hold at their next heartbeat.
+		opened := dialled.Load()
+		st := waitStatus(t, ctl, "the open connections reported", func(st status) bool {
+			var sum int64
+			for _, w := range st.Workers {
+				sum += w.InFlight
+			}
+			return sum == opened
+		})
+		conns := map[int]int64{}
+		for _, w := range st.Workers {
+			conns[w.ID] = w.InFlight
+		}
+		client.CloseIdleConnections()
+		t.Logf("shared, %d workers: connections per worker %v, requests per worker %v", n, conns, per)
+		lo, hi := spanOf(conns)
+		if len(conns) != n || hi > lo+8+lo/8 {
+			t.Errorf("%d workers: connections per worker %v: the most loaded holds over 8 + 1/8 more than the least", n, conns)
+		}
+		if lo, hi := spanOf(per); len(per) != n || hi > 2*lo {
+			t.Errorf("%d workers: requests per worker %v: max/min over 2", n, per)
 		}
 		s.stop()
 	}
+}
+
+// spanOf is the least and the most of counts.
+func spanOf[K comparable, V int | int64](counts map[K]V) (lo, hi V) {
+	lo = -1
+	for _, c := range counts {
+		if lo < 0 || c < lo {
+			lo = c
+		}
+		hi = max(hi, c)
+	}
+	return lo, hi
 }
