@@ -141,53 +141,33 @@ func newListener(f *os.File) (*listener, error) {
 	return l, nil
 }
 
-// accept waits for and accepts one connection: a non-blocking,
-// close-on-exec fd. It returns an error wrapping os.ErrClosed once the
-// listener is closed. Errors that belong to one connection (the peer gave
-// up, a network error pending on it) are skipped; any other error, such as
-// running out of descriptors (EMFILE), is returned for the caller to pause
-// on (see acceptPause): the listener stays usable.
-func (l *listener) accept() (int, error) { return l.acceptAfter(nil) }
-
-// acceptAfter is accept calling before (if not nil) each time a connection
-// may be pending, before taking it: a shared worker's chance to leave it
-// to another (loadTable.yield).
-func (l *listener) acceptAfter(before func(fd int)) (int, error) {
-	for {
-		nfd := -1
-		var aerr error
-		err := l.rc.Read(func(fd uintptr) bool {
-			if before != nil {
-				before(int(fd))
-			}
-			nfd, aerr = accept4(int(fd))
-			return aerr != unix.EAGAIN
-		})
-		if err != nil {
-			if l.closed.Load() {
-				return -1, os.ErrClosed
-			}
-			return -1, err
-		}
-		if aerr == nil {
-			return nfd, nil
-		}
-		if retryAccept(aerr) {
-			continue
-		}
-		return -1, os.NewSyscallError("accept4", aerr)
+// accept waits for and accepts one connection, as acceptBatch.
+func (l *listener) accept() (int, error) {
+	fds, err := l.acceptBatch(make([]int, 0, 1), 1, nil)
+	if err != nil {
+		return -1, err
 	}
+	return fds[0], nil
 }
 
 // acceptBatch appends to fds the connections waiting in the backlog, at
-// least one (it waits in the poller for the first) and at most most. An
-// error after the first connection ends the batch and comes back with the
-// next call.
-func (l *listener) acceptBatch(fds []int, most int) ([]int, error) {
+// least one (it waits in the poller for the first) and at most most: each
+// a non-blocking, close-on-exec fd. It calls before (if not nil) before
+// each accept: a shared worker's chance to leave the connection to another
+// (loadTable.yield). It returns an error wrapping os.ErrClosed once the
+// listener is closed. Errors that belong to one connection (the peer gave
+// up, a network error pending on it) are skipped; any other error, such as
+// running out of descriptors (EMFILE), is returned for the caller to pause
+// on (see acceptPause): the listener stays usable. An error after the
+// first connection ends the batch and comes back with the next call.
+func (l *listener) acceptBatch(fds []int, most int, before func(fd int)) ([]int, error) {
 	for {
 		var aerr error
 		err := l.rc.Read(func(fd uintptr) bool {
 			for len(fds) < most {
+				if before != nil {
+					before(int(fd))
+				}
 				nfd, e := accept4(int(fd))
 				if e != nil {
 					aerr = e

@@ -45,7 +45,7 @@ func (m *Group) acceptLoop(ctx context.Context, index int, l *listener) {
 			}
 		}
 		var err error
-		fds, err = l.acceptBatch(fds[:0], room)
+		fds, err = l.acceptBatch(fds[:0], room, nil)
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) || ctx.Err() != nil || !pause.failed(ctx, err) {
 				return

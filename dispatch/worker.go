@@ -622,6 +622,7 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 	if w.load != nil { // shared: leave a connection to a less loaded worker
 		yield = func(fd int) { w.load.yield(w.id, fd) }
 	}
+	fds := make([]int, 0, 1) // one at a time: the limit and the yield count each
 	for {
 		for w.inFlight.Load() >= limit {
 			select {
@@ -630,7 +631,8 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 				return
 			}
 		}
-		fd, err := l.acceptAfter(yield)
+		var err error
+		fds, err = l.acceptBatch(fds[:0], 1, yield)
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) || ctx.Err() != nil || !pause.failed(ctx, err) {
 				return
@@ -638,7 +640,7 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 			continue
 		}
 		pause.ok()
-		w.start(ctx, h, os.NewFile(uintptr(fd), "conn"), index)
+		w.start(ctx, h, os.NewFile(uintptr(fds[0]), "conn"), index)
 	}
 }
 

@@ -61,17 +61,7 @@ func (ch *Channel) Send(msg []byte, fd int) error {
 	if fd >= 0 {
 		oob = unix.UnixRights(fd)
 	}
-	var serr error
-	if err := ch.rc.Write(func(s uintptr) bool {
-		serr = sendmsgNow(int(s), msg, oob)
-		return serr != unix.EAGAIN // else wait until the peer reads
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return os.NewSyscallError("sendmsg", serr)
-	}
-	return nil
+	return ch.send(msg, oob, true)
 }
 
 // SendNow is Send without waiting, passing fds (none when empty): a full
@@ -82,10 +72,16 @@ func (ch *Channel) SendNow(msg []byte, fds []int) error {
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
+	return ch.send(msg, oob, false)
+}
+
+// send makes sendmsgNow on the channel, waiting in the poller while it is
+// full if wait.
+func (ch *Channel) send(msg, oob []byte, wait bool) error {
 	var serr error
 	if err := ch.rc.Write(func(s uintptr) bool {
 		serr = sendmsgNow(int(s), msg, oob)
-		return true
+		return !wait || serr != unix.EAGAIN
 	}); err != nil {
 		return err
 	}
@@ -140,15 +136,20 @@ func msgNow(trap uintptr, s int, p, oob []byte, flags int) (n, oobn, mflags int,
 // whole, without fds, with ErrTruncated: it costs that message's fds, not
 // the channel.
 func (ch *Channel) Recv(buf, oob []byte) ([]byte, []int, error) {
-	var n, oobn, flags int
-	var rerr error
-	if err := ch.rc.Read(func(fd uintptr) bool {
-		n, oobn, flags, rerr = recvmsgNow(int(fd), buf, oob)
-		return rerr != unix.EAGAIN // else wait in the poller
-	}); err != nil {
-		return received(buf, oob, 0, 0, 0, err)
+	n, oobn, flags, err := ch.recv(buf, oob, true)
+	return received(buf, oob, n, oobn, flags, err)
+}
+
+// recv makes recvmsgNow on the channel, waiting in the poller while it is
+// empty if wait.
+func (ch *Channel) recv(buf, oob []byte, wait bool) (n, oobn, flags int, err error) {
+	if cerr := ch.rc.Read(func(fd uintptr) bool {
+		n, oobn, flags, err = recvmsgNow(int(fd), buf, oob)
+		return !wait || err != unix.EAGAIN
+	}); cerr != nil {
+		return 0, 0, 0, cerr
 	}
-	return received(buf, oob, n, oobn, flags, rerr)
+	return n, oobn, flags, err
 }
 
 // recvmsgNow is recvmsg(2) with MSG_DONTWAIT (and close-on-exec for the
@@ -193,14 +194,7 @@ var ErrTruncated = errors.New("channel: fds of a message not received (MSG_CTRUN
 
 // TryRecv is Recv without waiting: ok is false when no message is there.
 func (ch *Channel) TryRecv(buf, oob []byte) (msg []byte, fds []int, ok bool, err error) {
-	var n, oobn, flags int
-	var rerr error
-	if err := ch.rc.Read(func(fd uintptr) bool {
-		n, oobn, flags, rerr = recvmsgNow(int(fd), buf, oob)
-		return true
-	}); err != nil {
-		return nil, nil, false, err
-	}
+	n, oobn, flags, rerr := ch.recv(buf, oob, false)
 	if rerr == unix.EAGAIN {
 		return nil, nil, false, nil
 	}
