@@ -245,15 +245,15 @@ func TestCheck(t *testing.T) {
 }
 
 // TestEmbeddedIsRebuilt: the committed default handler is exactly what its
-// source in guests/go/hello builds to.
+// source, guests/c/examples/hello.c, builds to.
 func TestEmbeddedIsRebuilt(t *testing.T) {
 	t.Parallel()
-	out := filepath.Join(t.TempDir(), "hello.wasm")
-	if err := goBuild([]string{"GOOS=wasip1", "GOARCH=wasm"}, out,
-		"-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-buildmode=c-shared", "./guests/go/hello"); err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	cmd := exec.Command(filepath.Join(env.root, "guests/c/build.sh"), dir)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("guests/c/build.sh: %v\n%s", err, b)
 	}
-	built, err := os.ReadFile(out)
+	built, err := os.ReadFile(filepath.Join(dir, "c-hello.wasm"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestEmbeddedIsRebuilt(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(built, committed) {
-		t.Fatalf("guests/embedded/hello.wasm (%d bytes) differs from a fresh build of guests/go/hello (%d bytes): run `make embedded`",
+		t.Fatalf("guests/embedded/hello.wasm (%d bytes) differs from a fresh build of guests/c/examples/hello.c (%d bytes): run `make embedded`",
 			len(committed), len(built))
 	}
 }
