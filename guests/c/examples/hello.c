@@ -220,54 +220,49 @@ static int parse(const char *b, size_t n, struct request *req)
 
 /*
  * Reads what the peer sent, answers every complete request in it with one
- * write, and pushes an incomplete tail back for the next call.
+ * write, and pushes an incomplete tail back for the next call. It reads
+ * once per call: the host calls when bytes are there, and waiting in
+ * wcluster_read for the rest of a request would hold the instance while a
+ * slow client takes its time.
  */
 static int32_t serve(int32_t flags)
 {
-	size_t n = 0;
-	int answered = 0;
 	if (answer_keep_len == 0) {
 		answer_keep_len = build_answer(answer_keep, true);
 		answer_close_len = build_answer(answer_close, false);
 	}
 	outlen = 0;
+	int32_t m = wcluster_read(in, sizeof(in));
+	if (m <= 0)
+		return flush(WCLUSTER_CLOSE); /* end of stream or error */
+	size_t n = (size_t)m, off = 0;
 	for (;;) {
-		int32_t m = wcluster_read(in + n, sizeof(in) - n);
-		if (m <= 0)
-			return flush(WCLUSTER_CLOSE); /* end of stream or error */
-		n += (size_t)m;
-		size_t off = 0;
-		for (;;) {
-			struct request req;
-			int r = parse(in + off, n - off, &req);
-			if (r == PARSE_BAD) {
-				APPEND_LIT("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-				return flush(WCLUSTER_CLOSE);
-			}
-			if (r == PARSE_MORE)
-				break;
-			bool keep = req.keep_alive && (flags & WCLUSTER_FLAG_DRAINING) == 0;
-			if (!respond(keep))
-				return WCLUSTER_CLOSE;
-			answered++;
-			if (!keep)
-				return flush(WCLUSTER_CLOSE);
-			off += req.size;
-		}
-		if (off == n)
-			return flush(WCLUSTER_KEEP);
-		if (answered > 0) {
-			/* Answer what is complete, keep the tail for the next call. */
-			if (wcluster_unread(in + off, n - off) < 0)
-				return flush(WCLUSTER_CLOSE);
-			return flush(WCLUSTER_KEEP);
-		}
-		if (n == sizeof(in)) {
-			APPEND_LIT("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+		struct request req;
+		int r = parse(in + off, n - off, &req);
+		if (r == PARSE_BAD) {
+			APPEND_LIT("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 			return flush(WCLUSTER_CLOSE);
 		}
-		/* Only part of one request so far (off is 0): wait for the rest in this call. */
+		if (r == PARSE_MORE)
+			break;
+		bool keep = req.keep_alive && (flags & WCLUSTER_FLAG_DRAINING) == 0;
+		if (!respond(keep))
+			return WCLUSTER_CLOSE;
+		if (!keep)
+			return flush(WCLUSTER_CLOSE);
+		off += req.size;
 	}
+	if (off == n)
+		return flush(WCLUSTER_KEEP);
+	if (n - off == sizeof(in)) {
+		APPEND_LIT("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+		return flush(WCLUSTER_CLOSE);
+	}
+	/* Answer what is complete, push the incomplete rest back: the next call,
+	 * when more arrives, reads it first. */
+	if (wcluster_unread(in + off, n - off) < 0)
+		return flush(WCLUSTER_CLOSE);
+	return flush(WCLUSTER_KEEP);
 }
 
 WCLUSTER_HANDLER(serve)
