@@ -116,9 +116,9 @@ func sandboxedTestWorker() int {
 
 type ptraceHandler struct{}
 
-func (ptraceHandler) ServeConn(_ context.Context, f *os.File, _ int) {
+func (ptraceHandler) ServeFD(_ context.Context, fd int, _ int) {
 	syscall.Syscall(unix.SYS_PTRACE, unix.PTRACE_TRACEME, 0, 0)
-	f.Close()
+	unix.Close(fd)
 }
 func (ptraceHandler) Drain() {}
 

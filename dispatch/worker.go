@@ -25,10 +25,12 @@ const EnvWorkerID = "WCLUSTER_WORKER_ID"
 
 // Handler serves connections in a worker. The program wires it to the host.
 type Handler interface {
-	// ServeConn serves conn (a connected, non-blocking socket) until it is
+	// ServeFD serves the socket fd (connected, non-blocking) until it is
 	// done, and closes it. listener is the index in Config.Listen of the
-	// address it arrived on.
-	ServeConn(ctx context.Context, conn *os.File, listener int)
+	// address it arrived on. A descriptor, not an *os.File: making one puts
+	// the socket in Go's poller, which a connection served without waiting
+	// need not pay for.
+	ServeFD(ctx context.Context, fd int, listener int)
 	// Drain asks open connections to finish; it does not wait.
 	Drain()
 }
@@ -456,7 +458,7 @@ func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, tru
 	}
 	starved.ok(w.log)
 	for i := 0; len(recs) > 0; i, recs = i+1, recs[ipc.NewConnSize:] {
-		w.start(ctx, h, os.NewFile(uintptr(fds[i]), "conn"), int(recs[8]))
+		w.start(ctx, h, fds[i], int(recs[8]))
 		acks = ipc.AppendAck(acks, binary.LittleEndian.Uint64(recs), ipc.AckAccepted)
 	}
 	return acks
@@ -504,22 +506,22 @@ func (s *starvation) end(log *slog.Logger) {
 // wait for the next one (server).
 const maxIdleServers = 64
 
-// conn is a connection for a server goroutine: its file and listener.
+// conn is a connection for a server goroutine: its socket and listener.
 type conn struct {
-	f        *os.File
+	fd       int
 	listener int
 }
 
 // start counts and serves one connection: on a server goroutine waiting
 // idle, or on a new one.
-func (w *Worker) start(ctx context.Context, h Handler, f *os.File, listener int) {
+func (w *Worker) start(ctx context.Context, h Handler, fd int, listener int) {
 	w.inFlight.Add(1)
 	if w.load != nil {
 		w.load.add(w.id, 1)
 	}
 	w.accepted.Add(1)
 	w.conns.Add(1)
-	c := conn{f, listener}
+	c := conn{fd, listener}
 	select {
 	case w.next <- c:
 	default:
@@ -553,7 +555,7 @@ func (w *Worker) server(ctx context.Context, h Handler, c conn) {
 // serve serves one connection and counts it finished.
 func (w *Worker) serve(ctx context.Context, h Handler, c conn) {
 	defer w.conns.Done()
-	h.ServeConn(ctx, c.f, c.listener)
+	h.ServeFD(ctx, c.fd, c.listener)
 	w.inFlight.Add(-1)
 	if w.load != nil {
 		w.load.add(w.id, -1)
@@ -640,7 +642,7 @@ func (w *Worker) acceptLoop(ctx context.Context, index int, l *listener, h Handl
 			continue
 		}
 		pause.ok()
-		w.start(ctx, h, os.NewFile(uintptr(fds[0]), "conn"), index)
+		w.start(ctx, h, fds[0], index)
 	}
 }
 

@@ -32,8 +32,16 @@ type conn struct {
 	f   *os.File
 	rc  syscall.RawConn
 	tls *tlsState // nil for plaintext
-	id  int64
-	h   *Handler
+	// fd is the socket while f is nil. A connection from Handler.serveFD
+	// starts without f: one whose request is there when it is accepted and
+	// whose answer fits the socket's buffer is served and closed without
+	// ever entering Go's poller (no fcntl, no epoll_ctl to add and remove
+	// it, a close outside the scheduler). file makes f when the connection
+	// must wait; hasFile then says so to other goroutines (shed).
+	fd      int
+	hasFile atomic.Bool
+	id      int64
+	h       *Handler
 	// route is set on a routed listener (router.go): each request is
 	// routed by its own Host, and a call is given its own request only.
 	route *routing
@@ -116,9 +124,39 @@ func newConn(f *os.File, id int64, h *Handler) (*conn, error) {
 }
 
 func newConnOn(f *os.File, rc syscall.RawConn, tls *tlsState, id int64, h *Handler) *conn {
-	c := &conn{f: f, rc: rc, tls: tls, id: id, h: h}
+	c := &conn{f: f, rc: rc, tls: tls, id: id, h: h, fd: -1}
+	c.hasFile.Store(f != nil)
 	c.writeFn, c.stepFn, c.readFn = c.writeFd, c.step, c.readFd
 	return c
+}
+
+// newConnFD is a plaintext connection given as its descriptor, without f
+// until it must wait (file).
+func newConnFD(fd int, id int64, h *Handler) *conn {
+	c := &conn{id: id, h: h, fd: fd}
+	c.writeFn, c.stepFn, c.readFn = c.writeFd, c.step, c.readFd
+	return c
+}
+
+// file makes f from fd, putting the socket in Go's poller, if it is not made
+// yet: before anything that may wait or that needs a deadline.
+func (c *conn) file() {
+	if c.f != nil {
+		return
+	}
+	c.f = os.NewFile(uintptr(c.fd), "conn") // non-blocking (accept4): polled
+	c.rc, _ = c.f.SyscallConn()             // fails only for a nil f
+	c.fd = -1
+	c.hasFile.Store(true)
+}
+
+// control runs fn on the socket: through rc once there is f.
+func (c *conn) control(fn func(fd uintptr)) error {
+	if c.f == nil {
+		fn(uintptr(c.fd))
+		return nil
+	}
+	return c.rc.Control(fn)
 }
 
 // readFd reads rBuf once, without waiting (false: it would block).
@@ -175,6 +213,11 @@ func (c *conn) close() {
 		// Sends close_notify (within tls's own 5s write deadline), then
 		// closes f.
 		c.tls.tc.Close()
+		return
+	}
+	if c.f == nil {
+		rawClose(c.fd)
+		c.fd = -1
 		return
 	}
 	c.f.Close()
@@ -245,6 +288,7 @@ func (c *conn) read(p []byte) int32 {
 // setReadDeadline bounds a read of the guest's on f by the read timeout and
 // the call's deadline.
 func (c *conn) setReadDeadline() {
+	c.file()
 	if t := c.earliest(c.h.opts.ReadTimeout); !t.IsZero() || c.rdl {
 		c.f.SetReadDeadline(t)
 		c.rdl = !t.IsZero()
@@ -266,6 +310,7 @@ func (c *conn) readInLoop(p []byte) (int, error) {
 
 // slowFile returns the dup of f that reads in step wait on.
 func (c *conn) slowFile() (*os.File, error) {
+	c.file()
 	if c.slow == nil {
 		var fd int
 		var derr error
@@ -296,7 +341,12 @@ func (c *conn) write(p []byte) int32 {
 		// non-blocking write and no deadline: only one that would block
 		// sets it and waits.
 		c.ioBuf = p
-		err := c.rc.Write(c.writeFn)
+		var err error
+		if c.f == nil {
+			c.writeFd(uintptr(c.fd))
+		} else {
+			err = c.rc.Write(c.writeFn)
+		}
 		c.ioBuf = nil
 		if err != nil {
 			return ioCode(err)
@@ -312,6 +362,7 @@ func (c *conn) write(p []byte) int32 {
 			p = p[n:]
 		}
 	}
+	c.file() // the rest waits
 	if t := c.earliest(c.h.opts.WriteTimeout); !t.IsZero() {
 		c.f.SetWriteDeadline(t)
 		defer c.f.SetWriteDeadline(time.Time{})
@@ -348,7 +399,7 @@ func (c *conn) closeWrite() int32 {
 		}
 	}
 	var serr error
-	err := c.rc.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) })
+	err := c.control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) })
 	if err != nil || serr != nil {
 		return abi.ErrClosed
 	}
@@ -372,7 +423,7 @@ func (c *conn) unread(p []byte) int32 {
 func (c *conn) peerAddr() string {
 	var sa unix.Sockaddr
 	var serr error
-	if err := c.rc.Control(func(fd uintptr) { sa, serr = unix.Getpeername(int(fd)) }); err != nil || serr != nil {
+	if err := c.control(func(fd uintptr) { sa, serr = unix.Getpeername(int(fd)) }); err != nil || serr != nil {
 		return ""
 	}
 	switch a := sa.(type) {
@@ -394,8 +445,29 @@ func (c *conn) peerAddr() string {
 // new rc.Read forgets that news, so it must read first): one read and one
 // write per kept-alive request. rc.Read ends with an error at a deadline:
 // the idle timeout, or Drain's wake.
+//
+// A connection without f (newConnFD) is stepped once outside rc.Read: its
+// first request, there already under deferred accept, is read, answered
+// and, with Connection: close, closed without the poller. A step that must
+// wait has made f (wait); rc.Read's step then reads once more before it
+// waits (the readiness news is new).
 func (c *conn) serveLoop() {
 	c.needRead = c.unseen == 0 // (a routed request read ahead comes first)
+	if c.f == nil {
+		done := c.step(uintptr(c.fd))
+		c.inLoop = false
+		switch {
+		case done && c.exit == exitClose:
+			return
+		case done: // woken by Drain, as below
+			c.file()
+			c.clearReadDeadline()
+			if !c.hasData() {
+				return
+			}
+			c.needRead = true
+		}
+	}
 	for {
 		err := c.rc.Read(c.stepFn)
 		c.inLoop = false
@@ -483,6 +555,7 @@ func (c *conn) step(fd uintptr) bool {
 // passed, not per request), and reports true (exit: woken) if Drain asked
 // the connection to finish.
 func (c *conn) wait() bool {
+	c.file() // (before parked: wake uses f once it sees parked)
 	c.parked.Store(true)
 	c.inLoop = false
 	switch {
@@ -765,7 +838,7 @@ func (c *conn) hasData() bool {
 	}
 	var peek [1]byte
 	n := 0
-	c.rc.Control(func(fd uintptr) {
+	c.control(func(fd uintptr) {
 		n, _, _ = unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 	})
 	return n > 0

@@ -11,7 +11,96 @@ import (
 	"time"
 
 	"github.com/wcluster/wcluster/guests/embedded"
+	"golang.org/x/sys/unix"
 )
+
+// ways are the two ways a Handler is given a connection: an *os.File
+// (ServeConn), or its descriptor as dispatch hands it over (serveFD, the
+// socket outside Go's poller until it waits).
+var ways = []string{"file", "fd"}
+
+// serveVia serves f with h the way named.
+func serveVia(ctx context.Context, t *testing.T, h *Handler, f *os.File, way string) {
+	if way == "file" {
+		h.ServeConn(ctx, f)
+		return
+	}
+	h.serveFD(ctx, dupFD(t, f))
+}
+
+// dupFD returns a descriptor of f's socket (non-blocking, as f's) and closes
+// f. (f.Fd would make the socket blocking.)
+func dupFD(t *testing.T, f *os.File) int {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Error(err)
+		return -1
+	}
+	fd, derr := -1, error(nil)
+	rc.Control(func(s uintptr) { fd, derr = unix.Dup(int(s)) })
+	f.Close()
+	if derr != nil {
+		t.Error(derr)
+	}
+	return fd
+}
+
+// TestServeFDWithoutFile: a connection given as a descriptor whose request
+// is there when it is served, and asks to close, is answered and closed
+// without an *os.File (never in Go's poller); one kept alive makes its file
+// when it waits, and is served after the wait.
+func TestServeFDWithoutFile(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h, err := New(ctx, Options{Name: "fd", Wasm: embedded.Hello, Timeout: 10 * time.Second,
+		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(ctx) })
+	for _, keep := range []bool{false, true} {
+		client, f := socketPair(t)
+		fd := dupFD(t, f)
+		req := "GET / HTTP/1.1\r\nHost: x\r\n"
+		if !keep {
+			req += "Connection: close\r\n"
+		}
+		if _, err := io.WriteString(client, req+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		// The request is in the socket before the handler looks, as under
+		// deferred accept.
+		if n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 10000); n != 1 || err != nil {
+			t.Fatalf("the request did not reach the server's socket in 10s: %v", err)
+		}
+		c := newConnFD(fd, int64(len(req)), h)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			h.serve(ctx, c)
+		}()
+		br := bufio.NewReader(client)
+		if code, body := readResponse(t, br); code != 200 || body != "hello world\n" {
+			t.Fatalf("keep-alive %v: status %d, body %q", keep, code, body)
+		}
+		if keep {
+			// A second request after the connection waited.
+			if code, _ := roundTrip(t, br, client, "x", "/"); code != 200 {
+				t.Fatalf("the request after a wait: status %d", code)
+			}
+			client.Close()
+		}
+		waitClosed(t, done)
+		if got := c.f != nil; got != keep {
+			t.Errorf("keep-alive %v: the connection made its file: %v, want %v", keep, got, keep)
+		}
+		if !keep {
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("after the answer to Connection: close: %v, want EOF", err)
+			}
+		}
+	}
+}
 
 // TestIdleTimeout: a kept-alive connection that sends a request well within
 // the idle timeout each time stays open across several timeouts' worth of
@@ -20,13 +109,22 @@ import (
 // before the idle timeout.
 func TestIdleTimeout(t *testing.T) {
 	t.Parallel()
+	for _, way := range ways {
+		t.Run(way, func(t *testing.T) {
+			t.Parallel()
+			testIdleTimeout(t, way)
+		})
+	}
+}
+
+func testIdleTimeout(t *testing.T, way string) {
 	const idle = time.Second
 	h := newProbe(t, "idle", Options{IdleTimeout: idle})
 	c, f := socketPair(t)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.ServeConn(context.Background(), f)
+		serveVia(context.Background(), t, h, f, way)
 	}()
 	t.Cleanup(func() { c.Close(); waitClosed(t, done) })
 	br := bufio.NewReader(c)
@@ -61,6 +159,15 @@ func TestIdleTimeout(t *testing.T) {
 // the next one.
 func TestSplitRequestInLoop(t *testing.T) {
 	t.Parallel()
+	for _, way := range ways {
+		t.Run(way, func(t *testing.T) {
+			t.Parallel()
+			testSplitRequestInLoop(t, way)
+		})
+	}
+}
+
+func testSplitRequestInLoop(t *testing.T, way string) {
 	ctx := context.Background()
 	h, err := New(ctx, Options{Name: "split", Wasm: embedded.Hello, Timeout: 10 * time.Second,
 		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
@@ -72,7 +179,7 @@ func TestSplitRequestInLoop(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.ServeConn(ctx, f)
+		serveVia(ctx, t, h, f, way)
 	}()
 	t.Cleanup(func() { c.Close(); waitClosed(t, done) })
 	br := bufio.NewReader(c)
@@ -101,6 +208,15 @@ func TestSplitRequestInLoop(t *testing.T) {
 // one that stays silent is closed when the grace ends, not before.
 func TestDrainGrace(t *testing.T) {
 	t.Parallel()
+	for _, way := range ways {
+		t.Run(way, func(t *testing.T) {
+			t.Parallel()
+			testDrainGrace(t, way)
+		})
+	}
+}
+
+func testDrainGrace(t *testing.T, way string) {
 	ctx := context.Background()
 	const grace = 2 * time.Second
 	h, err := New(ctx, Options{Name: "drain", Wasm: embedded.Hello, Timeout: 10 * time.Second, DrainGrace: grace,
@@ -120,7 +236,7 @@ func TestDrainGrace(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			h.ServeConn(ctx, f)
+			serveVia(ctx, t, h, f, way)
 		}()
 		t.Cleanup(func() { c.Close(); waitClosed(t, done) })
 		cs[i] = client{c, bufio.NewReader(c), done}
@@ -158,6 +274,15 @@ func TestDrainGrace(t *testing.T) {
 // stays silent is closed at FirstByteTimeout, with no call for either.
 func TestFirstByteWait(t *testing.T) {
 	t.Parallel()
+	for _, way := range ways {
+		t.Run(way, func(t *testing.T) {
+			t.Parallel()
+			testFirstByteWait(t, way)
+		})
+	}
+}
+
+func testFirstByteWait(t *testing.T, way string) {
 	ctx := context.Background()
 	h, err := New(ctx, Options{Name: "first", Wasm: embedded.Hello, Timeout: 10 * time.Second, Instances: 1,
 		FirstByteTimeout: time.Second, FirstByteLimit: 2,
@@ -171,7 +296,7 @@ func TestFirstByteWait(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			h.ServeConn(ctx, f)
+			serveVia(ctx, t, h, f, way)
 		}()
 		t.Cleanup(func() { c.Close(); waitClosed(t, done) })
 		// In order: the limit closes the one that arrived first.

@@ -536,7 +536,11 @@ func (h *Handler) await(c *conn) (shed *conn) {
 // shed closes c, waiting for its first byte, to keep FirstByteLimit.
 func (h *Handler) shed(c *conn) {
 	total := h.stats.firstByteShed.Add(1)
-	c.f.SetReadDeadline(time.Unix(1, 0)) // its wait ends; it sees awaitShed
+	// Its wait ends; it sees awaitShed. (A conn without f yet has not
+	// waited: its wait, when it comes, makes f and then sees awaitShed.)
+	if c.hasFile.Load() {
+		c.f.SetReadDeadline(time.Unix(1, 0))
+	}
 	now := h.mono(time.Now())
 	if last := h.shedLog.Load(); (last == 0 || now-last >= int64(shedLogEvery)) && h.shedLog.CompareAndSwap(last, now) {
 		h.opts.Logger.Warn("too many connections waiting for their first byte: closing the oldest",
@@ -579,6 +583,19 @@ func (h *Handler) ServeConn(ctx context.Context, f *os.File) {
 		return
 	}
 	h.serve(ctx, c)
+}
+
+// servesFD reports whether serveFD can serve this handler's connections:
+// an ABI handler's that waits for the client to speak.
+func (h *Handler) servesFD() bool {
+	return h.info.Kind == KindABI && h.web == nil && !h.info.SpeaksFirst
+}
+
+// serveFD is ServeConn for a connection given as its descriptor (a
+// connected stream socket in non-blocking mode), which it closes; see
+// conn.fd. Only where servesFD.
+func (h *Handler) serveFD(ctx context.Context, fd int) {
+	h.serve(ctx, newConnFD(fd, h.nextConn.Add(1), h))
 }
 
 // serveTLS serves a connection whose TLS handshake tc has completed: the

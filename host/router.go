@@ -494,6 +494,24 @@ func normalizeHost(h string) string {
 	return h
 }
 
+// ServeFD serves one connection, given as its descriptor (a connected
+// stream socket in non-blocking mode), that arrived on listener (an index
+// into the listeners NewRouter was given), then closes it. A plaintext
+// listener's single tenant whose handler can (Handler.servesFD) serves it
+// without an *os.File until it must wait; the rest go to ServeConn.
+func (r *Router) ServeFD(ctx context.Context, fd int, listener int) {
+	if listener >= 0 && listener < len(r.lis) {
+		if t := r.lis[listener].direct; t != nil && t.Handler.servesFD() {
+			if r.admitDirect(t, func() *os.File { return os.NewFile(uintptr(fd), "conn") }) {
+				defer t.release()
+				t.Handler.serveFD(ctx, fd)
+			}
+			return
+		}
+	}
+	r.ServeConn(ctx, os.NewFile(uintptr(fd), "conn"), listener)
+}
+
 // ServeConn serves one connection that arrived on listener (an index into
 // the listeners NewRouter was given), then closes f.
 func (r *Router) ServeConn(ctx context.Context, f *os.File, listener int) {
@@ -504,14 +522,10 @@ func (r *Router) ServeConn(ctx context.Context, f *os.File, listener int) {
 	}
 	rt := &r.lis[listener]
 	if t := rt.direct; t != nil {
-		if t.MaxConns > 0 {
-			if !t.admit() {
-				r.refuse(t, f, false)
-				return
-			}
-			defer t.open.Add(-1)
+		if r.admitDirect(t, func() *os.File { return f }) {
+			defer t.release()
+			t.Handler.ServeConn(ctx, f)
 		}
-		t.Handler.ServeConn(ctx, f)
 		return
 	}
 	rc, err := f.SyscallConn()
@@ -533,6 +547,26 @@ func (t *tenantState) admit() bool {
 		return false
 	}
 	return true
+}
+
+// admitDirect counts a connection of a direct tenant in against its
+// MaxConns, or refuses it (closing the file conn returns) and reports
+// false. A connection admitted is counted out with release.
+func (r *Router) admitDirect(t *tenantState, conn func() *os.File) bool {
+	if t.MaxConns <= 0 {
+		return true
+	}
+	if !t.admit() {
+		r.refuse(t, conn(), false)
+		return false
+	}
+	return true
+}
+
+func (t *tenantState) release() {
+	if t.MaxConns > 0 {
+		t.open.Add(-1)
+	}
 }
 
 var refusal = []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nConnection: close\r\n\r\ntoo many connections")
