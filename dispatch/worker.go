@@ -169,6 +169,11 @@ func (w *Worker) BindPorts() []uint16 {
 	return ports
 }
 
+// HandedOff reports whether connections reach this worker from the master
+// (policy rr), which keeps its copy of each until the worker acknowledges
+// it: closing the worker's descriptor then seldom ends the connection.
+func (w *Worker) HandedOff() bool { return w.params.Sched == SchedRR }
+
 // ID is the worker's id, 1..N.
 func (w *Worker) ID() int { return w.id }
 

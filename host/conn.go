@@ -215,6 +215,9 @@ func (c *conn) close() {
 		c.tls.tc.Close()
 		return
 	}
+	if c.h != nil && c.h.opts.HandedOff { // (a routed conn refused at once has no h)
+		c.control(func(fd uintptr) { rawShutdown(int(fd)) })
+	}
 	if c.f == nil {
 		rawClose(c.fd)
 		c.fd = -1

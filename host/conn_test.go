@@ -325,3 +325,46 @@ func testFirstByteWait(t *testing.T, way string) {
 		t.Fatalf("FirstByteTimeouts %d (want 1), calls %d (want 1), waiting %d (want 0)", st.FirstByteTimeouts, st.Calls, st.AwaitingFirst)
 	}
 }
+
+// TestHandedOffSendsFIN: under rr the master keeps its copy of a connection
+// until the worker's ack, so the worker's close is often not the last; with
+// HandedOff a connection the guest closes still reaches its peer's end of
+// stream at once, while that copy is open. Both ways in.
+func TestHandedOffSendsFIN(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h, err := New(ctx, Options{Name: "handedoff", Wasm: embedded.Hello, Timeout: 10 * time.Second, HandedOff: true,
+		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(ctx) })
+	for _, way := range ways {
+		client, f := socketPair(t)
+		fd := dupFD(t, f)
+		// The master's copy, open until the end of the test.
+		masterCopy, err := unix.Dup(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(masterCopy) })
+		served := os.NewFile(uintptr(fd), "conn")
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			serveVia(ctx, t, h, served, way)
+		}()
+		if _, err := io.WriteString(client, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(client)
+		if code, _ := readResponse(t, br); code != 200 {
+			t.Fatalf("%s: status %d", way, code)
+		}
+		waitClosed(t, done)
+		client.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("%s: after the answer to Connection: close, with the master's copy open: %v, want EOF", way, err)
+		}
+	}
+}

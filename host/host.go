@@ -51,6 +51,12 @@ type Options struct {
 	// past it the one waiting longest is closed (counted in
 	// Stats.FirstByteShed, logged once per burst).
 	FirstByteLimit int
+	// HandedOff says connections come from a master that keeps its copy of
+	// each until this worker acknowledges it (dispatch's rr): the worker's
+	// close is then seldom the last, and would leave the FIN to the
+	// master's close, later and on the master's CPU. A connection is shut
+	// down (SHUT_WR) before it is closed.
+	HandedOff bool
 	// PartialTimeout bounds how long an incomplete message (bytes the guest
 	// pushed back with conn_unread before returning Keep) may wait for its
 	// rest, counted from when the guest last wrote; the connection is then

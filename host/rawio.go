@@ -31,6 +31,12 @@ func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	return int(n), nil
 }
 
+// rawShutdown sends a socket's FIN (shutdown SHUT_WR), outside the
+// scheduler as rawRead: it does not wait.
+func rawShutdown(fd int) {
+	unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0)
+}
+
 // rawClose closes a socket that is not in Go's poller (a conn that never
 // made its f), outside the scheduler as rawRead is: closing a socket
 // without SO_LINGER does not wait. Through the scheduler's path each close

@@ -55,7 +55,7 @@ func runWorker(stderr io.Writer) int {
 		w.Fatal(err)
 		return 1
 	}
-	r, err := newRouter(ctx, &g, w.ID(), budget, keys, log)
+	r, err := newRouter(ctx, &g, w.ID(), w.HandedOff(), budget, keys, log)
 	if err != nil {
 		w.Fatal(err)
 		return 1
@@ -90,7 +90,7 @@ func runWorker(stderr io.Writer) int {
 // bytes the master read (through the worker's configuration descriptor,
 // never the environment). A listener with one plaintext default tenant is
 // served by it directly, unrouted.
-func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.Budget, keys tickets.Keys, log *slog.Logger) (*host.Router, error) {
+func newRouter(ctx context.Context, g *config.Group, workerID int, handedOff bool, budget *host.Budget, keys tickets.Keys, log *slog.Logger) (*host.Router, error) {
 	tenants := map[string]*host.Tenant{}
 	var err error
 	// One store for the worker, opened on first use, each tenant in its
@@ -147,7 +147,7 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, budget *host.
 			}
 		}
 		o := tp.Options(wasm, g.CacheDir, workerID, log)
-		o.Budget, o.MemoryWait, o.Modules = budget, g.MemoryWait, modules
+		o.Budget, o.MemoryWait, o.Modules, o.HandedOff = budget, g.MemoryWait, modules, handedOff
 		if kv != nil {
 			o.KV = &kvstore.Tenant{Backend: kv, NS: tp.Name, Limits: kvstore.Limits{MaxValue: int(tp.KVMaxValue), Quota: int64(tp.KVQuota)}}
 		}
