@@ -215,6 +215,9 @@ func (c *conn) close() {
 		c.tls.tc.Close()
 		return
 	}
+	if c.f == nil && c.fd < 0 {
+		return // another owner has the socket (a hijacked http-wasm conn)
+	}
 	if c.h != nil && c.h.opts.HandedOff { // (a routed conn refused at once has no h)
 		c.control(func(fd uintptr) { rawShutdown(int(fd)) })
 	}

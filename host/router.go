@@ -502,10 +502,12 @@ func normalizeHost(h string) string {
 func (r *Router) ServeFD(ctx context.Context, fd int, listener int) {
 	if listener >= 0 && listener < len(r.lis) {
 		if t := r.lis[listener].direct; t != nil && t.Handler.servesFD() {
-			if r.admitDirect(t, func() *os.File { return os.NewFile(uintptr(fd), "conn") }) {
-				defer t.release()
-				t.Handler.serveFD(ctx, fd)
+			if !t.enter() {
+				r.refuse(t, os.NewFile(uintptr(fd), "conn"), false)
+				return
 			}
+			defer t.leave()
+			t.Handler.serveFD(ctx, fd)
 			return
 		}
 	}
@@ -522,10 +524,12 @@ func (r *Router) ServeConn(ctx context.Context, f *os.File, listener int) {
 	}
 	rt := &r.lis[listener]
 	if t := rt.direct; t != nil {
-		if r.admitDirect(t, func() *os.File { return f }) {
-			defer t.release()
-			t.Handler.ServeConn(ctx, f)
+		if !t.enter() {
+			r.refuse(t, f, false)
+			return
 		}
+		defer t.leave()
+		t.Handler.ServeConn(ctx, f)
 		return
 	}
 	rc, err := f.SyscallConn()
@@ -549,21 +553,11 @@ func (t *tenantState) admit() bool {
 	return true
 }
 
-// admitDirect counts a connection of a direct tenant in against its
-// MaxConns, or refuses it (closing the file conn returns) and reports
-// false. A connection admitted is counted out with release.
-func (r *Router) admitDirect(t *tenantState, conn func() *os.File) bool {
-	if t.MaxConns <= 0 {
-		return true
-	}
-	if !t.admit() {
-		r.refuse(t, conn(), false)
-		return false
-	}
-	return true
-}
+// enter counts a connection of a direct tenant in against its MaxConns
+// (false: refuse it); leave counts it out.
+func (t *tenantState) enter() bool { return t.MaxConns <= 0 || t.admit() }
 
-func (t *tenantState) release() {
+func (t *tenantState) leave() {
 	if t.MaxConns > 0 {
 		t.open.Add(-1)
 	}

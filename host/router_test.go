@@ -702,3 +702,47 @@ func TestRoutingUpgrade(t *testing.T) {
 		}
 	}
 }
+
+// TestRouterDirectLimit: a plaintext listener's single tenant at its
+// MaxConns refuses a connection given as a descriptor (ServeFD, as dispatch
+// gives them) by closing it, and takes one again once the held one ends.
+func TestRouterDirectLimit(t *testing.T) {
+	t.Parallel()
+	a := &Tenant{Name: "a", Handler: newProbe(t, "a", Options{}), MaxConns: 1}
+	if !a.Handler.servesFD() {
+		t.Fatal("the probe handler is not served from descriptors")
+	}
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{a}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveFD := func() (net.Conn, chan struct{}) {
+		c, f := socketPair(t)
+		fd := dupFD(t, f)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			r.ServeFD(context.Background(), fd, 0)
+		}()
+		t.Cleanup(func() { c.Close(); waitClosed(t, done) })
+		return c, done
+	}
+	held, heldDone := serveFD()
+	if code, _ := roundTrip(t, bufio.NewReader(held), held, "x", "/"); code != 200 {
+		t.Fatalf("first connection: %d", code)
+	}
+	c, done := serveFD()
+	waitClosed(t, done)
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("a connection past max_conns 1: read %d bytes, %v; want it closed", n, err)
+	}
+	if s := r.Stats().Tenants["a"]; s.Refused != 1 {
+		t.Errorf("refused %d, want 1", s.Refused)
+	}
+	held.Close()
+	waitClosed(t, heldDone)
+	c, _ = serveFD()
+	if code, _ := roundTrip(t, bufio.NewReader(c), c, "x", "/"); code != 200 {
+		t.Errorf("after the held connection closed: %d", code)
+	}
+}
