@@ -14,10 +14,40 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// newHello is a Handler of the default handler with o (its Name, Wasm, the
+// tests' compilation cache, and a 10 s Timeout unless o has one), closed
+// when the test ends.
+func newHello(t *testing.T, name string, o Options) *Handler {
+	t.Helper()
+	ctx := context.Background()
+	o.Name, o.Wasm = name, embedded.Hello
+	o.CacheDir = filepath.Join(os.TempDir(), "wcluster-host-test-cache")
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Second
+	}
+	h, err := New(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(ctx) })
+	return h
+}
+
 // ways are the two ways a Handler is given a connection: an *os.File
 // (ServeConn), or its descriptor as dispatch hands it over (serveFD, the
 // socket outside Go's poller until it waits).
 var ways = []string{"file", "fd"}
+
+// bothWays runs test once for each of ways, in parallel.
+func bothWays(t *testing.T, test func(t *testing.T, way string)) {
+	t.Parallel()
+	for _, way := range ways {
+		t.Run(way, func(t *testing.T) {
+			t.Parallel()
+			test(t, way)
+		})
+	}
+}
 
 // serveVia serves f with h the way named.
 func serveVia(ctx context.Context, t *testing.T, h *Handler, f *os.File, way string) {
@@ -52,12 +82,7 @@ func dupFD(t *testing.T, f *os.File) int {
 func TestServeFDWithoutFile(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	h, err := New(ctx, Options{Name: "fd", Wasm: embedded.Hello, Timeout: 10 * time.Second,
-		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(ctx) })
+	h := newHello(t, "fd", Options{})
 	for _, keep := range []bool{false, true} {
 		client, f := socketPair(t)
 		fd := dupFD(t, f)
@@ -107,15 +132,7 @@ func TestServeFDWithoutFile(t *testing.T) {
 // time (park moves its deadline lazily, and a deadline that passed while the
 // connection was busy must not close it); once silent, it is closed, not
 // before the idle timeout.
-func TestIdleTimeout(t *testing.T) {
-	t.Parallel()
-	for _, way := range ways {
-		t.Run(way, func(t *testing.T) {
-			t.Parallel()
-			testIdleTimeout(t, way)
-		})
-	}
-}
+func TestIdleTimeout(t *testing.T) { bothWays(t, testIdleTimeout) }
 
 func testIdleTimeout(t *testing.T, way string) {
 	const idle = time.Second
@@ -157,24 +174,11 @@ func testIdleTimeout(t *testing.T, way string) {
 // arrives later is answered (the Go hello pushes the first half back and
 // returns Keep; the wait loop calls it again with both halves), and so is
 // the next one.
-func TestSplitRequestInLoop(t *testing.T) {
-	t.Parallel()
-	for _, way := range ways {
-		t.Run(way, func(t *testing.T) {
-			t.Parallel()
-			testSplitRequestInLoop(t, way)
-		})
-	}
-}
+func TestSplitRequestInLoop(t *testing.T) { bothWays(t, testSplitRequestInLoop) }
 
 func testSplitRequestInLoop(t *testing.T, way string) {
 	ctx := context.Background()
-	h, err := New(ctx, Options{Name: "split", Wasm: embedded.Hello, Timeout: 10 * time.Second,
-		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(ctx) })
+	h := newHello(t, "split", Options{})
 	c, f := socketPair(t)
 	done := make(chan struct{})
 	go func() {
@@ -206,25 +210,12 @@ func testSplitRequestInLoop(t *testing.T, way string) {
 // TestDrainGrace: a draining handler keeps an idle kept-alive connection for
 // the client's next request, answers it with "Connection: close" and closes;
 // one that stays silent is closed when the grace ends, not before.
-func TestDrainGrace(t *testing.T) {
-	t.Parallel()
-	for _, way := range ways {
-		t.Run(way, func(t *testing.T) {
-			t.Parallel()
-			testDrainGrace(t, way)
-		})
-	}
-}
+func TestDrainGrace(t *testing.T) { bothWays(t, testDrainGrace) }
 
 func testDrainGrace(t *testing.T, way string) {
 	ctx := context.Background()
 	const grace = 2 * time.Second
-	h, err := New(ctx, Options{Name: "drain", Wasm: embedded.Hello, Timeout: 10 * time.Second, DrainGrace: grace,
-		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(ctx) })
+	h := newHello(t, "drain", Options{DrainGrace: grace})
 	type client struct {
 		c    io.ReadWriteCloser
 		br   *bufio.Reader
@@ -272,25 +263,11 @@ func testDrainGrace(t *testing.T, way string) {
 // TestFirstByteWait: with one instance, connections that send nothing hold
 // none; past FirstByteLimit the one waiting longest is closed, and one that
 // stays silent is closed at FirstByteTimeout, with no call for either.
-func TestFirstByteWait(t *testing.T) {
-	t.Parallel()
-	for _, way := range ways {
-		t.Run(way, func(t *testing.T) {
-			t.Parallel()
-			testFirstByteWait(t, way)
-		})
-	}
-}
+func TestFirstByteWait(t *testing.T) { bothWays(t, testFirstByteWait) }
 
 func testFirstByteWait(t *testing.T, way string) {
 	ctx := context.Background()
-	h, err := New(ctx, Options{Name: "first", Wasm: embedded.Hello, Timeout: 10 * time.Second, Instances: 1,
-		FirstByteTimeout: time.Second, FirstByteLimit: 2,
-		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(ctx) })
+	h := newHello(t, "first", Options{Instances: 1, FirstByteTimeout: time.Second, FirstByteLimit: 2})
 	open := func(waiting int64) (io.ReadWriteCloser, chan struct{}) {
 		c, f := socketPair(t)
 		done := make(chan struct{})
@@ -333,12 +310,7 @@ func testFirstByteWait(t *testing.T, way string) {
 func TestHandedOffSendsFIN(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	h, err := New(ctx, Options{Name: "handedoff", Wasm: embedded.Hello, Timeout: 10 * time.Second, HandedOff: true,
-		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(ctx) })
+	h := newHello(t, "handedoff", Options{HandedOff: true})
 	for _, way := range ways {
 		client, f := socketPair(t)
 		fd := dupFD(t, f)
