@@ -455,27 +455,20 @@ func (c *conn) peerAddr() string {
 // A connection without f (newConnFD) is stepped once outside rc.Read: its
 // first request, there already under deferred accept, is read, answered
 // and, with Connection: close, closed without the poller. A step that must
-// wait has made f (wait); rc.Read's step then reads once more before it
-// waits (the readiness news is new).
+// wait, or that Drain woke, has made f (wait); rc.Read's step then reads
+// once more before it waits (the readiness news is new).
 func (c *conn) serveLoop() {
 	c.needRead = c.unseen == 0 // (a routed request read ahead comes first)
-	if c.f == nil {
-		done := c.step(uintptr(c.fd))
-		c.inLoop = false
-		switch {
-		case done && c.exit == exitClose:
-			return
-		case done: // woken by Drain, as below
-			c.file()
-			c.clearReadDeadline()
-			if !c.hasData() {
-				return
-			}
-			c.needRead = true
-		}
-	}
 	for {
-		err := c.rc.Read(c.stepFn)
+		var err error
+		if c.f == nil {
+			if !c.step(uintptr(c.fd)) {
+				c.inLoop = false
+				continue // wait made f: the wait is rc.Read's
+			}
+		} else {
+			err = c.rc.Read(c.stepFn)
+		}
 		c.inLoop = false
 		if err == nil && c.exit == exitClose {
 			return
