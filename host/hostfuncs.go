@@ -186,11 +186,17 @@ func (h *Handler) log(ctx context.Context, mod api.Module, stack []uint64) {
 		ret(stack, abi.ErrInvalid)
 		return
 	}
+	if !h.opts.Logger.Enabled(ctx, l) {
+		ret(stack, 0) // below the log level: it spends none of the rate limit
+		return
+	}
 	var id int64
 	if c := current(ctx); c != nil {
 		id = c.id
 	}
-	h.opts.Logger.Log(ctx, l, string(b), "source", "guest", "conn", id)
+	// One entry of at most maxLogLine bytes, within the rate limit guest
+	// output has: a guest calling log in a loop must not flood the log.
+	h.guestLine(l, "guest", b[:min(len(b), maxLogLine)], id)
 	ret(stack, 0)
 }
 

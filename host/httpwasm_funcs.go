@@ -170,7 +170,8 @@ func (w *web) log(ctx context.Context, mod api.Module, stack []uint64) {
 		return
 	}
 	msg := mem(mod, uint32(stack[1]), uint32(stack[2]), "log")
-	w.h.opts.Logger.Log(ctx, l, string(msg), "source", "guest")
+	// Within the rate limit of guest output, as the wcluster ABI's log.
+	w.h.guestLine(l, "guest", msg[:min(len(msg), maxLogLine)], 0)
 }
 
 func (w *web) getMethod(ctx context.Context, mod api.Module, stack []uint64) {

@@ -9,6 +9,7 @@
 //	flood  write without end to a client that never reads
 //	hold   wait for the peer to close, then answer
 //	spew   write 1000 lines to stderr (past the host's rate limit), then answer
+//	chatter  call log 1000 times at warn (past the same limit), then answer
 //	sleep  sleep for an hour without reading (only the time limit stops it)
 //	other  answer "ok <worker id> <line>\n" and close
 package main
@@ -64,6 +65,10 @@ func serve(wcluster.Flags) wcluster.Action {
 	case "spew":
 		for i := range 1000 {
 			os.Stderr.WriteString("spew line " + strconv.Itoa(i) + "\n")
+		}
+	case "chatter":
+		for i := range 1000 {
+			wcluster.Log(wcluster.LevelWarn, "chatter "+strconv.Itoa(i))
 		}
 	case "hold":
 		for {
