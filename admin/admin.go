@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -27,8 +28,10 @@ type Source interface {
 
 // Serve listens on addr and serves /metrics, /healthz and /readyz until ctx
 // ends. It returns once listening (a port in use is an error here) with the
-// bound address; wait blocks until the server has stopped.
-func Serve(ctx context.Context, addr string, src Source) (bound string, wait func(), err error) {
+// bound address; wait blocks until the server has stopped. The server's
+// own errors go to log; running out of descriptors pauses its accepts
+// (dispatch.PacedListener).
+func Serve(ctx context.Context, addr string, src Source, log *slog.Logger) (bound string, wait func(), err error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, fmt.Errorf("--admin %s: %w", addr, err)
@@ -51,12 +54,16 @@ func Serve(ctx context.Context, addr string, src Source) (bound string, wait fun
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	log = log.With("component", "admin")
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return
+		if err := srv.Serve(dispatch.PacedListener(ctx, l, log)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			// (net/http retries what it deems temporary: out of descriptors
+			// included.) The rest of the master serves on.
+			log.Error("admin endpoint stopped: /metrics, /healthz and /readyz are gone until a restart", "addr", l.Addr().String(), "err", err)
 		}
 	}()
 	stopped := make(chan struct{})

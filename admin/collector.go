@@ -79,6 +79,9 @@ func newCollector(src Source) *collector {
 	add("wcluster_worker_restarts_total", "Workers replaced, by cause: crash (exited), hung (heartbeat stopped) or recycle (limits).", "group", "cause")
 	add("wcluster_reload_generation", "Completed reloads.", "group")
 	add("wcluster_workers", "Worker slots in the group.", "group")
+	add("wcluster_accept_pauses_total", "Times accepting failed for want of file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) and the listener paused.", "group")
+	add("wcluster_starved_connections_total", "Connections a worker could not take for want of file descriptors: each went to another worker or back to the queue.", "group")
+	add("wcluster_worker_spawn_failures_total", "Worker processes that could not be started (out of descriptors, fork or exec failed); each is retried.", "group")
 	add("wcluster_master_requeued_total", "Connections the group requeued because the worker holding them died before acknowledging them (all worker slots, replaced workers included).", "group")
 	add("wcluster_certificate_expiry_timestamp_seconds", "When a tenant's TLS certificate expires (Unix seconds): alert well before it.", "group", "tenant")
 	add("wcluster_build_info", "The running build: always 1.", "version", "commit", "go", "wazero")
@@ -111,6 +114,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		emit("wcluster_queue_depth", prometheus.GaugeValue, float64(g.Totals.Queued), group)
 		emit("wcluster_queue_timeouts_total", prometheus.CounterValue, float64(g.Totals.QueueTimeouts), group)
 		emit("wcluster_master_requeued_total", prometheus.CounterValue, float64(g.Totals.Requeued), group)
+		emit("wcluster_accept_pauses_total", prometheus.CounterValue, float64(g.Totals.AcceptPauses), group)
+		emit("wcluster_starved_connections_total", prometheus.CounterValue, float64(g.Totals.Starved), group)
+		emit("wcluster_worker_spawn_failures_total", prometheus.CounterValue, float64(g.Totals.SpawnFailures), group)
 		for _, cert := range g.Certificates {
 			emit("wcluster_certificate_expiry_timestamp_seconds", prometheus.GaugeValue, cert.NotAfter, group, cert.Tenant)
 		}

@@ -361,3 +361,31 @@ func accept4(fd int) (int, error) {
 func closeNow(fd int) {
 	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 }
+
+// PacedListener wraps l, a listener of the master's that it does not
+// dispatch (the admin endpoint's), so that running out of descriptors or
+// memory pauses its accepts and is logged once per episode, as on the
+// listeners it dispatches, instead of a line per failed accept. Its Accept
+// is for one goroutine (net/http's Serve).
+func PacedListener(ctx context.Context, l net.Listener, log *slog.Logger) net.Listener {
+	return &pacedListener{Listener: l, ctx: ctx, pause: acceptPause{log: log, addr: l.Addr().String()}}
+}
+
+type pacedListener struct {
+	net.Listener
+	ctx   context.Context
+	pause acceptPause
+}
+
+func (p *pacedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := p.Listener.Accept()
+		switch {
+		case err == nil:
+			p.pause.ok()
+			return c, nil
+		case !resourceErr(err) || !p.pause.failed(p.ctx, err):
+			return nil, err
+		}
+	}
+}

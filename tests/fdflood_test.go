@@ -2,7 +2,9 @@ package tests
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +48,9 @@ func fdFloodConns(t *testing.T, addr string, n int) []net.Conn {
 // worker killed meanwhile cannot be replaced (the master has no fd left to
 // start one). The master stays up, says it paused accepting once rather
 // than thousands of times, retries the start, and once the flood's
-// connections close it serves again with the slot refilled.
+// connections close it serves again with the slot refilled. Its admin
+// endpoint, asked during the flood, pauses and says so once too, answers
+// after it, and its metrics count the shortage.
 func TestFDFloodMasterSurvives(t *testing.T) {
 	t.Parallel()
 	prlimit, err := exec.LookPath("prlimit")
@@ -58,10 +62,11 @@ func TestFDFloodMasterSurvives(t *testing.T) {
 	// of descriptors, so the restart below meets EMFILE for sure.
 	s, err := launch(t, exec.Command(prlimit, "--nofile=256:256", "--", env.bin, "serve",
 		"--listen", "127.0.0.1:0", "--cache-dir", env.cache, "--control", ctl,
-		"--workers", "2", "--queue-size", "1000", "--queue-timeout", "2m"))
+		"--workers", "2", "--queue-size", "1000", "--queue-timeout", "2m", "--admin", "127.0.0.1:0"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	admin := adminAddr(t, s)
 	before := getStatus(t, ctl)
 	if len(before.Workers) != 2 {
 		t.Fatalf("workers: %+v", before.Workers)
@@ -100,6 +105,22 @@ func TestFDFloodMasterSurvives(t *testing.T) {
 			t.Fatalf("the master does not stay at its fd limit: %d open", fdCount(t, s.cmd.Process.Pid))
 		}
 	}
+
+	// A scrape now waits in the admin listener's backlog: its accept fails,
+	// and the endpoint pauses (answered below, once the flood is over).
+	scraped := make(chan string, 1)
+	go func() {
+		c := &http.Client{Timeout: 2 * time.Minute}
+		resp, err := c.Get("http://" + admin + "/metrics")
+		if err != nil {
+			scraped <- "error: " + err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		scraped <- string(b)
+	}()
+	s.waitOutput(`pausing accepts on this listener.*component=admin|component=admin.*pausing accepts on this listener`, 30*time.Second)
 
 	// A worker dies under the flood: its replacement cannot be started.
 	syscall.Kill(victim.PID, syscall.SIGKILL)
@@ -146,7 +167,25 @@ func TestFDFloodMasterSurvives(t *testing.T) {
 	default:
 	}
 
+	var scrape string
+	select {
+	case scrape = <-scraped:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the scrape asked during the flood was not answered after it")
+	}
+	for _, name := range []string{"wcluster_accept_pauses_total", "wcluster_starved_connections_total", "wcluster_worker_spawn_failures_total"} {
+		if v, ok := metricSum(scrape, name); !ok || v < 1 {
+			t.Errorf("the scrape after the flood: %s = %v (present %v), want ≥ 1\n%.2000s", name, v, ok, scrape)
+		}
+	}
+
 	out := s.output()
+	if n := len(regexp.MustCompile(`pausing accepts on this listener.*listener=`+regexp.QuoteMeta(admin)).FindAllString(out, -1)); n != 1 {
+		t.Errorf("%d accept-pause lines for the admin endpoint %s: want one", n, admin)
+	}
+	if strings.Contains(out, "http: Accept error") {
+		t.Errorf("net/http's line per failed accept reached the log:\n%s", out)
+	}
 	pauses := len(regexp.MustCompile(`pausing accepts on this listener.*listener=`+regexp.QuoteMeta(s.addr)).FindAllString(out, -1))
 	spawnErrs := strings.Count(out, "cannot start a worker")
 	lines := strings.Count(out, "\n")

@@ -190,7 +190,7 @@ func serve(parent context.Context, cfg *config.Config, load func() (*config.Conf
 		waits = append(waits, wait)
 	}
 	if cfg.Cluster.Admin != "" {
-		bound, wait, err := admin.Serve(ctx, cfg.Cluster.Admin, cl)
+		bound, wait, err := admin.Serve(ctx, cfg.Cluster.Admin, cl, log)
 		if err != nil {
 			return err
 		}
