@@ -100,3 +100,46 @@ func conformance(t *testing.T, lang, sched string) {
 	})
 	_ = time.Second
 }
+
+// TestPartialRequestHoldsNoInstance: every language's hello example, given
+// the first part of a request, pushes it back and returns Keep rather than
+// waiting in conn_read for the rest: with one instance, another client is
+// answered meanwhile (a handler that waits would hold the instance until
+// --read-timeout, 30 s), and the first is answered once its request is
+// whole. The examples are what handler authors copy.
+func TestPartialRequestHoldsNoInstance(t *testing.T) {
+	t.Parallel()
+	for _, lang := range languages {
+		t.Run(lang, func(t *testing.T) {
+			t.Parallel()
+			if !exists(env.guests + "/" + lang + "-hello.wasm") {
+				missing(t, "%s guests not built (run `make guests`)", lang)
+			}
+			s, ctl := startControlled(t, "--workers", "1", "--instances", "1", guest(t, lang+"-hello"))
+			slow := s.dial(t)
+			head := "GET /slow HTTP/1.1\r\nHost: x\r\n"
+			if _, err := slow.Write([]byte(head)); err != nil {
+				t.Fatal(err)
+			}
+			// Its first call has read the part sent.
+			waitStatus(t, ctl, "the partial request's call", func(st status) bool { return handlerSum(st).Calls >= 1 })
+
+			quick := s.dial(t)
+			quick.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := quick.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			if b, err := io.ReadAll(quick); err != nil || !strings.Contains(string(b), "hello world\n") {
+				t.Fatalf("a whole request beside a partial one, with one instance: %q %v (the partial one holds the instance?)", b, err)
+			}
+
+			slow.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := slow.Write([]byte("Connection: close\r\n\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			if b, err := io.ReadAll(slow); err != nil || !strings.Contains(string(b), "hello world\n") {
+				t.Fatalf("the partial request completed: %q %v", b, err)
+			}
+		})
+	}
+}

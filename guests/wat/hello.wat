@@ -5,7 +5,8 @@
 ;;    "Connection: keep-alive"; "Connection: close" closes (tokens of a
 ;;    comma-separated Connection list are honoured);
 ;;  - pipelining: every complete request in what was read is answered with one
-;;    conn_write; an incomplete tail is pushed back with conn_unread, then KEEP;
+;;    conn_write; an incomplete tail (or a request not yet whole) is pushed
+;;    back with conn_unread, then KEEP: one read per call;
 ;;  - Content-Length bodies are skipped; Transfer-Encoding and garbage get 400;
 ;;  - FLAG_DRAINING (2): the answer carries "Connection: close", result CLOSE.
 ;; No state survives a call except scratch buffers (the next call of the
@@ -265,48 +266,41 @@
     (call $append (i32.const 128) (i32.const 16))
     (i32.const 1))
 
+  ;; One read per call: what is complete is answered, an incomplete tail is
+  ;; pushed back and the call returns KEEP, so a request arriving in pieces
+  ;; holds no instance while the rest is on its way.
   (func (export "wcluster_handle") (param $flags i32) (result i32)
-    (local $n i32) (local $m i32) (local $off i32) (local $r i32)
-    (local $keep i32) (local $answered i32)
+    (local $n i32) (local $off i32) (local $r i32) (local $keep i32)
     (global.set $outlen (i32.const 0))
     (global.set $worker (call $worker_id))
-    (loop $read
-      (local.set $m (call $conn_read (i32.add (global.get $IN) (local.get $n))
-                                     (i32.sub (global.get $IN_CAP) (local.get $n))))
-      ;; end of stream or error: answer what we have and close
-      (if (i32.le_s (local.get $m) (i32.const 0)) (then (return (call $flush (i32.const 0)))))
-      (local.set $n (i32.add (local.get $n) (local.get $m)))
-      (local.set $off (i32.const 0))
-      (block $more
-        (loop $req
-          (local.set $r (call $parse (i32.add (global.get $IN) (local.get $off))
-                                     (i32.sub (local.get $n) (local.get $off))))
-          (if (i32.eq (local.get $r) (i32.const 2))
-            (then
-              (call $append (i32.const 160) (i32.const 66))
-              (return (call $flush (i32.const 0)))))
-          (br_if $more (i32.eqz (local.get $r)))
-          (local.set $keep (i32.and (global.get $req_keep)
-                                    (i32.eqz (i32.and (local.get $flags) (i32.const 2)))))
-          (if (i32.eqz (call $respond (local.get $keep))) (then (return (i32.const 0))))
-          (local.set $answered (i32.const 1))
-          (if (i32.eqz (local.get $keep)) (then (return (call $flush (i32.const 0)))))
-          (local.set $off (i32.add (local.get $off) (global.get $req_size)))
-          (br $req)))
-      (if (i32.eq (local.get $off) (local.get $n)) (then (return (call $flush (i32.const 1)))))
-      (if (local.get $answered)
-        (then
-          ;; answer what is complete, push the incomplete tail back for the next call
-          (if (i32.lt_s (call $conn_unread (i32.add (global.get $IN) (local.get $off))
-                                           (i32.sub (local.get $n) (local.get $off)))
-                        (i32.const 0))
-            (then (return (call $flush (i32.const 0)))))
-          (return (call $flush (i32.const 1)))))
-      (if (i32.eq (local.get $n) (global.get $IN_CAP))
-        (then
-          (call $append (i32.const 240) (i32.const 86))
-          (return (call $flush (i32.const 0)))))
-      ;; only part of one request so far (off is 0): read the rest in this call
-      (br $read))
-    (unreachable))
+    (local.set $n (call $conn_read (global.get $IN) (global.get $IN_CAP)))
+    ;; end of stream or error: close
+    (if (i32.le_s (local.get $n) (i32.const 0)) (then (return (i32.const 0))))
+    (block $more
+      (loop $req
+        (local.set $r (call $parse (i32.add (global.get $IN) (local.get $off))
+                                   (i32.sub (local.get $n) (local.get $off))))
+        (if (i32.eq (local.get $r) (i32.const 2))
+          (then
+            (call $append (i32.const 160) (i32.const 66))
+            (return (call $flush (i32.const 0)))))
+        (br_if $more (i32.eqz (local.get $r)))
+        (local.set $keep (i32.and (global.get $req_keep)
+                                  (i32.eqz (i32.and (local.get $flags) (i32.const 2)))))
+        (if (i32.eqz (call $respond (local.get $keep))) (then (return (i32.const 0))))
+        (if (i32.eqz (local.get $keep)) (then (return (call $flush (i32.const 0)))))
+        (local.set $off (i32.add (local.get $off) (global.get $req_size)))
+        (br $req)))
+    (if (i32.eq (local.get $off) (local.get $n)) (then (return (call $flush (i32.const 1)))))
+    ;; a buffer full of one unfinished request: its head is too large
+    (if (i32.and (i32.eqz (local.get $off)) (i32.eq (local.get $n) (global.get $IN_CAP)))
+      (then
+        (call $append (i32.const 240) (i32.const 86))
+        (return (call $flush (i32.const 0)))))
+    ;; answer what is complete, push the incomplete tail back for the next call
+    (if (i32.lt_s (call $conn_unread (i32.add (global.get $IN) (local.get $off))
+                                     (i32.sub (local.get $n) (local.get $off)))
+                  (i32.const 0))
+      (then (return (call $flush (i32.const 0)))))
+    (call $flush (i32.const 1)))
 )

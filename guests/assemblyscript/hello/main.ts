@@ -28,42 +28,34 @@ const TAIL_CLOSE = bytes("\r\nConnection: close");
 const BODY = bytes("\r\n\r\nhello world\n");
 const MAX_RESPONSE: i32 = HEAD.length + 10 + TAIL_CLOSE.length + BODY.length;
 
-// Reads what the peer sent, answers every complete request in it with one
-// write, and pushes an incomplete tail back for the next call.
+// Reads what the peer sent (once), answers every complete request in it with
+// one write, and pushes an incomplete tail back for the next call: a request
+// arriving in pieces holds no instance while the rest is on its way.
 function serve(flags: i32): i32 {
   outLen = 0;
-  let answered = false;
-  let n: i32 = 0;
+  const n = wcluster.read(input, 0, MAX_HEADER);
+  if (n <= 0) return wcluster.CLOSE; // end of stream or error
+  let pos: i32 = 0;
   while (true) {
-    const m = wcluster.read(input, n, MAX_HEADER - n);
-    if (m <= 0) return flush(wcluster.CLOSE); // end of stream or error
-    n += m;
-    let pos: i32 = 0;
-    while (true) {
-      const size = parse(pos, n);
-      if (size < 0) {
-        append(BAD_REQUEST);
-        return flush(wcluster.CLOSE);
-      }
-      if (size == 0) break;
-      const keep = parsedKeepAlive && (flags & wcluster.FLAG_DRAINING) == 0;
-      if (!respond(keep)) return wcluster.CLOSE;
-      answered = true;
-      if (!keep) return flush(wcluster.CLOSE);
-      pos += size;
-    }
-    if (pos == n) return flush(wcluster.KEEP);
-    if (answered) {
-      // Answer what is complete, keep the tail for the next call.
-      if (wcluster.unread(input, pos, n - pos) < 0) return flush(wcluster.CLOSE);
-      return flush(wcluster.KEEP);
-    }
-    if (n == MAX_HEADER) {
-      append(TOO_LARGE);
+    const size = parse(pos, n);
+    if (size < 0) {
+      append(BAD_REQUEST);
       return flush(wcluster.CLOSE);
     }
-    // Only part of one request so far: wait for the rest in this call.
+    if (size == 0) break;
+    const keep = parsedKeepAlive && (flags & wcluster.FLAG_DRAINING) == 0;
+    if (!respond(keep)) return wcluster.CLOSE;
+    if (!keep) return flush(wcluster.CLOSE);
+    pos += size;
   }
+  if (pos == n) return flush(wcluster.KEEP);
+  if (pos == 0 && n == MAX_HEADER) {
+    // A buffer full of one unfinished request: its head is too large.
+    append(TOO_LARGE);
+    return flush(wcluster.CLOSE);
+  }
+  if (wcluster.unread(input, pos, n - pos) < 0) return flush(wcluster.CLOSE);
+  return flush(wcluster.KEEP);
 }
 
 function append(b: Uint8Array): void {

@@ -27,42 +27,33 @@ const tail_close = "\r\nConnection: close";
 const body = "\r\n\r\nhello world\n";
 const max_response = head.len + 10 + tail_close.len + body.len;
 
-/// Reads what the peer sent, answers every complete request in it with one
-/// write, and pushes an incomplete tail back for the next call.
+/// Reads what the peer sent (once), answers every complete request in it
+/// with one write, and pushes an incomplete tail back for the next call: a
+/// request arriving in pieces holds no instance while the rest is on its
+/// way.
 fn handle(flags: wcluster.Flags) wcluster.Action {
     out_len = 0;
-    var answered = false;
-    var n: usize = 0;
+    const n = wcluster.read(in[0..]) catch 0;
+    if (n == 0) return .close; // end of stream or error
+    var buf: []const u8 = in[0..n];
     while (true) {
-        const m = wcluster.read(in[n..]) catch 0;
-        if (m == 0) return flush(.close); // end of stream or error
-        n += m;
-        var buf: []const u8 = in[0..n];
-        while (true) {
-            const req = parse(buf) catch {
-                append(bad_request);
-                return flush(.close);
-            } orelse break;
-            const keep = req.keep_alive and !flags.draining;
-            respond(keep) catch return .close;
-            answered = true;
-            if (!keep) return flush(.close);
-            buf = buf[req.size..];
-        }
-        if (buf.len == 0) return flush(.keep);
-        if (answered) {
-            // Answer what is complete, keep the tail for the next call.
-            wcluster.unread(buf) catch return flush(.close);
-            return flush(.keep);
-        }
-        if (buf.len == in.len) {
-            append(too_large);
+        const req = parse(buf) catch {
+            append(bad_request);
             return flush(.close);
-        }
-        // Only part of one request so far: wait for the rest in this call.
-        std.mem.copyForwards(u8, in[0..buf.len], buf);
-        n = buf.len;
+        } orelse break;
+        const keep = req.keep_alive and !flags.draining;
+        respond(keep) catch return .close;
+        if (!keep) return flush(.close);
+        buf = buf[req.size..];
     }
+    if (buf.len == 0) return flush(.keep);
+    if (buf.len == in.len) {
+        // A buffer full of one unfinished request: its head is too large.
+        append(too_large);
+        return flush(.close);
+    }
+    wcluster.unread(buf) catch return flush(.close);
+    return flush(.keep);
 }
 
 fn append(s: []const u8) void {

@@ -42,52 +42,46 @@ fn handle(flags: Flags) -> Action {
 
 wcluster::handler!(handle);
 
-/// Reads what the peer sent, answers every complete request in it (into
-/// `out`, written by the caller in one go) and pushes an incomplete tail back
-/// for the next call.
+/// Reads what the peer sent (once), answers every complete request in it
+/// (into `out`, written by the caller in one go) and pushes an incomplete
+/// tail back for the next call: a request arriving in pieces holds no
+/// instance while the rest is on its way.
 fn serve(flags: Flags, input: &mut [u8], out: &mut Vec<u8>) -> Action {
     let conn = Conn::new();
-    let mut n = 0;
+    let n = match conn.read_raw(input) {
+        Ok(n) if n > 0 => n,
+        _ => return Action::Close, // end of stream or error
+    };
+    let mut buf = &input[..n];
     loop {
-        match conn.read_raw(&mut input[n..]) {
-            Ok(m) if m > 0 => n += m,
-            _ => return Action::Close, // end of stream or error
-        }
-        let mut buf = &input[..n];
-        loop {
-            match parse(buf) {
-                Parse::Bad => {
-                    out.extend_from_slice(BAD_REQUEST);
-                    return Action::Close;
-                }
-                Parse::Incomplete => break,
-                Parse::Request { size, keep_alive } => {
-                    let keep = keep_alive && !flags.is_draining();
-                    respond(out, keep);
-                    if !keep {
-                        return Action::Close;
-                    }
-                    buf = &buf[size..];
-                }
-            }
-        }
-        if buf.is_empty() {
-            return Action::Keep;
-        }
-        if !out.is_empty() {
-            // Answer what is complete, keep the tail for the next call.
-            if conn.unread(buf).is_err() {
+        match parse(buf) {
+            Parse::Bad => {
+                out.extend_from_slice(BAD_REQUEST);
                 return Action::Close;
             }
-            return Action::Keep;
+            Parse::Incomplete => break,
+            Parse::Request { size, keep_alive } => {
+                let keep = keep_alive && !flags.is_draining();
+                respond(out, keep);
+                if !keep {
+                    return Action::Close;
+                }
+                buf = &buf[size..];
+            }
         }
-        if buf.len() == input.len() {
-            out.extend_from_slice(TOO_LARGE);
-            return Action::Close;
-        }
-        // Only part of one request so far: wait for the rest in this call.
-        // (Nothing was consumed, so buf is already at the start of input.)
     }
+    if buf.is_empty() {
+        return Action::Keep;
+    }
+    if buf.len() == input.len() {
+        // A buffer full of one unfinished request: its head is too large.
+        out.extend_from_slice(TOO_LARGE);
+        return Action::Close;
+    }
+    if conn.unread(buf).is_err() {
+        return Action::Close;
+    }
+    Action::Keep
 }
 
 fn respond(out: &mut Vec<u8>, keep: bool) {
