@@ -53,6 +53,7 @@ func newCollector(src Source) *collector {
 	add("wcluster_connections_requeued_total", "Connections requeued from this worker slot because it died before acknowledging them.", workerLabels...)
 	add("wcluster_worker_heartbeat_age_seconds", "Time since the worker's last heartbeat.", workerLabels...)
 	add("wcluster_worker_resident_bytes", "The worker process's resident memory.", workerLabels...)
+	add("wcluster_worker_threads", "The worker's GOMAXPROCS: threads running its Go code (its share of the CPUs under worker_procs auto).", workerLabels...)
 	add("wcluster_worker_up", "1 for a worker that is ready, 0 while starting.", workerLabels...)
 	add("wcluster_guest_instances", "Guest instances alive in the worker (the pool).", tenantLabels...)
 	add("wcluster_guest_instantiation_seconds_total", "Time spent creating guest instances.", tenantLabels...)
@@ -142,6 +143,9 @@ func (c *collector) collectWorker(ch chan<- prometheus.Metric, emit func(string,
 	emit("wcluster_connections_requeued_total", counter, float64(w.Requeued), group, id)
 	emit("wcluster_worker_heartbeat_age_seconds", gauge, w.Age.Seconds(), group, id)
 	emit("wcluster_worker_resident_bytes", gauge, float64(w.RSS), group, id)
+	if w.Procs > 0 {
+		emit("wcluster_worker_threads", gauge, float64(w.Procs), group, id)
+	}
 	up := 0.0
 	if w.State == "ready" {
 		up = 1

@@ -122,6 +122,42 @@ func (c *Cluster) Groups() []*Group {
 	return slices.Clone(c.groups)
 }
 
+// Scale changes group m's number of workers to n (Group.Scale), having
+// first given every group's workers their threads for the cluster's new
+// total (Config.ProcsFor), so that the new workers start with theirs.
+func (c *Cluster) Scale(ctx context.Context, m *Group, n int) error {
+	if n >= 1 && n <= MaxWorkers {
+		c.rebalance(m, n)
+	}
+	return m.Scale(ctx, n)
+}
+
+// Rebalance gives every group's workers their threads for the cluster's
+// current total of workers (after a reload, whose configuration counted
+// the file's).
+func (c *Cluster) Rebalance() { c.rebalance(nil, 0) }
+
+// rebalance is Rebalance with group m counted at n workers.
+func (c *Cluster) rebalance(m *Group, n int) {
+	groups := c.Groups()
+	total := 0
+	for _, g := range groups {
+		if g == m {
+			total += n
+		} else {
+			total += g.Workers()
+		}
+	}
+	for _, g := range groups {
+		g.mu.Lock()
+		f := g.procsFor
+		g.mu.Unlock()
+		if f != nil {
+			g.SetProcs(f(total))
+		}
+	}
+}
+
 // Group finds a group by name ("" is the first).
 func (c *Cluster) Group(name string) (*Group, error) {
 	groups := c.Groups()
@@ -289,6 +325,9 @@ func (c *Cluster) Apply(ctx context.Context, cfgs []Config) error {
 	for i, cfg := range cfgs {
 		if m := byName[cfg.Name]; m != nil && m.sameShape(cfg) {
 			next[i], keep[m] = m, true
+			m.mu.Lock()
+			m.procsFor = cfg.ProcsFor // (Rebalance applies it)
+			m.mu.Unlock()
 			continue
 		}
 		m, err := c.startGroup(ctx, cfg, old, len(cfgs))

@@ -57,10 +57,15 @@ type Config struct {
 	Workers   int // >= 1
 	// Procs is each worker's GOMAXPROCS (0: the master's environment
 	// decides, as for the other runtimeEnv settings).
-	Procs   int
-	Name    string // names this group of workers in logs and status
-	Sched   Sched  // default rr
-	Backlog int    // listen(2) backlog, default 511
+	Procs int
+	// ProcsFor, if set, is Procs for a cluster of total workers in all:
+	// when scaling changes the total, Cluster.Scale gives every group's
+	// workers what it says (Group.SetProcs); Cluster.Rebalance after a
+	// reload too.
+	ProcsFor func(total int) int
+	Name     string // names this group of workers in logs and status
+	Sched    Sched  // default rr
+	Backlog  int    // listen(2) backlog, default 511
 	// MaxConns is the most connections one worker holds at once (default
 	// 10000); at that the master (rr) or the worker (shared) stops accepting.
 	MaxConns int

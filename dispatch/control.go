@@ -194,7 +194,7 @@ func (c *Cluster) control(ctx context.Context, conn *net.UnixConn, reload func(c
 			m, err = c.Group(group)
 		}
 		if err == nil {
-			err = m.Scale(ctx, n)
+			err = c.Scale(ctx, m, n)
 		}
 		if err != nil {
 			fail(err)

@@ -24,8 +24,12 @@ type Group struct {
 	cfg Config
 	log *slog.Logger
 	lis []*listener
+	// gomaxprocs is the workers' GOMAXPROCS (cfg.Procs until SetProcs).
+	gomaxprocs atomic.Int32
 
 	mu sync.Mutex // mu guards everything below
+	// procsFor is Config.ProcsFor, of the last configuration applied.
+	procsFor func(total int) int
 	// procs are the live worker processes, by slot (id-1); nil while a slot
 	// is empty (between a crash and its restart).
 	procs   []*proc
@@ -127,6 +131,8 @@ func NewGroup(cfg Config) (*Group, error) {
 		restart: make(chan int),
 		quit:    make(chan struct{}),
 	}
+	m.gomaxprocs.Store(int32(cfg.Procs))
+	m.procsFor = cfg.ProcsFor
 	if cfg.Name != "" {
 		m.log = m.log.With("group", cfg.Name)
 	}

@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -133,7 +134,7 @@ func (m *Group) workerCommand(id int, workerConfig, secrets []byte, maxServed ui
 	crash = os.NewFile(uintptr(cfd), "wcluster-worker-crash")
 
 	cmd = exec.Command(m.cfg.Executable, m.cfg.Args...)
-	cmd.Env = workerEnv(id, m.cfg.Procs, m.cfg.WorkerEnv)
+	cmd.Env = workerEnv(id, int(m.gomaxprocs.Load()), m.cfg.WorkerEnv)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{channel, boot, crash} // fds 3, 4, 5
 	if m.cfg.Sched == SchedShared {
@@ -313,6 +314,26 @@ func (m *Group) SetSecrets(b []byte) {
 	m.secretsGen++
 	for p := range m.started {
 		m.sendSecretsLocked(p)
+	}
+}
+
+// SetProcs sets the GOMAXPROCS of the group's workers: those started from
+// now on get it in their environment, the running ones in a MsgProcs (sent
+// without blocking; a worker whose channel is full keeps its count). For
+// a share of the CPUs that changed with the number of workers (Scale). n
+// 0 (the master's own GOMAXPROCS passes on) changes nothing.
+func (m *Group) SetProcs(n int) {
+	if n < 1 || int(m.gomaxprocs.Swap(int32(n))) == n {
+		return
+	}
+	m.log.Info("worker threads", "procs", n)
+	msg := binary.LittleEndian.AppendUint32([]byte{ipc.MsgProcs}, uint32(n))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for p := range m.started {
+		if err := p.ch.SendNow(msg, nil); err != nil {
+			m.log.Warn("could not give a worker its new thread count", "worker", p.id, "pid", p.pid, "procs", n, "err", err)
+		}
 	}
 }
 

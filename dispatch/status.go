@@ -67,7 +67,10 @@ type WorkerStatus struct {
 	Unacked    int    `json:"unacked"`
 	Requests   uint64 `json:"requests"`
 	RSS        uint64 `json:"rss_bytes"`
-	BeatAge    string `json:"heartbeat_age"`
+	// Procs is the worker's GOMAXPROCS: the threads that run its Go code
+	// (from its last heartbeat; 0 before the first).
+	Procs   int    `json:"procs"`
+	BeatAge string `json:"heartbeat_age"`
 	// Age is BeatAge as a duration, for in-process readers (metrics).
 	Age time.Duration `json:"-"`
 	// Handler is the handler's counters from the last heartbeat (Version
@@ -136,7 +139,7 @@ func (m *Group) Status() Status {
 			Accepted: p.accepted, InFlight: p.inFlight, HandedBack: p.handedBack, Requeued: p.requeued,
 			Unacked:   len(p.pending),
 			Completed: p.report.Completed,
-			Requests:  p.report.served(), RSS: p.report.RSS,
+			Requests:  p.report.served(), RSS: p.report.RSS, Procs: p.report.Procs,
 			BeatAge: now.Sub(p.lastBeat).Round(time.Millisecond).String(),
 			Age:     now.Sub(p.lastBeat),
 		}

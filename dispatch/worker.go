@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -77,6 +78,7 @@ type workerReport struct {
 	Completed uint64        `json:"completed"`
 	Requests  uint64        `json:"requests,omitempty"` // from a RequestCounter
 	RSS       uint64        `json:"rss"`                // resident bytes
+	Procs     int           `json:"procs"`              // GOMAXPROCS
 	Handler   *stats.Worker `json:"handler,omitempty"`
 }
 
@@ -427,6 +429,13 @@ func (w *Worker) take(ctx context.Context, h Handler, msg []byte, fds []int, tru
 		}
 		return acks
 	}
+	if len(msg) == 5 && msg[0] == ipc.MsgProcs {
+		ipc.CloseAll(fds)
+		if n := int(binary.LittleEndian.Uint32(msg[1:])); n >= 1 {
+			runtime.GOMAXPROCS(n)
+		}
+		return acks
+	}
 	if len(msg) >= 9 && msg[0] == ipc.MsgChallenges {
 		ipc.CloseAll(fds)
 		if w.onChallenges != nil {
@@ -665,7 +674,8 @@ func (w *Worker) heartbeat(ctx context.Context, h Handler, handlerStats func() *
 			return
 		case <-t.C:
 		}
-		r := workerReport{InFlight: w.inFlight.Load(), Accepted: w.accepted.Load(), Completed: w.completed.Load(), RSS: residentBytes(w.statm)}
+		r := workerReport{InFlight: w.inFlight.Load(), Accepted: w.accepted.Load(), Completed: w.completed.Load(), RSS: residentBytes(w.statm),
+			Procs: runtime.GOMAXPROCS(0)}
 		if rc != nil {
 			r.Requests = rc.Requests()
 		}

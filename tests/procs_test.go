@@ -56,3 +56,48 @@ func TestWorkerProcs(t *testing.T) {
 		t.Errorf("check of worker_procs = \"many\": %v\n%s", err, got)
 	}
 }
+
+// TestWorkerProcsFollowScale: under --worker-procs auto a scale changes
+// every worker's share of the CPUs. The running workers are told theirs
+// (the status shows each worker's threads from its heartbeat; the worker is
+// not replaced), new ones start with it, and scaling back gives the share
+// back. With GOMAXPROCS in the master's environment that setting stays.
+func TestWorkerProcsFollowScale(t *testing.T) {
+	t.Parallel()
+	share := func(workers int) int { return max(1, (runtime.GOMAXPROCS(0)+workers-1)/workers) }
+	if v, ok := os.LookupEnv("GOMAXPROCS"); ok {
+		n, _ := strconv.Atoi(v)
+		share = func(int) int { return n }
+	}
+	s, ctl := startControlled(t, "--workers", "1")
+	threads := func(workers int) func(status) bool {
+		return func(st status) bool {
+			g := st.Groups[0]
+			if len(g.Workers) != workers {
+				return false
+			}
+			for _, w := range g.Workers {
+				if w.State != "ready" || w.Procs != share(workers) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	first := waitStatus(t, ctl, fmt.Sprintf("one worker with %d threads", share(1)), threads(1)).Groups[0].Workers[0].PID
+	for _, n := range []int{2, 1} {
+		if out, err := run(t, "scale", "--control", ctl, strconv.Itoa(n)); err != nil {
+			t.Fatalf("scale %d: %v\n%s", n, err, out)
+		}
+		st := waitStatus(t, ctl, fmt.Sprintf("%d workers with %d threads each", n, share(n)), threads(n))
+		if pid := st.Groups[0].Workers[0].PID; pid != first {
+			t.Fatalf("scale %d: worker 1 was replaced (%d → %d): it should have been told its threads", n, first, pid)
+		}
+	}
+	if out, err := run(t, "status", "--control", ctl); err != nil || !strings.Contains(out, "threads") {
+		t.Errorf("the status table lacks the threads column: %v\n%s", err, out)
+	}
+	if got := s.output(); !strings.Contains(got, "worker threads") && share(1) != share(2) {
+		t.Errorf("the master did not log the workers' new thread count:\n%s", got)
+	}
+}

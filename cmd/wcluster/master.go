@@ -346,12 +346,13 @@ func reload(ctx context.Context, cl *dispatch.Cluster, ring *tickets.Ring, mgr *
 	}
 	ring.Forget(tlsTenants(next))
 	mgr.Resume()
+	cl.Rebalance() // the new configuration counted the file's workers, not the running ones
 	// The file's worker counts compare with the file before, not with the
 	// running count: a count the file did not change stays as scaled.
 	for name, n := range current.WorkersChanged(next) {
 		grp, err := cl.Group(name)
 		if err == nil {
-			err = grp.Scale(ctx, n)
+			err = cl.Scale(ctx, grp, n)
 		}
 		if err != nil {
 			// The configuration is applied; only the count is not.
@@ -455,7 +456,7 @@ func handleSignals(ctx context.Context, wg *sync.WaitGroup, cl *dispatch.Cluster
 						l.Warn("not scaling below one worker", "signal", sig.String())
 						continue
 					}
-					if err := m.Scale(ctx, n); err != nil {
+					if err := cl.Scale(ctx, m, n); err != nil {
 						l.Error("scale failed", "to", n, "err", err)
 					}
 				}

@@ -59,9 +59,9 @@ func statusCommand() *cli.Command {
 					fmt.Fprintf(&buf, "  short of descriptors: accept pauses %d, connections handed back %d, failed worker starts %d\n",
 						t.AcceptPauses, t.Starved, t.SpawnFailures)
 				}
-				fmt.Fprintf(&buf, "  %-4s %-8s %-9s %-10s %9s %9s %9s %11s %8s %9s %8s  %s\n", "id", "pid", "state", "uptime", "accepted", "inflight", "completed", "handed back", "requeued", "requests", "rss", "guest memory (in use/budget, waits, refusals)")
+				fmt.Fprintf(&buf, "  %-4s %-8s %-9s %-10s %7s %9s %9s %9s %11s %8s %9s %8s  %s\n", "id", "pid", "state", "uptime", "threads", "accepted", "inflight", "completed", "handed back", "requeued", "requests", "rss", "guest memory (in use/budget, waits, refusals)")
 				for _, ws := range g.Workers {
-					fmt.Fprintf(&buf, "  %-4d %-8d %-9s %-10s %9d %9d %9d %11d %8d %9d %7dM  %s\n", ws.ID, ws.PID, ws.State, ws.Uptime,
+					fmt.Fprintf(&buf, "  %-4d %-8d %-9s %-10s %7d %9d %9d %9d %11d %8d %9d %7dM  %s\n", ws.ID, ws.PID, ws.State, ws.Uptime, ws.Procs,
 						ws.Accepted, ws.InFlight, ws.Completed, ws.HandedBack, ws.Requeued, ws.Requests, ws.RSS>>20, guestMemoryText(ws.Handler))
 				}
 			}

@@ -12,7 +12,7 @@ import "encoding/binary"
 // boot configuration) and a worker of another version refuses to start:
 // that is a worker from another binary, replaced on disk while an older
 // master runs.
-const Version = 4
+const Version = 5
 
 // Message types on a worker's channel; the first byte of every message.
 const (
@@ -43,6 +43,10 @@ const (
 	// MsgChallengesSeen (worker→master): gen u64 of the challenges it
 	// now answers.
 	MsgChallengesSeen byte = 11
+	// MsgProcs (master→worker): procs u32, the GOMAXPROCS the worker is to
+	// run with from now on (its share of the CPUs changed with the number
+	// of workers).
+	MsgProcs byte = 12
 )
 
 // What a MsgRecycle says.
