@@ -106,7 +106,7 @@ func sealedMemfd(name string, b []byte) (*os.File, error) {
 
 // workerCommand builds the command of worker id. The caller closes boot
 // once the worker started, and crash once it exited (see crashCause).
-func (m *Group) workerCommand(id int, workerConfig, secrets []byte, maxServed uint64, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
+func (m *Group) workerCommand(id int, workerConfig, secrets []byte, procs int, maxServed uint64, channel *os.File) (cmd *exec.Cmd, boot, crash *os.File, err error) {
 	addrs := make([]string, len(m.lis))
 	for i, l := range m.lis {
 		addrs[i] = l.addr.String()
@@ -134,7 +134,7 @@ func (m *Group) workerCommand(id int, workerConfig, secrets []byte, maxServed ui
 	crash = os.NewFile(uintptr(cfd), "wcluster-worker-crash")
 
 	cmd = exec.Command(m.cfg.Executable, m.cfg.Args...)
-	cmd.Env = workerEnv(id, int(m.gomaxprocs.Load()), m.cfg.WorkerEnv)
+	cmd.Env = workerEnv(id, procs, m.cfg.WorkerEnv)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.ExtraFiles = []*os.File{channel, boot, crash} // fds 3, 4, 5
 	if m.cfg.Sched == SchedShared {
@@ -243,8 +243,9 @@ func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) 
 	m.mu.Lock()
 	secrets, gen := m.secrets, m.secretsGen
 	m.mu.Unlock()
+	procs := int(m.gomaxprocs.Load())
 	maxServed := m.requestLimit()
-	cmd, boot, crash, err := m.workerCommand(id, workerConfig, secrets, maxServed, child)
+	cmd, boot, crash, err := m.workerCommand(id, workerConfig, secrets, procs, maxServed, child)
 	if err != nil {
 		ch.Close()
 		return nil, fmt.Errorf("dispatch: worker %d: %w", id, err)
@@ -268,6 +269,9 @@ func (m *Group) start(id int, workerConfig []byte, install bool) (*proc, error) 
 	m.started[p] = struct{}{}
 	if gen != m.secretsGen { // changed while it started: it missed that
 		m.sendSecretsLocked(p)
+	}
+	if now := int(m.gomaxprocs.Load()); now != procs && now > 0 { // the same for SetProcs
+		m.sendProcsLocked(p, now)
 	}
 	if len(m.challenges) > 0 {
 		m.sendChallengesLocked(p)
@@ -327,13 +331,18 @@ func (m *Group) SetProcs(n int) {
 		return
 	}
 	m.log.Info("worker threads", "procs", n)
-	msg := binary.LittleEndian.AppendUint32([]byte{ipc.MsgProcs}, uint32(n))
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for p := range m.started {
-		if err := p.ch.SendNow(msg, nil); err != nil {
-			m.log.Warn("could not give a worker its new thread count", "worker", p.id, "pid", p.pid, "procs", n, "err", err)
-		}
+		m.sendProcsLocked(p, n)
+	}
+}
+
+// sendProcsLocked tells p to run with n threads, without blocking.
+func (m *Group) sendProcsLocked(p *proc, n int) {
+	msg := binary.LittleEndian.AppendUint32([]byte{ipc.MsgProcs}, uint32(n))
+	if err := p.ch.SendNow(msg, nil); err != nil {
+		m.log.Warn("could not give a worker its new thread count", "worker", p.id, "pid", p.pid, "procs", n, "err", err)
 	}
 }
 
