@@ -210,8 +210,13 @@ func (c *conn) close() {
 		c.slow.Close()
 	}
 	if c.tls != nil {
-		// Sends close_notify (within tls's own 5s write deadline), then
-		// closes f.
+		if c.h != nil && c.h.opts.HandedOff {
+			// close_notify, then the FIN at once, as for plaintext below.
+			c.tls.tc.CloseWrite()
+			c.control(func(fd uintptr) { rawShutdown(int(fd)) })
+		}
+		// Sends close_notify (within tls's own 5s write deadline) unless
+		// sent, then closes f.
 		c.tls.tc.Close()
 		return
 	}

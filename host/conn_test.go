@@ -3,6 +3,8 @@ package host
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net/http"
 	"os"
@@ -338,5 +340,48 @@ func TestHandedOffSendsFIN(t *testing.T) {
 		if _, err := br.ReadByte(); err != io.EOF {
 			t.Fatalf("%s: after the answer to Connection: close, with the master's copy open: %v, want EOF", way, err)
 		}
+	}
+}
+
+// TestHandedOffSendsFINOverTLS: the same for a connection the worker
+// terminates TLS on: after close_notify the peer reads the end of the TCP
+// stream at once, while the master's copy is open.
+func TestHandedOffSendsFINOverTLS(t *testing.T) {
+	t.Parallel()
+	cert := selfSigned(t, "t.test")
+	h := newHello(t, "handedoff-tls", Options{HandedOff: true})
+	r, err := NewRouter([]Listener{{Tenants: []*Tenant{{Name: "t", Handler: h, Hosts: []string{"t.test"}, Cert: &cert}}}}, RouterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, f := socketPair(t)
+	fd := dupFD(t, f)
+	masterCopy, err := unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(masterCopy) })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.ServeConn(context.Background(), os.NewFile(uintptr(fd), "conn"), 0)
+	}()
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	tc := tls.Client(client, &tls.Config{ServerName: "t.test", RootCAs: roots})
+	if _, err := io.WriteString(tc, "GET / HTTP/1.1\r\nHost: t.test\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(tc)
+	if code, _ := readResponse(t, br); code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after the answer to Connection: close: %v, want EOF (close_notify)", err)
+	}
+	waitClosed(t, done)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("the TCP stream after close_notify, with the master's copy open: %d bytes, %v; want EOF", n, err)
 	}
 }
