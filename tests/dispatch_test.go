@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -67,9 +68,7 @@ func TestUnackedConnectionSurvivesWorkerKill(t *testing.T) {
 	s, ctl := startControlled(t, "--workers", "2", guest(t, "go-echo"))
 	st := getStatus(t, ctl)
 	victim := st.Workers[0]
-	if err := syscall.Kill(victim.PID, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	stopProcess(t, victim.PID)
 	// Two connections: the least-loaded choice alternates, so one goes to
 	// the stopped worker and waits there unacknowledged.
 	a, b := s.dial(t), s.dial(t)
@@ -253,4 +252,35 @@ func spanOf[K comparable, V int | int64](counts map[K]V) (lo, hi V) {
 		hi = max(hi, c)
 	}
 	return lo, hi
+}
+
+// stopProcess stops pid with SIGSTOP and waits (up to 10 s) until every
+// thread of it is stopped: the signal is delivered asynchronously, and a
+// thread still running could answer its channel after kill returned.
+func stopProcess(t *testing.T, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	task := fmt.Sprintf("/proc/%d/task", pid)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		threads, err := os.ReadDir(task)
+		if err != nil {
+			t.Fatalf("stopping %d: %v", pid, err)
+		}
+		stopped := 0
+		for _, th := range threads {
+			b, err := os.ReadFile(filepath.Join(task, th.Name(), "stat"))
+			// The state follows the command's closing parenthesis.
+			if i := strings.LastIndexByte(string(b), ')'); err == nil && i >= 0 && i+2 < len(b) && (b[i+2] == 'T' || b[i+2] == 't') {
+				stopped++
+			}
+		}
+		if stopped == len(threads) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d: %d of %d threads stopped 10s after SIGSTOP", pid, stopped, len(threads))
+		}
+	}
 }

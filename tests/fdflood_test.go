@@ -322,8 +322,8 @@ func TestStoppedWorkerDoesNotStallAccept(t *testing.T) {
 	s, ctl := startControlled(t, "--workers", "2", "--worker-timeout", "5m")
 	before := getStatus(t, ctl)
 	victim := before.Workers[0]
-	syscall.Kill(victim.PID, syscall.SIGSTOP)
 	t.Cleanup(func() { syscall.Kill(victim.PID, syscall.SIGKILL) })
+	stopProcess(t, victim.PID)
 
 	// Connections that each send a request and keep the connection: the
 	// other worker answers and keeps them; those sent to the stopped one

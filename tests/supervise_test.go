@@ -185,7 +185,7 @@ func TestHungWorkerReplaced(t *testing.T) {
 	victim := getStatus(t, ctl).Workers[0]
 	l := startConnLoad(s.url(), 4, 1<<40, 2*time.Minute)
 	stopped := time.Now()
-	syscall.Kill(victim.PID, syscall.SIGSTOP)
+	stopProcess(t, victim.PID)
 	st := waitStatus(t, ctl, "hung worker replaced", func(st status) bool {
 		return st.Totals.HungKilled == 1 && len(st.Workers) == 2 && st.Workers[0].PID != victim.PID && st.Workers[0].State == "ready"
 	})
@@ -340,8 +340,8 @@ func TestStalledWorkerGetsNoNewConnections(t *testing.T) {
 		return len(st.Workers) == 2 && st.Workers[0].State == "ready" && st.Workers[1].State == "ready"
 	})
 	stopped := st.Workers[0]
-	syscall.Kill(stopped.PID, syscall.SIGSTOP)
 	defer syscall.Kill(stopped.PID, syscall.SIGCONT)
+	stopProcess(t, stopped.PID)
 
 	// New connections until one waits on the stopped worker (rr gives the
 	// next to the one with fewer in flight, so it takes one at once).
