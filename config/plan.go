@@ -315,7 +315,14 @@ func (c *Config) Describe(w io.Writer) {
 			fmt.Fprintf(w, "  %s %s: %s\n", kind, l.Addr, strings.Join(ts, ", "))
 		}
 		for _, t := range g.Tenants {
-			fmt.Fprintf(w, "  tenant %s: %s\n", t.Name, t.LimitsText())
+			line := t.LimitsText()
+			switch {
+			case t.ACME != nil:
+				line += fmt.Sprintf("; certificates from ACME CA %s (%s), stored in %s", t.ACME.CA, strings.Join(t.ACME.Challenges, ", "), t.ACME.Storage)
+			case t.TLSCert != "":
+				line += "; certificate " + t.TLSCert
+			}
+			fmt.Fprintf(w, "  tenant %s: %s\n", t.Name, line)
 		}
 	}
 }

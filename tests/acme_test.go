@@ -259,6 +259,10 @@ func TestACMETLSALPN(t *testing.T) {
 	// Two names: a certificate each, the handshake picking by SNI.
 	names := []string{"site.test", "www.site.test"}
 	cfg := acmeConfig(t, dir, p, "shared", tlsAddr, fmt.Sprintf("127.0.0.1:%d", httpPort), `"site.test", "www.site.test"`, `"tls-alpn-01"`, "")
+	if out, err := run(t, "check", "--config", cfg); err != nil || !strings.Contains(out, "tenant site: ") ||
+		!strings.Contains(out, "; certificates from ACME CA "+p.directory+" (tls-alpn-01), stored in ") {
+		t.Errorf("check --config does not say where site's certificates come from: %v\n%s", err, out)
+	}
 
 	s := startConfig(t, cfg)
 	// Every worker serving both: under policy shared a worker of the

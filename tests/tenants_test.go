@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -170,8 +171,8 @@ workers = 1
 `, env.cache, probe, shared, probe, shared, probe, secure))
 
 	out, err := run(t, "check", "--config", cfg)
-	if err != nil || !strings.Contains(out, "ok") {
-		t.Errorf("check --config: %v\n%s", err, out)
+	if err != nil || !strings.Contains(out, "ok") || !regexp.MustCompile(`tenant gamma: .*; certificate \S*gamma\.pem`).MatchString(out) {
+		t.Errorf("check --config: %v (want gamma's certificate named)\n%s", err, out)
 	}
 
 	startConfig(t, cfg)
