@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -314,15 +315,7 @@ func TestHandedOffSendsFIN(t *testing.T) {
 	ctx := context.Background()
 	h := newHello(t, "handedoff", Options{HandedOff: true})
 	for _, way := range ways {
-		client, f := socketPair(t)
-		fd := dupFD(t, f)
-		// The master's copy, open until the end of the test.
-		masterCopy, err := unix.Dup(fd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { unix.Close(masterCopy) })
-		served := os.NewFile(uintptr(fd), "conn")
+		client, served := handedOff(t)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -354,17 +347,11 @@ func TestHandedOffSendsFINOverTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, f := socketPair(t)
-	fd := dupFD(t, f)
-	masterCopy, err := unix.Dup(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(masterCopy) })
+	client, served := handedOff(t)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.ServeConn(context.Background(), os.NewFile(uintptr(fd), "conn"), 0)
+		r.ServeConn(context.Background(), served, 0)
 	}()
 	roots := x509.NewCertPool()
 	roots.AddCert(cert.Leaf)
@@ -384,4 +371,19 @@ func TestHandedOffSendsFINOverTLS(t *testing.T) {
 	if n, err := client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Fatalf("the TCP stream after close_notify, with the master's copy open: %d bytes, %v; want EOF", n, err)
 	}
+}
+
+// handedOff is a connected pair whose server side has a second descriptor,
+// open until the test ends, as the master keeps its copy of a connection
+// it handed to a worker until the worker's ack.
+func handedOff(t *testing.T) (client net.Conn, served *os.File) {
+	t.Helper()
+	client, f := socketPair(t)
+	fd := dupFD(t, f)
+	masterCopy, err := unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(masterCopy) })
+	return client, os.NewFile(uintptr(fd), "conn")
 }
