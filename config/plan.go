@@ -145,14 +145,14 @@ func (c *Config) Masters() ([]dispatch.Config, error) {
 			certs = append(certs, t.Files.certificates(t.Name)...)
 		}
 		tls := g.TerminatesTLS()
+		procsFor := func(total int) int { return WorkerProcs(cl.WorkerProcs, total, tls) }
 		wc, err := json.Marshal(&g)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, dispatch.Config{
-			Name: g.Name, Listen: g.Addrs(), Workers: g.Workers, Procs: WorkerProcs(cl.WorkerProcs, all, g.TerminatesTLS()), Sched: cl.Sched,
-			ProcsFor: func(total int) int { return WorkerProcs(cl.WorkerProcs, total, tls) },
-			Backlog:  cl.Backlog, MaxConns: cl.MaxConns, QueueSize: cl.QueueSize, QueueTimeout: cl.QueueTimeout,
+			Name: g.Name, Listen: g.Addrs(), Workers: g.Workers, Procs: procsFor(all), ProcsFor: procsFor, Sched: cl.Sched,
+			Backlog: cl.Backlog, MaxConns: cl.MaxConns, QueueSize: cl.QueueSize, QueueTimeout: cl.QueueTimeout,
 			ShutdownTimeout: cl.ShutdownTimeout, WorkerTimeout: cl.WorkerTimeout,
 			MaxRequests: cl.MaxRequests, MaxMemory: cl.MaxWorkerMemory,
 			WorkerConfig: wc, WorkerEnv: g.WorkerEnv, Credential: u.Credential(),

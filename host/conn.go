@@ -210,10 +210,13 @@ func (c *conn) close() {
 	if c.slow != nil {
 		c.slow.Close()
 	}
+	// Under rr the master keeps its copy until the ack (Options.HandedOff):
+	// the FIN is sent here, not left to the last close. (A routed conn
+	// refused at once has no h.)
+	handedOff := c.h != nil && c.h.opts.HandedOff
 	if c.tls != nil {
-		if c.h != nil && c.h.opts.HandedOff {
-			// close_notify, then the FIN at once, as for plaintext below.
-			c.tls.tc.CloseWrite()
+		if handedOff {
+			c.tls.tc.CloseWrite() // close_notify first
 			c.control(func(fd uintptr) { rawShutdown(int(fd)) })
 		}
 		// Sends close_notify (within tls's own 5s write deadline) unless
@@ -224,7 +227,7 @@ func (c *conn) close() {
 	if c.f == nil && c.fd < 0 {
 		return // another owner has the socket (a hijacked http-wasm conn)
 	}
-	if c.h != nil && c.h.opts.HandedOff { // (a routed conn refused at once has no h)
+	if handedOff {
 		c.control(func(fd uintptr) { rawShutdown(int(fd)) })
 	}
 	if c.f == nil {

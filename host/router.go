@@ -545,17 +545,18 @@ func (r *Router) ServeConn(ctx context.Context, f *os.File, listener int) {
 	r.serveHTTP(ctx, rt, f, rc)
 }
 
-func (t *tenantState) admit() bool {
+// enter counts a connection of the tenant in against its MaxConns (false:
+// refuse it); leave counts it out.
+func (t *tenantState) enter() bool {
+	if t.MaxConns <= 0 {
+		return true
+	}
 	if t.open.Add(1) > int64(t.MaxConns) {
 		t.open.Add(-1)
 		return false
 	}
 	return true
 }
-
-// enter counts a connection of a direct tenant in against its MaxConns
-// (false: refuse it); leave counts it out.
-func (t *tenantState) enter() bool { return t.MaxConns <= 0 || t.admit() }
 
 func (t *tenantState) leave() {
 	if t.MaxConns > 0 {
@@ -714,14 +715,12 @@ func (r *Router) serveTLS(ctx context.Context, rt *routeTable, f *os.File, rc sy
 		r.serveRouted(ctx, c)
 		return
 	}
-	if t.MaxConns > 0 {
-		if !t.admit() {
-			t.refused.Add(1)
-			tc.Close()
-			return
-		}
-		defer t.open.Add(-1)
+	if !t.enter() {
+		t.refused.Add(1)
+		tc.Close()
+		return
 	}
+	defer t.leave()
 	t.Handler.serveTLS(ctx, f, rc, tc)
 }
 
@@ -734,7 +733,7 @@ func (r *Router) serveRouted(ctx context.Context, c *conn) {
 	for rs.next != nil {
 		t := rs.next
 		rs.next, rs.back = nil, false
-		if t.MaxConns > 0 && !t.admit() {
+		if !t.enter() {
 			t.refused.Add(1)
 			r.log.Debug("connection refused: tenant at its max_conns", "tenant", t.Name, "max_conns", t.MaxConns)
 			rs.reply = refusal
@@ -743,9 +742,7 @@ func (r *Router) serveRouted(ctx context.Context, c *conn) {
 		rs.cur = t
 		c.h, c.id, c.stalls = t.Handler, t.Handler.nextConn.Add(1), 0
 		t.Handler.serve(ctx, c)
-		if t.MaxConns > 0 {
-			t.open.Add(-1)
-		}
+		t.leave()
 		if !rs.back {
 			return // served to its end, and closed
 		}
