@@ -85,7 +85,6 @@ type conn struct {
 	rN              int
 	rErr            error
 	inLoop          bool     // in step, inside rc.Read: f's read lock is held
-	waitFirst       bool     // rc.Read's first step waits without reading (serveLoop)
 	needRead        bool     // step reads before the next call
 	drained         bool     // the last read left nothing in the socket
 	ended           bool     // a read found the end of the stream (or an error)
@@ -464,10 +463,12 @@ func (c *conn) peerAddr() string {
 // A connection without f (newConnFD) is stepped once outside rc.Read: its
 // first request, there already under deferred accept, is read, answered
 // and, with Connection: close, closed without the poller. A step that must
-// wait, or that Drain woke, has made f (wait). If it waits, rc.Read's first
-// step returns at once, and the poller waits: f's registration (epoll's
-// EPOLL_CTL_ADD) reports bytes that arrived after the read that found the
-// socket empty. After a wake, rc.Read's step reads first.
+// wait, or that Drain woke, has made f (wait); rc.Read's step then reads
+// once more before it waits. (Not reading would save a read per connection,
+// and lose a request: epoll's EPOLL_CTL_ADD reports bytes that arrived after
+// the read that found the socket empty, but if the poller takes that news
+// before rc.Read begins, rc.Read's reset of the descriptor's readiness
+// forgets it, and with edge-triggered epoll no more comes.)
 func (c *conn) serveLoop() {
 	c.needRead = c.unseen == 0 // (a routed request read ahead comes first)
 	for {
@@ -475,11 +476,7 @@ func (c *conn) serveLoop() {
 		if c.f == nil {
 			if !c.step(uintptr(c.fd)) {
 				c.inLoop = false
-				// wait made f, after a read found the socket empty (or
-				// short): adding it to the poller reports what came since,
-				// so rc.Read's first step waits without reading again.
-				c.waitFirst = true
-				continue
+				continue // wait made f: the wait is rc.Read's
 			}
 		} else {
 			err = c.rc.Read(c.stepFn)
@@ -511,10 +508,6 @@ func (c *conn) serveLoop() {
 // guest, and again, until the socket is empty (false: wait) or the
 // connection is done or woken (true, with exit saying which).
 func (c *conn) step(fd uintptr) bool {
-	if c.waitFirst {
-		c.waitFirst = false
-		return false // (parked, as wait left it)
-	}
 	c.parked.Store(false)
 	c.inLoop = true
 	for {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -386,4 +387,58 @@ func handedOff(t *testing.T) (client net.Conn, served *os.File) {
 	}
 	t.Cleanup(func() { unix.Close(masterCopy) })
 	return client, os.NewFile(uintptr(fd), "conn")
+}
+
+// TestFirstWaitSeesNextRequest: a connection given as its descriptor makes
+// its file when it first waits; a request sent the moment the first answer
+// arrives (while the socket joins the poller) is served, not left waiting
+// for the idle timeout. Many connections at once, so that on some of them
+// the poller runs in that moment.
+func TestFirstWaitSeesNextRequest(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := newHello(t, "first-wait", Options{})
+	const rounds, clients = 150, 8
+	const req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	for r := 0; r < rounds; r++ {
+		errs := make(chan error, clients)
+		for i := 0; i < clients; i++ {
+			client, f := socketPair(t)
+			fd := dupFD(t, f)
+			go func() {
+				errs <- func() error {
+					if _, err := io.WriteString(client, req); err != nil {
+						return err
+					}
+					done := make(chan struct{})
+					go func() {
+						defer close(done)
+						h.serve(ctx, newConnFD(fd, int64(len(req)), h))
+					}()
+					defer func() { client.Close(); <-done }()
+					br := bufio.NewReader(client)
+					for n := 0; n < 2; n++ {
+						client.SetDeadline(time.Now().Add(5 * time.Second))
+						resp, err := http.ReadResponse(br, nil)
+						if err != nil {
+							return fmt.Errorf("round %d, answer %d: %w", r, n, err)
+						}
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+						if n == 0 {
+							if _, err := io.WriteString(client, req); err != nil {
+								return err
+							}
+						}
+					}
+					return nil
+				}()
+			}()
+		}
+		for i := 0; i < clients; i++ {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }
