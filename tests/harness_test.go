@@ -33,6 +33,7 @@ var env struct {
 	cache  string   // compilation cache shared by the tests' servers
 	guests string   // folder of built .wasm guests
 	warmed sync.Map // guest path → *sync.Once of its warm-up (see warm)
+	ports  sync.Map // int → struct{}: the ports freePort gave out
 }
 
 // Tests that measure timing (respawn, hang detection, recycling, limits,
@@ -253,12 +254,22 @@ func launch(t testing.TB, cmd *exec.Cmd, opts ...launchOption) (*server, error) 
 // tests whose config or command line must name their ports).
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// A port is free from its close until its user binds it: the kernel
+	// may give it out again meanwhile (to the next call, in this test or
+	// a parallel one), so none is given twice.
+	for i := 0; i < 100; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if _, taken := env.ports.LoadOrStore(port, struct{}{}); !taken {
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no port not given out before in 100 tries")
+	return 0
 }
 
 func (s *server) output() string {
