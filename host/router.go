@@ -64,7 +64,9 @@ type RouterOptions struct {
 	// Handshakes bounds the TLS handshakes computing at once (from the
 	// client's hello to the server's answer), so that a flood of them
 	// leaves processors to established connections; the rest wait,
-	// within HandshakeTimeout. Default: half of GOMAXPROCS, at least 1.
+	// within HandshakeTimeout. Default: half of GOMAXPROCS, at least 1,
+	// following GOMAXPROCS when it changes (the worker's share of the
+	// CPUs, when the group is scaled).
 	Handshakes int
 	// Logger receives misdirected requests and failed handshakes.
 	Logger *slog.Logger
@@ -130,8 +132,8 @@ type Router struct {
 	log     *slog.Logger
 	opts    RouterOptions
 	foreign hostSet // names of other groups' tenants
-	// handshakes holds a token per TLS handshake computing (see hsConn).
-	handshakes chan struct{}
+	// handshakes holds a slot per TLS handshake computing (see hsConn).
+	handshakes *slots
 	challenges atomic.Pointer[Challenges]
 
 	misdirected, malformed, tlsFailures atomic.Uint64
@@ -172,14 +174,15 @@ func NewRouter(listeners []Listener, o RouterOptions) (*Router, error) {
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = 10 * time.Second
 	}
+	size := func() int { return o.Handshakes }
 	if o.Handshakes <= 0 {
-		o.Handshakes = max(1, runtime.GOMAXPROCS(0)/2)
+		size = func() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	r := &Router{log: o.Logger, opts: o, foreign: hostSet{exact: map[string]bool{}, wild: map[string]bool{}},
-		handshakes: make(chan struct{}, o.Handshakes)}
+		handshakes: &slots{size: size}}
 	states := map[*Tenant]*tenantState{}
 	names := map[string]*Tenant{}
 	var errs []error
@@ -376,12 +379,10 @@ func (r *Router) configFor(rt *routeTable) func(*tls.ClientHelloInfo) (*tls.Conf
 			return noTenant, nil
 		}
 		if hc, ok := hello.Conn.(*hsConn); ok && !hc.held {
-			select {
-			case r.handshakes <- struct{}{}:
-				hc.held = true
-			case <-hello.Context().Done():
-				return nil, fmt.Errorf("waiting for a handshake slot: %w", hello.Context().Err())
+			if err := r.handshakes.acquire(hello.Context()); err != nil {
+				return nil, fmt.Errorf("waiting for a handshake slot: %w", err)
 			}
+			hc.held = true
 		}
 		return t.tls, nil
 	}
@@ -405,7 +406,7 @@ func (c *hsConn) Read(p []byte) (int, error) {
 func (c *hsConn) release() {
 	if c.held {
 		c.held = false
-		<-c.r.handshakes
+		c.r.handshakes.release()
 	}
 }
 
