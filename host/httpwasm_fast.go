@@ -113,7 +113,7 @@ func (w *web) serveFast(ctx context.Context, c *conn, read []byte, routed bool) 
 		return
 	}
 	// net/http reads what was read ahead first.
-	wc := &webConn{Conn: &prefixConn{Conn: fileConn{c.f}, prefix: handoff}, closed: make(chan struct{})}
+	wc := &webConn{Conn: &prefixConn{Conn: fileConn{c.f}, prefix: handoff}, id: c.id, closed: make(chan struct{})}
 	if !w.hand(ctx, wc) {
 		return
 	}

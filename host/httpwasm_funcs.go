@@ -170,8 +170,12 @@ func (w *web) log(ctx context.Context, mod api.Module, stack []uint64) {
 		return
 	}
 	msg := mem(mod, uint32(stack[1]), uint32(stack[2]), "log")
+	var id int64 // (0: the guest is starting)
+	if inst := instanceOf(ctx); inst != nil && inst.web != nil && inst.web.cur != nil {
+		id = inst.web.cur.connID()
+	}
 	// Within the rate limit of guest output, as the wcluster ABI's log.
-	w.h.guestLine(l, "guest", msg[:min(len(msg), maxLogLine)], 0)
+	w.h.guestLine(l, "guest", msg[:min(len(msg), maxLogLine)], id)
 }
 
 func (w *web) getMethod(ctx context.Context, mod api.Module, stack []uint64) {

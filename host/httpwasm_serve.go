@@ -90,7 +90,32 @@ func (w *web) newServer() *http.Server {
 		MaxHeaderBytes:    webMaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(h.opts.Logger.Handler(), slog.LevelDebug),
 		ConnState:         w.connState,
+		ConnContext:       w.connContext,
 	}
+}
+
+// connIDKey is the key of a connection's id (conn.id) in the contexts of
+// its requests on the net/http path: what the guest logs names it.
+type connIDKey struct{}
+
+func (w *web) connContext(ctx context.Context, nc net.Conn) context.Context {
+	var id int64
+	if wc, ok := nc.(*webConn); ok {
+		id = wc.id
+	} else if v, ok := w.tlsConns.Load(nc); ok {
+		id = v.(*tlsEnd).id
+	}
+	return context.WithValue(ctx, connIDKey{}, id)
+}
+
+// connID is the id of the connection of the request being served, 0
+// outside one (the guest starting).
+func (st *webReq) connID() int64 {
+	if st.fast != nil {
+		return st.fast.c.id
+	}
+	id, _ := st.r.Context().Value(connIDKey{}).(int64)
+	return id
 }
 
 // start runs the server, from the first connection until close.
@@ -180,7 +205,7 @@ func (w *web) serveConn(ctx context.Context, c *conn) {
 		w.serveFast(ctx, c, nil, false)
 		return
 	}
-	wc := &webConn{Conn: fileConn{c.f}, closed: make(chan struct{})}
+	wc := &webConn{Conn: fileConn{c.f}, id: c.id, closed: make(chan struct{})}
 	if !w.hand(ctx, wc) {
 		return
 	}
@@ -217,7 +242,7 @@ func (w *web) serveRouted(ctx context.Context, c *conn) {
 	if c.tls != nil {
 		nc = c.tls.tc
 	}
-	wc := &webConn{Conn: &prefixConn{Conn: nc, prefix: lastRequest(read)}, closed: make(chan struct{})}
+	wc := &webConn{Conn: &prefixConn{Conn: nc, prefix: lastRequest(read)}, id: c.id, closed: make(chan struct{})}
 	if !w.hand(ctx, wc) {
 		return
 	}
@@ -232,7 +257,7 @@ func (w *web) serveRouted(ctx context.Context, c *conn) {
 // ConnState says when it is done with it. A connection a handler hijacked
 // (a protocol upgrade through the upstream) is that handler's to close.
 func (w *web) serveTLS(ctx context.Context, c *conn) {
-	end := &tlsEnd{done: make(chan struct{})}
+	end := &tlsEnd{done: make(chan struct{}), id: c.id}
 	tc := c.tls.tc
 	w.tlsConns.Store(net.Conn(tc), end)
 	defer w.tlsConns.Delete(net.Conn(tc))
@@ -251,6 +276,7 @@ func (w *web) serveTLS(ctx context.Context, c *conn) {
 // tlsEnd is how ConnState tells serveTLS the server is done with a
 // connection.
 type tlsEnd struct {
+	id       int64 // the connection's
 	done     chan struct{}
 	once     sync.Once
 	hijacked atomic.Bool
@@ -344,6 +370,7 @@ func (w *web) close() {
 // ServeConn the server is done with it (ServeConn closes it).
 type webConn struct {
 	net.Conn
+	id     int64 // the connection's (conn.id)
 	once   sync.Once
 	closed chan struct{}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -226,7 +227,26 @@ func TestHTTPWasmExamples(t *testing.T) {
 		if code, _, _ := do(t, client, newRequest(t, "GET", s.url(), "")); code != 404 {
 			t.Fatalf("GET without upstream: %d, want 404 from next", code)
 		}
-		s.waitOutput(`msg="hello world" .*source=guest`, 30*time.Second)
+		// A chunked body goes to net/http's path, on a connection of its own.
+		chunked, err := http.NewRequest("POST", s.url(), io.MultiReader(strings.NewReader("x")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		client.CloseIdleConnections()
+		if code, _, _ := do(t, client, chunked); code != 404 {
+			t.Fatalf("chunked POST without upstream: %d, want 404 from next", code)
+		}
+		// Each entry names its connection (0 would be the guest starting).
+		lines := s.waitOutputN(`msg="hello world" .*source=guest`, 2, 30*time.Second)
+		conns := map[string]bool{}
+		for _, l := range lines {
+			if m := regexp.MustCompile(` conn=([1-9][0-9]*)`).FindStringSubmatch(l); m != nil {
+				conns[m[1]] = true
+			}
+		}
+		if len(conns) != 2 {
+			t.Fatalf("the guest's log entries of two connections name %d connections, want 2:\n%s", len(conns), strings.Join(lines, "\n"))
+		}
 	})
 
 	t.Run("wasi", func(t *testing.T) {
