@@ -26,6 +26,7 @@ func TestSlotsFollowSize(t *testing.T) {
 	}
 	got := make(chan error, 1)
 	go func() { got <- s.acquire(ctx) }()
+	waitFor(t, "a waiter", waiting(s, 1))
 	s.release()
 	select {
 	case err := <-got:
@@ -38,6 +39,63 @@ func TestSlotsFollowSize(t *testing.T) {
 	size = 2 // (no acquire runs: this goroutine is the only user now)
 	if err := s.acquire(ctx); err != nil {
 		t.Fatalf("a second slot after the size grew to 2: %v", err)
+	}
+}
+
+// TestSlotsOldestFirst: a slot given back goes to the one that has waited
+// longest, and wakes only it; one that gave up is passed over.
+func TestSlotsOldestFirst(t *testing.T) {
+	t.Parallel()
+	s := &slots{size: func() int { return 1 }}
+	ctx := context.Background()
+	if err := s.acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	quit, cancel := context.WithCancel(ctx)
+	got := make(chan int, 3)
+	gaveUp := make(chan error, 1)
+	for i := 0; i < 3; i++ {
+		c := ctx
+		if i == 1 {
+			c = quit
+		}
+		go func() {
+			if err := s.acquire(c); err != nil {
+				gaveUp <- err
+				return
+			}
+			got <- i
+		}()
+		waitFor(t, "the next waiter", waiting(s, i+1)) // queued in this order
+	}
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the second waiter: %v, want canceled", err)
+	}
+	for _, want := range []int{0, 2} {
+		s.release()
+		select {
+		case i := <-got:
+			if i != want {
+				t.Fatalf("a slot given back went to waiter %d, want %d", i, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a slot given back reached no waiter in 10s (want %d)", want)
+		}
+		select {
+		case i := <-got:
+			t.Fatalf("one release woke waiter %d too", i)
+		default:
+		}
+	}
+}
+
+// waiting reports whether n wait for a slot of s.
+func waiting(s *slots, n int) func() bool {
+	return func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.waiting.Len() == n
 	}
 }
 
