@@ -59,8 +59,9 @@ type bootConfig struct {
 // runtimeEnv are the Go runtime's own settings, passed on to workers when
 // the master has them: they tune the process, hold no secret, and
 // operators set them for the whole container (see docs/operations.md).
-// TZ too, so workers log in the master's time zone.
-var runtimeEnv = []string{"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG", "GOTRACEBACK", "TZ"}
+// TZ too, so workers log in the master's time zone; GORACE, read by
+// race-detector builds only, so that tests tune the workers as the master.
+var runtimeEnv = []string{"GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG", "GOTRACEBACK", "GORACE", "TZ"}
 
 // workerEnv is a worker's whole environment; procs > 0 sets its
 // GOMAXPROCS (Config.Procs).

@@ -61,21 +61,32 @@ func (l *load) finish() (ok, failed int64) {
 	return l.ok.Load(), l.failed.Load()
 }
 
-// TestReloadUnderLoad: ten SIGHUP reloads in a row under constant load
-// lose no request; then a broken module keeps the old workers serving.
+// TestReloadUnderLoad: ten SIGHUP reloads in a row under constant load,
+// each to another module (two hellos in turn, small so that the reloads
+// are many and quick), lose no request; then a broken module keeps the old
+// workers serving.
 func TestReloadUnderLoad(t *testing.T) {
 	handler := filepath.Join(t.TempDir(), "handler.wasm")
-	good, err := os.ReadFile(guest(t, "go-hello"))
-	if err != nil {
+	var hellos [2][]byte
+	for i, name := range []string{"c-hello", "wat-hello"} {
+		b, err := os.ReadFile(guest(t, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hellos[i] = b
+	}
+	if err := os.WriteFile(handler, hellos[0], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(handler, good, 0o644)
 	s, ctl := startControlled(t, "--workers", "2", handler)
 	master := getStatus(t, ctl).PID
 	fdsBefore := fdCount(t, master)
 
 	l := startLoad(s.url(), 4, 3*time.Minute)
 	for i := 1; i <= 10; i++ {
+		if err := os.WriteFile(handler, hellos[i%2], 0o644); err != nil {
+			t.Fatal(err)
+		}
 		syscall.Kill(s.cmd.Process.Pid, syscall.SIGHUP)
 		waitStatus(t, ctl, "reload generation", func(st status) bool { return st.Totals.Generation == i })
 	}

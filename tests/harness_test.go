@@ -78,6 +78,13 @@ func setup() (int, error) {
 	if err := goBuild(nil, env.bin, build...); err != nil {
 		return 1, err
 	}
+	// A race build sleeps a second before it exits (atexit_sleep_ms), for
+	// reports still being written; every master, worker and command the
+	// tests end would pay it. A tenth of it is left. The master passes
+	// GORACE on to its workers.
+	if _, set := os.LookupEnv("GORACE"); !set {
+		os.Setenv("GORACE", "atexit_sleep_ms=100")
+	}
 	// The Go guests every test needs; other languages come from `make guests`.
 	wasip1 := []string{"GOOS=wasip1", "GOARCH=wasm"}
 	for _, g := range []struct{ name, pkg string }{
