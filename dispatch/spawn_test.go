@@ -61,6 +61,7 @@ func TestWorkerEnv(t *testing.T) {
 	t.Setenv("WCLUSTER_TEST_SECRET", "no")
 	t.Setenv("WCLUSTER_TEST_PASS", "yes")
 	t.Setenv("GOMAXPROCS", "1")
+	t.Setenv("GORACE", "atexit_sleep_ms=100")
 	env := workerEnv(3, 0, []string{"WCLUSTER_TEST_PASS", "WCLUSTER_TEST_UNSET"})
 	allowed := map[string]bool{EnvWorkerID: true, "WCLUSTER_TEST_PASS": true}
 	for _, n := range runtimeEnv {
@@ -72,7 +73,7 @@ func TestWorkerEnv(t *testing.T) {
 			t.Errorf("worker env holds %s", kv)
 		}
 	}
-	for _, want := range []string{"WCLUSTER_WORKER_ID=3", "GOMAXPROCS=1", "WCLUSTER_TEST_PASS=yes"} {
+	for _, want := range []string{"WCLUSTER_WORKER_ID=3", "GOMAXPROCS=1", "GORACE=atexit_sleep_ms=100", "WCLUSTER_TEST_PASS=yes"} {
 		if !slices.Contains(env, want) {
 			t.Errorf("worker env %q lacks %s", env, want)
 		}
