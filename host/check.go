@@ -51,6 +51,10 @@ type Info struct {
 	// (or, a command, started) as soon as a connection is accepted rather
 	// than when the peer's first bytes arrive.
 	SpeaksFirst bool
+	// Features are the http-wasm features an http-wasm guest enabled while
+	// starting (Prepare's instance; set by Prepare alone). Those it enables
+	// per request are known only then.
+	Features []string
 	// Warnings are what `check` (and serve's log) say of a module that is
 	// served, but probably not as its author meant.
 	Warnings []string

@@ -402,6 +402,9 @@ func Prepare(ctx context.Context, opts Options) (Info, error) {
 		}
 		inst.close(ctx)
 	}
+	if h.web != nil {
+		h.info.Features = FeatureNames(h.web.features.Load())
+	}
 	if h.info.Kind != KindHTTP && (opts.Upstream != "" || len(opts.GuestConfig) > 0) {
 		return h.info, fmt.Errorf("an upstream and a guest config are for http-wasm handlers, and this module is a %s: drop them, or serve an http-wasm guest", h.info.Kind)
 	}

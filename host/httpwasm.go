@@ -1,10 +1,8 @@
 package host
 
 import (
-	"context"
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -135,21 +133,6 @@ func (h *Handler) startFunc() string {
 		}
 	}
 	return "_initialize"
-}
-
-// HTTPFeatures starts one instance of an http-wasm guest (within a 5 s time
-// limit, without serving anything) and returns the features it enables
-// while starting. Features a guest enables per request are known only then.
-func HTTPFeatures(ctx context.Context, wasm, guestConfig []byte) ([]string, error) {
-	h, err := New(ctx, Options{Wasm: wasm, Name: "check", Timeout: 5 * time.Second, Instances: 1, MinInstances: 1, GuestConfig: guestConfig})
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close(ctx)
-	if h.web == nil {
-		return nil, fmt.Errorf("not an http-wasm guest (it is a %s)", h.info.Kind)
-	}
-	return FeatureNames(h.web.features.Load()), nil
 }
 
 // startErr explains an instance that failed to start: an http-wasm guest

@@ -82,15 +82,7 @@ func checkHandler(c *cli.Context, d config.Defaults) error {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}
 	if info.Kind == host.KindHTTP {
-		wasm, err := t.ReadWasm()
-		if err != nil {
-			return err
-		}
-		features, err := host.HTTPFeatures(c.Context, wasm, t.GuestConfig)
-		if err != nil {
-			return fmt.Errorf("%s: %w", t.Name, err)
-		}
-		fmt.Fprintf(w, "features enabled at start: %s\n", orNone(features))
+		fmt.Fprintf(w, "features enabled at start: %s\n", orNone(info.Features))
 	}
 	return nil
 }
