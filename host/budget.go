@@ -292,7 +292,8 @@ func (h *Handler) refused(n uint64) {
 // budgets. It is a reservation of address space as large as the memory
 // may ever grow (mmap, no swap reserved): growing it only lengthens the
 // slice, nothing is copied, and the kernel backs pages as the guest
-// touches them; closing the instance unmaps it, so the memory returns to
+// touches them; closing the instance drops its pages (and unmaps it, or
+// keeps it reset for the next instance: spares), so the memory returns to
 // the system at once, not at Go's next garbage collection. The module's
 // memory image, if it has one, is mapped over the start (memImage). Where
 // the reservation fails it falls back to a Go slice, the image copied in.
@@ -319,6 +320,10 @@ func (inst *instance) Allocate(capacity, max uint64) experimental.LinearMemory {
 	inst.lm = m
 	img := inst.h.image
 	if max > 0 && max <= 1<<32 {
+		if b := inst.h.spares.get(int(max)); b != nil {
+			m.buf, m.mapped = b[:0], true
+			return m
+		}
 		b, err := syscall.Mmap(-1, 0, int(max), syscall.PROT_READ|syscall.PROT_WRITE,
 			syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
 		if err == nil && img != nil {
@@ -376,7 +381,7 @@ func (m *linearMemory) Reallocate(size uint64) []byte {
 // Free implements experimental.LinearMemory.
 func (m *linearMemory) Free() {
 	if m.mapped && m.buf != nil {
-		syscall.Munmap(m.buf[:cap(m.buf)])
+		m.inst.h.spares.put(m.buf[:cap(m.buf)], len(m.buf), m.inst.h.image)
 	}
 	m.buf = nil
 	m.inst.h.uncharge(m.charged.Swap(0))

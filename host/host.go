@@ -194,6 +194,7 @@ type Handler struct {
 	rt       wazero.Runtime // shared: see Modules
 	compiled wazero.CompiledModule
 	image    *memImage // the compiled module's data (nil: in the module)
+	spares   spares    // closed instances' memory reservations, for the next
 	modCfg   wazero.ModuleConfig
 	// ownModules are the Modules made for this Handler alone (nil
 	// Options.Modules), closed with it.
@@ -283,12 +284,14 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 	h := &Handler{opts: opts, rt: m.rt, compiled: m.compiled, image: m.image, info: m.info, ownModules: own, conns: map[*conn]struct{}{}, limited: map[*instance]struct{}{},
 		stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget), access: newAccessLog(&opts)}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
+	h.spares.max = min(opts.Instances, maxSpares)
 	if err := h.init(ctx); err != nil {
 		close(h.stop)
 		h.done.Wait()
 		for _, inst := range h.idle { // the runtime may be shared: close them here
 			inst.close(ctx)
 		}
+		h.spares.close()
 		if own != nil {
 			own.Close(ctx)
 		}
@@ -573,6 +576,7 @@ func (h *Handler) Close(ctx context.Context) error {
 	for _, inst := range idle {
 		inst.close(ctx)
 	}
+	h.spares.close()
 	if h.root != nil {
 		defer h.root.Close()
 	}

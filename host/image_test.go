@@ -5,6 +5,7 @@ import (
 	"errors"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -58,5 +59,125 @@ func TestMemImage(t *testing.T) {
 	d := make([]byte, 4<<16)
 	if err := noFd.mapInto(d); err != nil || !bytes.Equal(d, want) {
 		t.Errorf("mapInto without a memfd: %v, or the bytes differ", err)
+	}
+}
+
+// TestSparesReset: a reservation kept for the next instance holds nothing
+// of the last one: the image's pages read as the image again, the rest as
+// zeros, whether it was reset alone, in a batch, or after waiting idle. No
+// more than max are kept, and none after close.
+func TestSparesReset(t *testing.T) {
+	img := newMemImage(&instrument.Image{Size: 70005, Chunks: []instrument.Chunk{{Off: 10, Bytes: []byte("hello")}, {Off: 70000, Bytes: []byte("world")}}})
+	defer img.close()
+	if img.fd < 0 {
+		t.Fatal("no memfd: the image is copied instead of mapped")
+	}
+	const size = 8 << 16
+	reserve := func() []byte {
+		b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := img.mapInto(b); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	want := make([]byte, size)
+	copy(want[10:], "hello")
+	copy(want[70000:], "world")
+	dirty := func(b []byte) []byte {
+		copy(b[10:], "HELLO")
+		copy(b[70000:], "WORLD")
+		copy(b[200000:], "secret") // past the image: anonymous memory
+		return b
+	}
+	kept := func(s *spares) int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.free) + len(s.dirty)
+	}
+
+	s := &spares{max: 2 * resetBatch}
+	defer s.close()
+	// Alone: given out again at once, reset first.
+	b := dirty(reserve())
+	s.put(b, 4<<16, img)
+	got := s.get(size)
+	if got == nil || &got[0] != &b[0] {
+		t.Fatal("the reservation was not kept and given out again")
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("a kept reservation still holds the last instance's writes")
+	}
+	if s.get(size) != nil {
+		t.Fatal("one reservation given out twice")
+	}
+
+	// A batch: reset by one process_madvise where the kernel takes it.
+	batch := map[*byte]bool{}
+	for range resetBatch {
+		r := dirty(reserve())
+		batch[&r[0]] = true
+		s.put(r, size, img)
+	}
+	s.mu.Lock()
+	free, pending, pidfd := len(s.free), len(s.dirty), s.pidfd
+	s.mu.Unlock()
+	if free != resetBatch || pending != 0 {
+		t.Fatalf("after a batch: %d reset, %d waiting; want %d and 0", free, pending, resetBatch)
+	}
+	if pidfd < 0 {
+		t.Log("process_madvise refused here: reset one madvise each")
+	}
+	for range resetBatch {
+		r := s.get(size)
+		if r == nil || !batch[&r[0]] {
+			t.Fatal("a batch's reservation not given out")
+		}
+		if !bytes.Equal(r, want) {
+			t.Fatal("a batch's reservation still holds its instance's writes")
+		}
+		defer syscall.Munmap(r)
+	}
+
+	// Idle: reset within resetIdle without another put or get.
+	s.put(dirty(got), size, img)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		free, pending = len(s.free), len(s.dirty)
+		s.mu.Unlock()
+		if free == 1 && pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an idle reservation not reset: %d reset, %d waiting", free, pending)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got = s.get(size); got == nil || !bytes.Equal(got, want) {
+		t.Fatal("an idle reservation, reset, still holds its instance's writes")
+	}
+
+	// Bounded: no more than max kept.
+	for range 2*resetBatch + 3 {
+		s.put(reserve(), size, img)
+	}
+	if n := kept(s); n != 2*resetBatch {
+		t.Fatalf("%d reservations kept, want at most %d", n, 2*resetBatch)
+	}
+	// Without a memfd the image was copied in: dropping the pages would
+	// lose it, so the reservation is not kept.
+	s.get(size)
+	noFd := &memImage{fd: -1, size: img.size, img: img.img}
+	s.put(reserve(), size, noFd)
+	if n := kept(s); n != 2*resetBatch-1 {
+		t.Fatalf("%d kept after a copied image's reservation came back, want %d", n, 2*resetBatch-1)
+	}
+	s.close()
+	s.put(got, size, img)
+	if n := kept(s); n != 0 {
+		t.Fatalf("%d reservations kept after close", n)
 	}
 }

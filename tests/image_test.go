@@ -14,28 +14,33 @@ import (
 // TestMemoryImageIsolation: a module's data is mapped into each instance
 // copy-on-write from one sealed copy per worker (host's memImage). A WASI
 // command (a fresh instance per connection) answers what its data holds,
-// then overwrites it: every connection, one after another and many at
-// once, must still see the data as the module wrote it — no instance sees
-// another's writes. The sandboxed worker holds the image as a memfd, so
-// the mapping, not the copying fallback, is what is tested.
+// and a byte of memory past it, then overwrites them: every connection, one
+// after another and many at once, must still see the data as the module
+// wrote it and zeros past it — no instance sees another's writes, though
+// the worker reuses closed instances' memory reservations. The sandboxed
+// worker holds the image as a memfd, so the mapping, not the copying
+// fallback, is what is tested.
 func TestMemoryImageIsolation(t *testing.T) {
 	t.Parallel()
 	wasm := wat2wasm(t, t.TempDir(), "seen", `(module
   (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 3)
-  ;; two iovecs: the text at 200 (8 bytes), the one on the second page (5 bytes);
-  ;; one for what the client sent (at 300, 16 bytes)
-  (data (i32.const 0) "\c8\00\00\00\08\00\00\00\70\11\01\00\05\00\00\00")
+  ;; three iovecs: the text at 200 (8 bytes), the one on the second page (5 bytes),
+  ;; a byte past the data (at 150000, anonymous memory); one for what the client
+  ;; sent (at 300, 16 bytes)
+  (data (i32.const 0) "\c8\00\00\00\08\00\00\00\70\11\01\00\05\00\00\00\f0\49\02\00\01\00\00\00")
   (data (i32.const 32) "\2c\01\00\00\10\00\00\00")
   (data (i32.const 200) "seen: A ")
   (data (i32.const 70000) "and Z")
   (func (export "_start")
     (drop (call $read (i32.const 0) (i32.const 32) (i32.const 1) (i32.const 64)))
-    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 2) (i32.const 64)))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 3) (i32.const 64)))
     (i32.store8 (i32.const 206) (i32.const 66))      ;; A -> B
-    (i32.store8 (i32.const 70004) (i32.const 89))))  ;; Z -> Y
+    (i32.store8 (i32.const 70004) (i32.const 89))    ;; Z -> Y
+    (i32.store8 (i32.const 150000) (i32.const 88)))) ;; 0 -> X
 `)
+	const seen = "seen: A and Z\x00"
 	s, ctl := startControlled(t, "--workers", "1", wasm)
 	ask := func() (string, error) {
 		c := s.dial(t)
@@ -46,7 +51,7 @@ func TestMemoryImageIsolation(t *testing.T) {
 		return string(b), err
 	}
 	for i := range 3 {
-		if got, err := ask(); got != "seen: A and Z" {
+		if got, err := ask(); got != seen {
 			t.Fatalf("connection %d got %q (%v), want the module's data as written", i, got, err)
 		}
 	}
@@ -56,7 +61,7 @@ func TestMemoryImageIsolation(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if got, err := ask(); got != "seen: A and Z" {
+			if got, err := ask(); got != seen {
 				errs <- strconv.Quote(got) + " " + errString(err)
 			}
 		}()
