@@ -293,8 +293,8 @@ func (h *Handler) refused(n uint64) {
 // may ever grow (mmap, no swap reserved): growing it only lengthens the
 // slice, nothing is copied, and the kernel backs pages as the guest
 // touches them; closing the instance drops its pages (and unmaps it, or
-// keeps it reset for the next instance: spares), so the memory returns to
-// the system at once, not at Go's next garbage collection. The module's
+// keeps it, reset, for the next instance: spares), so the memory returns
+// to the system within resetIdle, not at Go's next garbage collection. The module's
 // memory image, if it has one, is mapped over the start (memImage). Where
 // the reservation fails it falls back to a Go slice, the image copied in.
 type linearMemory struct {

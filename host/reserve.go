@@ -40,9 +40,9 @@ type spares struct {
 	dirty  []dirtySpare // closed instances' reservations, not yet reset
 	max    int          // free and dirty together
 	closed bool
-	timer  *time.Timer // resets the dirty after resetIdle; nil: not armed
-	pidfd  int         // this process's pidfd, for process_madvise
-	opened bool        // pidfd was tried; -1 where it could not be opened
+	timer  *time.Timer // resets dirty resetIdle after the first came; nil: never armed
+	pidfd  int         // this process's pidfd, for process_madvise (-1: none)
+	opened bool        // pidfd has been opened, or found not to open
 }
 
 type dirtySpare struct {
@@ -99,11 +99,14 @@ func (s *spares) put(b []byte, used int, img *memImage) {
 	}
 	s.dirty = append(s.dirty, dirtySpare{b, used})
 	var batch []dirtySpare
-	if len(s.dirty) >= resetBatch {
+	switch {
+	case len(s.dirty) >= resetBatch:
 		batch, s.dirty = s.dirty, nil
-	} else if s.timer == nil {
+	case len(s.dirty) > 1:
+		// The timer armed for the first of them resets this one too.
+	case s.timer == nil:
 		s.timer = time.AfterFunc(resetIdle, s.resetDirty)
-	} else {
+	default:
 		s.timer.Reset(resetIdle)
 	}
 	s.mu.Unlock()
