@@ -35,14 +35,15 @@ const (
 // call), one madvise each where it does not. What a kept reservation holds
 // is address space and page tables.
 type spares struct {
-	mu     sync.Mutex
-	free   [][]byte     // reset: ready for an instance
-	dirty  []dirtySpare // closed instances' reservations, not yet reset
-	max    int          // free and dirty together
-	closed bool
-	timer  *time.Timer // resets dirty resetIdle after the first came; nil: never armed
-	pidfd  int         // this process's pidfd, for process_madvise (-1: none)
-	opened bool        // pidfd has been opened, or found not to open
+	mu      sync.Mutex
+	free    [][]byte     // reset: ready for an instance
+	dirty   []dirtySpare // closed instances' reservations, not yet reset
+	max     int          // free and dirty together
+	closed  bool
+	timer   *time.Timer // resets dirty resetIdle after the first came; nil: never armed
+	pidfd   int         // this process's pidfd, for process_madvise (-1: none)
+	opened  bool        // pidfd has been opened, or found not to open
+	refused bool        // process_madvise was refused: madvise alone
 }
 
 type dirtySpare struct {
@@ -168,6 +169,7 @@ func (s *spares) reset(dirty []dirtySpare) {
 // processMadvise drops the pages of iov with one process_madvise on this
 // process and returns the bytes advised; -1 where the kernel or the
 // worker's seccomp filter refuses it, after which it is not tried again.
+// The pidfd stays open until close, so no call ever names a closed one.
 func (s *spares) processMadvise(iov []unix.Iovec) int {
 	s.mu.Lock()
 	if !s.opened {
@@ -176,19 +178,16 @@ func (s *spares) processMadvise(iov []unix.Iovec) int {
 			s.pidfd = -1
 		}
 	}
-	fd := s.pidfd
+	fd, refused := s.pidfd, s.refused
 	s.mu.Unlock()
-	if fd < 0 {
+	if fd < 0 || refused {
 		return -1
 	}
 	n, _, errno := unix.Syscall6(unix.SYS_PROCESS_MADVISE, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), unix.MADV_DONTNEED, 0, 0)
 	if errno != 0 {
 		if errno == unix.ENOSYS || errno == unix.EINVAL || errno == unix.EPERM {
 			s.mu.Lock()
-			if s.pidfd == fd {
-				s.pidfd = -1
-				unix.Close(fd)
-			}
+			s.refused = true
 			s.mu.Unlock()
 		}
 		return -1
