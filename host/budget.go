@@ -192,12 +192,15 @@ func (h *Handler) reclaim(n uint64) bool {
 // closeIdle closes idle instances, least recently used first, until n
 // bytes are freed, or (with above) while the handler holds more than that.
 func (h *Handler) closeIdle(n uint64, above *uint64) uint64 {
+	// The zeroed pages kept for the next instances go first: they cost
+	// only page faults to make again.
+	kept := h.spares.dropKept()
+	freed := kept
 	var victims []*instance
-	var freed uint64
 	h.mu.Lock()
 	k := 0
 	for k < len(h.idle) && freed < n {
-		if above != nil && h.budget.used.Load()-freed <= *above {
+		if above != nil && h.budget.used.Load()-(freed-kept) <= *above {
 			break
 		}
 		freed += h.idle[k].lm.size()
@@ -294,7 +297,9 @@ func (h *Handler) refused(n uint64) {
 // slice, nothing is copied, and the kernel backs pages as the guest
 // touches them; closing the instance drops its pages (and unmaps it, or
 // keeps it, reset, for the next instance: spares), so the memory returns
-// to the system within resetIdle, not at Go's next garbage collection. The module's
+// to the system within resetIdle (the zeroed pages a kept reservation
+// holds, charged meanwhile: within twice that), not at Go's next garbage
+// collection. The module's
 // memory image, if it has one, is mapped over the start (memImage). Where
 // the reservation fails it falls back to a Go slice, the image copied in.
 type linearMemory struct {
@@ -380,11 +385,12 @@ func (m *linearMemory) Reallocate(size uint64) []byte {
 
 // Free implements experimental.LinearMemory.
 func (m *linearMemory) Free() {
+	// Uncharged first: the reservation's kept pages are charged anew.
+	m.inst.h.uncharge(m.charged.Swap(0))
 	if m.mapped && m.buf != nil {
 		m.inst.h.spares.put(m.buf[:cap(m.buf)], len(m.buf), m.inst.h.image)
 	}
 	m.buf = nil
-	m.inst.h.uncharge(m.charged.Swap(0))
 }
 
 // trim gives back what was reserved for the start but not used.

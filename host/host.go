@@ -285,6 +285,7 @@ func newHandler(ctx context.Context, opts Options) (*Handler, error) {
 		stop: make(chan struct{}), epoch: time.Now(), budget: NewBudget(opts.MemoryBudget), access: newAccessLog(&opts)}
 	h.bufs.New = func() any { b := make([]byte, parkBuf); return &b }
 	h.spares.max = min(opts.Instances, maxSpares)
+	h.spares.charge, h.spares.uncharge = h.charge, h.uncharge
 	if err := h.init(ctx); err != nil {
 		close(h.stop)
 		h.done.Wait()

@@ -3,9 +3,12 @@ package host
 import (
 	"bytes"
 	"errors"
+	"os"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -179,5 +182,130 @@ func TestSparesReset(t *testing.T) {
 	s.put(got, size, img)
 	if n := kept(s); n != 0 {
 		t.Fatalf("%d reservations kept after close", n)
+	}
+}
+
+// TestSparesKeepZeroed: the pages an instance touched past the image are
+// zeroed and kept for the next instance (no page fault to take again),
+// charged to the budgets while kept, and given back to the system and the
+// budgets when the reservation waits unused, when the budgets need room
+// (dropKept), or when they have no room for them.
+func TestSparesKeepZeroed(t *testing.T) {
+	img := newMemImage(&instrument.Image{Size: 5, Chunks: []instrument.Chunk{{Off: 0, Bytes: []byte("hello")}}})
+	defer img.close()
+	if img.fd < 0 {
+		t.Fatal("no memfd: the image is copied instead of mapped")
+	}
+	const size, off = 8 << 16, 200000
+	page := os.Getpagesize()
+	reserve := func() []byte {
+		b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := img.mapInto(b); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	resident := func(b []byte) bool {
+		p := b[off/page*page:]
+		vec := make([]byte, 1)
+		if _, _, e := syscall.Syscall(syscall.SYS_MINCORE, uintptr(unsafe.Pointer(&p[0])), uintptr(page), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+			t.Fatal(e)
+		}
+		return vec[0]&1 != 0
+	}
+	var charged atomic.Int64
+	room := true
+	s := &spares{max: 4,
+		charge: func(n uint64) bool {
+			if room {
+				charged.Add(int64(n))
+			}
+			return room
+		},
+		uncharge: func(n uint64) { charged.Add(-int64(n)) },
+	}
+	defer s.close()
+	want := make([]byte, size)
+	copy(want, "hello")
+
+	b := reserve()
+	copy(b, "HELLO")
+	copy(b[off:], "secret")
+	s.put(b, size, img)
+	if c := charged.Load(); c != int64(page) {
+		t.Fatalf("%d bytes charged for the kept reservation, want %d (the one page it touched past the image)", c, page)
+	}
+	got := s.get(size)
+	if got == nil || &got[0] != &b[0] {
+		t.Fatal("the reservation was not kept and given out again")
+	}
+	// Before the bytes are read: a read maps the zero page, which mincore
+	// counts too.
+	if !resident(got) {
+		t.Fatal("the touched page past the image was dropped, not kept zeroed")
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("a kept reservation still holds the last instance's writes")
+	}
+	if c := charged.Load(); c != 0 {
+		t.Fatalf("%d bytes still charged after the reservation was given out", c)
+	}
+
+	// Unused: its page is dropped and uncharged within 2*resetIdle.
+	copy(got[off:], "secret")
+	s.put(got, size, img)
+	deadline := time.Now().Add(10 * time.Second)
+	for charged.Load() != 0 || resident(got) {
+		if time.Now().After(deadline) {
+			t.Fatalf("an unused reservation still holds its page (%d bytes charged)", charged.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// The budgets need room: dropped at once.
+	got = s.get(size)
+	copy(got[off:], "secret")
+	s.put(got, size, img)
+	if n := s.dropKept(); n != uint64(page) || charged.Load() != 0 || resident(got) {
+		t.Fatalf("dropKept gave back %d bytes, %d still charged, page kept %v", n, charged.Load(), resident(got))
+	}
+	if got = s.get(size); got == nil || !bytes.Equal(got, want) {
+		t.Fatal("a reservation whose pages were dropped still holds its instance's writes")
+	}
+
+	// No room in the budgets: dropped, nothing charged.
+	room = false
+	copy(got[off:], "secret")
+	s.put(got, size, img)
+	if got = s.get(size); got == nil || resident(got) || !bytes.Equal(got, want) || charged.Load() != 0 {
+		t.Fatal("a reservation the budgets had no room for was kept, or kept its writes")
+	}
+	syscall.Munmap(got)
+
+	// Bounded: a Handler's reservations hold at most maxKept together.
+	big := &spares{max: 4}
+	const bigSize = maxResident
+	for range 3 {
+		b, err := syscall.Mmap(-1, 0, bigSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := img.mapInto(b); err != nil {
+			t.Fatal(err)
+		}
+		for p := page; p < bigSize; p += page {
+			b[p] = 1
+		}
+		big.put(b, bigSize, img)
+	}
+	if k, want := big.kept.Load(), int64(2*(bigSize-page)); k != want {
+		t.Errorf("%d bytes of zeroed pages kept, want %d (two reservations' within %d)", k, want, maxKept)
+	}
+	big.close()
+	if k := big.kept.Load(); k != 0 {
+		t.Errorf("%d bytes kept after close", k)
 	}
 }

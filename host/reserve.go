@@ -3,6 +3,7 @@ package host
 import (
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -15,9 +16,17 @@ const (
 	maxSpares = 32
 	// resetBatch reservations are reset by one system call.
 	resetBatch = 8
-	// resetIdle: a reservation waits at most this long to be reset, so the
-	// pages of a closed instance are not held while traffic is low.
+	// resetIdle: a reservation waits at most this long to be reset, and a
+	// kept one holds its zeroed pages at most twice this long unused, so
+	// the memory of closed instances is not held while traffic is low.
 	resetIdle = 100 * time.Millisecond
+	// maxResident bounds the memory past the image that a reservation
+	// keeps zeroed rather than dropped: finding and clearing its pages
+	// costs the closing instance time in proportion.
+	maxResident = 16 << 20
+	// maxKept bounds the zeroed pages a Handler's reservations hold
+	// together, whatever room the budgets have.
+	maxKept = 32 << 20
 )
 
 // spares are the memory reservations of a Handler's closed instances, reset
@@ -26,60 +35,75 @@ const (
 // pays dearly for page-table changes and the flushes of other cores' TLBs
 // that go with them (a VM whose hypervisor shadows page tables), that was
 // most of what a fresh instance per connection cost. A kept reservation
-// holds no memory of the instance that used it: before it is given out
-// again its touched pages are dropped (MADV_DONTNEED), so anonymous memory
-// reads as zeros and the module's image, mapped copy-on-write from its
-// sealed memfd, as the image. Reservations are reset in batches: one
+// holds no memory of the instance that used it. The module's image, mapped
+// copy-on-write from its sealed memfd over the start, is restored by
+// dropping its touched pages (MADV_DONTNEED), in batches: one
 // process_madvise on this process for all of them where the kernel takes
 // MADV_DONTNEED there (recent kernels, which then flush the TLBs once per
-// call), one madvise each where it does not. What a kept reservation holds
-// is address space and page tables.
+// call), one madvise each where it does not. The anonymous memory past the
+// image is zeroed in place, page by page where the instance touched it
+// (mincore), and kept: on such a VM a page fault costs a hundred times
+// what zeroing a page does, and the next instance touches the same pages.
+// Those zeroed pages (at most maxKept) are charged to the budgets while kept, given back to
+// the system when the reservation waits unused for resetIdle, and at once
+// when the budgets need room (drop).
 type spares struct {
 	mu      sync.Mutex
-	free    [][]byte     // reset: ready for an instance
-	dirty   []dirtySpare // closed instances' reservations, not yet reset
-	max     int          // free and dirty together
+	free    []spare // reset: ready for an instance
+	dirty   []spare // closed instances' reservations, their image not yet reset
+	max     int     // free and dirty together
 	closed  bool
-	timer   *time.Timer // resets dirty resetIdle after the first came; nil: never armed
-	pidfd   int         // this process's pidfd, for process_madvise (-1: none)
-	opened  bool        // pidfd has been opened, or found not to open
-	refused bool        // process_madvise was refused: madvise alone
+	timer   *time.Timer // resets dirty and drops idle pages; nil: never armed
+	armed   bool
+	pidfd   int  // this process's pidfd, for process_madvise (-1: none)
+	opened  bool // pidfd has been opened, or found not to open
+	refused bool // process_madvise was refused: madvise alone
+	// charge and uncharge take and give back the budgets' bytes for the
+	// pages kept zeroed (nil: nothing is charged).
+	charge   func(uint64) bool
+	uncharge func(uint64)
+	kept     atomic.Int64 // bytes of zeroed pages held (at most maxKept)
 }
 
-type dirtySpare struct {
-	b    []byte // the whole reservation
-	used int    // the bytes its instance could have touched
+type spare struct {
+	b        []byte    // the whole reservation
+	drop     int       // its first bytes, whose pages are dropped before it is given out
+	resident int       // bytes of zeroed pages kept past drop, charged to the budgets
+	end      int       // where those pages end
+	since    time.Time // when it became free
 }
 
 // get returns a reset reservation of size bytes, or nil.
 func (s *spares) get(size int) []byte {
 	s.mu.Lock()
-	if b := s.take(size); b != nil {
+	sp, ok := s.take(size)
+	if !ok && len(s.dirty) > 0 {
+		dirty := s.dirty
+		s.dirty = nil
 		s.mu.Unlock()
-		return b
+		s.reset(dirty)
+		s.mu.Lock()
+		sp, ok = s.take(size)
 	}
-	dirty := s.dirty
-	s.dirty = nil
 	s.mu.Unlock()
-	if len(dirty) == 0 {
+	if !ok {
 		return nil
 	}
-	s.reset(dirty)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.take(size)
+	// The next instance charges the memory it uses itself.
+	s.give(sp.resident)
+	return sp.b
 }
 
-// take removes a free reservation of size bytes, if there is one. s.mu is
-// held.
-func (s *spares) take(size int) []byte {
+// take removes the most recently freed reservation of size bytes, if there
+// is one. s.mu is held.
+func (s *spares) take(size int) (spare, bool) {
 	for i := len(s.free) - 1; i >= 0; i-- {
-		if b := s.free[i]; len(b) == size {
+		if sp := s.free[i]; len(sp.b) == size {
 			s.free = append(s.free[:i], s.free[i+1:]...)
-			return b
+			return sp, true
 		}
 	}
-	return nil
+	return spare{}, false
 }
 
 // put takes back b, a whole reservation whose first used bytes an instance
@@ -93,77 +117,225 @@ func (s *spares) put(b []byte, used int, img *memImage) {
 		return
 	}
 	s.mu.Lock()
-	if s.closed || len(s.free)+len(s.dirty) >= s.max {
-		s.mu.Unlock()
+	full := s.closed || len(s.free)+len(s.dirty) >= s.max
+	s.mu.Unlock()
+	if full {
 		unix.Munmap(b)
 		return
 	}
-	s.dirty = append(s.dirty, dirtySpare{b, used})
-	var batch []dirtySpare
-	switch {
-	case len(s.dirty) >= resetBatch:
-		batch, s.dirty = s.dirty, nil
-	case len(s.dirty) > 1:
-		// The timer armed for the first of them resets this one too.
-	case s.timer == nil:
-		s.timer = time.AfterFunc(resetIdle, s.resetDirty)
-	default:
-		s.timer.Reset(resetIdle)
+	base := 0
+	if img != nil {
+		base = min(img.size, len(b))
 	}
+	end := pageAlign(used, len(b))
+	sp := spare{b: b, drop: min(base, end), end: end}
+	if end > base {
+		n := -1
+		if end-base <= maxResident {
+			n = clearResident(b[base:end])
+		}
+		if n >= 0 && s.hold(n) {
+			sp.resident = n
+		} else {
+			sp.drop, sp.end = end, 0
+		}
+	}
+	var batch []spare
+	s.mu.Lock()
+	if s.closed || len(s.free)+len(s.dirty) >= s.max {
+		s.mu.Unlock()
+		s.give(sp.resident)
+		unix.Munmap(b)
+		return
+	}
+	if sp.drop == 0 {
+		sp.since = time.Now()
+		s.free = append(s.free, sp)
+	} else {
+		s.dirty = append(s.dirty, sp)
+		if len(s.dirty) >= resetBatch {
+			batch, s.dirty = s.dirty, nil
+		}
+	}
+	s.arm()
 	s.mu.Unlock()
 	if batch != nil {
 		s.reset(batch)
 	}
 }
 
-// resetDirty resets the reservations waiting for it.
-func (s *spares) resetDirty() {
-	s.mu.Lock()
-	dirty := s.dirty
-	s.dirty = nil
-	s.mu.Unlock()
-	if len(dirty) > 0 {
-		s.reset(dirty)
+// arm starts the idle timer if it is not running. s.mu is held.
+func (s *spares) arm() {
+	if s.armed {
+		return
+	}
+	s.armed = true
+	if s.timer == nil {
+		s.timer = time.AfterFunc(resetIdle, s.idle)
+	} else {
+		s.timer.Reset(resetIdle)
 	}
 }
 
-// reset drops the touched pages of dirty and keeps them as free; one whose
-// pages could not be dropped is unmapped.
-func (s *spares) reset(dirty []dirtySpare) {
-	iov := make([]unix.Iovec, 0, len(dirty))
-	total := 0
-	for _, d := range dirty {
-		if d.used > 0 {
-			n := pageAlign(d.used, len(d.b))
-			v := unix.Iovec{Base: &d.b[0]}
-			v.SetLen(n)
-			iov = append(iov, v)
-			total += n
+// idle resets the reservations waiting for it and drops the zeroed pages
+// of those unused for resetIdle; it comes again while any are kept.
+func (s *spares) idle() {
+	s.mu.Lock()
+	batch := s.dirty
+	s.dirty = nil
+	batch = append(batch, s.unkeep(time.Now().Add(-resetIdle))...)
+	s.mu.Unlock()
+	if len(batch) > 0 {
+		s.reset(batch)
+	}
+	s.mu.Lock()
+	s.armed = false
+	if !s.closed && (len(s.dirty) > 0 || s.keeps()) {
+		s.arm()
+	}
+	s.mu.Unlock()
+}
+
+// keeps says whether a free reservation holds zeroed pages. s.mu is held.
+func (s *spares) keeps() bool {
+	for _, sp := range s.free {
+		if sp.resident > 0 {
+			return true
 		}
 	}
-	ok := make([]bool, len(dirty))
+	return false
+}
+
+// unkeep removes the free reservations that hold zeroed pages and have
+// been free since before, uncharges those pages and returns the
+// reservations for reset to drop them. s.mu is held.
+func (s *spares) unkeep(before time.Time) []spare {
+	var out []spare
+	k := 0
+	for _, sp := range s.free {
+		if sp.resident > 0 && sp.since.Before(before) {
+			s.give(sp.resident)
+			sp.drop, sp.resident, sp.end = sp.end, 0, 0
+			out = append(out, sp)
+			continue
+		}
+		s.free[k] = sp
+		k++
+	}
+	s.free = s.free[:k]
+	return out
+}
+
+// dropKept gives the zeroed pages of every free reservation back to the
+// system and their bytes back to the budgets, which need room; it returns
+// the bytes given back.
+func (s *spares) dropKept() uint64 {
+	s.mu.Lock()
+	var n uint64
+	batch := s.dirty
+	s.dirty = nil
+	for i, sp := range batch {
+		n += uint64(sp.resident)
+		s.give(sp.resident)
+		batch[i].drop, batch[i].resident, batch[i].end = max(sp.drop, sp.end), 0, 0
+	}
+	for _, sp := range s.free {
+		n += uint64(sp.resident)
+	}
+	batch = append(batch, s.unkeep(time.Now().Add(time.Hour))...)
+	s.mu.Unlock()
+	if len(batch) > 0 {
+		s.reset(batch)
+	}
+	return n
+}
+
+// reset drops the pages to drop of the reservations in batch and keeps
+// them as free; one whose pages could not be dropped is unmapped.
+func (s *spares) reset(batch []spare) {
+	iov := make([]unix.Iovec, 0, len(batch))
+	total := 0
+	for _, sp := range batch {
+		if sp.drop > 0 {
+			v := unix.Iovec{Base: &sp.b[0]}
+			v.SetLen(sp.drop)
+			iov = append(iov, v)
+			total += sp.drop
+		}
+	}
+	ok := make([]bool, len(batch))
 	if len(iov) > 0 && s.processMadvise(iov) == total {
 		for i := range ok {
 			ok[i] = true
 		}
 	} else {
-		for i, d := range dirty {
-			ok[i] = d.used == 0 || unix.Madvise(d.b[:pageAlign(d.used, len(d.b))], unix.MADV_DONTNEED) == nil
+		for i, sp := range batch {
+			ok[i] = sp.drop == 0 || unix.Madvise(sp.b[:sp.drop], unix.MADV_DONTNEED) == nil
 		}
 	}
-	var unmap [][]byte
+	var unmap []spare
+	now := time.Now()
 	s.mu.Lock()
-	for i, d := range dirty {
+	for i, sp := range batch {
 		if ok[i] && !s.closed {
-			s.free = append(s.free, d.b)
+			sp.drop, sp.since = 0, now
+			s.free = append(s.free, sp)
 		} else {
-			unmap = append(unmap, d.b)
+			unmap = append(unmap, sp)
 		}
 	}
 	s.mu.Unlock()
-	for _, b := range unmap {
-		unix.Munmap(b)
+	for _, sp := range unmap {
+		s.give(sp.resident)
+		unix.Munmap(sp.b)
 	}
+}
+
+// hold counts n bytes of zeroed pages as kept, if they fit maxKept and
+// the budgets.
+func (s *spares) hold(n int) bool {
+	if n == 0 {
+		return true
+	}
+	if s.kept.Add(int64(n)) > maxKept {
+		s.kept.Add(-int64(n))
+		return false
+	}
+	if s.charge != nil && !s.charge(uint64(n)) {
+		s.kept.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+// give releases n bytes of zeroed pages held.
+func (s *spares) give(n int) {
+	if n <= 0 {
+		return
+	}
+	s.kept.Add(-int64(n))
+	if s.uncharge != nil {
+		s.uncharge(uint64(n))
+	}
+}
+
+// clearResident zeroes the pages of b that are in memory (mincore) and
+// returns their bytes; -1 where mincore fails, b untouched.
+func clearResident(b []byte) int {
+	p := unix.Getpagesize()
+	vec := make([]byte, (len(b)+p-1)/p)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		return -1
+	}
+	n := 0
+	for i, v := range vec {
+		if v&1 != 0 {
+			page := b[i*p : min((i+1)*p, len(b))]
+			clear(page)
+			n += len(page)
+		}
+	}
+	return n
 }
 
 // processMadvise drops the pages of iov with one process_madvise on this
@@ -198,11 +370,7 @@ func (s *spares) processMadvise(iov []unix.Iovec) int {
 // close unmaps every kept reservation; later ones are unmapped as they come.
 func (s *spares) close() {
 	s.mu.Lock()
-	var unmap [][]byte
-	unmap = append(unmap, s.free...)
-	for _, d := range s.dirty {
-		unmap = append(unmap, d.b)
-	}
+	kept := append(s.free, s.dirty...)
 	s.free, s.dirty, s.closed = nil, nil, true
 	if s.timer != nil {
 		s.timer.Stop()
@@ -212,8 +380,9 @@ func (s *spares) close() {
 		s.pidfd = -1
 	}
 	s.mu.Unlock()
-	for _, b := range unmap {
-		unix.Munmap(b)
+	for _, sp := range kept {
+		s.give(sp.resident)
+		unix.Munmap(sp.b)
 	}
 }
 
