@@ -29,7 +29,14 @@ type memImage struct {
 	size int // the mapping's length: the image rounded up to a page
 	// img is kept where there is no memfd: each memory then gets a copy.
 	img *instrument.Image
+	// small is the image's bytes (size long) where it is at most
+	// smallImage: a kept reservation gets them copied back rather than its
+	// pages dropped and faulted in again (spares).
+	small []byte
 }
+
+// smallImage bounds the images a kept reservation is restored by copying.
+const smallImage = 64 << 10
 
 // newMemImage holds img for mapping; without memfd (an old kernel, a
 // sandbox that refuses it) it keeps img for copying.
@@ -39,6 +46,12 @@ func newMemImage(img *instrument.Image) *memImage {
 	fd, err := sealedImage(img, m.size)
 	if err == nil {
 		m.fd, m.img = fd, nil
+		if m.size <= smallImage {
+			m.small = make([]byte, m.size)
+			for _, c := range img.Chunks {
+				copy(m.small[c.Off:], c.Bytes)
+			}
+		}
 	}
 	return m
 }

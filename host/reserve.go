@@ -37,6 +37,7 @@ const (
 // most of what a fresh instance per connection cost. A kept reservation
 // holds no memory of the instance that used it. The module's image, mapped
 // copy-on-write from its sealed memfd over the start, is restored by
+// copying it back where it is small (memImage.small), otherwise by
 // dropping its touched pages (MADV_DONTNEED), in batches: one
 // process_madvise on this process for all of them where the kernel takes
 // MADV_DONTNEED there (recent kernels, which then flush the TLBs once per
@@ -128,16 +129,22 @@ func (s *spares) put(b []byte, used int, img *memImage) {
 		base = min(img.size, len(b))
 	}
 	end := pageAlign(used, len(b))
-	sp := spare{b: b, drop: min(base, end), end: end}
-	if end > base {
-		n := -1
-		if end-base <= maxResident {
-			n = clearResident(b[base:end])
-		}
-		if n >= 0 && s.hold(n) {
-			sp.resident = n
-		} else {
-			sp.drop, sp.end = end, 0
+	sp := spare{b: b, drop: max(base, end)}
+	n := -1
+	if end <= base {
+		n = 0
+	} else if end-base <= maxResident {
+		n = clearResident(b[base:end])
+	}
+	small := img != nil && len(img.small) == base
+	if n >= 0 && small {
+		copy(b[:base], img.small)
+		n += base
+	}
+	if n >= 0 && s.hold(n) {
+		sp.drop, sp.resident, sp.end = base, n, max(base, end)
+		if small {
+			sp.drop = 0
 		}
 	}
 	var batch []spare

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -22,24 +23,38 @@ import (
 // fallback, is what is tested.
 func TestMemoryImageIsolation(t *testing.T) {
 	t.Parallel()
-	wasm := wat2wasm(t, t.TempDir(), "seen", `(module
+	// The second text's offset sets the image's size: past 64 KiB a kept
+	// reservation's image pages are dropped, within it they are copied back.
+	for _, tc := range []struct {
+		name string
+		off  int
+	}{{"dropped", 70000}, {"copied", 40000}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testImageIsolation(t, tc.off)
+		})
+	}
+}
+
+func testImageIsolation(t *testing.T, off int) {
+	wasm := wat2wasm(t, t.TempDir(), "seen", fmt.Sprintf(`(module
   (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 3)
-  ;; three iovecs: the text at 200 (8 bytes), the one on the second page (5 bytes),
+  ;; three iovecs: the text at 200 (8 bytes), the one at off (5 bytes),
   ;; a byte past the data (at 150000, anonymous memory); one for what the client
   ;; sent (at 300, 16 bytes)
-  (data (i32.const 0) "\c8\00\00\00\08\00\00\00\70\11\01\00\05\00\00\00\f0\49\02\00\01\00\00\00")
+  (data (i32.const 0) "\c8\00\00\00\08\00\00\00%s\05\00\00\00\f0\49\02\00\01\00\00\00")
   (data (i32.const 32) "\2c\01\00\00\10\00\00\00")
   (data (i32.const 200) "seen: A ")
-  (data (i32.const 70000) "and Z")
+  (data (i32.const %d) "and Z")
   (func (export "_start")
     (drop (call $read (i32.const 0) (i32.const 32) (i32.const 1) (i32.const 64)))
     (drop (call $write (i32.const 1) (i32.const 0) (i32.const 3) (i32.const 64)))
     (i32.store8 (i32.const 206) (i32.const 66))      ;; A -> B
-    (i32.store8 (i32.const 70004) (i32.const 89))    ;; Z -> Y
+    (i32.store8 (i32.const %d) (i32.const 89))    ;; Z -> Y
     (i32.store8 (i32.const 150000) (i32.const 88)))) ;; 0 -> X
-`)
+`, watLE32(off), off, off+4))
 	const seen = "seen: A and Z\x00"
 	s, ctl := startControlled(t, "--workers", "1", wasm)
 	ask := func() (string, error) {
@@ -86,6 +101,11 @@ func TestMemoryImageIsolation(t *testing.T) {
 	if !held {
 		t.Error("the sandboxed worker holds no memfd image: instances copy the data instead of mapping it")
 	}
+}
+
+// watLE32 is v as a WAT string's four little-endian bytes.
+func watLE32(v int) string {
+	return fmt.Sprintf("\\%02x\\%02x\\%02x\\%02x", v&0xff, v>>8&0xff, v>>16&0xff, v>>24&0xff)
 }
 
 func errString(err error) string {
