@@ -76,16 +76,7 @@ func TestSparesReset(t *testing.T) {
 		t.Fatal("no memfd: the image is copied instead of mapped")
 	}
 	const size = 8 << 16
-	reserve := func() []byte {
-		b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := img.mapInto(b); err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	reserve := func() []byte { return reserveWith(t, img, size) }
 	want := make([]byte, size)
 	copy(want[10:], "hello")
 	copy(want[70000:], "world")
@@ -198,16 +189,7 @@ func TestSparesKeepZeroed(t *testing.T) {
 	}
 	const size, off = 8 << 16, 200000
 	page := os.Getpagesize()
-	reserve := func() []byte {
-		b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := img.mapInto(b); err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	reserve := func() []byte { return reserveWith(t, img, size) }
 	resident := func(b []byte) bool {
 		p := b[off/page*page:]
 		vec := make([]byte, 1)
@@ -289,13 +271,7 @@ func TestSparesKeepZeroed(t *testing.T) {
 	big := &spares{max: 4}
 	const bigSize = maxResident
 	for range 3 {
-		b, err := syscall.Mmap(-1, 0, bigSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := img.mapInto(b); err != nil {
-			t.Fatal(err)
-		}
+		b := reserveWith(t, img, bigSize)
 		for p := page; p < bigSize; p += page {
 			b[p] = 1
 		}
@@ -308,4 +284,17 @@ func TestSparesKeepZeroed(t *testing.T) {
 	if k := big.kept.Load(); k != 0 {
 		t.Errorf("%d bytes kept after close", k)
 	}
+}
+
+// reserveWith maps a reservation of size bytes with img over its start.
+func reserveWith(t *testing.T, img *memImage, size int) []byte {
+	t.Helper()
+	b, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON|syscall.MAP_NORESERVE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := img.mapInto(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
