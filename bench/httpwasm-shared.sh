@@ -23,6 +23,8 @@ pids=()
 cleanup() {
 	local p
 	for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+	# Reaped here, quietly: bash would otherwise report each as "Killed".
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	rm -rf "$out"
 }
 trap cleanup EXIT
