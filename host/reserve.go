@@ -45,9 +45,9 @@ const (
 // image is zeroed in place, page by page where the instance touched it
 // (mincore), and kept: on such a VM a page fault costs a hundred times
 // what zeroing a page does, and the next instance touches the same pages.
-// Those zeroed pages (at most maxKept) are charged to the budgets while kept, given back to
-// the system when the reservation waits unused for resetIdle, and at once
-// when the budgets need room (drop).
+// Those zeroed pages (at most maxKept) are charged to the budgets while
+// kept, and given back to the system when the reservation waits unused for
+// resetIdle, and at once when the budgets need room (dropKept).
 type spares struct {
 	mu      sync.Mutex
 	free    []spare // reset: ready for an instance
