@@ -299,9 +299,9 @@ func (h *Handler) refused(n uint64) {
 // keeps it, reset, for the next instance: spares), so the memory returns
 // to the system within resetIdle (the zeroed pages a kept reservation
 // holds, charged meanwhile: within twice that), not at Go's next garbage
-// collection. The module's
-// memory image, if it has one, is mapped over the start (memImage). Where
-// the reservation fails it falls back to a Go slice, the image copied in.
+// collection. The module's memory image, if it has one, is mapped over the
+// start (memImage). Where the reservation fails it falls back to a Go
+// slice, the image copied in.
 type linearMemory struct {
 	inst    *instance
 	buf     []byte

@@ -48,9 +48,7 @@ func newMemImage(img *instrument.Image) *memImage {
 		m.fd, m.img = fd, nil
 		if m.size <= smallImage {
 			m.small = make([]byte, m.size)
-			for _, c := range img.Chunks {
-				copy(m.small[c.Off:], c.Bytes)
-			}
+			writeChunks(m.small, img)
 		}
 	}
 	return m
@@ -101,9 +99,7 @@ func (m *memImage) mapInto(b []byte) error {
 // img.Size long.
 func (m *memImage) copyInto(b []byte) error {
 	if m.fd < 0 {
-		for _, c := range m.img.Chunks {
-			copy(b[c.Off:], c.Bytes)
-		}
+		writeChunks(b, m.img)
 		return nil
 	}
 	p := b[:min(len(b), m.size)]
@@ -118,6 +114,13 @@ func (m *memImage) copyInto(b []byte) error {
 		off += n
 	}
 	return nil
+}
+
+// writeChunks writes img's bytes into b, which holds zeros.
+func writeChunks(b []byte, img *instrument.Image) {
+	for _, c := range img.Chunks {
+		copy(b[c.Off:], c.Bytes)
+	}
 }
 
 func (m *memImage) close() {

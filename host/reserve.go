@@ -190,7 +190,8 @@ func (s *spares) idle() {
 	s.mu.Lock()
 	batch := s.dirty
 	s.dirty = nil
-	batch = append(batch, s.unkeep(time.Now().Add(-resetIdle))...)
+	unused, _ := s.unkeep(resetIdle)
+	batch = append(batch, unused...)
 	s.mu.Unlock()
 	if len(batch) > 0 {
 		s.reset(batch)
@@ -214,26 +215,33 @@ func (s *spares) keeps() bool {
 }
 
 // unkeep removes the free reservations that hold zeroed pages and have
-// been free since before, uncharges those pages and returns the
-// reservations for reset to drop them. s.mu is held.
-func (s *spares) unkeep(before time.Time) []spare {
-	var out []spare
+// been free for idle or longer, releases them and returns them for reset
+// to drop their pages, with the bytes given back. s.mu is held.
+func (s *spares) unkeep(idle time.Duration) (out []spare, n uint64) {
+	now := time.Now()
 	k := 0
 	for _, sp := range s.free {
-		if sp.resident > 0 && sp.since.Before(before) {
-			s.give(sp.resident)
-			sp.drop, sp.resident, sp.end = sp.end, 0, 0
-			out = append(out, sp)
+		if sp.resident > 0 && now.Sub(sp.since) >= idle {
+			n += uint64(sp.resident)
+			out = append(out, s.release(sp))
 			continue
 		}
 		s.free[k] = sp
 		k++
 	}
 	s.free = s.free[:k]
-	return out
+	return out, n
 }
 
-// dropKept gives the zeroed pages of every free reservation back to the
+// release uncharges sp's zeroed pages and has reset drop them. s.mu is
+// held.
+func (s *spares) release(sp spare) spare {
+	s.give(sp.resident)
+	sp.drop, sp.resident, sp.end = max(sp.drop, sp.end), 0, 0
+	return sp
+}
+
+// dropKept gives the zeroed pages of every kept reservation back to the
 // system and their bytes back to the budgets, which need room; it returns
 // the bytes given back.
 func (s *spares) dropKept() uint64 {
@@ -243,18 +251,14 @@ func (s *spares) dropKept() uint64 {
 	s.dirty = nil
 	for i, sp := range batch {
 		n += uint64(sp.resident)
-		s.give(sp.resident)
-		batch[i].drop, batch[i].resident, batch[i].end = max(sp.drop, sp.end), 0, 0
+		batch[i] = s.release(sp)
 	}
-	for _, sp := range s.free {
-		n += uint64(sp.resident)
-	}
-	batch = append(batch, s.unkeep(time.Now().Add(time.Hour))...)
+	free, m := s.unkeep(0)
 	s.mu.Unlock()
-	if len(batch) > 0 {
+	if batch = append(batch, free...); len(batch) > 0 {
 		s.reset(batch)
 	}
-	return n
+	return n + m
 }
 
 // reset drops the pages to drop of the reservations in batch and keeps
