@@ -283,6 +283,22 @@ func (c *conn) read(p []byte) int32 {
 	case c.tls != nil:
 		c.setReadDeadline()
 		n, err = c.tls.tc.Read(p)
+	case c.f == nil:
+		// A WASI command's stdin without f: what has arrived is read
+		// without the poller; only a read that must wait makes f.
+		var rerr error
+		for {
+			n, rerr = rawRead(c.fd, p)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		if rerr == unix.EAGAIN {
+			c.setReadDeadline()
+			n, err = c.fileRead(p)
+		} else if rerr != nil {
+			n, err = 0, rerr
+		}
 	default:
 		c.setReadDeadline()
 		n, err = c.fileRead(p)
@@ -691,6 +707,19 @@ func (c *conn) awaitFirst() bool {
 			return false
 		}
 		return c.arrived()
+	}
+	if c.f == nil {
+		// From serveFD: a request there already (deferred accept) is served
+		// without the poller; only a wait makes f.
+		if c.awaiting.Load() == awaitShed {
+			return false
+		}
+		var peek [1]byte
+		_, _, err := unix.Recvfrom(c.fd, peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err != unix.EAGAIN && err != unix.EINTR {
+			return c.arrived() // bytes, the end of the stream, or an error the read will meet
+		}
+		c.file()
 	}
 	var t time.Time
 	if d := c.h.opts.FirstByteTimeout; d > 0 {

@@ -442,3 +442,61 @@ func TestFirstWaitSeesNextRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestCommandFromFD: a WASI command's connection given as a descriptor
+// whose input is all there when it is served (bytes, then the end of the
+// stream) is answered and closed without an *os.File (never in Go's
+// poller); one whose input comes later makes its file for the wait and is
+// answered the same.
+func TestCommandFromFD(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h, err := New(ctx, Options{Name: "cat", Wasm: goGuest(t, "go-cat", "../guests/go/catcmd"),
+		CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache"), Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(ctx) })
+	if !h.servesFD() {
+		t.Fatal("a WASI command is not served from descriptors")
+	}
+	for _, early := range []bool{true, false} {
+		client, f := socketPair(t)
+		fd := dupFD(t, f)
+		send := func() {
+			if _, err := io.WriteString(client, "ping"); err != nil {
+				t.Fatal(err)
+			}
+			client.(*net.TCPConn).CloseWrite()
+		}
+		if early {
+			send()
+			if n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 10000); n != 1 || err != nil {
+				t.Fatalf("the input did not reach the server's socket in 10s: %v", err)
+			}
+		}
+		c := newConnFD(fd, 1, h)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			h.serve(ctx, c)
+		}()
+		if !early {
+			for deadline := time.Now().Add(10 * time.Second); !c.hasFile.Load(); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("a connection with nothing to read did not make its file to wait")
+				}
+			}
+			send()
+		}
+		client.SetDeadline(time.Now().Add(20 * time.Second))
+		if b, err := io.ReadAll(client); err != nil || string(b) != "ping" {
+			t.Fatalf("input there early %v: read %q %v, want ping", early, b, err)
+		}
+		waitClosed(t, done)
+		client.Close()
+		if got := c.f != nil; got == early {
+			t.Errorf("input there early %v: the connection made its file: %v", early, got)
+		}
+	}
+}

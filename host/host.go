@@ -600,9 +600,9 @@ func (h *Handler) ServeConn(ctx context.Context, f *os.File) {
 }
 
 // servesFD reports whether serveFD can serve this handler's connections:
-// an ABI handler's that waits for the client to speak.
+// an ABI handler's or a WASI command's that waits for the client to speak.
 func (h *Handler) servesFD() bool {
-	return h.info.Kind == KindABI && h.web == nil && !h.info.SpeaksFirst
+	return (h.info.Kind == KindABI || h.info.Kind == KindCommand) && h.web == nil && !h.info.SpeaksFirst
 }
 
 // serveFD is ServeConn for a connection given as its descriptor (a

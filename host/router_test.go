@@ -27,42 +27,52 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// probeWasm returns the probe guest (guests/go/probe): from WCLUSTER_GUESTS
-// when built there, else built once for this test binary.
+// probeWasm returns the probe guest (guests/go/probe).
 func probeWasm(t *testing.T) []byte {
+	return goGuest(t, "go-probe", "../guests/go/probe", "-buildmode=c-shared")
+}
+
+// goGuest returns the Go guest name built from pkg: from WCLUSTER_GUESTS
+// when built there, else built once for this test binary.
+func goGuest(t *testing.T, name, pkg string, flags ...string) []byte {
 	t.Helper()
 	if dir := os.Getenv("WCLUSTER_GUESTS"); dir != "" {
-		if b, err := os.ReadFile(filepath.Join(dir, "go-probe.wasm")); err == nil {
+		if b, err := os.ReadFile(filepath.Join(dir, name+".wasm")); err == nil {
 			return b
 		}
 	}
-	probeOnce.Do(func() {
+	v, _ := builtGuests.LoadOrStore(name, &builtGuest{})
+	g := v.(*builtGuest)
+	g.once.Do(func() {
 		dir, err := os.MkdirTemp("", "wcluster-host-test-")
 		if err != nil {
-			probeErr = err
+			g.err = err
 			return
 		}
-		out := filepath.Join(dir, "go-probe.wasm")
-		cmd := exec.Command("go", "build", "-buildmode=c-shared", "-o", out, "../guests/go/probe")
+		defer os.RemoveAll(dir)
+		out := filepath.Join(dir, name+".wasm")
+		cmd := exec.Command("go", append(append([]string{"build"}, flags...), "-o", out, pkg)...)
 		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm")
 		if b, err := cmd.CombinedOutput(); err != nil {
-			probeErr = fmt.Errorf("build probe: %v\n%s", err, b)
+			g.err = fmt.Errorf("build %s: %v\n%s", name, err, b)
 			return
 		}
-		probeBytes, probeErr = os.ReadFile(out)
-		os.RemoveAll(dir)
+		g.wasm, g.err = os.ReadFile(out)
 	})
-	if probeErr != nil {
-		t.Fatal(probeErr)
+	if g.err != nil {
+		t.Fatal(g.err)
 	}
-	return probeBytes
+	return g.wasm
 }
 
-var (
-	probeOnce  sync.Once
-	probeBytes []byte
-	probeErr   error
-)
+// builtGuests holds each *builtGuest goGuest built, by name.
+var builtGuests sync.Map
+
+type builtGuest struct {
+	once sync.Once
+	wasm []byte
+	err  error
+}
 
 func newProbe(t *testing.T, name string, o Options) *Handler {
 	t.Helper()
