@@ -714,9 +714,7 @@ func (c *conn) awaitFirst() bool {
 		if c.awaiting.Load() == awaitShed {
 			return false
 		}
-		var peek [1]byte
-		_, _, err := unix.Recvfrom(c.fd, peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if err != unix.EAGAIN && err != unix.EINTR {
+		if rawPeek(c.fd) {
 			return c.arrived() // bytes, the end of the stream, or an error the read will meet
 		}
 		c.file()

@@ -45,3 +45,18 @@ func rawShutdown(fd int) {
 func rawClose(fd int) {
 	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 }
+
+// rawPeek reports whether a read of a non-blocking socket would return at
+// once (bytes, the end of the stream or an error) without taking anything
+// from it: recv with MSG_PEEK|MSG_DONTWAIT, outside the scheduler as
+// rawRead is.
+func rawPeek(fd int) bool {
+	var b [1]byte
+	for {
+		_, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		if e != unix.EINTR {
+			return e != unix.EAGAIN
+		}
+	}
+}

@@ -335,7 +335,9 @@ func (s *spares) give(n int) {
 func clearResident(b []byte) int {
 	p := unix.Getpagesize()
 	vec := make([]byte, (len(b)+p-1)/p)
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+	// Raw, as rawRead: mincore does not wait, and through the scheduler's
+	// path a call per closed instance keeps the runtime's monitor polling.
+	if _, _, e := unix.RawSyscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
 		return -1
 	}
 	n := 0
