@@ -33,6 +33,11 @@ type memImage struct {
 	// smallImage: a kept reservation gets them copied back rather than its
 	// pages dropped and faulted in again (spares).
 	small []byte
+	// view maps the memfd read-only and shared (the page cache's pages,
+	// no copy) where the image is larger: restore copies from it the
+	// pages an instance wrote, found in pagemap (nil: they are dropped).
+	view    []byte
+	pagemap *os.File
 }
 
 // smallImage bounds the images a kept reservation is restored by copying.
@@ -49,6 +54,8 @@ func newMemImage(img *instrument.Image) *memImage {
 		if m.size <= smallImage {
 			m.small = make([]byte, m.size)
 			writeChunks(m.small, img)
+		} else if v, err := unix.Mmap(fd, 0, m.size, unix.PROT_READ, unix.MAP_SHARED); err == nil {
+			m.view = v
 		}
 	}
 	return m
@@ -123,8 +130,53 @@ func writeChunks(b []byte, img *instrument.Image) {
 	}
 }
 
+// Bits of a /proc/self/pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
+const (
+	pmPresent = 1 << 63
+	pmSwapped = 1 << 62
+	pmFile    = 1 << 61 // a file page (or shared anonymous): not a private copy
+)
+
+// restore puts the image back over b, a reservation's first m.size bytes
+// with the image mapped there copy-on-write, after an instance used it: the
+// pages the instance wrote — private copies, per pagemap — get the image's
+// bytes copied over them and stay in memory; pages it only read still map
+// the image, and pages it never touched are still unmapped. It returns the
+// bytes copied (pages kept in memory), or -1 where pagemap cannot tell,
+// b untouched: its pages must then be dropped.
+func (m *memImage) restore(b []byte) int {
+	page := os.Getpagesize()
+	if m.pagemap == nil || m.view == nil || len(b) != m.size || len(b)%page != 0 {
+		return -1
+	}
+	n := len(b) / page
+	ents := make([]uint64, n)
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&ents[0])), n*8)
+	off := int64(uintptr(unsafe.Pointer(&b[0]))/uintptr(page)) * 8
+	if k, err := m.pagemap.ReadAt(raw, off); k != len(raw) || err != nil {
+		return -1
+	}
+	copied := 0
+	for i, e := range ents {
+		// A swapped-out page was anonymous, so written: copied too (the
+		// copy swaps it in), never left to come back with the guest's bytes.
+		if e&pmSwapped != 0 || e&pmPresent != 0 && e&pmFile == 0 {
+			copy(b[i*page:(i+1)*page], m.view[i*page:(i+1)*page])
+			copied += page
+		}
+	}
+	return copied
+}
+
 func (m *memImage) close() {
-	if m != nil && m.fd >= 0 {
+	if m == nil {
+		return
+	}
+	if m.view != nil {
+		unix.Munmap(m.view)
+		m.view = nil
+	}
+	if m.fd >= 0 {
 		unix.Close(m.fd)
 		m.fd = -1
 	}

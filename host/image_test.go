@@ -2,6 +2,7 @@ package host
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"os"
 	"sync/atomic"
@@ -297,4 +298,84 @@ func reserveWith(t *testing.T, img *memImage, size int) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// pageKinds reads b's pagemap entries: per page, whether it is mapped and
+// whether it is a private copy (anonymous) rather than the file's page.
+func pageKinds(t *testing.T, pm *os.File, b []byte) (mapped, private []bool) {
+	t.Helper()
+	page := os.Getpagesize()
+	n := len(b) / page
+	raw := make([]byte, 8*n)
+	if _, err := pm.ReadAt(raw, int64(uintptr(unsafe.Pointer(&b[0]))/uintptr(page))*8); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		e := binary.LittleEndian.Uint64(raw[8*i:])
+		mapped = append(mapped, e&pmPresent != 0)
+		private = append(private, e&pmPresent != 0 && e&pmFile == 0)
+	}
+	return mapped, private
+}
+
+// TestImageRestore: with pagemap, a closed instance's image is restored by
+// copying the image back over the pages it wrote alone — found as private
+// copies — which stay in memory; a page it only read still maps the image.
+// The reservation is then free at once: nothing to drop. Without pagemap,
+// restore declines and the pages are dropped.
+func TestImageRestore(t *testing.T) {
+	img := newMemImage(&instrument.Image{Size: 70005, Chunks: []instrument.Chunk{{Off: 10, Bytes: []byte("hello")}, {Off: 70000, Bytes: []byte("world")}}})
+	defer img.close()
+	if img.fd < 0 || img.view == nil {
+		t.Fatal("no memfd, or no view of it: the image cannot be restored")
+	}
+	const size = 8 << 16
+	page := os.Getpagesize()
+	want := make([]byte, size)
+	copy(want[10:], "hello")
+	copy(want[70000:], "world")
+	b := reserveWith(t, img, size)
+	if img.restore(b[:img.size]) != -1 {
+		t.Fatal("restore without pagemap did not decline")
+	}
+	pm, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+	img.pagemap = pm
+
+	for round := range 2 { // a restored page is written and restored again
+		copy(b[10:], "HELLO")
+		copy(b[70000:], "WORLD")
+		if b[5*page+1] != 0 { // read only
+			t.Fatal("the image holds zeros there")
+		}
+		if n := img.restore(b[:img.size]); n != 2*page {
+			t.Fatalf("round %d: restore copied %d bytes, want the 2 pages written (%d)", round, n, 2*page)
+		}
+		if !bytes.Equal(b, want) {
+			t.Fatalf("round %d: the restored image differs from the module's", round)
+		}
+		mapped, private := pageKinds(t, pm, b[:img.size])
+		if !private[0] || !private[17] || !mapped[5] || private[5] {
+			t.Fatalf("round %d: pages 0, 17 (written) private %v %v; 5 (read) mapped %v, private %v",
+				round, private[0], private[17], mapped[5], private[5])
+		}
+	}
+
+	s := &spares{max: 4}
+	defer s.close()
+	copy(b[10:], "HELLO")
+	copy(b[200000:], "secret") // past the image
+	s.put(b, size, img)
+	s.mu.Lock()
+	free, dirty := len(s.free), len(s.dirty)
+	s.mu.Unlock()
+	if free != 1 || dirty != 0 {
+		t.Fatalf("after put: %d free, %d waiting for their pages to be dropped; want 1 and 0", free, dirty)
+	}
+	if got := s.get(size); got == nil || &got[0] != &b[0] || !bytes.Equal(got, want) {
+		t.Fatal("the restored reservation was not given out as the image and zeros")
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 
 	"github.com/tetratelabs/wazero"
@@ -28,6 +29,11 @@ import (
 type Modules struct {
 	mu sync.Mutex
 	m  map[moduleKey]*module
+	// pagemap is /proc/self/pagemap (nil where it did not open), opened by
+	// NewModules: before a worker's sandbox, which puts /proc out of reach.
+	// The module images read it to restore only the pages an instance
+	// wrote (memImage.restore).
+	pagemap *os.File
 	// sums remembers the sum of module bytes passed before, by their first
 	// byte's address: callers pass the same slice for every tenant serving
 	// a module (Options.Wasm is not modified), so it is hashed once.
@@ -58,9 +64,14 @@ type module struct {
 	err      error
 }
 
-// NewModules makes an empty set of shared modules; Close releases them.
+// NewModules makes an empty set of shared modules; Close releases them. A
+// worker makes it before its sandbox goes on (see Modules.pagemap).
 func NewModules() *Modules {
-	return &Modules{m: map[moduleKey]*module{}, sums: map[bytesID][32]byte{}}
+	pm, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		pm = nil // the images' pages are dropped rather than restored
+	}
+	return &Modules{m: map[moduleKey]*module{}, sums: map[bytesID][32]byte{}, pagemap: pm}
 }
 
 // Len is the number of distinct compiled modules held.
@@ -89,7 +100,7 @@ func (ms *Modules) get(ctx context.Context, o *Options) (*module, error) {
 		return m, m.err
 	}
 	m := &module{}
-	m.err = m.build(ctx, o)
+	m.err = m.build(ctx, o, ms.pagemap)
 	if m.err != nil && m.rt != nil {
 		m.rt.Close(ctx)
 		m.rt = nil
@@ -99,7 +110,7 @@ func (ms *Modules) get(ctx context.Context, o *Options) (*module, error) {
 	return m, m.err
 }
 
-func (m *module) build(ctx context.Context, o *Options) error {
+func (m *module) build(ctx context.Context, o *Options, pagemap *os.File) error {
 	rt, err := newRuntime(ctx, o)
 	if err != nil {
 		return err
@@ -111,6 +122,7 @@ func (m *module) build(ctx context.Context, o *Options) error {
 	}
 	if img != nil {
 		m.image = newMemImage(img)
+		m.image.pagemap = pagemap
 	}
 	if m.info, err = inspect(m.compiled); err != nil {
 		return err
@@ -143,6 +155,10 @@ func (ms *Modules) Close(ctx context.Context) error {
 		delete(ms.m, k)
 	}
 	clear(ms.sums)
+	if ms.pagemap != nil {
+		ms.pagemap.Close()
+		ms.pagemap = nil
+	}
 	return errors.Join(errs...)
 }
 

@@ -24,11 +24,12 @@ import (
 func TestMemoryImageIsolation(t *testing.T) {
 	t.Parallel()
 	// The second text's offset sets the image's size: past 64 KiB a kept
-	// reservation's image pages are dropped, within it they are copied back.
+	// reservation gets the image copied back over the pages pagemap shows
+	// written, within it over the whole image.
 	for _, tc := range []struct {
 		name string
 		off  int
-	}{{"dropped", 70000}, {"copied", 40000}} {
+	}{{"restored", 70000}, {"copied", 40000}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			testImageIsolation(t, tc.off)

@@ -59,7 +59,7 @@ instances_min = 1
 	if err := json.Unmarshal(dcs[0].WorkerConfig, &plan); err != nil {
 		t.Fatal(err)
 	}
-	r, err := newRouter(ctx, &plan, 1, false, host.NewBudget(0), tickets.Keys{}, log)
+	r, err := newRouter(ctx, &plan, 1, false, host.NewModules(), host.NewBudget(0), tickets.Keys{}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

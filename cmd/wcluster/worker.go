@@ -38,6 +38,10 @@ func runWorker(stderr io.Writer) int {
 	}
 	level, _ := config.ParseLevel(g.LogLevel)
 	log := config.NewLogger(stderr, level, g.LogFormat).With("proc", "worker", "worker", w.ID(), "pid", os.Getpid())
+	// The tenants serving one module share its compiled code; the
+	// worker's runtimes live as long as it does. Made before the sandbox:
+	// it opens what the sandbox puts out of reach (host.NewModules).
+	modules := host.NewModules()
 	// The sandbox goes on before the handlers are built: a guest's start
 	// functions already run under it.
 	if err := g.Sandbox.Apply(w.BindPorts(), log); err != nil {
@@ -55,7 +59,7 @@ func runWorker(stderr io.Writer) int {
 		w.Fatal(err)
 		return 1
 	}
-	r, err := newRouter(ctx, &g, w.ID(), w.HandedOff(), budget, keys, log)
+	r, err := newRouter(ctx, &g, w.ID(), w.HandedOff(), modules, budget, keys, log)
 	if err != nil {
 		w.Fatal(err)
 		return 1
@@ -90,7 +94,7 @@ func runWorker(stderr io.Writer) int {
 // bytes the master read (through the worker's configuration descriptor,
 // never the environment). A listener with one plaintext default tenant is
 // served by it directly, unrouted.
-func newRouter(ctx context.Context, g *config.Group, workerID int, handedOff bool, budget *host.Budget, keys tickets.Keys, log *slog.Logger) (*host.Router, error) {
+func newRouter(ctx context.Context, g *config.Group, workerID int, handedOff bool, modules *host.Modules, budget *host.Budget, keys tickets.Keys, log *slog.Logger) (*host.Router, error) {
 	tenants := map[string]*host.Tenant{}
 	var err error
 	// One store for the worker, opened on first use, each tenant in its
@@ -115,9 +119,6 @@ func newRouter(ctx context.Context, g *config.Group, workerID int, handedOff boo
 			return s, nil
 		})
 	}
-	// The tenants serving one module share its compiled code; the
-	// worker's runtimes live as long as it does.
-	modules := host.NewModules()
 	defer func() { // on an error, close what was built
 		if err == nil {
 			return
