@@ -178,9 +178,15 @@ func (c *conn) fileRead(p []byte) (int, error) {
 	c.rBuf = p
 	err := c.rc.Read(c.readFn)
 	c.rBuf = nil
-	switch {
-	case err != nil:
+	if err != nil {
 		return 0, err
+	}
+	return c.readResult()
+}
+
+// readResult is what readFd read, as Read returns it.
+func (c *conn) readResult() (int, error) {
+	switch {
 	case c.rErr != nil:
 		return 0, c.rErr
 	case c.rN == 0:
@@ -283,23 +289,18 @@ func (c *conn) read(p []byte) int32 {
 	case c.tls != nil:
 		c.setReadDeadline()
 		n, err = c.tls.tc.Read(p)
-	case c.f == nil:
-		// A WASI command's stdin without f: what has arrived is read
-		// without the poller; only a read that must wait makes f.
-		var rerr error
-		for {
-			n, rerr = rawRead(c.fd, p)
-			if rerr != unix.EINTR {
+	default:
+		if c.f == nil {
+			// A WASI command's stdin without f: what has arrived is read
+			// without the poller; only a read that must wait makes f.
+			c.rBuf = p
+			ready := c.readFd(uintptr(c.fd))
+			c.rBuf = nil
+			if ready {
+				n, err = c.readResult()
 				break
 			}
 		}
-		if rerr == unix.EAGAIN {
-			c.setReadDeadline()
-			n, err = c.fileRead(p)
-		} else if rerr != nil {
-			n, err = 0, rerr
-		}
-	default:
 		c.setReadDeadline()
 		n, err = c.fileRead(p)
 	}

@@ -29,18 +29,18 @@ type memImage struct {
 	size int // the mapping's length: the image rounded up to a page
 	// img is kept where there is no memfd: each memory then gets a copy.
 	img *instrument.Image
-	// small is the image's bytes (size long) where it is at most
-	// smallImage: a kept reservation gets them copied back rather than its
-	// pages dropped and faulted in again (spares).
-	small []byte
 	// view maps the memfd read-only and shared (the page cache's pages,
-	// no copy) where the image is larger: restore copies from it the
-	// pages an instance wrote, found in pagemap (nil: they are dropped).
-	view    []byte
+	// no copy): restore copies the image back from it over a kept
+	// reservation rather than have its pages dropped and faulted in again
+	// (spares). nil: they are dropped.
+	view []byte
+	// pagemap is /proc/self/pagemap (Modules.pagemap), nil where it did
+	// not open: restore reads there which pages an instance wrote.
 	pagemap *os.File
 }
 
-// smallImage bounds the images a kept reservation is restored by copying.
+// smallImage bounds the images restore copies back whole: a larger one
+// gets only the pages an instance wrote copied back.
 const smallImage = 64 << 10
 
 // newMemImage holds img for mapping; without memfd (an old kernel, a
@@ -51,10 +51,7 @@ func newMemImage(img *instrument.Image) *memImage {
 	fd, err := sealedImage(img, m.size)
 	if err == nil {
 		m.fd, m.img = fd, nil
-		if m.size <= smallImage {
-			m.small = make([]byte, m.size)
-			writeChunks(m.small, img)
-		} else if v, err := unix.Mmap(fd, 0, m.size, unix.PROT_READ, unix.MAP_SHARED); err == nil {
+		if v, err := unix.Mmap(fd, 0, m.size, unix.PROT_READ, unix.MAP_SHARED); err == nil {
 			m.view = v
 		}
 	}
@@ -106,7 +103,9 @@ func (m *memImage) mapInto(b []byte) error {
 // img.Size long.
 func (m *memImage) copyInto(b []byte) error {
 	if m.fd < 0 {
-		writeChunks(b, m.img)
+		for _, c := range m.img.Chunks {
+			copy(b[c.Off:], c.Bytes)
+		}
 		return nil
 	}
 	p := b[:min(len(b), m.size)]
@@ -123,13 +122,6 @@ func (m *memImage) copyInto(b []byte) error {
 	return nil
 }
 
-// writeChunks writes img's bytes into b, which holds zeros.
-func writeChunks(b []byte, img *instrument.Image) {
-	for _, c := range img.Chunks {
-		copy(b[c.Off:], c.Bytes)
-	}
-}
-
 // Bits of a /proc/self/pagemap entry (Documentation/admin-guide/mm/pagemap.rst).
 const (
 	pmPresent = 1 << 63
@@ -138,15 +130,23 @@ const (
 )
 
 // restore puts the image back over b, a reservation's first m.size bytes
-// with the image mapped there copy-on-write, after an instance used it: the
+// with the image mapped there copy-on-write, after an instance used it. An
+// image of at most smallImage is copied back whole. Over a larger one, the
 // pages the instance wrote — private copies, per pagemap — get the image's
-// bytes copied over them and stay in memory; pages it only read still map
-// the image, and pages it never touched are still unmapped. It returns the
-// bytes copied (pages kept in memory), or -1 where pagemap cannot tell,
-// b untouched: its pages must then be dropped.
+// bytes copied over them; pages it only read still map the image, and
+// pages it never touched are still unmapped. The pages copied over stay in
+// memory. It returns their bytes, or -1 where it cannot restore b (no view,
+// or pagemap cannot tell), b untouched: its pages must then be dropped.
 func (m *memImage) restore(b []byte) int {
 	page := os.Getpagesize()
-	if m.pagemap == nil || m.view == nil || len(b) != m.size || len(b)%page != 0 {
+	if m.view == nil || len(b) != m.size || len(b)%page != 0 {
+		return -1
+	}
+	if m.size <= smallImage {
+		copy(b, m.view)
+		return m.size
+	}
+	if m.pagemap == nil {
 		return -1
 	}
 	n := len(b) / page

@@ -37,9 +37,9 @@ const (
 // most of what a fresh instance per connection cost. A kept reservation
 // holds no memory of the instance that used it. The module's image, mapped
 // copy-on-write from its sealed memfd over the start, is restored by
-// copying it back: all of it where it is small (memImage.small), else over
-// the pages the instance wrote (memImage.restore). Where neither can be
-// done, its touched pages are dropped (MADV_DONTNEED), in batches: one
+// copying it back: all of it where it is small, else over the pages the
+// instance wrote (memImage.restore). Where that cannot be done, its
+// touched pages are dropped (MADV_DONTNEED), in batches: one
 // process_madvise on this process for all of them where the kernel takes
 // MADV_DONTNEED there (recent kernels, which then flush the TLBs once per
 // call), one madvise each where it does not. The anonymous memory past the
@@ -138,13 +138,7 @@ func (s *spares) put(b []byte, used int, img *memImage) {
 		n = clearResident(b[base:end])
 	}
 	restored := false
-	switch {
-	case n < 0 || base == 0:
-	case len(img.small) == base:
-		copy(b[:base], img.small)
-		n += base
-		restored = true
-	default:
+	if n >= 0 && base > 0 {
 		if w := img.restore(b[:base]); w >= 0 {
 			n += w
 			restored = true
