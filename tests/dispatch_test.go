@@ -182,13 +182,20 @@ func TestSharedBalancesKeepAlive(t *testing.T) {
 		// that its connection goes back to the pool rather than being
 		// closed by a cancelled request.
 		stop := time.Now().Add(3 * time.Second)
-		var dialled atomic.Int64
+		// open counts the client's connections: dialled, less those it
+		// closed (one the server closed while idle, say, which the client
+		// then redials).
+		var open atomic.Int64
 		dialer := &net.Dialer{Timeout: 10 * time.Second}
 		client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 			MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64,
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				dialled.Add(1)
-				return dialer.DialContext(ctx, network, addr)
+				c, err := dialer.DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				open.Add(1)
+				return &countedConn{Conn: c, open: &open}, nil
 			},
 		}}
 		var mu sync.Mutex
@@ -215,15 +222,14 @@ func TestSharedBalancesKeepAlive(t *testing.T) {
 		if failed.Load() > 0 {
 			t.Fatalf("%d workers: %d requests failed", n, failed.Load())
 		}
-		// The client keeps every connection it opened (idle in its pool);
-		// the workers report what they hold at their next heartbeat.
-		opened := dialled.Load()
+		// The client keeps the connections it holds open (idle in its
+		// pool); the workers report what they hold at their next heartbeat.
 		st := waitStatus(t, ctl, "the open connections reported", func(st status) bool {
 			var sum int64
 			for _, w := range st.Workers {
 				sum += w.InFlight
 			}
-			return sum == opened
+			return sum == open.Load()
 		})
 		conns := map[int]int64{}
 		for _, w := range st.Workers {
@@ -240,6 +246,18 @@ func TestSharedBalancesKeepAlive(t *testing.T) {
 		}
 		s.stop()
 	}
+}
+
+// countedConn takes itself off open when it is first closed.
+type countedConn struct {
+	net.Conn
+	open *atomic.Int64
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
 }
 
 // spanOf is the least and the most of counts.
