@@ -85,6 +85,7 @@ type conn struct {
 	rN              int
 	rErr            error
 	inLoop          bool     // in step, inside rc.Read: f's read lock is held
+	stepFd          int      // the descriptor step was given, while inLoop
 	needRead        bool     // step reads before the next call
 	drained         bool     // the last read left nothing in the socket
 	ended           bool     // a read found the end of the stream (or an error)
@@ -373,9 +374,16 @@ func (c *conn) write(p []byte) int32 {
 		// sets it and waits.
 		c.ioBuf = p
 		var err error
-		if c.f == nil {
+		switch {
+		case c.f == nil:
 			c.writeFd(uintptr(c.fd))
-		} else {
+		case c.inLoop:
+			// In step the descriptor is held open (rc.Read's reference,
+			// or f made in this step, closed only by this goroutine) and
+			// this goroutine is its only writer: rc.Write's locks and
+			// checks would guard against nothing.
+			c.writeFd(uintptr(c.stepFd))
+		default:
 			err = c.rc.Write(c.writeFn)
 		}
 		c.ioBuf = nil
@@ -526,7 +534,7 @@ func (c *conn) serveLoop() {
 // connection is done or woken (true, with exit saying which).
 func (c *conn) step(fd uintptr) bool {
 	c.parked.Store(false)
-	c.inLoop = true
+	c.inLoop, c.stepFd = true, int(fd)
 	for {
 		if c.needRead {
 			bp := c.h.bufs.Get().(*[]byte)
