@@ -500,3 +500,63 @@ func TestCommandFromFD(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteInStepWaits: writes made in step (the guest's call inside the
+// connection's wait loop, straight to the descriptor) that find the socket
+// full wait for the client and lose nothing: 8 MiB echoed from a socket
+// whose send buffer is 4 KiB, so every 64 KiB write of the guest's finds it
+// full.
+func TestWriteInStepWaits(t *testing.T) { bothWays(t, testWriteInStepWaits) }
+
+func testWriteInStepWaits(t *testing.T, way string) {
+	ctx := context.Background()
+	h, err := New(ctx, Options{Name: "echo", Wasm: goGuest(t, "go-echo", "../guests/go/echo", "-buildmode=c-shared"),
+		Timeout: 30 * time.Second, CacheDir: filepath.Join(os.TempDir(), "wcluster-host-test-cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(ctx) })
+	c, f := socketPair(t)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<10) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serveVia(ctx, t, h, f, way)
+	}()
+	t.Cleanup(func() { c.Close(); waitClosed(t, done) })
+	want := make([]byte, 8<<20)
+	for i := range want {
+		want[i] = byte(i * 7 / 3)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write(want)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		wrote <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read the echo: %v (after %d bytes)", err, len(got))
+	}
+	if werr := <-wrote; werr != nil {
+		t.Fatalf("write: %v", werr)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("echoed %d bytes of %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("echo differs at byte %d", i)
+		}
+	}
+}
