@@ -21,6 +21,10 @@
 #   gobare               (not run by default) bench/bare, WORKERS processes with
 #                        GOMAXPROCS=1 on one port (SO_REUSEPORT): wcluster's worker
 #                        structure without wasm, the ceiling of its design
+#   gouring              (not run by default) bench/uring, WORKERS processes with
+#                        GOMAXPROCS=1 on one port (SO_REUSEPORT): the same answers
+#                        from one io_uring per process (a batch of receives and
+#                        sends per io_uring_enter), the ceiling of that design
 #   wcluster-rr-p2       (not run by default) wcluster-rr with --worker-procs 2:
 #                        each worker runs Go code on 2 threads (the default,
 #                        auto, shares the cores among the workers: 1 each
@@ -93,6 +97,7 @@ else
 fi
 go build -o "$out/nethttp" ./bench/nethttp
 go build -o "$out/bare" ./bench/bare
+go build -o "$out/uring" ./bench/uring
 GOOS=wasip1 GOARCH=wasm go build -trimpath -buildvcs=false -ldflags='-s -w' -buildmode=c-shared \
 	-o "$out/go-hello.wasm" ./guests/go/hello
 mkdir -p "$out/cache" # shared by every wcluster start: only the first compiles
@@ -129,7 +134,11 @@ start_server() {
 		;;
 	wcluster-rr-t0) cmd=("${wc[@]}" --sched rr --timeout 0) ;; # no termination checks compiled in
 	wcluster-rr-p2) cmd=("${wc[@]}" --sched rr --worker-procs 2) ;;
-	gobare) cmd=(sh -c 'for i in $(seq "$1"); do GOMAXPROCS=1 "$2" -listen "127.0.0.1:$3" & done; wait' sh "$WORKERS" "$out/bare" "$p") ;;
+	gobare | gouring)
+		local b=$out/bare
+		[ "$name" = gouring ] && b=$out/uring
+		cmd=(sh -c 'for i in $(seq "$1"); do GOMAXPROCS=1 "$2" -listen "127.0.0.1:$3" & done; wait' sh "$WORKERS" "$b" "$p")
+		;;
 	node-rr | node-none) cmd=(env PORT="$p" WORKERS="$WORKERS" NODE_CLUSTER_SCHED_POLICY="${name#node-}" node bench/node-cluster.js) ;;
 	nethttp) cmd=("$out/nethttp" -listen "127.0.0.1:$p") ;;
 	nginx)
